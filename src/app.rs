@@ -1,0 +1,230 @@
+//! Building and running the whole service. [`App::build`] connects, migrates and
+//! binds its own listener (port 0 works: tests start the real thing);
+//! [`App::run`] serves until the cancellation token fires, then stops taking work,
+//! lets in-flight deliveries finish and joins every task.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::hex;
+use crate::mail::compose::Composer;
+use crate::mail::delivery::{DeliveryContext, run_worker};
+use crate::mail::templates::Templates;
+use crate::store::Store;
+use crate::web::{self, AppState};
+
+/// How long `run` waits for tasks after shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// How often pending sign-ups past their lifetime are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// The service, built and bound, not yet running.
+pub struct App {
+    /// The bound HTTP listener.
+    listener: TcpListener,
+    /// Shared by every handler.
+    state: AppState,
+    /// Shared by every delivery worker.
+    delivery: DeliveryContext,
+}
+
+impl App {
+    /// Loads templates, connects and migrates the database, seeds the configured
+    /// topics, settles the admin token and binds the listener.
+    ///
+    /// # Errors
+    /// Any of those steps failing, with context saying which.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let templates = Arc::new(
+            Templates::load(config.templates_dir.as_deref())
+                .context("Failed to load the templates")?,
+        );
+        let store = Store::connect(&config.database)
+            .await
+            .context("Failed to connect to the database")?;
+        store
+            .migrate()
+            .await
+            .context("Failed to apply the database migrations")?;
+        for topic in &config.topics {
+            store
+                .upsert_topic(
+                    &topic.slug,
+                    &topic.name,
+                    topic.description.as_deref(),
+                    clock.now(),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "Failed to store topic {} from the configuration",
+                        topic.slug
+                    )
+                })?;
+        }
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => admin_token_file(&config.data_dir.join("admin-token"))?,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("Failed to listen on {}", config.listen))?;
+        let public_url = config.public_url_for(listener.local_addr()?);
+        let composer = Composer::new(
+            templates.clone(),
+            config.mail_from.clone(),
+            public_url,
+            config.confirmation_lifetime,
+        );
+        let wake = Arc::new(Notify::new());
+        let delivery = DeliveryContext {
+            store: store.clone(),
+            clock: clock.clone(),
+            settings: config.delivery,
+            transport: config.transport.clone(),
+            wake: wake.clone(),
+        };
+        let state = AppState {
+            store,
+            client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
+                config.rate_limit.per_client_per_minute,
+            )),
+            config: Arc::new(config),
+            clock,
+            templates,
+            composer,
+            admin_token: admin_token.into(),
+            mail_wake: wake,
+        };
+        Ok(Self {
+            listener,
+            state,
+            delivery,
+        })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The admin API's bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.state.admin_token
+    }
+
+    /// The store, for tests and commands that share the running app's pool.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Serves until `shutdown` fires, then stops gracefully.
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            delivery,
+        } = self;
+        let store = state.store.clone();
+        tracing::info!(address = %listener.local_addr()?, public_url = %state.composer.public_url(), "postbote is serving");
+        let mut tasks = JoinSet::new();
+
+        // Workers get their own token: they stop only after the HTTP server has
+        // stopped accepting sign-ups, so nothing queued at the end waits for a restart
+        // longer than necessary.
+        let workers_stop = CancellationToken::new();
+        for _ in 0..delivery.settings.workers {
+            tasks.spawn(run_worker(delivery.clone(), workers_stop.clone()));
+        }
+        tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
+
+        let router =
+            web::router(state).layer(axum::extract::DefaultBodyLimit::max(web::BODY_LIMIT));
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = tokio::select! {
+            result = server => result.context("HTTP server failed"),
+            // In-flight requests get the grace period too, not forever.
+            () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => Ok(()),
+        };
+        tracing::info!("HTTP server stopped; finishing deliveries in progress");
+        workers_stop.cancel();
+        let joined = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!("tasks did not finish within the grace period; their mails stay queued");
+        }
+        store.close().await;
+        tracing::info!("postbote stopped");
+        served
+    }
+}
+
+async fn purge_loop(state: AppState, stop: CancellationToken) {
+    loop {
+        let cutoff = state.clock.now() - state.config.confirmation_lifetime;
+        match state.store.purge_pending(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "deleted sign-ups that were never confirmed"),
+            Err(e) => tracing::warn!(error = %e, "purging unconfirmed sign-ups failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
+}
+
+/// Reads the admin token from `path`, or makes one there (mode 0600) on first start.
+fn admin_token_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let token = existing.trim().to_owned();
+        if token.len() >= 16 {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(token);
+        }
+        anyhow::bail!(
+            "{} holds no usable admin token (under 16 characters); delete it to make a new one",
+            path.display()
+        );
+    }
+    let dir: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if !dir.as_os_str().is_empty() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("Failed to create {}", dir.display()))?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex(&bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("Failed to create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    tracing::warn!(path = %path.display(), "no POSTBOTE_ADMIN_TOKEN set: generated an admin token and stored it in this file");
+    Ok(token)
+}

@@ -1,0 +1,576 @@
+//! Configuration: a TOML file (`--config` or `POSTBOTE_CONFIG`) overlaid by the
+//! `POSTBOTE_*` environment variables, parsed once at start into typed values.
+//! Every key is documented in `config/postbote.example.toml`. A bad value stops the
+//! start with a [`ConfigError`] naming the key and the problem.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use serde::Deserialize;
+
+use crate::domain::{DeliveryTime, Locale, TimeZone, TopicSlug};
+
+/// A configuration problem, naming the key (or environment variable) at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {key}: {problem}")]
+pub struct ConfigError {
+    /// The TOML key or environment variable.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    database_url: Option<String>,
+    listen: Option<String>,
+    public_url: Option<String>,
+    smtp_url: Option<String>,
+    outbox_dir: Option<PathBuf>,
+    mail_from: Option<String>,
+    admin_token: Option<String>,
+    data_dir: Option<PathBuf>,
+    templates_dir: Option<PathBuf>,
+    trust_proxy_headers: Option<bool>,
+    confirmation_lifetime_hours: Option<u64>,
+    consent_version: Option<String>,
+    defaults: FileDefaults,
+    rate_limit: FileRateLimit,
+    delivery: FileDelivery,
+    topics: Vec<FileTopic>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileDefaults {
+    locale: Option<String>,
+    delivery_time: Option<String>,
+    timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRateLimit {
+    per_client_per_minute: Option<u32>,
+    per_address_per_hour: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileDelivery {
+    workers: Option<usize>,
+    poll_interval_ms: Option<u64>,
+    retry_base_ms: Option<u64>,
+    retry_max_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    smtp_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTopic {
+    slug: String,
+    name: String,
+    description: Option<String>,
+}
+
+/// Which database, parsed from `POSTBOTE_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://…`: the reference store; several instances may share it.
+    Postgres(String),
+    /// `sqlite://PATH`: the zero-setup default; one instance.
+    Sqlite(PathBuf),
+}
+
+/// How mail leaves postbote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// One `.eml` file per message in this folder (the default).
+    Outbox(PathBuf),
+    /// An SMTP relay.
+    Smtp(SmtpRelay),
+}
+
+/// An SMTP relay, parsed from `POSTBOTE_SMTP_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpRelay {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// `user:password` from the URL, if any.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Transport security towards the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP: for a relay on the same host or network.
+    None,
+    /// STARTTLS, required (`?tls=required`).
+    StartTls,
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+}
+
+/// Defaults offered on the sign-up page.
+#[derive(Debug, Clone)]
+pub struct SignUpDefaults {
+    /// Page and mail language when the reader chooses none.
+    pub locale: Locale,
+    /// Pre-filled delivery time.
+    pub delivery_time: DeliveryTime,
+    /// Pre-filled time zone (JavaScript replaces it by the browser's).
+    pub timezone: TimeZone,
+}
+
+/// Abuse limits on `POST /subscribe`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    /// Sign-up requests one client address may make per minute; 0 disables the limit.
+    pub per_client_per_minute: u32,
+    /// Mails one email address may be sent per hour by sign-ups; 0 disables the limit.
+    pub per_address_per_hour: u32,
+}
+
+/// How the delivery workers behave.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// Concurrent SMTP connections (one worker each).
+    pub workers: usize,
+    /// How often idle workers look for due mail (other instances' work, retries).
+    pub poll_interval: Duration,
+    /// First retry delay after a temporary failure; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Attempts before a temporarily failing mail is given up as failed.
+    pub max_attempts: u32,
+    /// Timeout for each SMTP command.
+    pub smtp_timeout: Duration,
+}
+
+/// A topic declared in the file, created or updated at start.
+#[derive(Debug, Clone)]
+pub struct TopicSeed {
+    /// Stable key.
+    pub slug: TopicSlug,
+    /// Display name.
+    pub name: String,
+    /// Optional longer text.
+    pub description: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the data lives.
+    pub database: DatabaseUrl,
+    /// HTTP listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Base of every link in mails and pages, without a trailing slash.
+    pub public_url: Option<String>,
+    /// How mail is delivered.
+    pub transport: Transport,
+    /// The `From:` of every mail.
+    pub mail_from: Mailbox,
+    /// Bearer token for `/api/v1`; `None` → generated into `data_dir/admin-token`.
+    pub admin_token: Option<String>,
+    /// Folder for the generated admin token (and the default database and outbox).
+    pub data_dir: PathBuf,
+    /// Operator's template folder replacing the built-in templates.
+    pub templates_dir: Option<PathBuf>,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_proxy_headers: bool,
+    /// How long a confirmation link is valid; pending sign-ups are purged after it.
+    pub confirmation_lifetime: chrono::Duration,
+    /// Version label of the consent text, stored with every sign-up.
+    pub consent_version: String,
+    /// Pre-filled sign-up values.
+    pub defaults: SignUpDefaults,
+    /// Abuse limits.
+    pub rate_limit: RateLimits,
+    /// Delivery worker settings.
+    pub delivery: Delivery,
+    /// Topics declared in the file.
+    pub topics: Vec<TopicSeed>,
+}
+
+impl Config {
+    /// Reads the file (if any) and overlays the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key and the problem.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("POSTBOTE_"))
+            .collect();
+        Self::from_sources(path, &env)
+    }
+
+    /// Reads the file (if any) and overlays the given variables.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key and the problem.
+    pub fn from_sources(
+        path: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("POSTBOTE_CONFIG").map(PathBuf::from));
+        let file = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::new(p.display().to_string(), e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, env)
+    }
+
+    fn resolve(file: FileConfig, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        // An environment variable wins over the file; the error names whichever was used.
+        let pick = |var: &str, key: &str, from_file: Option<String>| -> Option<(String, String)> {
+            env.get(var)
+                .map(|v| (var.to_owned(), v.clone()))
+                .or_else(|| from_file.map(|v| (key.to_owned(), v)))
+        };
+        let data_dir = env
+            .get("POSTBOTE_DATA_DIR")
+            .map(PathBuf::from)
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+
+        let database = match pick("POSTBOTE_DATABASE_URL", "database_url", file.database_url) {
+            Some((key, url)) => parse_database_url(&url).map_err(|p| ConfigError::new(key, p))?,
+            None => DatabaseUrl::Sqlite(data_dir.join("postbote.db")),
+        };
+        let listen = match pick("POSTBOTE_LISTEN", "listen", file.listen) {
+            Some((key, v)) => v.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new(key, format!("{e}: expected an address like 127.0.0.1:8080"))
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let public_url = match pick("POSTBOTE_PUBLIC_URL", "public_url", file.public_url) {
+            Some((key, v)) => Some(parse_public_url(&v).map_err(|p| ConfigError::new(key, p))?),
+            None => None,
+        };
+        let transport = match pick("POSTBOTE_SMTP_URL", "smtp_url", file.smtp_url) {
+            Some((key, v)) if !v.trim().is_empty() => {
+                Transport::Smtp(parse_smtp_url(&v).map_err(|p| ConfigError::new(key, p))?)
+            }
+            _ => Transport::Outbox(
+                env.get("POSTBOTE_OUTBOX_DIR")
+                    .map(PathBuf::from)
+                    .or(file.outbox_dir)
+                    .unwrap_or_else(|| data_dir.join("outbox")),
+            ),
+        };
+        let mail_from = match pick("POSTBOTE_MAIL_FROM", "mail_from", file.mail_from) {
+            Some((key, v)) => v.parse::<Mailbox>().map_err(|e| {
+                ConfigError::new(
+                    key,
+                    format!("{e}: expected e.g. Newsletter <news@example.org>"),
+                )
+            })?,
+            None => "Newsletter <newsletter@localhost>"
+                .parse()
+                .expect("default From parses"),
+        };
+        let admin_token = pick("POSTBOTE_ADMIN_TOKEN", "admin_token", file.admin_token)
+            .map(|(key, v)| {
+                if v.len() < 16 {
+                    Err(ConfigError::new(key, "must be at least 16 characters"))
+                } else {
+                    Ok(v)
+                }
+            })
+            .transpose()?;
+
+        let defaults = SignUpDefaults {
+            locale: opt_parse("defaults.locale", file.defaults.locale, Locale::parse)?
+                .unwrap_or_default(),
+            delivery_time: opt_parse(
+                "defaults.delivery_time",
+                file.defaults.delivery_time,
+                DeliveryTime::parse,
+            )?
+            .unwrap_or_else(|| DeliveryTime::parse("07:00").expect("valid")),
+            timezone: opt_parse("defaults.timezone", file.defaults.timezone, TimeZone::parse)?
+                .unwrap_or_else(|| TimeZone::parse("Europe/Berlin").expect("valid")),
+        };
+
+        let lifetime_hours = file.confirmation_lifetime_hours.unwrap_or(7 * 24);
+        if !(1..=24 * 365).contains(&lifetime_hours) {
+            return Err(ConfigError::new(
+                "confirmation_lifetime_hours",
+                "must be between 1 and 8760",
+            ));
+        }
+
+        let d = file.delivery;
+        let delivery = Delivery {
+            workers: d.workers.unwrap_or(4),
+            poll_interval: Duration::from_millis(d.poll_interval_ms.unwrap_or(1000)),
+            retry_base: Duration::from_millis(d.retry_base_ms.unwrap_or(30_000)),
+            retry_max: Duration::from_millis(d.retry_max_ms.unwrap_or(3_600_000)),
+            max_attempts: d.max_attempts.unwrap_or(25),
+            smtp_timeout: Duration::from_millis(d.smtp_timeout_ms.unwrap_or(30_000)),
+        };
+        if !(1..=256).contains(&delivery.workers) {
+            return Err(ConfigError::new(
+                "delivery.workers",
+                "must be between 1 and 256",
+            ));
+        }
+        if delivery.poll_interval.is_zero() || delivery.retry_base.is_zero() {
+            return Err(ConfigError::new(
+                "delivery.poll_interval_ms / delivery.retry_base_ms",
+                "must be greater than 0",
+            ));
+        }
+        if delivery.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "delivery.max_attempts",
+                "must be at least 1",
+            ));
+        }
+
+        let mut topics = Vec::with_capacity(file.topics.len());
+        for (i, t) in file.topics.into_iter().enumerate() {
+            let slug = TopicSlug::parse(&t.slug)
+                .map_err(|e| ConfigError::new(format!("topics[{i}].slug"), e.to_string()))?;
+            if t.name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("topics[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            topics.push(TopicSeed {
+                slug,
+                name: t.name,
+                description: t.description,
+            });
+        }
+
+        Ok(Self {
+            database,
+            listen,
+            public_url,
+            transport,
+            mail_from,
+            admin_token,
+            data_dir,
+            templates_dir: file.templates_dir,
+            trust_proxy_headers: file.trust_proxy_headers.unwrap_or(false),
+            confirmation_lifetime: chrono::Duration::hours(lifetime_hours as i64),
+            consent_version: file.consent_version.unwrap_or_else(|| "1".to_owned()),
+            defaults,
+            rate_limit: RateLimits {
+                per_client_per_minute: file.rate_limit.per_client_per_minute.unwrap_or(20),
+                per_address_per_hour: file.rate_limit.per_address_per_hour.unwrap_or(3),
+            },
+            delivery,
+            topics,
+        })
+    }
+
+    /// The public base URL: configured, or `http://` + the bound listen address.
+    pub fn public_url_for(&self, bound: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+    }
+}
+
+fn opt_parse<T, E: std::fmt::Display>(
+    key: &str,
+    value: Option<String>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Option<T>, ConfigError> {
+    value
+        .map(|v| parse(&v).map_err(|e| ConfigError::new(key, e.to_string())))
+        .transpose()
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(DatabaseUrl::Postgres(url.to_owned()));
+    }
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("sqlite URL needs a file path, e.g. sqlite://data/postbote.db".into());
+        }
+        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+    }
+    Err("must start with postgres:// or sqlite://".into())
+}
+
+fn parse_public_url(v: &str) -> Result<String, String> {
+    let url =
+        url::Url::parse(v).map_err(|e| format!("{e}: expected e.g. https://news.example.org"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(v.trim_end_matches('/').to_owned())
+}
+
+fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
+    let url = url::Url::parse(v).map_err(|e| format!("{e}: expected smtp://host:port"))?;
+    let implicit = match url.scheme() {
+        "smtp" => false,
+        "smtps" => true,
+        other => return Err(format!("unknown scheme {other:?}: use smtp:// or smtps://")),
+    };
+    let host = url
+        .host_str()
+        .ok_or("needs a host")?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let mut tls = if implicit {
+        SmtpTls::Implicit
+    } else {
+        SmtpTls::None
+    };
+    for (k, val) in url.query_pairs() {
+        match (k.as_ref(), val.as_ref()) {
+            ("tls", "required") if !implicit => tls = SmtpTls::StartTls,
+            ("tls", "none") if !implicit => tls = SmtpTls::None,
+            ("tls", other) => return Err(format!("tls={other} is not supported here")),
+            (other, _) => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = (!url.username().is_empty()).then(|| {
+        (
+            decode(url.username()),
+            decode(url.password().unwrap_or_default()),
+        )
+    });
+    let port = url.port().unwrap_or(if implicit { 465 } else { 25 });
+    Ok(SmtpRelay {
+        host,
+        port,
+        tls,
+        credentials,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn zero_configuration_gives_the_documented_defaults() {
+        let c = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(
+            c.database,
+            DatabaseUrl::Sqlite(PathBuf::from("data/postbote.db"))
+        );
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.transport, Transport::Outbox(PathBuf::from("data/outbox")));
+        assert_eq!(c.mail_from.to_string(), "Newsletter <newsletter@localhost>");
+        assert_eq!(c.public_url_for(c.listen), "http://127.0.0.1:8080");
+        assert_eq!(c.confirmation_lifetime, chrono::Duration::days(7));
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_and_parses_smtp_urls() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                (
+                    "POSTBOTE_SMTP_URL",
+                    "smtps://user%40x:p%2Bw@mail.example.org",
+                ),
+                ("POSTBOTE_DATABASE_URL", "postgres://localhost/postbote"),
+                ("POSTBOTE_PUBLIC_URL", "https://news.example.org/"),
+            ]),
+        )
+        .unwrap();
+        let Transport::Smtp(relay) = c.transport else {
+            panic!("smtp expected")
+        };
+        assert_eq!(relay.port, 465);
+        assert_eq!(relay.tls, SmtpTls::Implicit);
+        assert_eq!(relay.credentials, Some(("user@x".into(), "p+w".into())));
+        assert_eq!(c.public_url.as_deref(), Some("https://news.example.org"));
+        let c = Config::from_sources(
+            None,
+            &env(&[("POSTBOTE_SMTP_URL", "smtp://127.0.0.1:2525?tls=required")]),
+        )
+        .unwrap();
+        let Transport::Smtp(relay) = c.transport else {
+            panic!("smtp expected")
+        };
+        assert_eq!((relay.port, relay.tls), (2525, SmtpTls::StartTls));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("POSTBOTE_LISTEN", "nonsense"),
+            ("POSTBOTE_DATABASE_URL", "mysql://x"),
+            ("POSTBOTE_SMTP_URL", "http://x"),
+            ("POSTBOTE_MAIL_FROM", "not an address"),
+            ("POSTBOTE_PUBLIC_URL", "news.example.org"),
+            ("POSTBOTE_ADMIN_TOKEN", "short"),
+        ];
+        for (key, value) in cases {
+            let err = Config::from_sources(None, &env(&[(key, value)])).unwrap_err();
+            assert_eq!(err.key, key, "{value}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[defaults]\ntimezone = \"Mars/Base\"\n").unwrap();
+        let err = Config::from_sources(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(err.key, "defaults.timezone");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::from_sources(Some(&path), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        std::fs::write(&path, "[[topics]]\nslug = \"Bad Slug\"\nname = \"x\"\n").unwrap();
+        let err = Config::from_sources(Some(&path), &env(&[])).unwrap_err();
+        assert_eq!(err.key, "topics[0].slug");
+    }
+}

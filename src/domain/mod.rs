@@ -1,0 +1,14 @@
+//! Types that cannot hold invalid values: parsed once at the edge (form, JSON,
+//! CSV, config), carried as types everywhere after that.
+
+mod email;
+mod schedule;
+mod token;
+mod topic;
+
+pub use email::{EmailAddress, EmailError};
+pub use schedule::{
+    DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone, TimeZoneError, Weekdays,
+};
+pub use token::{Token, TokenHash, hex};
+pub use topic::{SlugError, TopicSlug};

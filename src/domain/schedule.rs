@@ -1,0 +1,199 @@
+//! When and in which language a reader wants their mail.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::NaiveTime;
+use serde::{Deserialize, Serialize};
+
+/// A local time of day, minutes precision, written `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryTime(NaiveTime);
+
+/// Why a string is not a [`DeliveryTime`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be a time of day written HH:MM, from 00:00 to 23:59")]
+pub struct DeliveryTimeError;
+
+impl DeliveryTime {
+    /// # Errors
+    /// [`DeliveryTimeError`] unless the text is `HH:MM` with a real time of day.
+    pub fn parse(s: &str) -> Result<Self, DeliveryTimeError> {
+        let s = s.trim();
+        let (h, m) = s.split_once(':').ok_or(DeliveryTimeError)?;
+        let digits = |p: &str| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(h) || m.len() != 2 || !digits(m) {
+            return Err(DeliveryTimeError);
+        }
+        let (h, m) = (
+            h.parse().map_err(|_| DeliveryTimeError)?,
+            m.parse().map_err(|_| DeliveryTimeError)?,
+        );
+        NaiveTime::from_hms_opt(h, m, 0)
+            .map(Self)
+            .ok_or(DeliveryTimeError)
+    }
+
+    /// The time of day.
+    pub fn time(self) -> NaiveTime {
+        self.0
+    }
+}
+
+impl fmt::Display for DeliveryTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format("%H:%M"))
+    }
+}
+
+/// An IANA time zone such as `Europe/Berlin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZone(chrono_tz::Tz);
+
+/// Why a string is not a [`TimeZone`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be an IANA time zone name such as Europe/Berlin")]
+pub struct TimeZoneError;
+
+impl TimeZone {
+    /// # Errors
+    /// [`TimeZoneError`] unless the text names a zone of the IANA database.
+    pub fn parse(s: &str) -> Result<Self, TimeZoneError> {
+        chrono_tz::Tz::from_str(s.trim())
+            .map(Self)
+            .map_err(|_| TimeZoneError)
+    }
+
+    /// The zone, for date arithmetic.
+    pub fn tz(self) -> chrono_tz::Tz {
+        self.0
+    }
+}
+
+impl fmt::Display for TimeZone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+/// The languages postbote speaks; German first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Locale {
+    /// German, the default.
+    #[default]
+    De,
+    /// English.
+    En,
+}
+
+/// Why a string is not a [`Locale`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be one of: de, en")]
+pub struct LocaleError;
+
+impl Locale {
+    /// Every supported locale, the default first.
+    pub const ALL: [Locale; 2] = [Locale::De, Locale::En];
+
+    /// # Errors
+    /// [`LocaleError`] for anything but `de` or `en` (a region such as `de-AT` is accepted).
+    pub fn parse(s: &str) -> Result<Self, LocaleError> {
+        let lang = s.trim().split(['-', '_']).next().unwrap_or_default();
+        match lang.to_ascii_lowercase().as_str() {
+            "de" => Ok(Self::De),
+            "en" => Ok(Self::En),
+            _ => Err(LocaleError),
+        }
+    }
+
+    /// The two-letter code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::De => "de",
+            Self::En => "en",
+        }
+    }
+}
+
+impl fmt::Display for Locale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The days of the week a reader wants mail on, as a bit set (bit 0 = Monday).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weekdays(u8);
+
+impl Weekdays {
+    /// Every day of the week: the default.
+    pub const EVERY_DAY: Weekdays = Weekdays(0b111_1111);
+
+    /// # Errors
+    /// `None` when the bits name no day or more than seven.
+    pub fn from_bits(bits: i64) -> Option<Self> {
+        (1..=0b111_1111).contains(&bits).then_some(Self(bits as u8))
+    }
+
+    /// The bit set, for storage.
+    pub fn bits(self) -> i64 {
+        i64::from(self.0)
+    }
+
+    /// The days as cron day-of-week names, e.g. `Mon,Tue`.
+    pub fn names(self) -> Vec<&'static str> {
+        const NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        (0..7)
+            .filter(|i| self.0 & (1 << i) != 0)
+            .map(|i| NAMES[i])
+            .collect()
+    }
+}
+
+impl Default for Weekdays {
+    fn default() -> Self {
+        Self::EVERY_DAY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_times_are_hh_mm() {
+        assert_eq!(DeliveryTime::parse("07:00").unwrap().to_string(), "07:00");
+        assert_eq!(DeliveryTime::parse("7:05").unwrap().to_string(), "07:05");
+        for bad in [
+            "24:00", "12:60", "12", "12:5", "ab:cd", "", "-1:00", "12:00:00",
+        ] {
+            assert!(DeliveryTime::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn time_zones_are_iana_names() {
+        assert_eq!(
+            TimeZone::parse("Europe/Berlin").unwrap().to_string(),
+            "Europe/Berlin"
+        );
+        assert!(TimeZone::parse("Mars/Olympus").is_err());
+        assert!(TimeZone::parse("").is_err());
+    }
+
+    #[test]
+    fn locales_accept_regions() {
+        assert_eq!(Locale::parse("de-AT"), Ok(Locale::De));
+        assert_eq!(Locale::parse("EN"), Ok(Locale::En));
+        assert!(Locale::parse("fr").is_err());
+    }
+
+    #[test]
+    fn weekdays_name_their_days() {
+        assert_eq!(Weekdays::EVERY_DAY.names().len(), 7);
+        assert_eq!(Weekdays::from_bits(0b101).unwrap().names(), ["Mon", "Wed"]);
+        assert!(Weekdays::from_bits(0).is_none());
+        assert!(Weekdays::from_bits(128).is_none());
+    }
+}

@@ -1,0 +1,21 @@
+//! postbote: a self-hosted topic-newsletter daemon.
+//!
+//! # Layout
+//! - [`config`]: the TOML file and `POSTBOTE_*` variables, parsed once into types.
+//! - [`domain`]: values that cannot be invalid (`EmailAddress`, `TopicSlug`, …).
+//! - [`store`]: the only module with SQL; PostgreSQL and SQLite behind one [`store::Store`].
+//! - [`mail`]: templates, building messages, the delivery workers and transports.
+//! - [`web`]: the public pages, the admin API and the router.
+//! - [`app`]: wires it all together; [`app::App`] binds its own listener so tests run
+//!   the real thing on port 0.
+//! - [`clock`]: where "now" comes from, so tests can move time.
+//!
+//! `docs/ARCHITECTURE.md` walks a sign-up through these modules.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod mail;
+pub mod store;
+pub mod web;

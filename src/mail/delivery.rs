@@ -1,0 +1,166 @@
+//! Delivery workers: claim due mails from the queue, send them, record the outcome.
+//!
+//! Each worker owns one [`Sender`] (one SMTP connection), so `delivery.workers`
+//! bounds the concurrency towards the relay. Mails are claimed with a lease; a
+//! worker that dies leaves the lease to run out and the mail is claimed again.
+//! Shutdown is checked between mails: a send in progress is always finished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::transport::{SendError, Sender};
+use crate::clock::Clock;
+use crate::config::{Delivery, Transport};
+use crate::store::{ClaimedMail, Store};
+
+/// Mails one worker claims at a time.
+const BATCH: u32 = 16;
+
+/// What a worker needs.
+#[derive(Clone)]
+pub struct DeliveryContext {
+    /// The queue.
+    pub store: Store,
+    /// Time source for leases and back-off.
+    pub clock: Arc<dyn Clock>,
+    /// Worker settings.
+    pub settings: Delivery,
+    /// Where mail goes.
+    pub transport: Transport,
+    /// Rung when new mail is queued, so workers need not wait for the next poll.
+    pub wake: Arc<Notify>,
+}
+
+/// Runs one worker until `cancel` fires.
+pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
+    let mut sender = Sender::new(ctx.transport.clone(), ctx.settings.smtp_timeout);
+    // A claimed batch must be done well within its lease, or another worker takes it.
+    let lease = chrono::Duration::from_std(ctx.settings.smtp_timeout * (BATCH * 3 + 2))
+        .unwrap_or(chrono::Duration::minutes(30));
+    while !cancel.is_cancelled() {
+        let wake = ctx.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+
+        let now = ctx.clock.now();
+        let batch = match ctx.store.claim_mail(now, now + lease, BATCH).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming mail failed; retrying");
+                wait(&cancel, ctx.settings.poll_interval, None).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            // Nothing due: wait for new mail, the poll interval (retries, other
+            // instances' mail) or shutdown. Idle connections are closed meanwhile.
+            sender.close().await;
+            wait(&cancel, ctx.settings.poll_interval, Some(wake)).await;
+            continue;
+        }
+        let mut mails = batch.into_iter();
+        for mail in mails.by_ref() {
+            deliver(&ctx, &mut sender, &mail).await;
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        for unsent in mails {
+            if let Err(e) = ctx.store.mail_release(unsent.id).await {
+                tracing::warn!(mail.id = unsent.id, error = %e, "releasing mail failed; its lease will run out");
+            }
+        }
+    }
+    sender.close().await;
+}
+
+async fn wait(
+    cancel: &CancellationToken,
+    poll: Duration,
+    wake: Option<std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>>,
+) {
+    match wake {
+        Some(wake) => tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(poll) => {}
+            () = wake => {}
+        },
+        None => tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(poll) => {}
+        },
+    }
+}
+
+#[tracing::instrument(skip_all, fields(mail.id = mail.id, attempt = mail.attempts))]
+async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail) {
+    let result = sender.send(mail).await;
+    let now = ctx.clock.now();
+    let recorded = match &result {
+        Ok(()) => {
+            tracing::debug!("delivered");
+            ctx.store.mail_sent(mail.id, now).await
+        }
+        Err(SendError::Permanent(reason)) => {
+            tracing::warn!(%reason, "delivery failed permanently");
+            ctx.store.mail_failed(mail.id, now, reason).await
+        }
+        Err(SendError::Transient(reason)) if mail.attempts >= ctx.settings.max_attempts as i32 => {
+            tracing::warn!(%reason, "delivery failed too often; giving up");
+            ctx.store
+                .mail_failed(
+                    mail.id,
+                    now,
+                    &format!("gave up after {} attempts: {reason}", mail.attempts),
+                )
+                .await
+        }
+        Err(SendError::Transient(reason)) => {
+            let delay = backoff(&ctx.settings, mail.attempts);
+            tracing::info!(%reason, retry_in = ?delay, "delivery failed; will retry");
+            let next =
+                now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
+            ctx.store.mail_retry(mail.id, next, reason).await
+        }
+    };
+    if let Err(e) = recorded {
+        // The mail stays claimed until its lease runs out, then it is sent again:
+        // the one case where a reader may get a mail twice.
+        tracing::error!(error = %e, outcome = ?result, "recording the delivery outcome failed");
+    }
+}
+
+/// Exponential back-off: base, 2·base, 4·base, … up to the maximum.
+pub fn backoff(settings: &Delivery, attempts: i32) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    settings
+        .retry_base
+        .saturating_mul(1 << exp)
+        .min(settings.retry_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let s = Delivery {
+            workers: 1,
+            poll_interval: Duration::from_secs(1),
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(3600),
+            max_attempts: 10,
+            smtp_timeout: Duration::from_secs(30),
+        };
+        assert_eq!(backoff(&s, 1), Duration::from_secs(30));
+        assert_eq!(backoff(&s, 2), Duration::from_secs(60));
+        assert_eq!(backoff(&s, 3), Duration::from_secs(120));
+        assert_eq!(backoff(&s, 30), Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,8 @@
+//! Mail: the template set ([`templates`]), building messages ([`compose`]),
+//! transports ([`transport`]: outbox folder or SMTP) and the delivery workers
+//! that drain the durable queue ([`delivery`]).
+
+pub mod compose;
+pub mod delivery;
+pub mod templates;
+pub mod transport;

@@ -1,0 +1,43 @@
+//! The schema, per backend, embedded in the binary so `postbote` runs from any folder.
+
+use std::borrow::Cow;
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// `(version, description, PostgreSQL SQL, SQLite SQL)`, in order.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "signup",
+    include_str!("../../migrations/postgres/0001_signup.sql"),
+    include_str!("../../migrations/sqlite/0001_signup.sql"),
+)];
+
+fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|m| {
+            Migration::new(
+                m.0,
+                Cow::Borrowed(m.1),
+                MigrationType::Simple,
+                SqlStr::from_static(pick(m)),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// The PostgreSQL migrations (`migrations/postgres/`).
+pub fn postgres() -> Migrator {
+    migrator(|m| m.2)
+}
+
+/// The SQLite migrations (`migrations/sqlite/`).
+pub fn sqlite() -> Migrator {
+    migrator(|m| m.3)
+}

@@ -1,0 +1,158 @@
+//! The only place with SQL. One [`Store`] with two backends:
+//!
+//! - **PostgreSQL**, the reference: several `postbote serve` processes may share one
+//!   database; work is claimed with `FOR UPDATE SKIP LOCKED`.
+//! - **SQLite**, the zero-setup default (`data/postbote.db`, WAL): one process, one
+//!   writer connection, so transactions never race.
+//!
+//! The SQL is written once, in the dialect both understand (`$1` placeholders,
+//! `RETURNING`, `ON CONFLICT`); the few statements that differ are picked by
+//! backend. [`on_pool!`] runs one body against whichever pool is configured, so
+//! every query is type-checked against both drivers. The contract test suite
+//! (`tests/store_contract.rs`) runs the same cases against both backends.
+
+mod mail_queue;
+mod migrations;
+mod subscribers;
+mod topics;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::config::DatabaseUrl;
+
+pub use mail_queue::{ClaimedMail, NewMail};
+pub use subscribers::{
+    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, SignUp, SignUpKind, SignUpOutcome,
+    SubscriberExport, TokenState,
+};
+pub use topics::{Topic, TopicChange};
+
+/// Runs `$body` with `$pool` bound to the configured backend's pool.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// A store failure, sorted by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists (e.g. a topic slug).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The database cannot be reached right now: retry later (HTTP 503, exit 75).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug or a broken database.
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(e)
+            }
+            other => Self::Database(other),
+        }
+    }
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A connection pool to one of the two backends. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+impl Store {
+    /// Opens a pool. SQLite files (and their folder) are created when missing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached.
+    pub async fn connect(url: &DatabaseUrl) -> StoreResult<Self> {
+        match url {
+            DatabaseUrl::Postgres(url) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+            DatabaseUrl::Sqlite(path) => Self::open_sqlite(path).await,
+        }
+    }
+
+    async fn open_sqlite(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.into()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection: SQLite has one writer anyway, and a single connection makes
+        // every transaction serial, so read-then-write sequences need no locks.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        Ok(Self::Sqlite(pool))
+    }
+
+    /// Whether this is the PostgreSQL backend.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Applies the embedded migrations of this backend.
+    ///
+    /// # Errors
+    /// [`StoreError::Migrate`] when a migration fails or the recorded ones differ.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match self {
+            Self::Postgres(pool) => migrations::postgres().run(pool).await?,
+            Self::Sqlite(pool) => migrations::sqlite().run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when it does not.
+    pub async fn ping(&self) -> StoreResult<()> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for checked-out connections to return.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+}

@@ -1,0 +1,498 @@
+//! Subscribers: sign-up with its proof of consent, confirmation, export, purge.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::mail_queue::{INSERT_MAIL, NewMail};
+use super::{Store, StoreResult, on_pool};
+use crate::domain::{DeliveryTime, EmailAddress, Locale, TimeZone, TokenHash, TopicSlug};
+
+/// What a reader submitted, with the proof of their consent.
+#[derive(Debug, Clone)]
+pub struct SignUp {
+    /// The address to subscribe.
+    pub email: EmailAddress,
+    /// Chosen topics, all currently offered.
+    pub topics: Vec<TopicSlug>,
+    /// Local delivery time.
+    pub delivery_time: DeliveryTime,
+    /// The reader's time zone.
+    pub timezone: TimeZone,
+    /// Mail and page language.
+    pub locale: Locale,
+    /// Proof of consent for this request.
+    pub proof: ConsentProof,
+    /// Hash of the confirmation token the mail will carry (new and pending readers).
+    pub confirm_token: TokenHash,
+    /// When that token stops working.
+    pub confirm_expires_at: DateTime<Utc>,
+    /// Hash of the preferences token the notice mail will carry (confirmed readers).
+    pub manage_token: TokenHash,
+    /// At most this many sign-up mails to the address since the given instant.
+    pub mail_limit: Option<(u32, DateTime<Utc>)>,
+}
+
+/// Who consented, when, from where, to what.
+#[derive(Debug, Clone)]
+pub struct ConsentProof {
+    /// When the request arrived.
+    pub at: DateTime<Utc>,
+    /// The client's IP address.
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Version label of the consent text.
+    pub consent_version: String,
+    /// The exact consent text shown.
+    pub consent_text: String,
+}
+
+/// What the sign-up found about the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignUpKind {
+    /// Never seen (or purged): now pending.
+    New,
+    /// Pending already: the confirmation is sent again.
+    Pending,
+    /// Unsubscribed earlier: pending again, double opt-in again.
+    Returning,
+    /// Already confirmed: nothing changes, a notice with a preferences link is sent.
+    Confirmed,
+}
+
+/// The result of [`Store::sign_up`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignUpOutcome {
+    /// Stored; the mail is queued.
+    Accepted(SignUpKind),
+    /// The address had its share of mails; nothing was stored.
+    Limited {
+        /// When the oldest counted mail leaves the window.
+        retry_at: DateTime<Utc>,
+    },
+}
+
+/// What a confirmation token is worth right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// No such token (never issued, or purged).
+    Unknown,
+    /// Issued, but its lifetime is over and the reader never confirmed.
+    Expired,
+    /// Usable.
+    Valid,
+}
+
+/// The result of [`Store::confirm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    /// No such token.
+    Unknown,
+    /// The token's lifetime is over.
+    Expired,
+    /// Confirmed now.
+    Confirmed,
+    /// Was confirmed before: nothing changed.
+    AlreadyConfirmed,
+}
+
+/// Everything stored about one address (GDPR Art. 15/20).
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberExport {
+    /// The address.
+    pub email: String,
+    /// `pending`, `confirmed` or `unsubscribed`.
+    pub status: String,
+    /// Chosen topic slugs.
+    pub topics: Vec<String>,
+    /// Delivery schedule and language.
+    pub schedule: Schedule,
+    /// When the address was first stored.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// The confirmation proof, once confirmed.
+    pub confirmation: Option<ConfirmationProof>,
+    /// When the reader unsubscribed, if they did.
+    pub unsubscribed_at: Option<DateTime<Utc>>,
+    /// Every sign-up request's consent proof, oldest first.
+    pub consents: Vec<ConsentRecord>,
+    /// Every mail queued for the address, oldest first.
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// When and how a reader wants their mail.
+#[derive(Debug, Clone, Serialize)]
+pub struct Schedule {
+    /// Local `HH:MM`.
+    pub delivery_time: String,
+    /// IANA zone.
+    pub timezone: String,
+    /// Day names, e.g. `["Mon", "Tue"]`.
+    pub weekdays: Vec<&'static str>,
+    /// Language.
+    pub locale: String,
+}
+
+/// When and from where the reader confirmed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfirmationProof {
+    /// Time of the confirming POST.
+    pub at: DateTime<Utc>,
+    /// Its client IP.
+    pub ip: Option<String>,
+}
+
+/// One stored consent proof.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct ConsentRecord {
+    /// When the sign-up arrived.
+    pub given_at: DateTime<Utc>,
+    /// Client IP.
+    pub ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// Consent text version.
+    pub consent_version: String,
+    /// The exact consent text.
+    pub consent_text: String,
+    /// Topic slugs asked for, comma separated.
+    pub topics: String,
+    /// Delivery time asked for.
+    pub delivery_time: String,
+    /// Time zone asked for.
+    pub timezone: String,
+    /// Language asked for.
+    pub locale: String,
+}
+
+/// One mail's delivery record.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct DeliveryRecord {
+    /// `confirm`, `already-subscribed`, …
+    pub kind: String,
+    /// `queued`, `sent` or `failed`.
+    pub status: String,
+    /// SMTP attempts made.
+    pub attempts: i32,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When it was delivered or given up.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(FromRow)]
+struct SubscriberRow {
+    id: i64,
+    email: String,
+    status: String,
+    locale: String,
+    delivery_time: String,
+    timezone: String,
+    weekdays: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    confirmed_at: Option<DateTime<Utc>>,
+    confirmed_ip: Option<String>,
+    unsubscribed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(FromRow)]
+struct TokenRow {
+    subscriber_id: i64,
+    expires_at: Option<DateTime<Utc>>,
+    status: String,
+    locale: String,
+}
+
+const LOCK_SUBSCRIBER_PG: &str = "SELECT id, status FROM subscribers WHERE email = $1 FOR UPDATE";
+const LOCK_SUBSCRIBER_SQLITE: &str = "SELECT id, status FROM subscribers WHERE email = $1";
+
+impl Store {
+    /// Records a sign-up in one transaction: the subscriber (new, or updated while
+    /// still pending), its topics, the consent proof, a link token and the mail that
+    /// carries it. `mail` renders that mail for what was found. Confirmed readers'
+    /// topics are never changed by an unauthenticated sign-up.
+    ///
+    /// # Errors
+    /// When the database fails; nothing is stored then.
+    pub async fn sign_up(
+        &self,
+        req: &SignUp,
+        mail: impl FnOnce(SignUpKind) -> NewMail,
+    ) -> StoreResult<SignUpOutcome> {
+        let now = req.proof.at;
+        let lock_sql = if self.is_postgres() {
+            LOCK_SUBSCRIBER_PG
+        } else {
+            LOCK_SUBSCRIBER_SQLITE
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Insert-or-find, then lock the row: concurrent sign-ups for one address
+            // queue up here, so the mail limit below cannot be raced past.
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, created_at, updated_at) \
+                 VALUES ($1, 'pending', $2, $3, $4, $5, $5) ON CONFLICT (email) DO NOTHING RETURNING id",
+            )
+            .bind(req.email.as_str())
+            .bind(req.locale.as_str())
+            .bind(req.delivery_time.to_string())
+            .bind(req.timezone.to_string())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (id, kind) = match inserted {
+                Some(id) => (id, SignUpKind::New),
+                None => {
+                    let (id, status): (i64, String) = sqlx::query_as(lock_sql)
+                        .bind(req.email.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let kind = match status.as_str() {
+                        "confirmed" => SignUpKind::Confirmed,
+                        "unsubscribed" => SignUpKind::Returning,
+                        _ => SignUpKind::Pending,
+                    };
+                    (id, kind)
+                }
+            };
+
+            if let Some((max, since)) = req.mail_limit {
+                let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+                    "SELECT COUNT(*), MIN(created_at) FROM mail_jobs \
+                     WHERE recipient = $1 AND created_at > $2 AND kind IN ('confirm', 'already-subscribed')",
+                )
+                .bind(req.email.as_str())
+                .bind(since)
+                .fetch_one(&mut *tx)
+                .await?;
+                if count >= i64::from(max) {
+                    tx.rollback().await?;
+                    let retry_at = oldest.map_or(now, |o| o + (now - since));
+                    return Ok(SignUpOutcome::Limited { retry_at });
+                }
+            }
+
+            if kind != SignUpKind::Confirmed {
+                sqlx::query(
+                    "UPDATE subscribers SET status = 'pending', locale = $2, delivery_time = $3, \
+                     timezone = $4, updated_at = $5 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(req.locale.as_str())
+                .bind(req.delivery_time.to_string())
+                .bind(req.timezone.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM subscriber_topics WHERE subscriber_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                for slug in &req.topics {
+                    sqlx::query(
+                        "INSERT INTO subscriber_topics (subscriber_id, topic_id) \
+                         SELECT $1, id FROM topics WHERE slug = $2 ON CONFLICT DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(slug.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+
+            let topics = req.topics.iter().map(TopicSlug::as_str).collect::<Vec<_>>().join(",");
+            sqlx::query(
+                "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
+                 consent_text, topics, delivery_time, timezone, locale) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(req.proof.ip.as_deref())
+            .bind(req.proof.user_agent.as_deref())
+            .bind(&req.proof.consent_version)
+            .bind(&req.proof.consent_text)
+            .bind(topics)
+            .bind(req.delivery_time.to_string())
+            .bind(req.timezone.to_string())
+            .bind(req.locale.as_str())
+            .execute(&mut *tx)
+            .await?;
+
+            let (hash, purpose, expires_at) = if kind == SignUpKind::Confirmed {
+                (&req.manage_token, "manage", None)
+            } else {
+                (&req.confirm_token, "confirm", Some(req.confirm_expires_at))
+            };
+            sqlx::query(
+                "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&hash.0[..])
+            .bind(id)
+            .bind(purpose)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+
+            let mail = mail(kind);
+            sqlx::query(INSERT_MAIL)
+                .bind(id)
+                .bind(mail.kind)
+                .bind(&mail.recipient)
+                .bind(&mail.envelope_from)
+                .bind(&mail.message)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(SignUpOutcome::Accepted(kind))
+        })
+    }
+
+    /// Looks at a confirmation token without changing anything (for the GET page).
+    ///
+    /// # Errors
+    /// When the database fails.
+    /// Also returns the reader's language, when the token is known.
+    pub async fn confirm_token_state(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(TokenState, Option<Locale>)> {
+        let row = self.find_confirm_token(hash).await?;
+        let locale = row.as_ref().and_then(|t| Locale::parse(&t.locale).ok());
+        let state = match row {
+            None => TokenState::Unknown,
+            Some(t) if t.status != "confirmed" && t.expires_at.is_some_and(|e| e <= now) => {
+                TokenState::Expired
+            }
+            Some(_) => TokenState::Valid,
+        };
+        Ok((state, locale))
+    }
+
+    async fn find_confirm_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRow>> {
+        let sql = "SELECT t.subscriber_id, t.expires_at, s.status, s.locale FROM tokens t \
+                   JOIN subscribers s ON s.id = t.subscriber_id \
+                   WHERE t.hash = $1 AND t.purpose = 'confirm'";
+        let row = on_pool!(self, pool => sqlx::query_as(sql).bind(&hash.0[..]).fetch_optional(pool).await)?;
+        Ok(row)
+    }
+
+    /// Confirms the subscription a token belongs to. Idempotent: a second call
+    /// reports [`ConfirmOutcome::AlreadyConfirmed`] and changes nothing. Also returns
+    /// the reader's language, when the token is known.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn confirm(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+        ip: Option<&str>,
+    ) -> StoreResult<(ConfirmOutcome, Option<Locale>)> {
+        let Some(token) = self.find_confirm_token(hash).await? else {
+            return Ok((ConfirmOutcome::Unknown, None));
+        };
+        let locale = Locale::parse(&token.locale).ok();
+        if token.status == "confirmed" {
+            return Ok((ConfirmOutcome::AlreadyConfirmed, locale));
+        }
+        if token.expires_at.is_some_and(|e| e <= now) {
+            return Ok((ConfirmOutcome::Expired, locale));
+        }
+        let sql = "UPDATE subscribers SET status = 'confirmed', confirmed_at = $2, confirmed_ip = $3, \
+                   updated_at = $2, unsubscribed_at = NULL WHERE id = $1 AND status = 'pending'";
+        let done = on_pool!(self, pool => sqlx::query(sql)
+            .bind(token.subscriber_id)
+            .bind(now)
+            .bind(ip)
+            .execute(pool)
+            .await.map(|r| r.rows_affected()))?;
+        // Zero rows: a concurrent confirmation won the race; the result is the same.
+        let outcome = if done == 1 {
+            ConfirmOutcome::Confirmed
+        } else {
+            ConfirmOutcome::AlreadyConfirmed
+        };
+        Ok((outcome, locale))
+    }
+
+    /// Everything stored about an address; `None` when nothing is.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn export_subscriber(
+        &self,
+        email: &EmailAddress,
+    ) -> StoreResult<Option<SubscriberExport>> {
+        on_pool!(self, pool => {
+            let Some(s): Option<SubscriberRow> = sqlx::query_as(
+                "SELECT id, email, status, locale, delivery_time, timezone, weekdays, created_at, \
+                 updated_at, confirmed_at, confirmed_ip, unsubscribed_at FROM subscribers WHERE email = $1",
+            )
+            .bind(email.as_str())
+            .fetch_optional(pool)
+            .await? else {
+                return Ok(None);
+            };
+            let topics: Vec<String> = sqlx::query_scalar(
+                "SELECT t.slug FROM subscriber_topics st JOIN topics t ON t.id = st.topic_id \
+                 WHERE st.subscriber_id = $1 ORDER BY t.slug",
+            )
+            .bind(s.id)
+            .fetch_all(pool)
+            .await?;
+            let consents: Vec<ConsentRecord> = sqlx::query_as(
+                "SELECT given_at, ip, user_agent, consent_version, consent_text, topics, delivery_time, \
+                 timezone, locale FROM consents WHERE subscriber_id = $1 ORDER BY id",
+            )
+            .bind(s.id)
+            .fetch_all(pool)
+            .await?;
+            let deliveries: Vec<DeliveryRecord> = sqlx::query_as(
+                "SELECT kind, status, attempts, last_error, created_at, finished_at FROM mail_jobs \
+                 WHERE subscriber_id = $1 ORDER BY id",
+            )
+            .bind(s.id)
+            .fetch_all(pool)
+            .await?;
+            let weekdays = crate::domain::Weekdays::from_bits(s.weekdays).unwrap_or_default();
+            Ok(Some(SubscriberExport {
+                email: s.email,
+                status: s.status,
+                topics,
+                schedule: Schedule {
+                    delivery_time: s.delivery_time,
+                    timezone: s.timezone,
+                    weekdays: weekdays.names(),
+                    locale: s.locale,
+                },
+                created_at: s.created_at,
+                updated_at: s.updated_at,
+                confirmation: s.confirmed_at.map(|at| ConfirmationProof { at, ip: s.confirmed_ip }),
+                unsubscribed_at: s.unsubscribed_at,
+                consents,
+                deliveries,
+            }))
+        })
+    }
+
+    /// Deletes pending sign-ups not confirmed since `cutoff`, with everything
+    /// attached to them. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn purge_pending(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        let sql = "DELETE FROM subscribers WHERE status = 'pending' AND updated_at < $1";
+        let done = on_pool!(self, pool => sqlx::query(sql).bind(cutoff).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(done)
+    }
+}

@@ -1,0 +1,212 @@
+//! The admin API under `/api/v1`: JSON in and out, bearer-token auth compared in
+//! constant time, errors as `{"error": "…"}` with a fitting status.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::domain::{EmailAddress, TopicSlug};
+use crate::store::{StoreError, TopicChange};
+
+/// An admin API failure: a status and a message for the client.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        Self(status, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => {
+                Self::new(StatusCode::CONFLICT, format!("{what} already exists"))
+            }
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %super::subscribe::error_chain(&e), "admin API: database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable; try again later",
+                )
+            }
+            other => {
+                tracing::error!(error = %super::subscribe::error_chain(&other), "admin API failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+/// The routes of this module, behind the token check.
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/topics", get(list_topics).post(create_topic))
+        .route(
+            "/topics/{slug}",
+            axum::routing::patch(update_topic).delete(retire_topic),
+        )
+        .route("/subscribers/{email}", get(export_subscriber))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
+        .layer(middleware::from_fn_with_state(state, require_token))
+}
+
+/// Lets a request through only with `Authorization: Bearer <admin token>`. Both
+/// sides are hashed first, so neither content nor length leaks through timing.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(state.admin_token.as_bytes());
+    if presented.is_empty() || !bool::from(a.ct_eq(&b)) {
+        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+            .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Parses a JSON body with an error message that says what is wrong.
+fn parse_body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let status = if e.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, format!("invalid JSON body: {e}"))
+    })
+}
+
+fn parse_slug(slug: &str) -> Result<TopicSlug, ApiError> {
+    TopicSlug::parse(slug)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("slug: {e}")))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name: must be 1 to 200 characters",
+        ));
+    }
+    Ok(())
+}
+
+async fn list_topics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.store.list_topics(true).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopic {
+    slug: String,
+    name: String,
+    description: Option<String>,
+}
+
+async fn create_topic(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let t: NewTopic = parse_body(&body)?;
+    let slug = parse_slug(&t.slug)?;
+    check_name(&t.name)?;
+    let topic = state
+        .store
+        .create_topic(
+            &slug,
+            t.name.trim(),
+            t.description.as_deref(),
+            state.clock.now(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(topic)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchTopic {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+async fn update_topic(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let slug = parse_slug(&slug)?;
+    let p: PatchTopic = parse_body(&body)?;
+    if let Some(name) = &p.name {
+        check_name(name)?;
+    }
+    let change = TopicChange {
+        name: p.name.map(|n| n.trim().to_owned()),
+        description: p.description,
+    };
+    match state.store.update_topic(&slug, &change).await? {
+        Some(topic) => Ok(Json(topic).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no topic {slug}"),
+        )),
+    }
+}
+
+async fn retire_topic(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    let slug = parse_slug(&slug)?;
+    match state.store.retire_topic(&slug, state.clock.now()).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no topic {slug}"),
+        )),
+    }
+}
+
+async fn export_subscriber(
+    State(state): State<AppState>,
+    Path(email): Path<String>,
+) -> Result<Response, ApiError> {
+    let email = EmailAddress::parse(&email)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("email: {e}")))?;
+    match state.store.export_subscriber(&email).await? {
+        Some(export) => Ok(Json(export).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no data stored for this address",
+        )),
+    }
+}

@@ -1,0 +1,75 @@
+//! HTTP: the public pages ([`subscribe`], [`confirm`]), the admin API ([`admin`]),
+//! health checks ([`health`]). Each module exports a `router()`; [`router`] merges
+//! them. Handlers parse input into domain types at the edge and call the store.
+
+pub mod admin;
+pub mod confirm;
+pub mod health;
+pub mod pages;
+pub mod rate_limit;
+pub mod subscribe;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::HeaderMap;
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::mail::compose::Composer;
+use crate::mail::templates::Templates;
+use crate::store::Store;
+
+/// Largest request body accepted anywhere: sign-ups and API calls are small.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Pages and page texts.
+    pub templates: Arc<Templates>,
+    /// Builds the mails.
+    pub composer: Composer,
+    /// The admin bearer token.
+    pub admin_token: Arc<str>,
+    /// Sign-up requests per client.
+    pub client_limiter: Arc<rate_limit::ClientLimiter>,
+    /// Rung after mail is queued, so the delivery workers start at once.
+    pub mail_wake: Arc<Notify>,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(subscribe::router())
+        .merge(confirm::router())
+        .merge(health::router())
+        .nest("/api/v1", admin::router(state.clone()))
+        .fallback(pages::not_found)
+        .with_state(state)
+}
+
+/// The client's address: the socket peer, or the first `X-Forwarded-For` entry when
+/// the operator said a trusted proxy sits in front.
+pub fn client_ip(state: &AppState, headers: &HeaderMap, peer: &ConnectInfo<SocketAddr>) -> IpAddr {
+    if state.config.trust_proxy_headers {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if let Some(ip) = forwarded {
+            return ip;
+        }
+    }
+    peer.0.ip()
+}
