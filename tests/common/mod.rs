@@ -1,0 +1,409 @@
+//! Test harness: the real application on port 0, against a fresh database of either
+//! backend and a real SMTP server (Postfix's `smtp-sink`) on loopback.
+//!
+//! PostgreSQL tests need `POSTBOTE_TEST_PG_URL` (a superuser URL of a throwaway
+//! cluster); `scripts/test` starts one and sets it. Every test gets its own database.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mail_parser::{Message, MessageParser};
+use postbote::app::App;
+use postbote::clock::{Clock, SystemClock};
+use postbote::config::{Config, DatabaseUrl};
+use postbote::store::Store;
+use rand::RngCore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A fresh, empty database of one backend, with the folder that holds its files.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("postbote.db").display()),
+            Backend::Postgres => {
+                let admin = std::env::var("POSTBOTE_TEST_PG_URL").expect(
+                    "POSTBOTE_TEST_PG_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+                );
+                let name = format!("postbote_test_{}", random_hex(8));
+                let pool = sqlx::PgPool::connect(&admin)
+                    .await
+                    .expect("connect to the test cluster");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .expect("create the test database");
+                pool.close().await;
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                format!("{base}/{name}")
+            }
+        };
+        Self { url, dir }
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        if self.url.starts_with("sqlite://") {
+            DatabaseUrl::Sqlite(PathBuf::from(self.url.trim_start_matches("sqlite://")))
+        } else {
+            DatabaseUrl::Postgres(self.url.clone())
+        }
+    }
+
+    /// A store on this database, migrated.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.database_url()).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A port nobody listens on right now, chosen by the OS.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Postfix's `smtp-sink`, writing every received message to its own file.
+pub struct SmtpSink {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl SmtpSink {
+    pub fn start() -> Self {
+        Self::start_on(free_port(), &[])
+    }
+
+    /// Starts on `port`; `extra` are smtp-sink flags such as `["-f", "RCPT"]`.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // smtp-sink drops root privileges to nobody, who must be able to write here.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let template = format!("{}/%Y%m%d%H%M%S.", dir.path().display());
+        let child = Command::new(smtp_sink_path())
+            .args(["-u", "nobody", "-d", &template])
+            .args(extra)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp-sink (Debian package postfix; scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not start listening on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, dir, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The raw messages received so far, oldest first.
+    pub fn raw_messages(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+    }
+
+    /// Waits until at least `n` complete messages have arrived; returns all of them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let msgs = self.raw_messages();
+            if msgs.len() >= n && msgs.iter().all(|m| is_complete(m)) {
+                return msgs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} mails, got {} within 20 s",
+                msgs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn smtp_sink_path() -> &'static str {
+    if Path::new("/usr/sbin/smtp-sink").exists() {
+        "/usr/sbin/smtp-sink"
+    } else {
+        "smtp-sink"
+    }
+}
+
+/// A multipart message is complete once its closing boundary is in.
+fn is_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some(start) = text.find("boundary=\"") else {
+        return !raw.is_empty();
+    };
+    let rest = &text[start + 10..];
+    let boundary = &rest[..rest.find('"').unwrap_or(0)];
+    text.contains(&format!("--{boundary}--"))
+}
+
+pub fn parse(raw: &[u8]) -> Message<'_> {
+    MessageParser::default()
+        .parse(raw)
+        .expect("a parseable mail")
+}
+
+/// The first `{base}/{route}/<64 hex>` link in a text.
+pub fn find_link(text: &str, route: &str) -> Option<String> {
+    let needle = format!("/{route}/");
+    let at = text.find(&needle)?;
+    let start = text[..at].rfind("http").unwrap_or(at);
+    let token: String = text[at + needle.len()..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    (token.len() == 64).then(|| format!("{}{}{}", &text[start..at], needle, token))
+}
+
+/// Settings every test app gets; a test may change the config before spawning.
+pub fn test_config(db: &TestDb, smtp_url: &str) -> Config {
+    let env: HashMap<String, String> = [
+        ("POSTBOTE_DATABASE_URL", db.url.clone()),
+        ("POSTBOTE_LISTEN", "127.0.0.1:0".into()),
+        ("POSTBOTE_SMTP_URL", smtp_url.into()),
+        ("POSTBOTE_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        (
+            "POSTBOTE_DATA_DIR",
+            db.dir.path().join("data").display().to_string(),
+        ),
+        (
+            "POSTBOTE_MAIL_FROM",
+            "Presse Newsletter <news@example.org>".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut config = Config::from_sources(None, &env).expect("test config");
+    config.delivery.poll_interval = Duration::from_millis(100);
+    config.delivery.retry_base = Duration::from_millis(200);
+    config.delivery.retry_max = Duration::from_millis(500);
+    config.delivery.smtp_timeout = Duration::from_secs(5);
+    config
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The running application.
+pub struct TestApp {
+    pub base: String,
+    pub store: Store,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(config: Config) -> Self {
+        Self::spawn_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn spawn_with_clock(config: Config, clock: Arc<dyn Clock>) -> Self {
+        let app = App::build(config, clock).await.expect("build the app");
+        let base = format!("http://{}", app.local_addr());
+        let store = app.store().clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            base,
+            store,
+            http,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the app gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("app task").expect("app run");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, self.url(&format!("/api/v1{path}")))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("admin request")
+    }
+
+    pub async fn create_topic(&self, slug: &str, name: &str) {
+        let r = self
+            .admin(
+                reqwest::Method::POST,
+                "/topics",
+                Some(serde_json::json!({"slug": slug, "name": name})),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "create topic {slug}");
+    }
+
+    /// Posts the sign-up form.
+    pub async fn sign_up_form(&self, fields: &[(&str, &str)]) -> reqwest::Response {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.http
+            .post(self.url("/subscribe"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("user-agent", "postbote-tests/1.0")
+            .body(body)
+            .send()
+            .await
+            .expect("sign-up request")
+    }
+
+    pub async fn sign_up_json(&self, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/subscribe"))
+            .json(&body)
+            .send()
+            .await
+            .expect("sign-up request")
+    }
+
+    /// The export of an address, or the status when there is none.
+    pub async fn export(&self, email: &str) -> Result<serde_json::Value, u16> {
+        let r = self
+            .admin(reqwest::Method::GET, &format!("/subscribers/{email}"), None)
+            .await;
+        if r.status() == 200 {
+            Ok(r.json().await.unwrap())
+        } else {
+            Err(r.status().as_u16())
+        }
+    }
+
+    /// Waits until every mail of the address has a final status; returns the export.
+    pub async fn wait_delivered(&self, email: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let export = self.export(email).await.expect("export");
+            let deliveries = export["deliveries"].as_array().cloned().unwrap_or_default();
+            if !deliveries.is_empty() && deliveries.iter().all(|d| d["status"] != "queued") {
+                return export;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mails to {email} still queued: {deliveries:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The standard sign-up form for `email` and the given topics.
+pub fn form<'a>(email: &'a str, topics: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    let mut f = vec![("email", email)];
+    f.extend(topics.iter().map(|t| ("topics", *t)));
+    f.extend([
+        ("delivery_time", "07:30"),
+        ("timezone", "Europe/Berlin"),
+        ("locale", "de"),
+        ("consent", "on"),
+    ]);
+    f
+}
