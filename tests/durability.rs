@@ -1,0 +1,201 @@
+//! Nothing is lost while the relay is down, across a crash of `serve`, and a
+//! SIGTERM stops `serve` gracefully.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    ADMIN_TOKEN, Backend, SmtpSink, TestApp, TestDb, find_link, form, free_port, parse, test_config,
+};
+
+async fn a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let relay_port = free_port();
+    let app = TestApp::spawn(test_config(&db, &format!("smtp://127.0.0.1:{relay_port}"))).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    assert_eq!(
+        app.sign_up_form(&form("patient@example.org", &["wirtschaft"]))
+            .await
+            .status(),
+        200
+    );
+
+    // The relay refuses connections: the mail stays queued and is retried.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let export = app.export("patient@example.org").await.unwrap();
+        let d = &export["deliveries"][0];
+        if d["attempts"].as_i64().unwrap() >= 2 {
+            assert_eq!(d["status"], "queued");
+            assert!(
+                d["last_error"].as_str().unwrap().contains("connecting"),
+                "{d}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retries seen: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let sink = SmtpSink::start_on(relay_port, &[]);
+    let raw = sink.wait_for(1).await;
+    let link =
+        find_link(&parse(&raw[0]).body_text(0).unwrap(), "confirm").expect("the confirmation link");
+    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 200);
+    let export = app.wait_delivered("patient@example.org").await;
+    assert_eq!(export["deliveries"][0]["status"], "sent");
+    assert_eq!(export["status"], "confirmed");
+    assert_eq!(sink.raw_messages().len(), 1, "delivered once");
+}
+
+/// `postbote serve` as a child process.
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(db: &TestDb, smtp_url: &str, port: u16) -> Self {
+        let config = db.dir.path().join("postbote.toml");
+        std::fs::write(
+            &config,
+            "[delivery]\npoll_interval_ms = 100\nretry_base_ms = 200\nretry_max_ms = 500\n",
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("POSTBOTE_DATABASE_URL", &db.url)
+            .env("POSTBOTE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("POSTBOTE_SMTP_URL", smtp_url)
+            .env("POSTBOTE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("POSTBOTE_DATA_DIR", db.dir.path().join("data"))
+            .env("POSTBOTE_MAIL_FROM", "News <news@example.org>")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postbote serve");
+        let base = format!("http://127.0.0.1:{port}");
+        Self { child, base }
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "serve did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn mail_queued_before_a_crash_is_sent_after_the_restart(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let relay_port = free_port();
+    let smtp = format!("smtp://127.0.0.1:{relay_port}");
+    let http = reqwest::Client::new();
+
+    let port = free_port();
+    let first = Serve::start(&db, &smtp, port);
+    first.wait_ready(&http).await;
+    let r = http
+        .post(format!("{}/api/v1/topics", first.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"slug": "wirtschaft", "name": "Wirtschaft"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .post(format!("{}/subscribe", first.base))
+        .json(&serde_json::json!({"email": "durable@example.org", "topics": ["wirtschaft"], "consent": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Wait until the first instance has tried and failed at least once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let export: serde_json::Value = http
+            .get(format!(
+                "{}/api/v1/subscribers/durable@example.org",
+                first.base
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if export["deliveries"][0]["attempts"].as_i64() >= Some(1) {
+            assert_eq!(export["deliveries"][0]["status"], "queued");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery attempt seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first); // SIGKILL: no chance to clean up.
+
+    let sink = SmtpSink::start_on(relay_port, &[]);
+    let second = Serve::start(&db, &smtp, port);
+    second.wait_ready(&http).await;
+    let raw = sink.wait_for(1).await;
+    let mail = parse(&raw[0]);
+    assert!(
+        mail.header_raw("X-Rcpt-Args")
+            .unwrap()
+            .contains("durable@example.org")
+    );
+    let link = find_link(&mail.body_text(0).unwrap(), "confirm").unwrap();
+    assert!(link.starts_with(&second.base));
+    assert_eq!(http.post(&link).send().await.unwrap().status(), 200);
+}
+
+async fn sigterm_stops_serve_gracefully_and_quickly(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let http = reqwest::Client::new();
+    let mut serve = Serve::start(&db, &sink.url(), free_port());
+    serve.wait_ready(&http).await;
+    let started = Instant::now();
+    serve.signal("-TERM");
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve did not stop within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+on_both_backends!(
+    a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back,
+    mail_queued_before_a_crash_is_sent_after_the_restart,
+    sigterm_stops_serve_gracefully_and_quickly,
+);
