@@ -163,7 +163,8 @@ pub struct Delivery {
     pub retry_max: Duration,
     /// Attempts before a temporarily failing mail is given up as failed.
     pub max_attempts: u32,
-    /// Timeout for each SMTP command.
+    /// Timeout for connecting (greeting, TLS, authentication included) and for
+    /// sending one whole message.
     pub smtp_timeout: Duration,
 }
 
@@ -344,11 +345,15 @@ impl Config {
                 "must be between 1 and 256",
             ));
         }
-        if delivery.poll_interval.is_zero() || delivery.retry_base.is_zero() {
-            return Err(ConfigError::new(
-                "delivery.poll_interval_ms / delivery.retry_base_ms",
-                "must be greater than 0",
-            ));
+        for (key, value) in [
+            ("delivery.poll_interval_ms", delivery.poll_interval),
+            ("delivery.retry_base_ms", delivery.retry_base),
+            ("delivery.retry_max_ms", delivery.retry_max),
+            ("delivery.smtp_timeout_ms", delivery.smtp_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
         }
         if delivery.max_attempts == 0 {
             return Err(ConfigError::new(

@@ -9,12 +9,14 @@
 //! - [`app`]: wires it all together; [`app::App`] binds its own listener so tests run
 //!   the real thing on port 0.
 //! - [`clock`]: where "now" comes from, so tests can move time.
+//! - [`demo`]: example content for `serve --demo`.
 //!
 //! `docs/ARCHITECTURE.md` walks a sign-up through these modules.
 
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod mail;
 pub mod store;

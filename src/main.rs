@@ -27,7 +27,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate the database, then serve until SIGINT/SIGTERM.
-    Serve,
+    Serve {
+        /// Seed example topics, so a first try has something to subscribe to.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Apply the database migrations and exit.
     Migrate,
     /// Validate configuration, templates and database connectivity.
@@ -64,9 +68,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => {
+        Command::Serve { demo } => {
+            if demo {
+                postbote::demo::add_topics(&mut config);
+            }
             let app = App::build(config, Arc::new(SystemClock)).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -360,7 +360,11 @@ async fn unknown_and_expired_links_get_helpful_pages(backend: Backend) {
         .unwrap();
     assert_eq!(purged, 1);
     assert_eq!(app.export("late@example.org").await, Err(404));
-    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 404);
+    assert_eq!(
+        app.http.post(&link).send().await.unwrap().status(),
+        410,
+        "a purged sign-up's link still says expired"
+    );
 }
 
 fn clock_now(clock: &ManualClock) -> chrono::DateTime<Utc> {

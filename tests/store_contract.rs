@@ -266,13 +266,29 @@ async fn expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged(backe
         1
     );
     assert!(store.export_subscriber(&req.email).await.unwrap().is_none());
+    let state = store
+        .confirm_token_state(&token.hash(), later)
+        .await
+        .unwrap();
     assert_eq!(
-        store
-            .confirm_token_state(&token.hash(), later)
-            .await
-            .unwrap()
-            .0,
-        TokenState::Unknown
+        state.0,
+        TokenState::Expired,
+        "a purged sign-up's link says expired"
+    );
+    let outcome = store.confirm(&token.hash(), later, None).await.unwrap();
+    assert_eq!(outcome.0, ConfirmOutcome::Expired);
+    store
+        .purge_pending(later + Duration::days(31))
+        .await
+        .unwrap();
+    let state = store
+        .confirm_token_state(&token.hash(), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.0,
+        TokenState::Unknown,
+        "the tombstone goes after 30 days"
     );
 }
 

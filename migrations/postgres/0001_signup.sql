@@ -47,10 +47,12 @@ CREATE TABLE consents (
 );
 CREATE INDEX consents_subscriber ON consents (subscriber_id);
 
--- Link tokens, stored only as SHA-256 hashes.
+-- Link tokens, stored only as SHA-256 hashes. When a never-confirmed sign-up is
+-- purged, its tokens stay behind without a subscriber for a while, so their links
+-- answer "expired" (410) rather than "unknown" (404).
 CREATE TABLE tokens (
     hash          BYTEA PRIMARY KEY,
-    subscriber_id BIGINT NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
+    subscriber_id BIGINT REFERENCES subscribers (id) ON DELETE SET NULL,
     purpose       TEXT NOT NULL CHECK (purpose IN ('confirm', 'manage')),
     created_at    TIMESTAMPTZ NOT NULL,
     expires_at    TIMESTAMPTZ

@@ -47,10 +47,12 @@ CREATE TABLE consents (
 );
 CREATE INDEX consents_subscriber ON consents (subscriber_id);
 
--- Link tokens, stored only as SHA-256 hashes.
+-- Link tokens, stored only as SHA-256 hashes. When a never-confirmed sign-up is
+-- purged, its tokens stay behind without a subscriber for a while, so their links
+-- answer "expired" (410) rather than "unknown" (404).
 CREATE TABLE tokens (
     hash          BLOB PRIMARY KEY,
-    subscriber_id INTEGER NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
+    subscriber_id INTEGER REFERENCES subscribers (id) ON DELETE SET NULL,
     purpose       TEXT NOT NULL CHECK (purpose IN ('confirm', 'manage')),
     created_at    TEXT NOT NULL,
     expires_at    TEXT

@@ -37,8 +37,10 @@ pub struct DeliveryContext {
 /// Runs one worker until `cancel` fires.
 pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
     let mut sender = Sender::new(ctx.transport.clone(), ctx.settings.smtp_timeout);
-    // A claimed batch must be done well within its lease, or another worker takes it.
-    let lease = chrono::Duration::from_std(ctx.settings.smtp_timeout * (BATCH * 3 + 2))
+    // A claimed batch must be done well within its lease, or another worker takes
+    // it. Worst case per mail: a failed send on a kept connection, a new connection
+    // and a second send, each bounded by the timeout.
+    let lease = chrono::Duration::from_std(ctx.settings.smtp_timeout * (BATCH * 4 + 4))
         .unwrap_or(chrono::Duration::minutes(30));
     while !cancel.is_cancelled() {
         let wake = ctx.wake.notified();

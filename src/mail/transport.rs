@@ -113,7 +113,14 @@ impl Sender {
     ) -> Result<(), SendError> {
         let mut conn = match self.conn.take() {
             Some((c, _)) => c,
-            None => connect(relay, self.timeout).await?,
+            None => tokio::time::timeout(self.timeout, connect(relay, self.timeout))
+                .await
+                .map_err(|_| {
+                    SendError::Transient(format!(
+                        "connecting to {}:{}: timed out",
+                        relay.host, relay.port
+                    ))
+                })??,
         };
         match tokio::time::timeout(self.timeout, conn.send(envelope, message)).await {
             Ok(Ok(_)) => {

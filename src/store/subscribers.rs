@@ -202,10 +202,11 @@ struct SubscriberRow {
 
 #[derive(FromRow)]
 struct TokenRow {
-    subscriber_id: i64,
+    /// `None` once the sign-up was purged: the token is then expired for good.
+    subscriber_id: Option<i64>,
     expires_at: Option<DateTime<Utc>>,
-    status: String,
-    locale: String,
+    status: Option<String>,
+    locale: Option<String>,
 }
 
 const LOCK_SUBSCRIBER_PG: &str = "SELECT id, status FROM subscribers WHERE email = $1 FOR UPDATE";
@@ -367,10 +368,17 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<(TokenState, Option<Locale>)> {
         let row = self.find_confirm_token(hash).await?;
-        let locale = row.as_ref().and_then(|t| Locale::parse(&t.locale).ok());
+        let locale = row
+            .as_ref()
+            .and_then(|t| t.locale.as_deref())
+            .and_then(|l| Locale::parse(l).ok());
         let state = match row {
             None => TokenState::Unknown,
-            Some(t) if t.status != "confirmed" && t.expires_at.is_some_and(|e| e <= now) => {
+            Some(t) if t.subscriber_id.is_none() => TokenState::Expired,
+            Some(t)
+                if t.status.as_deref() != Some("confirmed")
+                    && t.expires_at.is_some_and(|e| e <= now) =>
+            {
                 TokenState::Expired
             }
             Some(_) => TokenState::Valid,
@@ -380,7 +388,7 @@ impl Store {
 
     async fn find_confirm_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRow>> {
         let sql = "SELECT t.subscriber_id, t.expires_at, s.status, s.locale FROM tokens t \
-                   JOIN subscribers s ON s.id = t.subscriber_id \
+                   LEFT JOIN subscribers s ON s.id = t.subscriber_id \
                    WHERE t.hash = $1 AND t.purpose = 'confirm'";
         let row = on_pool!(self, pool => sqlx::query_as(sql).bind(&hash.0[..]).fetch_optional(pool).await)?;
         Ok(row)
@@ -401,8 +409,11 @@ impl Store {
         let Some(token) = self.find_confirm_token(hash).await? else {
             return Ok((ConfirmOutcome::Unknown, None));
         };
-        let locale = Locale::parse(&token.locale).ok();
-        if token.status == "confirmed" {
+        let locale = token.locale.as_deref().and_then(|l| Locale::parse(l).ok());
+        let Some(subscriber_id) = token.subscriber_id else {
+            return Ok((ConfirmOutcome::Expired, locale));
+        };
+        if token.status.as_deref() == Some("confirmed") {
             return Ok((ConfirmOutcome::AlreadyConfirmed, locale));
         }
         if token.expires_at.is_some_and(|e| e <= now) {
@@ -411,7 +422,7 @@ impl Store {
         let sql = "UPDATE subscribers SET status = 'confirmed', confirmed_at = $2, confirmed_ip = $3, \
                    updated_at = $2, unsubscribed_at = NULL WHERE id = $1 AND status = 'pending'";
         let done = on_pool!(self, pool => sqlx::query(sql)
-            .bind(token.subscriber_id)
+            .bind(subscriber_id)
             .bind(now)
             .bind(ip)
             .execute(pool)
@@ -486,13 +497,25 @@ impl Store {
     }
 
     /// Deletes pending sign-ups not confirmed since `cutoff`, with everything
-    /// attached to them. Returns how many were deleted.
+    /// attached to them except their token hashes, which answer "expired" for
+    /// another 30 days. Returns how many sign-ups were deleted.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn purge_pending(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
-        let sql = "DELETE FROM subscribers WHERE status = 'pending' AND updated_at < $1";
-        let done = on_pool!(self, pool => sqlx::query(sql).bind(cutoff).execute(pool).await.map(|r| r.rows_affected()))?;
-        Ok(done)
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let purged = sqlx::query("DELETE FROM subscribers WHERE status = 'pending' AND updated_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM tokens WHERE subscriber_id IS NULL AND expires_at < $1")
+                .bind(cutoff - chrono::Duration::days(30))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(purged)
+        })
     }
 }

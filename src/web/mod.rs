@@ -25,6 +25,38 @@ use crate::store::Store;
 
 /// Largest request body accepted anywhere: sign-ups and API calls are small.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// A too-large body is still read (and thrown away) up to this size, so the client
+/// is not cut off mid-upload and actually receives the 413 that explains why.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The request body was larger than [`BODY_LIMIT`].
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+/// Reads a request body of at most [`BODY_LIMIT`] bytes.
+///
+/// # Errors
+/// [`BodyTooLarge`] when it is larger (or breaks off).
+pub async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, BodyTooLarge> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| BodyTooLarge)?;
+        seen += chunk.len();
+        if seen <= BODY_LIMIT {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            return Err(BodyTooLarge);
+        }
+    }
+    if seen > BODY_LIMIT {
+        Err(BodyTooLarge)
+    } else {
+        Ok(buf.into())
+    }
+}
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -58,14 +90,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The client's address: the socket peer, or the first `X-Forwarded-For` entry when
+/// The client's address: the socket peer, or the last `X-Forwarded-For` entry (the
+/// one the trusted proxy appended; earlier ones are the client's own claims) when
 /// the operator said a trusted proxy sits in front.
 pub fn client_ip(state: &AppState, headers: &HeaderMap, peer: &ConnectInfo<SocketAddr>) -> IpAddr {
     if state.config.trust_proxy_headers {
         let forwarded = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok());
         if let Some(ip) = forwarded {
             return ip;

@@ -167,7 +167,7 @@ async fn subscribe(
         return too_many(&state, format, page_locale, wait.as_secs().max(1));
     }
 
-    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
+    let bytes = match super::read_body(body).await {
         Ok(b) => b,
         Err(_) => {
             let msg = format!("the request body is larger than {} KiB", BODY_LIMIT / 1024);
