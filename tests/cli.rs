@@ -139,7 +139,7 @@ async fn migrate_prepares_both_databases() {
 async fn first_start_makes_a_private_admin_token_and_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = postbote(
+    let child = postbote(
         dir.path(),
         &["serve"],
         &[("POSTBOTE_LISTEN", &format!("127.0.0.1:{port}"))],
