@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::digest::Digester;
 use crate::domain::hex;
 use crate::mail::compose::Composer;
 use crate::mail::delivery::{DeliveryContext, run_worker};
@@ -89,6 +90,11 @@ impl App {
             config.mail_from.clone(),
             public_url,
             config.confirmation_lifetime,
+            store
+                .link_key()
+                .await
+                .context("Failed to read the link key")?,
+            config.digest.list_id.clone(),
         );
         let wake = Arc::new(Notify::new());
         let delivery = DeliveryContext {
@@ -98,7 +104,15 @@ impl App {
             transport: config.transport.clone(),
             wake: wake.clone(),
         };
+        let digester = Digester {
+            store: store.clone(),
+            composer: composer.clone(),
+            settings: config.digest.clone(),
+            clock: clock.clone(),
+            mail_wake: wake.clone(),
+        };
         let state = AppState {
+            digester,
             store,
             client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
                 config.rate_limit.per_client_per_minute,
@@ -156,6 +170,9 @@ impl App {
             tasks.spawn(run_worker(delivery.clone(), workers_stop.clone()));
         }
         tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
+        if state.config.digest.run_scheduler {
+            tasks.spawn(state.digester.clone().run_schedule(workers_stop.clone()));
+        }
 
         let router =
             web::router(state).layer(axum::extract::DefaultBodyLimit::max(web::BODY_LIMIT));

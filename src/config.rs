@@ -51,7 +51,18 @@ struct FileConfig {
     defaults: FileDefaults,
     rate_limit: FileRateLimit,
     delivery: FileDelivery,
+    digest: FileDigest,
     topics: Vec<FileTopic>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileDigest {
+    max_items: Option<usize>,
+    lookback_hours: Option<u64>,
+    list_id: Option<String>,
+    pass_interval_secs: Option<u64>,
+    run_scheduler: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +179,22 @@ pub struct Delivery {
     pub smtp_timeout: Duration,
 }
 
+/// How digests are made.
+#[derive(Debug, Clone)]
+pub struct DigestSettings {
+    /// Items listed in one digest at most; the rest is counted ("… and 12 more").
+    pub max_items: usize,
+    /// How far before their confirmation a reader's first digest reaches back.
+    pub lookback: chrono::Duration,
+    /// The `List-Id` header value, e.g. `Presse-Newsletter <news.example.org>`.
+    pub list_id: String,
+    /// How often `serve` runs a scheduling pass.
+    pub pass_interval: Duration,
+    /// Whether `serve` runs passes by itself (tests that choose the instants of
+    /// passes turn this off and call `POST /api/v1/digests/run`).
+    pub run_scheduler: bool,
+}
+
 /// A topic declared in the file, created or updated at start.
 #[derive(Debug, Clone)]
 pub struct TopicSeed {
@@ -210,6 +237,8 @@ pub struct Config {
     pub rate_limit: RateLimits,
     /// Delivery worker settings.
     pub delivery: Delivery,
+    /// Digest settings.
+    pub digest: DigestSettings,
     /// Topics declared in the file.
     pub topics: Vec<TopicSeed>,
 }
@@ -362,6 +391,41 @@ impl Config {
             ));
         }
 
+        let digest = DigestSettings {
+            max_items: file.digest.max_items.unwrap_or(50),
+            lookback: chrono::Duration::hours(file.digest.lookback_hours.unwrap_or(24) as i64),
+            list_id: match file.digest.list_id {
+                Some(id) if id.chars().any(char::is_control) || !id.contains('<') => {
+                    return Err(ConfigError::new(
+                        "digest.list_id",
+                        "must look like Name <list.example.org>, on one line",
+                    ));
+                }
+                Some(id) => id,
+                None => format!("Newsletter <newsletter.{}>", mail_from.email.domain()),
+            },
+            pass_interval: Duration::from_secs(file.digest.pass_interval_secs.unwrap_or(60)),
+            run_scheduler: file.digest.run_scheduler.unwrap_or(true),
+        };
+        if !(1..=1000).contains(&digest.max_items) {
+            return Err(ConfigError::new(
+                "digest.max_items",
+                "must be between 1 and 1000",
+            ));
+        }
+        if digest.lookback > chrono::Duration::days(365) {
+            return Err(ConfigError::new(
+                "digest.lookback_hours",
+                "must be at most 8760",
+            ));
+        }
+        if digest.pass_interval.is_zero() {
+            return Err(ConfigError::new(
+                "digest.pass_interval_secs",
+                "must be greater than 0",
+            ));
+        }
+
         let mut topics = Vec::with_capacity(file.topics.len());
         for (i, t) in file.topics.into_iter().enumerate() {
             let slug = TopicSlug::parse(&t.slug)
@@ -397,6 +461,7 @@ impl Config {
                 per_address_per_hour: file.rate_limit.per_address_per_hour.unwrap_or(3),
             },
             delivery,
+            digest,
             topics,
         })
     }

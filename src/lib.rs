@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML file and `POSTBOTE_*` variables, parsed once into types.
 //! - [`domain`]: values that cannot be invalid (`EmailAddress`, `TopicSlug`, …).
 //! - [`store`]: the only module with SQL; PostgreSQL and SQLite behind one [`store::Store`].
+//! - [`digest`]: the scheduling pass: who is due, what their digest lists.
 //! - [`mail`]: templates, building messages, the delivery workers and transports.
 //! - [`web`]: the public pages, the admin API and the router.
 //! - [`app`]: wires it all together; [`app::App`] binds its own listener so tests run
@@ -17,6 +18,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod digest;
 pub mod domain;
 pub mod mail;
 pub mod store;

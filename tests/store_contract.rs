@@ -34,7 +34,6 @@ fn sign_up(email: &str, topics: &[&str], at: DateTime<Utc>, confirm: &Token) -> 
         },
         confirm_token: confirm.hash(),
         confirm_expires_at: at + Duration::days(7),
-        manage_token: Token::generate().hash(),
         mail_limit: Some((3, at - Duration::hours(1))),
     }
 }
@@ -132,9 +131,9 @@ async fn a_sign_up_moves_through_its_states(backend: Backend) {
     let token = Token::generate();
     let first = sign_up("a@example.org", &["wirtschaft"], t0(), &token);
     let outcome = store
-        .sign_up(&first, |k| {
+        .sign_up(&first, |k, _| {
             assert_eq!(k, SignUpKind::New);
-            mail("confirm", "a@example.org")
+            Ok(mail("confirm", "a@example.org"))
         })
         .await;
     assert_eq!(outcome.unwrap(), SignUpOutcome::Accepted(SignUpKind::New));
@@ -147,7 +146,7 @@ async fn a_sign_up_moves_through_its_states(backend: Backend) {
         &second,
     );
     let outcome = store
-        .sign_up(&req, |_| mail("confirm", "a@example.org"))
+        .sign_up(&req, |_, _| Ok(mail("confirm", "a@example.org")))
         .await
         .unwrap();
     assert_eq!(outcome, SignUpOutcome::Accepted(SignUpKind::Pending));
@@ -171,6 +170,7 @@ async fn a_sign_up_moves_through_its_states(backend: Backend) {
             &token.hash(),
             t0() + Duration::hours(1),
             Some("198.51.100.1"),
+            Duration::hours(24),
         )
         .await
         .unwrap();
@@ -180,6 +180,7 @@ async fn a_sign_up_moves_through_its_states(backend: Backend) {
             &second.hash(),
             t0() + Duration::hours(2),
             Some("203.0.113.9"),
+            Duration::hours(24),
         )
         .await
         .unwrap();
@@ -203,7 +204,7 @@ async fn a_sign_up_moves_through_its_states(backend: Backend) {
         &Token::generate(),
     );
     let outcome = store
-        .sign_up(&req, |_| mail("already-subscribed", "a@example.org"))
+        .sign_up(&req, |_, _| Ok(mail("already-subscribed", "a@example.org")))
         .await
         .unwrap();
     assert_eq!(outcome, SignUpOutcome::Accepted(SignUpKind::Confirmed));
@@ -224,7 +225,7 @@ async fn a_sign_up_moves_through_its_states(backend: Backend) {
 
     assert_eq!(
         store
-            .confirm(&Token::generate().hash(), t0(), None)
+            .confirm(&Token::generate().hash(), t0(), None, Duration::hours(24))
             .await
             .unwrap()
             .0,
@@ -237,7 +238,7 @@ async fn expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged(backe
     let token = Token::generate();
     let req = sign_up("late@example.org", &["wirtschaft"], t0(), &token);
     store
-        .sign_up(&req, |_| mail("confirm", "late@example.org"))
+        .sign_up(&req, |_, _| Ok(mail("confirm", "late@example.org")))
         .await
         .unwrap();
     let later = t0() + Duration::days(7);
@@ -250,7 +251,11 @@ async fn expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged(backe
         TokenState::Expired
     );
     assert_eq!(
-        store.confirm(&token.hash(), later, None).await.unwrap().0,
+        store
+            .confirm(&token.hash(), later, None, Duration::hours(24))
+            .await
+            .unwrap()
+            .0,
         ConfirmOutcome::Expired
     );
     assert_eq!(
@@ -275,7 +280,10 @@ async fn expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged(backe
         TokenState::Expired,
         "a purged sign-up's link says expired"
     );
-    let outcome = store.confirm(&token.hash(), later, None).await.unwrap();
+    let outcome = store
+        .confirm(&token.hash(), later, None, Duration::hours(24))
+        .await
+        .unwrap();
     assert_eq!(outcome.0, ConfirmOutcome::Expired);
     store
         .purge_pending(later + Duration::days(31))
@@ -302,7 +310,7 @@ async fn the_mail_limit_counts_mails_per_address_per_window(backend: Backend) {
             &Token::generate(),
         );
         let outcome = store
-            .sign_up(&req, |_| mail("confirm", "busy@example.org"))
+            .sign_up(&req, |_, _| Ok(mail("confirm", "busy@example.org")))
             .await
             .unwrap();
         assert!(matches!(outcome, SignUpOutcome::Accepted(_)));
@@ -310,7 +318,9 @@ async fn the_mail_limit_counts_mails_per_address_per_window(backend: Backend) {
     let at = t0() + Duration::minutes(10);
     let req = sign_up("busy@example.org", &["wirtschaft"], at, &Token::generate());
     let outcome = store
-        .sign_up(&req, |_| panic!("no mail may be rendered into the queue"))
+        .sign_up(&req, |_, _| {
+            panic!("no mail may be rendered into the queue")
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -339,7 +349,7 @@ async fn the_mail_limit_counts_mails_per_address_per_window(backend: Backend) {
     );
     assert!(matches!(
         store
-            .sign_up(&req, |_| mail("confirm", "busy@example.org"))
+            .sign_up(&req, |_, _| Ok(mail("confirm", "busy@example.org")))
             .await
             .unwrap(),
         SignUpOutcome::Accepted(_)
@@ -350,7 +360,10 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
     let (store, _db) = store(backend).await;
     for who in ["one@example.org", "two@example.org"] {
         let req = sign_up(who, &["wirtschaft"], t0(), &Token::generate());
-        store.sign_up(&req, |_| mail("confirm", who)).await.unwrap();
+        store
+            .sign_up(&req, |_, _| Ok(mail("confirm", who)))
+            .await
+            .unwrap();
     }
     let lease = t0() + Duration::minutes(5);
     let claimed = store.claim_mail(t0(), lease, 10).await.unwrap();

@@ -53,7 +53,7 @@ CREATE INDEX consents_subscriber ON consents (subscriber_id);
 CREATE TABLE tokens (
     hash          BYTEA PRIMARY KEY,
     subscriber_id BIGINT REFERENCES subscribers (id) ON DELETE SET NULL,
-    purpose       TEXT NOT NULL CHECK (purpose IN ('confirm', 'manage')),
+    purpose       TEXT NOT NULL CHECK (purpose IN ('confirm')),
     created_at    TIMESTAMPTZ NOT NULL,
     expires_at    TIMESTAMPTZ
 );

@@ -53,7 +53,7 @@ CREATE INDEX consents_subscriber ON consents (subscriber_id);
 CREATE TABLE tokens (
     hash          BLOB PRIMARY KEY,
     subscriber_id INTEGER REFERENCES subscribers (id) ON DELETE SET NULL,
-    purpose       TEXT NOT NULL CHECK (purpose IN ('confirm', 'manage')),
+    purpose       TEXT NOT NULL CHECK (purpose IN ('confirm')),
     created_at    TEXT NOT NULL,
     expires_at    TEXT
 );

@@ -8,7 +8,8 @@ mod topic;
 
 pub use email::{EmailAddress, EmailError};
 pub use schedule::{
-    DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone, TimeZoneError, Weekdays,
+    DeliverySchedule, DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone,
+    TimeZoneError, Weekdays,
 };
-pub use token::{Token, TokenHash, hex};
+pub use token::{LinkKey, ManageToken, Token, TokenHash, hex};
 pub use topic::{SlugError, TopicSlug};

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::NaiveTime;
+use chrono::{
+    DateTime, LocalResult, NaiveDateTime, NaiveTime, Offset, TimeZone as _, Timelike, Utc,
+};
 use serde::{Deserialize, Serialize};
 
 /// A local time of day, minutes precision, written `HH:MM`.
@@ -157,9 +159,165 @@ impl Default for Weekdays {
     }
 }
 
+/// When a reader wants their digest: a local time on some weekdays, in their zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverySchedule {
+    /// Local time of day.
+    pub time: DeliveryTime,
+    /// The reader's zone.
+    pub timezone: TimeZone,
+    /// The days they want mail on.
+    pub weekdays: Weekdays,
+}
+
+impl DeliverySchedule {
+    /// The schedule as a `cron` expression (seconds first), e.g. `0 30 7 * * Mon,Fri *`.
+    pub fn cron_expression(&self) -> String {
+        let t = self.time.time();
+        format!(
+            "0 {} {} * * {} *",
+            t.minute(),
+            t.hour(),
+            self.weekdays.names().join(",")
+        )
+    }
+
+    /// The first slot strictly after `after`.
+    ///
+    /// The cron expression is evaluated on the reader's wall clock, which has exactly
+    /// one 07:30 per day; each wall-clock slot is then mapped to exactly one instant:
+    /// a time that occurs twice (autumn) is taken at its first occurrence, a time that
+    /// does not exist (spring) is moved forward by the length of the gap (02:30 →
+    /// 03:30). So DST never yields zero or two digests on one day.
+    pub fn next_after(&self, after: DateTime<Utc>) -> DateTime<Utc> {
+        let tz = self.timezone.tz();
+        let schedule: cron::Schedule = self
+            .cron_expression()
+            .parse()
+            .expect("a generated cron expression parses");
+        // The wall clock, as a naive calendar (labelled UTC only to iterate on it).
+        let wall = Utc.from_utc_datetime(&after.with_timezone(&tz).naive_local());
+        schedule
+            .after(&wall)
+            .map(|slot| wall_to_instant(tz, slot.naive_utc()))
+            .find(|instant| *instant > after)
+            .expect("a daily schedule has a next slot")
+    }
+}
+
+/// The instant a wall-clock time of `tz` stands for (see [`DeliverySchedule::next_after`]).
+fn wall_to_instant(tz: chrono_tz::Tz, wall: NaiveDateTime) -> DateTime<Utc> {
+    match tz.from_local_datetime(&wall) {
+        LocalResult::Single(t) => t.with_timezone(&Utc),
+        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        LocalResult::None => {
+            // In a gap: read the wall time with the offset in force before the jump.
+            let before = tz
+                .offset_from_utc_datetime(&(wall - chrono::Duration::hours(12)))
+                .fix();
+            Utc.from_utc_datetime(&(wall - before))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn schedule(time: &str, zone: &str) -> DeliverySchedule {
+        DeliverySchedule {
+            time: DeliveryTime::parse(time).unwrap(),
+            timezone: TimeZone::parse(zone).unwrap(),
+            weekdays: Weekdays::EVERY_DAY,
+        }
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// Every slot from `from` to `to`.
+    fn slots(s: &DeliverySchedule, from: &str, to: &str) -> Vec<DateTime<Utc>> {
+        let (mut at, end) = (utc(from), utc(to));
+        let mut out = Vec::new();
+        loop {
+            at = s.next_after(at);
+            if at > end {
+                return out;
+            }
+            out.push(at);
+        }
+    }
+
+    #[test]
+    fn slots_are_at_local_time_in_each_zone() {
+        let at = utc("2027-01-15T00:00:00Z");
+        assert_eq!(
+            schedule("07:00", "Europe/Berlin").next_after(at),
+            utc("2027-01-15T06:00:00Z")
+        );
+        assert_eq!(
+            schedule("07:00", "America/New_York").next_after(at),
+            utc("2027-01-15T12:00:00Z")
+        );
+        assert_eq!(
+            schedule("07:00", "Asia/Tokyo").next_after(at),
+            utc("2027-01-15T22:00:00Z")
+        );
+        assert_eq!(
+            schedule("07:00", "Europe/Berlin").next_after(utc("2027-01-15T06:00:00Z")),
+            utc("2027-01-16T06:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_skipped_local_time_still_gets_one_slot_that_day() {
+        // 2027-03-28: Berlin jumps from 02:00 to 03:00.
+        let s = schedule("02:30", "Europe/Berlin");
+        let got = slots(&s, "2027-03-27T00:00:00Z", "2027-03-29T23:59:00Z");
+        assert_eq!(
+            got,
+            [
+                utc("2027-03-27T01:30:00Z"),
+                utc("2027-03-28T01:30:00Z"),
+                utc("2027-03-29T00:30:00Z")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repeated_local_time_gets_one_slot_that_day() {
+        // 2027-10-31: Berlin goes from 03:00 back to 02:00; 02:30 happens twice.
+        let s = schedule("02:30", "Europe/Berlin");
+        let got = slots(&s, "2027-10-30T00:00:00Z", "2027-11-01T23:59:00Z");
+        assert_eq!(
+            got,
+            [
+                utc("2027-10-30T00:30:00Z"),
+                utc("2027-10-31T00:30:00Z"),
+                utc("2027-11-01T01:30:00Z")
+            ]
+        );
+        // Asked between the two occurrences, the next slot is the next day's.
+        assert_eq!(
+            s.next_after(utc("2027-10-31T01:15:00Z")),
+            utc("2027-11-01T01:30:00Z")
+        );
+    }
+
+    #[test]
+    fn weekdays_are_respected() {
+        let s = DeliverySchedule {
+            weekdays: Weekdays::from_bits(0b1).unwrap(),
+            ..schedule("08:00", "Europe/Berlin")
+        };
+        assert_eq!(s.cron_expression(), "0 0 8 * * Mon *");
+        // 2027-01-15 is a Friday; the next Monday is the 18th.
+        assert_eq!(
+            s.next_after(utc("2027-01-15T00:00:00Z")),
+            utc("2027-01-18T07:00:00Z")
+        );
+    }
 
     #[test]
     fn delivery_times_are_hh_mm() {

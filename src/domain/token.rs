@@ -68,9 +68,108 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// The token in every unsubscribe and preferences link: `<subscriber id>.<MAC>`,
+/// the MAC being HMAC-SHA256 over the id under the installation's link key,
+/// truncated to 128 bits. Nothing per token is stored, so every digest can carry
+/// links without a write per mail; without the key nobody can forge one for another
+/// reader's id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ManageToken {
+    /// The reader it belongs to.
+    pub subscriber_id: i64,
+    /// The token as it appears in a link.
+    text: String,
+}
+
+/// The secret behind [`ManageToken`]s (32 random bytes, kept in the database).
+#[derive(Clone)]
+pub struct LinkKey(Vec<u8>);
+
+impl LinkKey {
+    /// A key from its stored bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    fn mac(&self, subscriber_id: i64) -> [u8; 16] {
+        use hmac::Mac;
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"postbote-manage:");
+        mac.update(&subscriber_id.to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
+    /// The token for a reader's links.
+    pub fn manage_token(&self, subscriber_id: i64) -> ManageToken {
+        ManageToken {
+            subscriber_id,
+            text: format!("{subscriber_id}.{}", hex(&self.mac(subscriber_id))),
+        }
+    }
+
+    /// Checks a token from a URL path (in constant time).
+    pub fn verify(&self, s: &str) -> Option<ManageToken> {
+        use subtle::ConstantTimeEq;
+        let (id, mac) = s.split_once('.')?;
+        let id: i64 = id.parse().ok().filter(|id| *id > 0)?;
+        let expected = self.manage_token(id);
+        let given = expected.text.len() == s.len()
+            && bool::from(expected.text.as_bytes().ct_eq(s.as_bytes()));
+        (given && mac.len() == 32).then_some(expected)
+    }
+}
+
+impl fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkKey(…)")
+    }
+}
+
+impl ManageToken {
+    /// The token for a link.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for ManageToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ManageToken({}.…)", self.subscriber_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manage_tokens_verify_only_under_their_key() {
+        let key = LinkKey::new(vec![7; 32]);
+        let t = key.manage_token(42);
+        assert!(t.as_str().starts_with("42."));
+        assert_eq!(key.verify(t.as_str()), Some(t.clone()));
+        let forged = t.as_str().replacen("42.", "43.", 1);
+        assert_eq!(key.verify(&forged), None, "another id with the same MAC");
+        assert_eq!(
+            LinkKey::new(vec![8; 32]).verify(t.as_str()),
+            None,
+            "another key"
+        );
+        for junk in [
+            "",
+            "42",
+            "42.",
+            "x.y",
+            "-1.00",
+            &format!("42.{}", "0".repeat(32)),
+        ] {
+            assert_eq!(key.verify(junk), None, "{junk}");
+        }
+    }
 
     #[test]
     fn tokens_are_long_random_and_parse_back() {

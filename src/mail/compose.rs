@@ -11,7 +11,7 @@ use rand::RngCore;
 use serde_json::json;
 
 use super::templates::{RenderedMail, TemplateError, Templates};
-use crate::domain::{EmailAddress, Locale, Token, hex};
+use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
 use crate::store::NewMail;
 
 /// Why a mail could not be built.
@@ -39,6 +39,10 @@ pub struct Composer {
     public_url: String,
     /// How long confirmation links live, shown in the mail.
     lifetime_days: i64,
+    /// Signs the unsubscribe and preferences links.
+    link_key: LinkKey,
+    /// The `List-Id` of digests.
+    list_id: String,
 }
 
 impl Composer {
@@ -48,13 +52,23 @@ impl Composer {
         from: Mailbox,
         public_url: String,
         lifetime: chrono::Duration,
+        link_key: LinkKey,
+        list_id: String,
     ) -> Self {
         Self {
             templates,
             from,
             public_url,
+            // Rounded down: the mail never promises more time than the link has.
             lifetime_days: lifetime.num_days().max(1),
+            link_key,
+            list_id,
         }
+    }
+
+    /// The key that signs unsubscribe and preferences links.
+    pub fn link_key(&self) -> &LinkKey {
+        &self.link_key
     }
 
     /// The base of every link.
@@ -79,7 +93,7 @@ impl Composer {
             "lifetime_days": self.lifetime_days,
         });
         let rendered = self.templates.mail(locale, "confirm", &data)?;
-        self.assemble("confirm", to, &rendered, now)
+        self.build("confirm", to, &rendered, now, &[auto_submitted()])
     }
 
     /// The notice to an already confirmed reader who signed up again, with a link
@@ -91,47 +105,169 @@ impl Composer {
         &self,
         to: &EmailAddress,
         locale: Locale,
-        token: &Token,
+        subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
+        let token = self.link_key.manage_token(subscriber_id);
         let data = json!({
             "email": to.as_str(),
             "preferences_url": format!("{}/preferences/{}", self.public_url, token.as_str()),
         });
         let rendered = self.templates.mail(locale, "already-subscribed", &data)?;
-        self.assemble("already-subscribed", to, &rendered, now)
+        self.build(
+            "already-subscribed",
+            to,
+            &rendered,
+            now,
+            &[auto_submitted()],
+        )
     }
 
-    fn assemble(
+    fn build(
         &self,
         kind: &'static str,
         to: &EmailAddress,
         mail: &RenderedMail,
         now: DateTime<Utc>,
+        extra_headers: &[HeaderValue],
     ) -> Result<NewMail, ComposeError> {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         let domain = self.from.email.domain().to_owned();
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to.as_str().parse()?))
             .subject(mail.subject.clone())
             .date(now.into())
-            .message_id(Some(format!("<{}@{domain}>", hex(&id))))
-            // RFC 3834: an automatic mail; well-behaved autoresponders stay silent.
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("Auto-Submitted"),
-                "auto-generated".to_owned(),
-            ))
-            .multipart(MultiPart::alternative_plain_html(
-                mail.text.clone(),
-                mail.html.clone(),
-            ))?;
+            .message_id(Some(format!("<{}@{domain}>", hex(&id))));
+        for header in extra_headers {
+            builder = builder.raw_header(header.clone());
+        }
+        let message = builder.multipart(MultiPart::alternative_plain_html(
+            mail.text.clone(),
+            mail.html.clone(),
+        ))?;
         Ok(NewMail {
             kind,
             recipient: to.as_str().to_owned(),
             envelope_from: self.from.email.to_string(),
             message: message.formatted(),
         })
+    }
+}
+
+/// RFC 3834: an automatic mail; well-behaved autoresponders stay silent.
+fn auto_submitted() -> HeaderValue {
+    HeaderValue::new(
+        HeaderName::new_from_ascii_str("Auto-Submitted"),
+        "auto-generated".to_owned(),
+    )
+}
+
+/// Stand-ins for the per-reader parts of a digest: the body is rendered once per
+/// distinct content, and each reader's copy gets these replaced.
+const EMAIL_MARK: &str = "PBMARK-EMAIL-7c1e";
+const UNSUBSCRIBE_MARK: &str = "PBMARK-UNSUBSCRIBE-7c1e";
+const PREFERENCES_MARK: &str = "PBMARK-PREFERENCES-7c1e";
+
+/// A digest's content, shared by every reader with the same topics and news.
+#[derive(Debug, Clone)]
+pub struct DigestBody {
+    rendered: RenderedMail,
+}
+
+/// One topic's section in a digest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DigestGroup {
+    /// Topic name.
+    pub topic: String,
+    /// Its items, newest first.
+    pub items: Vec<DigestEntry>,
+}
+
+/// One item in a digest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DigestEntry {
+    /// Headline.
+    pub title: String,
+    /// Link, if any.
+    pub url: Option<String>,
+    /// Teaser.
+    pub summary: Option<String>,
+}
+
+impl Composer {
+    /// Renders a digest's content once; [`Composer::digest`] personalises it.
+    ///
+    /// # Errors
+    /// A [`ComposeError`] when rendering fails.
+    pub fn digest_body(
+        &self,
+        locale: Locale,
+        date: chrono::NaiveDate,
+        groups: &[DigestGroup],
+        total: usize,
+        topic_names: &[String],
+    ) -> Result<DigestBody, ComposeError> {
+        let shown: usize = groups.iter().map(|g| g.items.len()).sum();
+        let date = match locale {
+            Locale::De => date.format("%d.%m.%Y").to_string(),
+            Locale::En => date.format("%-d %B %Y").to_string(),
+        };
+        let data = json!({
+            "date": date,
+            "count": total,
+            "groups": groups,
+            "more": total.saturating_sub(shown),
+            "more_url": self.public_url,
+            "topics": topic_names.join(", "),
+            "email": EMAIL_MARK,
+            "unsubscribe_url": UNSUBSCRIBE_MARK,
+            "preferences_url": PREFERENCES_MARK,
+        });
+        Ok(DigestBody {
+            rendered: self.templates.mail(locale, "digest", &data)?,
+        })
+    }
+
+    /// One reader's copy of a digest, with their links and the list headers
+    /// (RFC 2369, RFC 8058 one-click).
+    ///
+    /// # Errors
+    /// A [`ComposeError`] when assembling fails.
+    pub fn digest(
+        &self,
+        body: &DigestBody,
+        to: &str,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NewMail, ComposeError> {
+        let token = self.link_key.manage_token(subscriber_id);
+        let unsubscribe = format!("{}/unsubscribe/{}", self.public_url, token.as_str());
+        let preferences = format!("{}/preferences/{}", self.public_url, token.as_str());
+        let personal = |s: &str, email: &str| {
+            s.replace(EMAIL_MARK, email)
+                .replace(UNSUBSCRIBE_MARK, &unsubscribe)
+                .replace(PREFERENCES_MARK, &preferences)
+        };
+        let rendered = RenderedMail {
+            subject: body.rendered.subject.clone(),
+            text: personal(&body.rendered.text, to),
+            html: personal(&body.rendered.html, &handlebars::html_escape(to)),
+        };
+        let header = |name: &'static str, value: String| {
+            HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+        };
+        let extra = [
+            header("List-Id", self.list_id.clone()),
+            header("List-Unsubscribe", format!("<{unsubscribe}>")),
+            header(
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click".to_owned(),
+            ),
+        ];
+        let address =
+            EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
+        self.build("digest", &address, &rendered, now, &extra)
     }
 }

@@ -77,6 +77,34 @@ const FILES: &[(&str, &str)] = &[
         "mail/en/already-subscribed/body.html.hbs",
         include_str!("../../templates/mail/en/already-subscribed/body.html.hbs"),
     ),
+    (
+        "mail/de/digest/subject.hbs",
+        include_str!("../../templates/mail/de/digest/subject.hbs"),
+    ),
+    (
+        "mail/de/digest/body.txt.hbs",
+        include_str!("../../templates/mail/de/digest/body.txt.hbs"),
+    ),
+    (
+        "mail/de/digest/body.html.hbs",
+        include_str!("../../templates/mail/de/digest/body.html.hbs"),
+    ),
+    (
+        "mail/en/digest/subject.hbs",
+        include_str!("../../templates/mail/en/digest/subject.hbs"),
+    ),
+    (
+        "mail/en/digest/body.txt.hbs",
+        include_str!("../../templates/mail/en/digest/body.txt.hbs"),
+    ),
+    (
+        "mail/en/digest/body.html.hbs",
+        include_str!("../../templates/mail/en/digest/body.html.hbs"),
+    ),
+    (
+        "pages/unsubscribe.hbs",
+        include_str!("../../templates/pages/unsubscribe.hbs"),
+    ),
 ];
 
 /// Page texts per language.

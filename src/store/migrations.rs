@@ -6,12 +6,20 @@ use sqlx::SqlStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// `(version, description, PostgreSQL SQL, SQLite SQL)`, in order.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "signup",
-    include_str!("../../migrations/postgres/0001_signup.sql"),
-    include_str!("../../migrations/sqlite/0001_signup.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "signup",
+        include_str!("../../migrations/postgres/0001_signup.sql"),
+        include_str!("../../migrations/sqlite/0001_signup.sql"),
+    ),
+    (
+        2,
+        "digests",
+        include_str!("../../migrations/postgres/0002_digests.sql"),
+        include_str!("../../migrations/sqlite/0002_digests.sql"),
+    ),
+];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {
     let migrations = MIGRATIONS

@@ -11,6 +11,8 @@
 //! every query is type-checked against both drivers. The contract test suite
 //! (`tests/store_contract.rs`) runs the same cases against both backends.
 
+mod digests;
+mod items;
 mod mail_queue;
 mod migrations;
 mod subscribers;
@@ -27,6 +29,8 @@ use sqlx::sqlite::{
 
 use crate::config::DatabaseUrl;
 
+pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, PoolItem, Stats, TopicName};
+pub use items::{Item, ItemOutcome, NewItem};
 pub use mail_queue::{ClaimedMail, NewMail};
 pub use subscribers::{
     ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, SignUp, SignUpKind, SignUpOutcome,
@@ -60,7 +64,13 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Code the caller ran inside a transaction failed (e.g. rendering a mail).
+    #[error("preparing the change failed")]
+    Callback(#[source] BoxError),
 }
+
+/// An error from caller-supplied code run inside a store transaction.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {

@@ -5,8 +5,10 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::mail_queue::{INSERT_MAIL, NewMail};
-use super::{Store, StoreResult, on_pool};
-use crate::domain::{DeliveryTime, EmailAddress, Locale, TimeZone, TokenHash, TopicSlug};
+use super::{BoxError, Store, StoreError, StoreResult, on_pool};
+use crate::domain::{
+    DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TokenHash, TopicSlug, Weekdays,
+};
 
 /// What a reader submitted, with the proof of their consent.
 #[derive(Debug, Clone)]
@@ -27,8 +29,6 @@ pub struct SignUp {
     pub confirm_token: TokenHash,
     /// When that token stops working.
     pub confirm_expires_at: DateTime<Utc>,
-    /// Hash of the preferences token the notice mail will carry (confirmed readers).
-    pub manage_token: TokenHash,
     /// At most this many sign-up mails to the address since the given instant.
     pub mail_limit: Option<(u32, DateTime<Utc>)>,
 }
@@ -207,6 +207,19 @@ struct TokenRow {
     expires_at: Option<DateTime<Utc>>,
     status: Option<String>,
     locale: Option<String>,
+    delivery_time: Option<String>,
+    timezone: Option<String>,
+    weekdays: Option<i64>,
+}
+
+impl TokenRow {
+    fn schedule(&self) -> Option<DeliverySchedule> {
+        Some(DeliverySchedule {
+            time: DeliveryTime::parse(self.delivery_time.as_deref()?).ok()?,
+            timezone: TimeZone::parse(self.timezone.as_deref()?).ok()?,
+            weekdays: Weekdays::from_bits(self.weekdays?).unwrap_or_default(),
+        })
+    }
 }
 
 const LOCK_SUBSCRIBER_PG: &str = "SELECT id, status FROM subscribers WHERE email = $1 FOR UPDATE";
@@ -214,16 +227,17 @@ const LOCK_SUBSCRIBER_SQLITE: &str = "SELECT id, status FROM subscribers WHERE e
 
 impl Store {
     /// Records a sign-up in one transaction: the subscriber (new, or updated while
-    /// still pending), its topics, the consent proof, a link token and the mail that
-    /// carries it. `mail` renders that mail for what was found. Confirmed readers'
-    /// topics are never changed by an unauthenticated sign-up.
+    /// still pending), its topics, the consent proof, the confirmation token (unless
+    /// already confirmed) and the mail. `mail` renders that mail for what was found
+    /// and the subscriber's id. Confirmed readers' topics are never changed by an
+    /// unauthenticated sign-up.
     ///
     /// # Errors
-    /// When the database fails; nothing is stored then.
+    /// When the database fails or `mail` does; nothing is stored then.
     pub async fn sign_up(
         &self,
         req: &SignUp,
-        mail: impl FnOnce(SignUpKind) -> NewMail,
+        mail: impl FnOnce(SignUpKind, i64) -> Result<NewMail, BoxError>,
     ) -> StoreResult<SignUpOutcome> {
         let now = req.proof.at;
         let lock_sql = if self.is_postgres() {
@@ -325,24 +339,20 @@ impl Store {
             .execute(&mut *tx)
             .await?;
 
-            let (hash, purpose, expires_at) = if kind == SignUpKind::Confirmed {
-                (&req.manage_token, "manage", None)
-            } else {
-                (&req.confirm_token, "confirm", Some(req.confirm_expires_at))
-            };
-            sqlx::query(
-                "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&hash.0[..])
-            .bind(id)
-            .bind(purpose)
-            .bind(now)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
+            if kind != SignUpKind::Confirmed {
+                sqlx::query(
+                    "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) \
+                     VALUES ($1, $2, 'confirm', $3, $4)",
+                )
+                .bind(&req.confirm_token.0[..])
+                .bind(id)
+                .bind(now)
+                .bind(req.confirm_expires_at)
+                .execute(&mut *tx)
+                .await?;
+            }
 
-            let mail = mail(kind);
+            let mail = mail(kind, id).map_err(StoreError::Callback)?;
             sqlx::query(INSERT_MAIL)
                 .bind(id)
                 .bind(mail.kind)
@@ -387,7 +397,8 @@ impl Store {
     }
 
     async fn find_confirm_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRow>> {
-        let sql = "SELECT t.subscriber_id, t.expires_at, s.status, s.locale FROM tokens t \
+        let sql = "SELECT t.subscriber_id, t.expires_at, s.status, s.locale, s.delivery_time, \
+                   s.timezone, s.weekdays FROM tokens t \
                    LEFT JOIN subscribers s ON s.id = t.subscriber_id \
                    WHERE t.hash = $1 AND t.purpose = 'confirm'";
         let row = on_pool!(self, pool => sqlx::query_as(sql).bind(&hash.0[..]).fetch_optional(pool).await)?;
@@ -396,7 +407,9 @@ impl Store {
 
     /// Confirms the subscription a token belongs to. Idempotent: a second call
     /// reports [`ConfirmOutcome::AlreadyConfirmed`] and changes nothing. Also returns
-    /// the reader's language, when the token is known.
+    /// the reader's language, when the token is known. The first digest is due at the
+    /// reader's next slot and reaches back to items that arrived `lookback` before
+    /// the confirmation.
     ///
     /// # Errors
     /// When the database fails.
@@ -405,6 +418,7 @@ impl Store {
         hash: &TokenHash,
         now: DateTime<Utc>,
         ip: Option<&str>,
+        lookback: chrono::Duration,
     ) -> StoreResult<(ConfirmOutcome, Option<Locale>)> {
         let Some(token) = self.find_confirm_token(hash).await? else {
             return Ok((ConfirmOutcome::Unknown, None));
@@ -419,12 +433,17 @@ impl Store {
         if token.expires_at.is_some_and(|e| e <= now) {
             return Ok((ConfirmOutcome::Expired, locale));
         }
+        let next_slot = token.schedule().map(|s| s.next_after(now));
         let sql = "UPDATE subscribers SET status = 'confirmed', confirmed_at = $2, confirmed_ip = $3, \
-                   updated_at = $2, unsubscribed_at = NULL WHERE id = $1 AND status = 'pending'";
+                   updated_at = $2, unsubscribed_at = NULL, next_slot_at = $4, \
+                   last_item_id = COALESCE((SELECT MAX(id) FROM items WHERE created_at < $5), 0) \
+                   WHERE id = $1 AND status = 'pending'";
         let done = on_pool!(self, pool => sqlx::query(sql)
             .bind(subscriber_id)
             .bind(now)
             .bind(ip)
+            .bind(next_slot)
+            .bind(now - lookback)
             .execute(pool)
             .await.map(|r| r.rows_affected()))?;
         // Zero rows: a concurrent confirmation won the race; the result is the same.

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::domain::{EmailAddress, TopicSlug};
-use crate::store::{StoreError, TopicChange};
+use crate::store::{ItemOutcome, NewItem, StoreError, TopicChange};
 
 /// An admin API failure: a status and a message for the client.
 #[derive(Debug)]
@@ -64,6 +64,9 @@ pub fn router(state: AppState) -> Router<AppState> {
             axum::routing::patch(update_topic).delete(retire_topic),
         )
         .route("/subscribers/{email}", get(export_subscriber))
+        .route("/items", axum::routing::post(create_item))
+        .route("/digests/run", axum::routing::post(run_digests))
+        .route("/stats", get(stats))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
         .layer(middleware::from_fn_with_state(state, require_token))
 }
@@ -209,4 +212,112 @@ async fn export_subscriber(
             "no data stored for this address",
         )),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewItemBody {
+    topics: Vec<String>,
+    title: String,
+    url: Option<String>,
+    summary: Option<String>,
+    body: Option<String>,
+    published_at: Option<String>,
+    guid: Option<String>,
+}
+
+fn unprocessable(field: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("{field}: {problem}"),
+    )
+}
+
+/// Trims a text field; empty means absent. Longer than `max` characters is an error.
+fn text_field(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+        return Err(unprocessable(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(value)
+}
+
+async fn create_item(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let b: NewItemBody = parse_body(&body)?;
+    let offered = state.store.list_topics(false).await?;
+    if b.topics.is_empty() {
+        return Err(unprocessable("topics", "must name at least one topic"));
+    }
+    let mut topics = Vec::new();
+    for slug in &b.topics {
+        match TopicSlug::parse(slug) {
+            Ok(parsed) if offered.iter().any(|t| t.slug == *slug) => topics.push(parsed),
+            _ => return Err(unprocessable("topics", format!("unknown topic {slug:?}"))),
+        }
+    }
+    let title = text_field("title", Some(b.title), 500)?
+        .ok_or_else(|| unprocessable("title", "must not be empty"))?;
+    let url = text_field("url", b.url, 2000)?;
+    if let Some(u) = &url {
+        let parsed = url::Url::parse(u).map_err(|e| unprocessable("url", e))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(unprocessable("url", "must be an http:// or https:// URL"));
+        }
+    }
+    let published_at = match b.published_at {
+        Some(p) => Some(
+            chrono::DateTime::parse_from_rfc3339(p.trim())
+                .map_err(|e| {
+                    unprocessable(
+                        "published_at",
+                        format!("{e}; expected RFC 3339, e.g. 2027-03-28T09:00:00+02:00"),
+                    )
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+        None => None,
+    };
+    let item = NewItem {
+        topics,
+        title,
+        url,
+        summary: text_field("summary", b.summary, 5_000)?,
+        body: text_field("body", b.body, 200_000)?,
+        published_at,
+        guid: text_field("guid", b.guid, 1_000)?,
+        source: "api".to_owned(),
+    };
+    match state.store.add_item(&item, state.clock.now()).await? {
+        ItemOutcome::Created(item) => Ok((StatusCode::CREATED, Json(item)).into_response()),
+        ItemOutcome::Existing(item) => Ok((StatusCode::OK, Json(item)).into_response()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    at: Option<String>,
+}
+
+async fn run_digests(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let run: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        parse_body(&body)?
+    };
+    let at = match run.at {
+        Some(at) => chrono::DateTime::parse_from_rfc3339(at.trim())
+            .map_err(|e| unprocessable("at", format!("{e}; expected RFC 3339")))?
+            .with_timezone(&chrono::Utc),
+        None => state.clock.now(),
+    };
+    let outcome = state.digester.run_pass(at).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.store.stats().await?).into_response())
 }

@@ -96,7 +96,12 @@ async fn confirm(
     let ip = client_ip(&state, &headers, &peer).to_string();
     match state
         .store
-        .confirm(&token.hash(), state.clock.now(), Some(&ip))
+        .confirm(
+            &token.hash(),
+            state.clock.now(),
+            Some(&ip),
+            state.config.digest.lookback,
+        )
         .await
     {
         Ok((outcome, locale)) => {

@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers).
+//! `GET /healthz` (the process answers), `GET /readyz` (the database answers) and
+//! `GET /metrics` (Prometheus text format).
 
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +13,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
@@ -22,4 +24,55 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
         }
     }
+}
+
+/// Prometheus text format, from the same counters as `/api/v1/stats`.
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::fmt::Write;
+    let stats = match state.store.stats().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: database unreachable");
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response();
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP postbote_subscribers Subscribers by status.\n# TYPE postbote_subscribers gauge"
+    );
+    for (status, n) in &stats.subscribers {
+        let _ = writeln!(out, "postbote_subscribers{{status=\"{status}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP postbote_mail_queue_depth Mails waiting for delivery.\n# TYPE postbote_mail_queue_depth gauge"
+    );
+    let _ = writeln!(out, "postbote_mail_queue_depth {}", stats.queue_depth);
+    let _ = writeln!(
+        out,
+        "# HELP postbote_mails Mails by kind and status.\n# TYPE postbote_mails gauge"
+    );
+    for (kind, by_status) in &stats.mails {
+        for (status, n) in by_status {
+            let _ = writeln!(
+                out,
+                "postbote_mails{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP postbote_mails_retried Mails that needed more than one attempt.\n# TYPE postbote_mails_retried gauge"
+    );
+    let _ = writeln!(out, "postbote_mails_retried {}", stats.retried);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod pages;
 pub mod rate_limit;
 pub mod subscribe;
+pub mod unsubscribe;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::digest::Digester;
 use crate::mail::compose::Composer;
 use crate::mail::templates::Templates;
 use crate::store::Store;
@@ -77,6 +79,8 @@ pub struct AppState {
     pub client_limiter: Arc<rate_limit::ClientLimiter>,
     /// Rung after mail is queued, so the delivery workers start at once.
     pub mail_wake: Arc<Notify>,
+    /// Runs digest passes (for `POST /api/v1/digests/run`).
+    pub digester: Digester,
 }
 
 /// The whole HTTP surface.
@@ -84,6 +88,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(subscribe::router())
         .merge(confirm::router())
+        .merge(unsubscribe::router())
         .merge(health::router())
         .nest("/api/v1", admin::router(state.clone()))
         .fallback(pages::not_found)

@@ -213,7 +213,6 @@ async fn subscribe(
         .unwrap_or(page_locale);
     let now = state.clock.now();
     let confirm_token = Token::generate();
-    let manage_token = Token::generate();
     let per_hour = state.config.rate_limit.per_address_per_hour;
     let signup = SignUp {
         email: valid.email,
@@ -233,33 +232,22 @@ async fn subscribe(
         },
         confirm_token: confirm_token.hash(),
         confirm_expires_at: now + state.config.confirmation_lifetime,
-        manage_token: manage_token.hash(),
         mail_limit: (per_hour > 0).then(|| (per_hour, now - chrono::Duration::hours(1))),
     };
     let locale = signup.locale;
 
-    // Both possible mails are rendered before the transaction, which picks one.
+    // The mail is rendered inside the transaction, once it is known what the address
+    // is (new, pending, confirmed) and which id it has.
     let composer = &state.composer;
-    let mails = composer
-        .confirmation(&signup.email, locale, &confirm_token, now)
-        .and_then(|c| {
-            Ok((
-                c,
-                composer.already_subscribed(&signup.email, locale, &manage_token, now)?,
-            ))
-        });
-    let (confirm_mail, notice_mail) = match mails {
-        Ok(m) => m,
-        Err(e) => return server_error(&state, format, locale, &e),
-    };
     let outcome = state
         .store
-        .sign_up(&signup, |kind| {
-            if kind == SignUpKind::Confirmed {
-                notice_mail
+        .sign_up(&signup, |kind, id| {
+            let mail = if kind == SignUpKind::Confirmed {
+                composer.already_subscribed(&signup.email, locale, id, now)
             } else {
-                confirm_mail
-            }
+                composer.confirmation(&signup.email, locale, &confirm_token, now)
+            };
+            mail.map_err(Into::into)
         })
         .await;
     match outcome {

@@ -222,16 +222,17 @@ pub fn parse(raw: &[u8]) -> Message<'_> {
         .expect("a parseable mail")
 }
 
-/// The first `{base}/{route}/<64 hex>` link in a text.
+/// The first `{base}/{route}/<token>` link in a text (confirm tokens are 64 hex
+/// digits, unsubscribe and preferences tokens `<id>.<32 hex digits>`).
 pub fn find_link(text: &str, route: &str) -> Option<String> {
     let needle = format!("/{route}/");
     let at = text.find(&needle)?;
     let start = text[..at].rfind("http").unwrap_or(at);
     let token: String = text[at + needle.len()..]
         .chars()
-        .take_while(char::is_ascii_hexdigit)
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '.')
         .collect();
-    (token.len() == 64).then(|| format!("{}{}{}", &text[start..at], needle, token))
+    (token.len() >= 34).then(|| format!("{}{}{}", &text[start..at], needle, token))
 }
 
 /// Settings every test app gets; a test may change the config before spawning.

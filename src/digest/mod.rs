@@ -1,0 +1,205 @@
+//! Digests: the scheduling pass that finds the readers whose slot has come, builds
+//! each distinct digest once, personalises it per reader and queues it — all in the
+//! store's transaction per batch, so a slot is served exactly once.
+//!
+//! `serve` runs a pass every `digest.pass_interval_secs`; `POST /api/v1/digests/run`
+//! runs one as of any instant. Which items a digest lists is decided by arrival
+//! order (item ids up to the pass's watermark), never by a clock.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::DigestSettings;
+use crate::mail::compose::{Composer, DigestBody, DigestEntry, DigestGroup};
+use crate::store::{BoxError, DigestBatch, DigestPlan, DueReader, Store, StoreError};
+
+/// Readers claimed per transaction: large enough to share rendered bodies and
+/// amortise round trips, small enough to keep memory flat and locks short.
+const BATCH: u32 = 500;
+
+/// What makes two readers' digests identical: language, topics, watermark, date.
+type BodyKey = (crate::domain::Locale, Vec<i64>, i64, chrono::NaiveDate);
+
+/// What a pass did.
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PassOutcome {
+    /// Readers whose slot had come.
+    pub due: usize,
+    /// Digests queued (readers with news).
+    pub enqueued: usize,
+}
+
+/// Runs scheduling passes.
+#[derive(Clone)]
+pub struct Digester {
+    /// The database.
+    pub store: Store,
+    /// Builds the mails.
+    pub composer: Composer,
+    /// Digest settings.
+    pub settings: DigestSettings,
+    /// Time source (for record times; the pass instant is given).
+    pub clock: Arc<dyn Clock>,
+    /// Rung when digests were queued.
+    pub mail_wake: Arc<Notify>,
+}
+
+impl Digester {
+    /// One pass as of `at`: every reader whose slot is at or before `at` gets the
+    /// digest of what arrived since their previous one (none if nothing did), and
+    /// their next slot after `at`.
+    ///
+    /// # Errors
+    /// When the database fails; batches committed before that stay done.
+    #[tracing::instrument(skip_all, fields(at = %at))]
+    pub async fn run_pass(&self, at: DateTime<Utc>) -> Result<PassOutcome, StoreError> {
+        let watermark = self.store.item_watermark().await?;
+        let mut total = PassOutcome::default();
+        loop {
+            let now = self.clock.now();
+            let batch = self
+                .store
+                .digest_batch(at, watermark, BATCH, now, |batch| self.plan(batch, at, now))
+                .await?;
+            if batch.due == 0 {
+                break;
+            }
+            total.due += batch.due;
+            total.enqueued += batch.enqueued;
+            if batch.enqueued > 0 {
+                self.mail_wake.notify_waiters();
+            }
+        }
+        if total.due > 0 {
+            tracing::info!(
+                due = total.due,
+                enqueued = total.enqueued,
+                "digest pass done"
+            );
+        }
+        Ok(total)
+    }
+
+    fn plan(
+        &self,
+        batch: &DigestBatch,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DigestPlan>, BoxError> {
+        // Readers with the same language, topics, watermark and local date get the
+        // same digest: it is rendered once.
+        let mut bodies: HashMap<BodyKey, (DigestBody, i32)> = HashMap::new();
+        let mut plans = Vec::with_capacity(batch.readers.len());
+        for reader in &batch.readers {
+            let next_slot_at = match reader.schedule() {
+                Some(schedule) => schedule.next_after(at),
+                None => {
+                    tracing::error!(
+                        subscriber.id = reader.id,
+                        "stored schedule does not parse; trying again in a day"
+                    );
+                    at + chrono::Duration::days(1)
+                }
+            };
+            let mut plan = DigestPlan {
+                subscriber_id: reader.id,
+                slot_at: reader.next_slot_at,
+                next_slot_at,
+                last_item_id: reader.last_item_id.max(batch.watermark),
+                mail: None,
+            };
+            let mut topics = reader.topic_ids.clone();
+            topics.sort_unstable();
+            let fresh = batch.items.iter().any(|i| {
+                i.id > reader.last_item_id && i.topic_ids.iter().any(|t| topics.contains(t))
+            });
+            if fresh {
+                let date = match reader.schedule() {
+                    Some(s) => at.with_timezone(&s.timezone.tz()).date_naive(),
+                    None => at.date_naive(),
+                };
+                let key = (reader.locale(), topics, reader.last_item_id, date);
+                if !bodies.contains_key(&key) {
+                    let body = self.render(batch, reader, &key.1, date)?;
+                    bodies.insert(key.clone(), body);
+                }
+                let (body, count) = &bodies[&key];
+                let mail = self.composer.digest(body, &reader.email, reader.id, now)?;
+                plan.mail = Some((mail, *count));
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// Renders the digest for a reader's topics and watermark.
+    fn render(
+        &self,
+        batch: &DigestBatch,
+        reader: &DueReader,
+        topics: &[i64],
+        date: chrono::NaiveDate,
+    ) -> Result<(DigestBody, i32), BoxError> {
+        let mut chosen: Vec<(&str, i64)> = topics
+            .iter()
+            .filter_map(|id| batch.topics.get(id).map(|t| (t.name.as_str(), *id)))
+            .collect();
+        chosen.sort();
+        // Newest first (the pool is ordered so); an item in two chosen topics once.
+        let fresh: Vec<_> = batch
+            .items
+            .iter()
+            .filter(|i| {
+                i.id > reader.last_item_id && i.topic_ids.iter().any(|t| topics.contains(t))
+            })
+            .collect();
+        let total = fresh.len();
+        let shown = &fresh[..total.min(self.settings.max_items)];
+        let mut placed = HashSet::new();
+        let mut groups = Vec::new();
+        for (name, topic) in &chosen {
+            let items: Vec<DigestEntry> = shown
+                .iter()
+                .filter(|i| i.topic_ids.contains(topic) && placed.insert(i.id))
+                .map(|i| DigestEntry {
+                    title: i.title.clone(),
+                    url: i.url.clone(),
+                    summary: i.summary.clone(),
+                })
+                .collect();
+            if !items.is_empty() {
+                groups.push(DigestGroup {
+                    topic: (*name).to_owned(),
+                    items,
+                });
+            }
+        }
+        let names: Vec<String> = chosen.iter().map(|(n, _)| (*n).to_owned()).collect();
+        let body = self
+            .composer
+            .digest_body(reader.locale(), date, &groups, total, &names)?;
+        Ok((body, i32::try_from(total).unwrap_or(i32::MAX)))
+    }
+
+    /// Runs a pass every `pass_interval` until `stop` fires.
+    pub async fn run_schedule(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.pass_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.run_pass(self.clock.now()).await {
+                tracing::error!(error = %e, "digest pass failed; the next one retries");
+            }
+        }
+    }
+}
