@@ -135,8 +135,7 @@ pub struct Stats {
 /// An item with one of its topics: id, title, url, summary, topic id.
 type ItemTopicRow = (i64, String, Option<String>, Option<String>, i64);
 
-const DUE_PG: &str
- = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
+const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2 \
     FOR UPDATE SKIP LOCKED";
 const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \

@@ -33,8 +33,8 @@ pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, PoolItem, St
 pub use items::{Item, ItemOutcome, NewItem};
 pub use mail_queue::{ClaimedMail, NewMail};
 pub use subscribers::{
-    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, SignUp, SignUpKind, SignUpOutcome,
-    SubscriberExport, TokenState,
+    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportedSubscriber, SignUp,
+    SignUpKind, SignUpOutcome, SubscriberExport, TokenState,
 };
 pub use topics::{Topic, TopicChange};
 

@@ -408,3 +408,78 @@ pub fn form<'a>(email: &'a str, topics: &[&'a str]) -> Vec<(&'a str, &'a str)> {
     ]);
     f
 }
+
+impl TestApp {
+    /// Runs a scheduling pass as of `at` through the admin API; returns (due, enqueued).
+    pub async fn run_pass(&self, at: &str) -> (u64, u64) {
+        let r = self
+            .admin(
+                reqwest::Method::POST,
+                "/digests/run",
+                Some(serde_json::json!({"at": at})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "digest pass at {at}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        (v["due"].as_u64().unwrap(), v["enqueued"].as_u64().unwrap())
+    }
+
+    /// Posts an item; returns its id.
+    pub async fn post_item(&self, topics: &[&str], title: &str) -> i64 {
+        let r = self
+            .admin(reqwest::Method::POST, "/items", Some(serde_json::json!({"topics": topics, "title": title, "summary": format!("Zusammenfassung: {title}")})))
+            .await;
+        assert_eq!(r.status(), 201, "post item {title}");
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// A confirmed reader, stored as an import would store them.
+    pub async fn reader(
+        &self,
+        email: &str,
+        topics: &[&str],
+        time: &str,
+        zone: &str,
+        locale: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> i64 {
+        use postbote::domain::*;
+        let s = postbote::store::ImportedSubscriber {
+            email: EmailAddress::parse(email).unwrap(),
+            topics: topics
+                .iter()
+                .map(|t| TopicSlug::parse(t).unwrap())
+                .collect(),
+            schedule: DeliverySchedule {
+                time: DeliveryTime::parse(time).unwrap(),
+                timezone: TimeZone::parse(zone).unwrap(),
+                weekdays: Weekdays::EVERY_DAY,
+            },
+            locale: Locale::parse(locale).unwrap(),
+            consent_at: now,
+            consent_ip: Some("192.0.2.1".into()),
+            source: "tests".into(),
+        };
+        self.store
+            .import_confirmed(&s, now, chrono::Duration::hours(24))
+            .await
+            .unwrap()
+            .expect("a new reader")
+    }
+}
+
+/// The envelope recipient smtp-sink recorded for a captured message.
+pub fn recipient(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(2048)]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("X-Rcpt-Args: "))
+        .map(|r| {
+            r.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+        .unwrap_or_default()
+}

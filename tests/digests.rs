@@ -1,0 +1,634 @@
+//! Daily digests at each reader's local time, exactly once, on both backends and
+//! through a real SMTP server, with passes run at chosen instants.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use common::{Backend, SmtpSink, TestApp, TestDb, find_link, parse, recipient, test_config};
+use mail_parser::{Message, MimeHeaders};
+use postbote::clock::ManualClock;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// An app whose clock stands at `now` and whose passes run only when a test says.
+async fn app_at(backend: Backend, now: &str) -> (TestApp, SmtpSink, TestDb, ManualClock) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    config.rate_limit.per_client_per_minute = 0;
+    let clock = ManualClock::new(utc(now));
+    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    app.create_topic("kultur", "Kultur").await;
+    app.create_topic("sport", "Sport").await;
+    (app, sink, db, clock)
+}
+
+/// Digests received so far, by recipient.
+fn digests(sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
+    let mut by = HashMap::<String, Vec<Vec<u8>>>::new();
+    for raw in sink.raw_messages() {
+        if String::from_utf8_lossy(&raw).contains("List-Unsubscribe-Post") {
+            by.entry(recipient(&raw)).or_default().push(raw);
+        }
+    }
+    by
+}
+
+/// Waits until the queue is drained and returns the digests received.
+async fn delivered(app: &TestApp, sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.store.mail_queue_depth().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue did not drain"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let sent = app
+        .store
+        .stats()
+        .await
+        .unwrap()
+        .mails
+        .values()
+        .map(|m| m.get("sent").copied().unwrap_or(0))
+        .sum::<i64>();
+    sink.wait_for(sent as usize).await;
+    digests(sink)
+}
+
+fn text(raw: &[u8]) -> String {
+    parse(raw).body_text(0).unwrap().into_owned()
+}
+
+fn html(raw: &[u8]) -> String {
+    parse(raw).body_html(0).unwrap().into_owned()
+}
+
+async fn readers_get_their_digest_at_their_own_local_time(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-01-14T12:00:00Z").await;
+    // Berlin subscribes through the real double opt-in; the others are imported.
+    let r = app
+        .sign_up_json(serde_json::json!({"email": "berlin@example.org", "topics": ["wirtschaft"], "delivery_time": "07:00", "timezone": "Europe/Berlin", "locale": "de", "consent": true}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let raw = sink.wait_for(1).await;
+    let link = find_link(&text(&raw[0]), "confirm").unwrap();
+    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 200);
+    let now = utc("2027-01-14T12:00:00Z");
+    app.reader(
+        "newyork@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "America/New_York",
+        "en",
+        now,
+    )
+    .await;
+    app.reader(
+        "tokyo@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Asia/Tokyo",
+        "de",
+        now,
+    )
+    .await;
+    clock.set(utc("2027-01-14T13:00:00Z"));
+    app.post_item(&["wirtschaft"], "Quartalszahlen").await;
+
+    // Tokyo 07:00 = 22:00 UTC, Berlin 07:00 = 06:00 UTC, New York 07:00 = 12:00 UTC.
+    for (at, expected_due) in [
+        ("2027-01-14T21:59:00Z", 0),
+        ("2027-01-14T22:00:00Z", 1),
+        ("2027-01-15T05:59:59Z", 0),
+        ("2027-01-15T06:00:00Z", 1),
+        ("2027-01-15T11:59:00Z", 0),
+        ("2027-01-15T12:00:00Z", 1),
+    ] {
+        let (due, enqueued) = app.run_pass(at).await;
+        assert_eq!(
+            (due, enqueued),
+            (expected_due, expected_due),
+            "pass at {at}"
+        );
+        let got = delivered(&app, &sink).await;
+        let expect: &[&str] = match at {
+            "2027-01-14T21:59:00Z" => &[],
+            "2027-01-14T22:00:00Z" | "2027-01-15T05:59:59Z" => &["tokyo@example.org"],
+            "2027-01-15T06:00:00Z" | "2027-01-15T11:59:00Z" => {
+                &["tokyo@example.org", "berlin@example.org"]
+            }
+            _ => &[
+                "tokyo@example.org",
+                "berlin@example.org",
+                "newyork@example.org",
+            ],
+        };
+        let mut have: Vec<&str> = got.keys().map(String::as_str).collect();
+        have.sort_unstable();
+        let mut want = expect.to_vec();
+        want.sort_unstable();
+        assert_eq!(have, want, "after the pass at {at}");
+        assert!(got.values().all(|v| v.len() == 1), "one digest each");
+    }
+    let ny = parse(&digests(&sink)["newyork@example.org"][0])
+        .subject()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ny, "Your news of 15 January 2027: 1 new");
+    let tokyo = parse(&digests(&sink)["tokyo@example.org"][0])
+        .subject()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        tokyo, "Neue Meldungen für Sie am 15.01.2027: 1",
+        "Tokyo's date is its own"
+    );
+}
+
+/// Runs passes every 15 minutes across `[from, to)`, posting an item before each,
+/// and returns how many digests the reader got.
+async fn digests_across(
+    app: &TestApp,
+    sink: &SmtpSink,
+    clock: &ManualClock,
+    from: &str,
+    to: &str,
+) -> usize {
+    let (mut at, end) = (utc(from), utc(to));
+    let before = digests(sink).get("night@example.org").map_or(0, Vec::len);
+    let mut n = 0;
+    while at < end {
+        clock.set(at - chrono::Duration::minutes(1));
+        app.post_item(&["wirtschaft"], &format!("Meldung {n}"))
+            .await;
+        app.run_pass(&at.to_rfc3339()).await;
+        at += chrono::Duration::minutes(15);
+        n += 1;
+    }
+    delivered(app, sink)
+        .await
+        .get("night@example.org")
+        .map_or(0, Vec::len)
+        - before
+}
+
+async fn a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-03-27T12:00:00Z").await;
+    app.reader(
+        "night@example.org",
+        &["wirtschaft"],
+        "02:30",
+        "Europe/Berlin",
+        "de",
+        utc("2027-03-27T12:00:00Z"),
+    )
+    .await;
+    // 2027-03-28 in Berlin: 22:00 UTC the day before to 22:00 UTC (the day is 23 hours).
+    let spring = digests_across(
+        &app,
+        &sink,
+        &clock,
+        "2027-03-27T23:00:00Z",
+        "2027-03-28T22:00:00Z",
+    )
+    .await;
+    assert_eq!(spring, 1, "one digest on the day 02:30 does not exist");
+    // Catch up to the autumn day with one pass, then walk through 2027-10-31 (25 hours).
+    clock.set(utc("2027-10-30T12:00:00Z"));
+    app.run_pass("2027-10-30T12:00:00Z").await;
+    delivered(&app, &sink).await;
+    let autumn = digests_across(
+        &app,
+        &sink,
+        &clock,
+        "2027-10-30T22:00:00Z",
+        "2027-10-31T23:00:00Z",
+    )
+    .await;
+    assert_eq!(autumn, 1, "one digest on the day 02:30 happens twice");
+}
+
+async fn a_digest_lists_the_chosen_topics_once_escaped_and_intact(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let now = utc("2027-05-01T08:00:00Z");
+    app.reader(
+        "leserin@example.org",
+        &["wirtschaft", "kultur"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Größere Aufträge für Maschinenbauer")
+        .await;
+    app.post_item(&["sport"], "Nicht abonniert").await;
+    app.post_item(&["wirtschaft", "kultur"], "Kulturwirtschaft wächst")
+        .await;
+    app.post_item(&["kultur"], "<script>alert('x')</script> & Theater")
+        .await;
+    let (due, enqueued) = app.run_pass("2027-05-02T05:00:00Z").await;
+    assert_eq!((due, enqueued), (1, 1));
+    let got = delivered(&app, &sink).await;
+    let raw = &got["leserin@example.org"][0];
+    let mail = parse(raw);
+    assert_eq!(
+        mail.subject(),
+        Some("Neue Meldungen für Sie am 02.05.2027: 3")
+    );
+    let (text, html) = (text(raw), html(raw));
+    assert!(
+        text.contains("Größere Aufträge für Maschinenbauer"),
+        "umlauts intact in text"
+    );
+    assert!(
+        html.contains("Größere Aufträge für Maschinenbauer"),
+        "umlauts intact in HTML"
+    );
+    assert!(!text.contains("Nicht abonniert"), "only chosen topics");
+    assert_eq!(
+        text.matches("* Kulturwirtschaft wächst").count(),
+        1,
+        "an item in two topics once"
+    );
+
+    assert!(!html.contains("<script>"), "no markup from items");
+    assert!(
+        html.contains("&lt;script&gt;alert(") && html.contains("&lt;/script&gt; &amp; Theater"),
+        "{html}"
+    );
+
+    assert!(
+        text.contains("<script>alert('x')</script> & Theater"),
+        "the text part shows the title as it is"
+    );
+    // Grouped by topic (Kultur before Wirtschaft), newest first within a group.
+    let kultur = text.find("== Kultur ==").unwrap();
+    let wirtschaft = text.find("== Wirtschaft ==").unwrap();
+    assert!(kultur < wirtschaft);
+    assert!(
+        text.find("* <script>").unwrap() < text.find("* Kulturwirtschaft").unwrap(),
+        "newest first"
+    );
+
+    // The list headers and the links in the body.
+    let unsubscribe = mail
+        .header_raw("List-Unsubscribe")
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        unsubscribe.starts_with(&format!("<{}/unsubscribe/", app.base))
+            && unsubscribe.ends_with('>')
+    );
+    assert_eq!(
+        mail.header_raw("List-Unsubscribe-Post").map(str::trim),
+        Some("List-Unsubscribe=One-Click")
+    );
+    assert_eq!(
+        mail.header_raw("List-Id").map(str::trim),
+        Some("Newsletter <newsletter.example.org>")
+    );
+    assert!(mail.message_id().is_some() && mail.date().is_some());
+    let link = &unsubscribe[1..unsubscribe.len() - 1];
+    assert!(
+        text.contains(link) && html.contains(link),
+        "a visible unsubscribe link"
+    );
+    assert!(
+        find_link(&text, "preferences").is_some() && html.contains("/preferences/"),
+        "a preferences link"
+    );
+    assert!(
+        text.contains("weil Sie leserin@example.org") && text.contains("Kultur, Wirtschaft"),
+        "why the reader gets it"
+    );
+}
+
+async fn at_most_max_items_then_a_count_of_the_rest(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    app.reader(
+        "viel@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "en",
+        utc("2027-05-01T08:00:00Z"),
+    )
+    .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    for i in 0..53 {
+        app.post_item(&["wirtschaft"], &format!("Item {i:02}"))
+            .await;
+    }
+    app.run_pass("2027-05-02T05:00:00Z").await;
+    let raw = &delivered(&app, &sink).await["viel@example.org"][0];
+    let text = text(raw);
+    assert_eq!(text.matches("* Item").count(), 50);
+    assert!(
+        text.contains("Item 52") && !text.contains("Item 02"),
+        "the newest 50"
+    );
+    assert!(text.contains("… and 3 more"));
+    assert_eq!(
+        parse(raw).subject(),
+        Some("Your news of 2 May 2027: 53 new")
+    );
+}
+
+async fn passes_never_send_twice_and_never_skip_an_item(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    app.reader(
+        "genau@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        utc("2027-05-01T08:00:00Z"),
+    )
+    .await;
+    // No new items: the slot passes without a mail.
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (1, 0));
+    clock.set(utc("2027-05-02T06:00:00Z"));
+    app.post_item(&["wirtschaft"], "Erste Meldung").await;
+    assert_eq!(app.run_pass("2027-05-03T05:00:00Z").await, (1, 1));
+    assert_eq!(
+        app.run_pass("2027-05-03T05:00:00Z").await,
+        (0, 0),
+        "the same instant again"
+    );
+    assert_eq!(
+        app.run_pass("2027-05-03T05:00:30Z").await,
+        (0, 0),
+        "the clock reaching the slot later"
+    );
+    // A pass as of a future instant, then an item that arrives after it.
+    assert_eq!(app.run_pass("2027-05-10T05:00:00Z").await, (1, 0));
+    clock.set(utc("2027-05-03T07:00:00Z"));
+    app.post_item(&["wirtschaft"], "Nach dem Zukunftslauf")
+        .await;
+    assert_eq!(
+        app.run_pass("2027-05-11T05:00:00Z").await,
+        (1, 1),
+        "the late item is in the next digest"
+    );
+    let got = delivered(&app, &sink).await;
+    let mails = &got["genau@example.org"];
+    assert_eq!(mails.len(), 2);
+    assert!(text(&mails[0]).contains("Erste Meldung"));
+    assert!(
+        text(&mails[1]).contains("Nach dem Zukunftslauf")
+            && !text(&mails[1]).contains("Erste Meldung")
+    );
+}
+
+async fn a_daemon_down_for_days_sends_one_catch_up_digest(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    app.reader(
+        "urlaub@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        utc("2027-05-01T08:00:00Z"),
+    )
+    .await;
+    for day in 1..=4 {
+        clock.set(utc(&format!("2027-05-0{}T09:00:00Z", day)));
+        app.post_item(&["wirtschaft"], &format!("Tag {day}")).await;
+    }
+    assert_eq!(app.run_pass("2027-05-05T10:00:00Z").await, (1, 1));
+    let got = delivered(&app, &sink).await;
+    assert_eq!(got["urlaub@example.org"].len(), 1);
+    let t = text(&got["urlaub@example.org"][0]);
+    assert!(
+        (1..=4).all(|d| t.contains(&format!("Tag {d}"))),
+        "everything since the last digest"
+    );
+}
+
+async fn one_click_unsubscribe_stops_the_digests(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let now = utc("2027-05-01T08:00:00Z");
+    app.reader(
+        "form@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    app.reader(
+        "multi@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Vorher").await;
+    app.run_pass("2027-05-02T05:00:00Z").await;
+    let got = delivered(&app, &sink).await;
+    let link = |who: &str| {
+        let m: Message = parse(&got[who][0]);
+        let h = m.header_raw("List-Unsubscribe").unwrap().trim().to_owned();
+        h[1..h.len() - 1].to_owned()
+    };
+    let (form_link, multi_link) = (link("form@example.org"), link("multi@example.org"));
+
+    // A GET (a mail scanner, a preview) changes nothing.
+    let page = app.http.get(&form_link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("method=\"post\""));
+    assert_eq!(
+        app.export("form@example.org").await.unwrap()["status"],
+        "confirmed"
+    );
+
+    // RFC 8058: urlencoded and multipart bodies, no cookie, 200, no redirect.
+    let r = app
+        .http
+        .post(&form_link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n";
+    let r = app
+        .http
+        .post(&multi_link)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(multipart)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.http.post(&multi_link).send().await.unwrap().status(),
+        200,
+        "idempotent"
+    );
+    for who in ["form@example.org", "multi@example.org"] {
+        let export = app.export(who).await.unwrap();
+        assert_eq!(export["status"], "unsubscribed");
+        assert!(export["unsubscribed_at"].is_string());
+    }
+    let forged = form_link
+        .replace("/unsubscribe/", "/unsubscribe/9")
+        .replace(".", ".0");
+    assert_eq!(app.http.post(&forged).send().await.unwrap().status(), 404);
+
+    clock.set(utc("2027-05-02T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Nachher").await;
+    assert_eq!(
+        app.run_pass("2027-05-03T05:00:00Z").await,
+        (0, 0),
+        "no further digest"
+    );
+    let got = delivered(&app, &sink).await;
+    assert_eq!(got["form@example.org"].len(), 1);
+    assert_eq!(got["multi@example.org"].len(), 1);
+}
+
+async fn items_are_validated_and_never_duplicated(backend: Backend) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    use reqwest::Method;
+    let post = |body: serde_json::Value| app.admin(Method::POST, "/items", Some(body));
+    let first = post(serde_json::json!({"topics": ["wirtschaft"], "title": "A", "guid": "pr-1", "url": "https://example.org/a", "published_at": "2027-05-01T10:00:00+02:00"})).await;
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first["topics"], serde_json::json!(["wirtschaft"]));
+    assert_eq!(first["source"], "api");
+    let again =
+        post(serde_json::json!({"topics": ["wirtschaft"], "title": "A changed", "guid": "pr-1"}))
+            .await;
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(
+        (again["id"].clone(), again["title"].clone()),
+        (first["id"].clone(), first["title"].clone())
+    );
+    let by_url = post(
+        serde_json::json!({"topics": ["kultur"], "title": "B", "url": "https://example.org/b"}),
+    )
+    .await;
+    assert_eq!(by_url.status(), 201);
+    let by_url_again = post(
+        serde_json::json!({"topics": ["kultur"], "title": "B", "url": "https://example.org/b"}),
+    )
+    .await;
+    assert_eq!(by_url_again.status(), 200);
+
+    for (body, field) in [
+        (
+            serde_json::json!({"topics": ["gibt-es-nicht"], "title": "X"}),
+            "topics",
+        ),
+        (serde_json::json!({"topics": [], "title": "X"}), "topics"),
+        (
+            serde_json::json!({"topics": ["wirtschaft"], "title": "  "}),
+            "title",
+        ),
+        (
+            serde_json::json!({"topics": ["wirtschaft"], "title": "X", "url": "javascript:alert(1)"}),
+            "url",
+        ),
+        (
+            serde_json::json!({"topics": ["wirtschaft"], "title": "X", "url": "nicht eine url"}),
+            "url",
+        ),
+        (
+            serde_json::json!({"topics": ["wirtschaft"], "title": "X", "published_at": "gestern"}),
+            "published_at",
+        ),
+    ] {
+        let r = post(body.clone()).await;
+        assert_eq!(r.status(), 422, "{body}");
+        let msg = r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(msg.starts_with(field), "{body}: {msg}");
+    }
+    let missing = post(serde_json::json!({"topics": ["wirtschaft"]})).await;
+    assert_eq!(missing.status(), 422);
+    assert!(
+        missing.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("title")
+    );
+}
+
+async fn stats_count_readers_queue_and_digests(backend: Backend) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    app.reader(
+        "eins@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        utc("2027-05-01T08:00:00Z"),
+    )
+    .await;
+    app.sign_up_json(
+        serde_json::json!({"email": "zwei@example.org", "topics": ["kultur"], "consent": true}),
+    )
+    .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Zahl").await;
+    app.run_pass("2027-05-02T05:00:00Z").await;
+    delivered(&app, &sink).await;
+    let stats: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/stats", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["subscribers"]["confirmed"], 1);
+    assert_eq!(stats["subscribers"]["pending"], 1);
+    assert_eq!(stats["queue_depth"], 0);
+    assert_eq!(stats["digests_sent"], 1);
+    assert_eq!(stats["mails"]["confirm"]["sent"], 1);
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("postbote_subscribers{status=\"confirmed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("postbote_mails{kind=\"digest\",status=\"sent\"} 1"));
+}
+
+on_both_backends!(
+    readers_get_their_digest_at_their_own_local_time,
+    a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days,
+    a_digest_lists_the_chosen_topics_once_escaped_and_intact,
+    at_most_max_items_then_a_count_of_the_rest,
+    passes_never_send_twice_and_never_skip_an_item,
+    a_daemon_down_for_days_sends_one_catch_up_digest,
+    one_click_unsubscribe_stops_the_digests,
+    items_are_validated_and_never_duplicated,
+    stats_count_readers_queue_and_digests,
+);
