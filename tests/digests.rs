@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use common::{Backend, SmtpSink, TestApp, TestDb, find_link, parse, recipient, test_config};
-use mail_parser::{Message, MimeHeaders};
+use mail_parser::Message;
 use postbote::clock::ManualClock;
 
 fn utc(s: &str) -> DateTime<Utc> {
