@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::Serve;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -50,66 +50,6 @@ async fn a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back(bac
     assert_eq!(sink.raw_messages().len(), 1, "delivered once");
 }
 
-/// `postbote serve` as a child process.
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Serve {
-    fn start(db: &TestDb, smtp_url: &str, port: u16) -> Self {
-        let config = db.dir.path().join("postbote.toml");
-        std::fs::write(
-            &config,
-            "[delivery]\npoll_interval_ms = 100\nretry_base_ms = 200\nretry_max_ms = 500\n",
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_postbote"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("POSTBOTE_DATABASE_URL", &db.url)
-            .env("POSTBOTE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("POSTBOTE_SMTP_URL", smtp_url)
-            .env("POSTBOTE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("POSTBOTE_DATA_DIR", db.dir.path().join("data"))
-            .env("POSTBOTE_MAIL_FROM", "News <news@example.org>")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postbote serve");
-        let base = format!("http://127.0.0.1:{port}");
-        Self { child, base }
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !http
-            .get(format!("{}/readyz", self.base))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(Instant::now() < deadline, "serve did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn mail_queued_before_a_crash_is_sent_after_the_restart(backend: Backend) {
     let db = TestDb::new(backend).await;
     let relay_port = free_port();
@@ -117,7 +57,7 @@ async fn mail_queued_before_a_crash_is_sent_after_the_restart(backend: Backend) 
     let http = reqwest::Client::new();
 
     let port = free_port();
-    let first = Serve::start(&db, &smtp, port);
+    let first = Serve::start(&db, &smtp, port, "");
     first.wait_ready(&http).await;
     let r = http
         .post(format!("{}/api/v1/topics", first.base))
@@ -159,7 +99,7 @@ async fn mail_queued_before_a_crash_is_sent_after_the_restart(backend: Backend) 
     drop(first); // SIGKILL: no chance to clean up.
 
     let sink = SmtpSink::start_on(relay_port, &[]);
-    let second = Serve::start(&db, &smtp, port);
+    let second = Serve::start(&db, &smtp, port, "");
     second.wait_ready(&http).await;
     let raw = sink.wait_for(1).await;
     let mail = parse(&raw[0]);
@@ -177,7 +117,7 @@ async fn sigterm_stops_serve_gracefully_and_quickly(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
     let http = reqwest::Client::new();
-    let mut serve = Serve::start(&db, &sink.url(), free_port());
+    let mut serve = Serve::start(&db, &sink.url(), free_port(), "");
     serve.wait_ready(&http).await;
     let started = Instant::now();
     serve.signal("-TERM");

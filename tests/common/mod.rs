@@ -483,3 +483,79 @@ pub fn recipient(raw: &[u8]) -> String {
         })
         .unwrap_or_default()
 }
+
+/// `postbote serve` as a child process, with test-friendly delivery settings.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Serve {
+    /// Starts serve on `port`; `extra` is appended to its TOML config file.
+    pub fn start(db: &TestDb, smtp_url: &str, port: u16, extra: &str) -> Self {
+        let config = db.dir.path().join(format!("postbote-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!("[delivery]\npoll_interval_ms = 100\nretry_base_ms = 200\nretry_max_ms = 500\n{extra}"),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("POSTBOTE_DATABASE_URL", &db.url)
+            .env("POSTBOTE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("POSTBOTE_SMTP_URL", smtp_url)
+            .env("POSTBOTE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("POSTBOTE_DATA_DIR", db.dir.path().join("data"))
+            .env("POSTBOTE_MAIL_FROM", "News <news@example.org>")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postbote serve");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn wait_ready(&self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "serve did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Runs a digest pass through this process's admin API.
+    pub async fn run_pass(&self, http: &reqwest::Client, at: &str) -> serde_json::Value {
+        let r = http
+            .post(format!("{}/api/v1/digests/run", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"at": at}))
+            .send()
+            .await
+            .expect("digest pass request");
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
