@@ -21,6 +21,7 @@ use crate::digest::Digester;
 use crate::domain::hex;
 use crate::mail::compose::Composer;
 use crate::mail::delivery::{DeliveryContext, run_worker};
+use crate::mail::dkim::Signer;
 use crate::mail::templates::Templates;
 use crate::store::Store;
 use crate::web::{self, AppState};
@@ -85,17 +86,11 @@ impl App {
             .await
             .with_context(|| format!("Failed to listen on {}", config.listen))?;
         let public_url = config.public_url_for(listener.local_addr()?);
-        let composer = Composer::new(
-            templates.clone(),
-            config.mail_from.clone(),
-            public_url,
-            config.confirmation_lifetime,
-            store
-                .link_key()
-                .await
-                .context("Failed to read the link key")?,
-            config.digest.list_id.clone(),
-        );
+        let link_key = store
+            .link_key()
+            .await
+            .context("Failed to read the link key")?;
+        let composer = Composer::from_config(&config, templates.clone(), link_key, public_url);
         let wake = Arc::new(Notify::new());
         let delivery = DeliveryContext {
             store: store.clone(),
@@ -103,6 +98,12 @@ impl App {
             settings: config.delivery,
             transport: config.transport.clone(),
             wake: wake.clone(),
+            signer: match &config.dkim {
+                Some(dkim) => Some(Arc::new(
+                    Signer::load(dkim).context("Failed to load the DKIM keys")?,
+                )),
+                None => None,
+            },
         };
         let digester = Digester {
             store: store.clone(),
@@ -195,7 +196,14 @@ impl App {
         if joined.is_err() {
             tracing::warn!("tasks did not finish within the grace period; their mails stay queued");
         }
-        store.close().await;
+        // Dropping the remaining tasks aborts them; the pool then closes promptly.
+        drop(tasks);
+        if tokio::time::timeout(Duration::from_secs(2), store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close in time");
+        }
         tracing::info!("postbote stopped");
         served
     }

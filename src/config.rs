@@ -52,7 +52,28 @@ struct FileConfig {
     rate_limit: FileRateLimit,
     delivery: FileDelivery,
     digest: FileDigest,
+    bounces: FileBounces,
+    dkim: FileDkim,
     topics: Vec<FileTopic>,
+    bounce_address: Option<String>,
+    unsubscribe_address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileBounces {
+    soft_threshold: Option<u32>,
+    soft_window_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileDkim {
+    domain: Option<String>,
+    selector: Option<String>,
+    rsa_key: Option<PathBuf>,
+    ed25519_selector: Option<String>,
+    ed25519_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +216,28 @@ pub struct DigestSettings {
     pub run_scheduler: bool,
 }
 
+/// What bounces do.
+#[derive(Debug, Clone, Copy)]
+pub struct BounceSettings {
+    /// Soft bounces (4.x.x, delayed) within the window that condemn an address.
+    pub soft_threshold: u32,
+    /// The window soft bounces are counted in.
+    pub soft_window: chrono::Duration,
+}
+
+/// DKIM signing, when configured.
+#[derive(Debug, Clone)]
+pub struct DkimSettings {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The RSA key's selector (`s=`).
+    pub selector: String,
+    /// PEM file of the RSA private key (PKCS#1 or PKCS#8).
+    pub rsa_key: PathBuf,
+    /// Optional second, ed25519 signature: selector and PKCS#8 PEM/DER key file.
+    pub ed25519: Option<(String, PathBuf)>,
+}
+
 /// A topic declared in the file, created or updated at start.
 #[derive(Debug, Clone)]
 pub struct TopicSeed {
@@ -239,6 +282,14 @@ pub struct Config {
     pub delivery: Delivery,
     /// Digest settings.
     pub digest: DigestSettings,
+    /// Envelope sender template with `{id}` (VERP), e.g. `bounces+{id}@example.org`.
+    pub bounce_address: Option<String>,
+    /// `mailto:` unsubscribe address template with `{id}`.
+    pub unsubscribe_address: Option<String>,
+    /// What bounces do.
+    pub bounces: BounceSettings,
+    /// DKIM signing; `None` sends unsigned mail.
+    pub dkim: Option<DkimSettings>,
     /// Topics declared in the file.
     pub topics: Vec<TopicSeed>,
 }
@@ -393,7 +444,15 @@ impl Config {
 
         let digest = DigestSettings {
             max_items: file.digest.max_items.unwrap_or(50),
-            lookback: chrono::Duration::hours(file.digest.lookback_hours.unwrap_or(24) as i64),
+            lookback: match file.digest.lookback_hours.unwrap_or(24) {
+                h @ 0..=8760 => chrono::Duration::hours(h as i64),
+                _ => {
+                    return Err(ConfigError::new(
+                        "digest.lookback_hours",
+                        "must be at most 8760",
+                    ));
+                }
+            },
             list_id: match file.digest.list_id {
                 Some(id) if id.chars().any(char::is_control) || !id.contains('<') => {
                     return Err(ConfigError::new(
@@ -425,6 +484,60 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+
+        let address_template = |key: &str,
+                                value: Option<String>|
+         -> Result<Option<String>, ConfigError> {
+            let Some(v) = value else { return Ok(None) };
+            let sample = v.replace("{id}", "1-0123456789abcdef");
+            if !v.contains("{id}") || sample.parse::<lettre::Address>().is_err() {
+                return Err(ConfigError::new(
+                    key,
+                    "must be an address with {id} in its local part, e.g. bounces+{id}@example.org",
+                ));
+            }
+            Ok(Some(v))
+        };
+        let bounce_address = address_template("bounce_address", file.bounce_address)?;
+        let unsubscribe_address =
+            address_template("unsubscribe_address", file.unsubscribe_address)?;
+        let bounces = BounceSettings {
+            soft_threshold: file.bounces.soft_threshold.unwrap_or(3),
+            soft_window: chrono::Duration::days(i64::from(
+                file.bounces.soft_window_days.unwrap_or(14),
+            )),
+        };
+        if bounces.soft_threshold == 0 {
+            return Err(ConfigError::new(
+                "bounces.soft_threshold",
+                "must be at least 1",
+            ));
+        }
+        let d = file.dkim;
+        let dkim = match (d.domain, d.selector, d.rsa_key) {
+            (None, None, None) if d.ed25519_key.is_none() => None,
+            (Some(domain), Some(selector), Some(rsa_key)) => Some(DkimSettings {
+                domain,
+                selector,
+                rsa_key,
+                ed25519: match (d.ed25519_selector, d.ed25519_key) {
+                    (Some(s), Some(k)) => Some((s, k)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "dkim.ed25519_selector",
+                            "ed25519_selector and ed25519_key go together",
+                        ));
+                    }
+                },
+            }),
+            _ => {
+                return Err(ConfigError::new(
+                    "dkim",
+                    "domain, selector and rsa_key are all needed to sign",
+                ));
+            }
+        };
 
         let mut topics = Vec::with_capacity(file.topics.len());
         for (i, t) in file.topics.into_iter().enumerate() {
@@ -462,6 +575,10 @@ impl Config {
             },
             delivery,
             digest,
+            bounce_address,
+            unsubscribe_address,
+            bounces,
+            dkim,
             topics,
         })
     }

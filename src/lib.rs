@@ -20,6 +20,10 @@ pub mod config;
 pub mod demo;
 pub mod digest;
 pub mod domain;
+pub mod import;
+
+pub mod inbound;
+
 pub mod mail;
 pub mod store;
 pub mod web;

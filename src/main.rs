@@ -34,9 +34,32 @@ enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
-    /// Validate configuration, templates and database connectivity.
+    /// Validate configuration, templates, DKIM keys and database connectivity.
     Check,
+    /// Process ONE message from stdin (bounce, complaint, unsubscribe reply), as an
+    /// MTA pipe transport hands it. Exit 0 handled or ignored, 65 unparseable,
+    /// 75 temporary failure (the MTA retries).
+    Inbound {
+        /// The envelope recipient (Postfix: `${original_recipient}`); else the
+        /// `X-Original-To`/`Delivered-To` header is used.
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// Import subscribers from a CSV file (header row; email, topics, delivery_time,
+    /// timezone, locale, consent_at, consent_ip).
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// Run double opt-in for each row instead of importing as confirmed.
+        #[arg(long)]
+        send_confirmation: bool,
+    },
 }
+
+/// sysexits.h: the input data was incorrect.
+const EX_DATAERR: u8 = 65;
+/// sysexits.h: temporary failure; the MTA should try again later.
+const EX_TEMPFAIL: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -58,11 +81,81 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Inbound { recipient } = &cli.command {
+        return runtime.block_on(inbound(cli.config.as_deref(), recipient.as_deref()));
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `postbote inbound`, with the exit codes an MTA understands.
+async fn inbound(config: Option<&std::path::Path>, recipient: Option<&str>) -> ExitCode {
+    use postbote::inbound::{Handler, Outcome, classify};
+    use std::io::Read;
+    // The configuration is ours to fix; the MTA keeps the message meanwhile.
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+    };
+    let mut raw = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .take(25 * 1024 * 1024)
+        .read_to_end(&mut raw)
+    {
+        eprintln!("error: reading the message: {e}");
+        return ExitCode::from(EX_TEMPFAIL);
+    }
+    let message = match classify(&raw) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, bytes = raw.len(), "inbound message refused");
+            return ExitCode::from(EX_DATAERR);
+        }
+    };
+    let handled = async {
+        let store = Store::connect(&config.database).await?;
+        let link_key = store.link_key().await?;
+        let templates = std::sync::Arc::new(
+            Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let composer = postbote::mail::compose::Composer::from_config(
+            &config,
+            templates,
+            link_key,
+            config.public_url_for(config.listen),
+        );
+        let handler = Handler {
+            store: &store,
+            composer: &composer,
+            bounces: config.bounces,
+            now: chrono::Utc::now(),
+        };
+        let outcome = handler.handle(&message, recipient).await?;
+        store.close().await;
+        anyhow::Ok(outcome)
+    };
+    match handled.await {
+        Ok(Outcome::Recorded { event, status }) => {
+            tracing::info!(event, status, "inbound message handled");
+            println!("{event}: reader is now {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Ignored(why)) => {
+            tracing::info!(why, "inbound message ignored");
+            println!("ignored: {why}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EX_TEMPFAIL)
         }
     }
 }
@@ -99,8 +192,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("database: cannot connect")?;
             store.ping().await.context("database: does not answer")?;
             println!("database: ok");
+            if let Some(dkim) = &config.dkim {
+                let signer = postbote::mail::dkim::Signer::load(dkim).context("dkim")?;
+                for (name, value) in signer.dns_records() {
+                    println!("dkim: ok; publish this TXT record:\n{name} IN TXT \"{value}\"");
+                }
+            }
             Ok(())
         }
+        Command::Import {
+            file,
+            send_confirmation,
+        } => {
+            let store = Store::connect(&config.database)
+                .await
+                .context("Failed to connect to the database")?;
+            store
+                .migrate()
+                .await
+                .context("Failed to apply the migrations")?;
+            let report = postbote::import::run(&config, &store, &file, send_confirmation).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Inbound { .. } => unreachable!("handled before"),
     }
 }
 

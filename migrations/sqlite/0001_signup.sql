@@ -12,7 +12,7 @@ CREATE TABLE topics (
 CREATE TABLE subscribers (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     email           TEXT NOT NULL UNIQUE,
-    status          TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'unsubscribed')),
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')),
     locale          TEXT NOT NULL,
     delivery_time   TEXT NOT NULL,
     timezone        TEXT NOT NULL,

@@ -43,6 +43,18 @@ pub struct Composer {
     link_key: LinkKey,
     /// The `List-Id` of digests.
     list_id: String,
+    /// VERP bounce and mailto unsubscribe address templates.
+    addresses: ReturnAddresses,
+}
+
+/// Address templates with an `{id}` placeholder for the reader (see
+/// [`Composer::verp_id`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReturnAddresses {
+    /// Envelope sender of every mail, e.g. `bounces+{id}@news.example.org`.
+    pub bounce: Option<String>,
+    /// `mailto:` alternative in `List-Unsubscribe`, e.g. `unsubscribe+{id}@news.example.org`.
+    pub unsubscribe: Option<String>,
 }
 
 impl Composer {
@@ -54,6 +66,7 @@ impl Composer {
         lifetime: chrono::Duration,
         link_key: LinkKey,
         list_id: String,
+        addresses: ReturnAddresses,
     ) -> Self {
         Self {
             templates,
@@ -63,7 +76,57 @@ impl Composer {
             lifetime_days: lifetime.num_days().max(1),
             link_key,
             list_id,
+            addresses,
         }
+    }
+
+    /// A composer as the configuration says.
+    pub fn from_config(
+        config: &crate::config::Config,
+        templates: Arc<Templates>,
+        link_key: LinkKey,
+        public_url: String,
+    ) -> Self {
+        Self::new(
+            templates,
+            config.mail_from.clone(),
+            public_url,
+            config.confirmation_lifetime,
+            link_key,
+            config.digest.list_id.clone(),
+            ReturnAddresses {
+                bounce: config.bounce_address.clone(),
+                unsubscribe: config.unsubscribe_address.clone(),
+            },
+        )
+    }
+
+    /// The envelope sender for mail to a reader: the VERP bounce address when one
+    /// is configured (`bounces+{id}@…`, the id signed so that nobody can make a
+    /// bounce for another reader), else the From address.
+    pub fn envelope_from(&self, subscriber_id: i64) -> String {
+        match &self.addresses.bounce {
+            Some(template) => template.replace("{id}", &self.verp_id(subscriber_id)),
+            None => self.from.email.to_string(),
+        }
+    }
+
+    /// `<subscriber id>-<MAC>`: the part of a VERP or mailto address naming a reader.
+    pub fn verp_id(&self, subscriber_id: i64) -> String {
+        let mac = self.link_key.sign("verp", &subscriber_id.to_string());
+        format!("{subscriber_id}-{}", &mac[..16])
+    }
+
+    /// The reader a VERP id names, if its MAC is right.
+    pub fn verify_verp_id(&self, id: &str) -> Option<i64> {
+        let (subscriber, mac) = id.split_once('-')?;
+        let subscriber_id: i64 = subscriber.parse().ok()?;
+        (mac.len() == 16 && self.verp_id(subscriber_id) == id).then_some(subscriber_id)
+    }
+
+    /// The addresses inbound mail is recognised by.
+    pub fn addresses(&self) -> &ReturnAddresses {
+        &self.addresses
     }
 
     /// The key that signs unsubscribe and preferences links.
@@ -85,6 +148,7 @@ impl Composer {
         to: &EmailAddress,
         locale: Locale,
         token: &Token,
+        subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
         let data = json!({
@@ -93,7 +157,14 @@ impl Composer {
             "lifetime_days": self.lifetime_days,
         });
         let rendered = self.templates.mail(locale, "confirm", &data)?;
-        self.build("confirm", to, &rendered, now, &[auto_submitted()])
+        self.build(
+            "confirm",
+            to,
+            subscriber_id,
+            &rendered,
+            now,
+            &[auto_submitted()],
+        )
     }
 
     /// The notice to an already confirmed reader who signed up again, with a link
@@ -117,6 +188,7 @@ impl Composer {
         self.build(
             "already-subscribed",
             to,
+            subscriber_id,
             &rendered,
             now,
             &[auto_submitted()],
@@ -127,6 +199,7 @@ impl Composer {
         &self,
         kind: &'static str,
         to: &EmailAddress,
+        subscriber_id: i64,
         mail: &RenderedMail,
         now: DateTime<Utc>,
         extra_headers: &[HeaderValue],
@@ -150,7 +223,7 @@ impl Composer {
         Ok(NewMail {
             kind,
             recipient: to.as_str().to_owned(),
-            envelope_from: self.from.email.to_string(),
+            envelope_from: self.envelope_from(subscriber_id),
             message: message.formatted(),
         })
     }
@@ -260,7 +333,16 @@ impl Composer {
         };
         let extra = [
             header("List-Id", self.list_id.clone()),
-            header("List-Unsubscribe", format!("<{unsubscribe}>")),
+            header(
+                "List-Unsubscribe",
+                match &self.addresses.unsubscribe {
+                    Some(template) => {
+                        let mailto = template.replace("{id}", &self.verp_id(subscriber_id));
+                        format!("<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>")
+                    }
+                    None => format!("<{unsubscribe}>"),
+                },
+            ),
             header(
                 "List-Unsubscribe-Post",
                 "List-Unsubscribe=One-Click".to_owned(),
@@ -268,6 +350,6 @@ impl Composer {
         ];
         let address =
             EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
-        self.build("digest", &address, &rendered, now, &extra)
+        self.build("digest", &address, subscriber_id, &rendered, now, &extra)
     }
 }

@@ -4,5 +4,7 @@
 
 pub mod compose;
 pub mod delivery;
+pub mod dkim;
+
 pub mod templates;
 pub mod transport;

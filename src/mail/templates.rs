@@ -105,6 +105,10 @@ const FILES: &[(&str, &str)] = &[
         "pages/unsubscribe.hbs",
         include_str!("../../templates/pages/unsubscribe.hbs"),
     ),
+    (
+        "pages/preferences.hbs",
+        include_str!("../../templates/pages/preferences.hbs"),
+    ),
 ];
 
 /// Page texts per language.

@@ -212,20 +212,9 @@ impl Store {
             let due = batch.readers.len();
             let plans = plan(&batch).map_err(StoreError::Callback)?;
 
-            for chunk in plans.chunks(500) {
-                // One statement per chunk; `VALUES` columns are column1… in both dialects.
-                let mut update = sqlx::QueryBuilder::new(
-                    "UPDATE subscribers SET next_slot_at = v.column2, last_item_id = v.column3 FROM (",
-                );
-                update.push_values(chunk, |mut row, p| {
-                    row.push_bind(p.subscriber_id).push_bind(p.next_slot_at).push_bind(p.last_item_id);
-                });
-                update.push(") AS v WHERE subscribers.id = v.column1");
-                update.build().execute(&mut *tx).await?;
-            }
-
             let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.mail.is_some()).collect();
             let mut enqueued = 0;
+            let mut refused: std::collections::HashSet<i64> = std::collections::HashSet::new();
             for chunk in with_mail.chunks(500) {
                 // The digest log first: only the slots it accepts get a mail.
                 let mut log = sqlx::QueryBuilder::new("INSERT INTO digests (subscriber_id, slot_at, item_count, created_at) ");
@@ -238,6 +227,7 @@ impl Store {
                 log.push(" ON CONFLICT (subscriber_id, slot_at) DO NOTHING RETURNING subscriber_id");
                 let accepted: Vec<i64> = log.build_query_scalar().fetch_all(&mut *tx).await?;
                 let accepted: std::collections::HashSet<i64> = accepted.into_iter().collect();
+                refused.extend(chunk.iter().map(|p| p.subscriber_id).filter(|id| !accepted.contains(id)));
                 let mails: Vec<(&i64, &NewMail)> = chunk
                     .iter()
                     .filter(|p| accepted.contains(&p.subscriber_id))
@@ -261,6 +251,22 @@ impl Store {
                         .push_bind(now);
                 });
                 insert.build().execute(&mut *tx).await?;
+            }
+
+            // A slot the log refused (served before) sends nothing, so the reader's
+            // watermark stays where it was: those items go into the next digest.
+            let previous: HashMap<i64, i64> = batch.readers.iter().map(|r| (r.id, r.last_item_id)).collect();
+            for chunk in plans.chunks(500) {
+                // One statement per chunk; `VALUES` columns are column1… in both dialects.
+                let mut update = sqlx::QueryBuilder::new(
+                    "UPDATE subscribers SET next_slot_at = v.column2, last_item_id = v.column3 FROM (",
+                );
+                update.push_values(chunk, |mut row, p| {
+                    let last = if refused.contains(&p.subscriber_id) { previous[&p.subscriber_id] } else { p.last_item_id };
+                    row.push_bind(p.subscriber_id).push_bind(p.next_slot_at).push_bind(last);
+                });
+                update.push(") AS v WHERE subscribers.id = v.column1");
+                update.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(BatchOutcome { due, enqueued })

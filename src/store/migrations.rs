@@ -19,6 +19,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0002_digests.sql"),
         include_str!("../../migrations/sqlite/0002_digests.sql"),
     ),
+    (
+        3,
+        "hygiene",
+        include_str!("../../migrations/postgres/0003_hygiene.sql"),
+        include_str!("../../migrations/sqlite/0003_hygiene.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -12,6 +12,7 @@
 //! (`tests/store_contract.rs`) runs the same cases against both backends.
 
 mod digests;
+mod hygiene;
 mod items;
 mod mail_queue;
 mod migrations;
@@ -30,11 +31,16 @@ use sqlx::sqlite::{
 use crate::config::DatabaseUrl;
 
 pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, PoolItem, Stats, TopicName};
+pub use hygiene::{
+    EventEffect, MailEvent, PreferenceChange, Preferences, SubscriberSummary, address_hash,
+};
+
 pub use items::{Item, ItemOutcome, NewItem};
+
 pub use mail_queue::{ClaimedMail, NewMail};
 pub use subscribers::{
-    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportedSubscriber, SignUp,
-    SignUpKind, SignUpOutcome, SubscriberExport, TokenState,
+    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult, ImportedSubscriber,
+    SignUp, SignUpKind, SignUpOutcome, SubscriberExport, TokenState,
 };
 pub use topics::{Topic, TopicChange};
 

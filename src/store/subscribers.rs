@@ -120,6 +120,10 @@ pub struct SubscriberExport {
     pub consents: Vec<ConsentRecord>,
     /// Every mail queued for the address, oldest first.
     pub deliveries: Vec<DeliveryRecord>,
+    /// Every change of settings, oldest first.
+    pub preference_changes: Vec<super::PreferenceChange>,
+    /// Bounces, complaints and unsubscribe replies, oldest first.
+    pub mail_events: Vec<super::MailEvent>,
 }
 
 /// When and how a reader wants their mail.
@@ -210,6 +214,7 @@ struct TokenRow {
     delivery_time: Option<String>,
     timezone: Option<String>,
     weekdays: Option<i64>,
+    email: Option<String>,
 }
 
 impl TokenRow {
@@ -398,7 +403,7 @@ impl Store {
 
     async fn find_confirm_token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRow>> {
         let sql = "SELECT t.subscriber_id, t.expires_at, s.status, s.locale, s.delivery_time, \
-                   s.timezone, s.weekdays FROM tokens t \
+                   s.timezone, s.weekdays, s.email FROM tokens t \
                    LEFT JOIN subscribers s ON s.id = t.subscriber_id \
                    WHERE t.hash = $1 AND t.purpose = 'confirm'";
         let row = on_pool!(self, pool => sqlx::query_as(sql).bind(&hash.0[..]).fetch_optional(pool).await)?;
@@ -446,6 +451,16 @@ impl Store {
             .bind(now - lookback)
             .execute(pool)
             .await.map(|r| r.rows_affected()))?;
+        if done == 1 {
+            // A reader on the suppression list who came back through double opt-in
+            // is welcome again.
+            let email = token.email.unwrap_or_default();
+            on_pool!(self, pool => sqlx::query("DELETE FROM suppressions WHERE email_hash = $1")
+                .bind(super::address_hash(&email))
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))?;
+        }
         // Zero rows: a concurrent confirmation won the race; the result is the same.
         let outcome = if done == 1 {
             ConfirmOutcome::Confirmed
@@ -494,6 +509,19 @@ impl Store {
             .bind(s.id)
             .fetch_all(pool)
             .await?;
+            let preference_changes: Vec<super::PreferenceChange> = sqlx::query_as(
+                "SELECT changed_at, topics, delivery_time, timezone, weekdays, locale FROM preference_changes \
+                 WHERE subscriber_id = $1 ORDER BY id",
+            )
+            .bind(s.id)
+            .fetch_all(pool)
+            .await?;
+            let mail_events: Vec<super::MailEvent> = sqlx::query_as(
+                "SELECT at, kind, detail FROM mail_events WHERE subscriber_id = $1 ORDER BY id",
+            )
+            .bind(s.id)
+            .fetch_all(pool)
+            .await?;
             let weekdays = crate::domain::Weekdays::from_bits(s.weekdays).unwrap_or_default();
             Ok(Some(SubscriberExport {
                 email: s.email,
@@ -511,7 +539,10 @@ impl Store {
                 unsubscribed_at: s.unsubscribed_at,
                 consents,
                 deliveries,
+                preference_changes,
+                mail_events,
             }))
+
         })
     }
 
@@ -629,6 +660,132 @@ impl Store {
             .await?;
             tx.commit().await?;
             Ok(Some(id))
+        })
+    }
+}
+
+/// What [`Store::import_batch`] did with each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportResult {
+    /// Stored as a new confirmed reader.
+    Imported,
+    /// The address is stored already: nothing changed.
+    Exists,
+    /// The address is on the suppression list: skipped.
+    Suppressed,
+}
+
+impl Store {
+    /// Imports rows as confirmed readers in one transaction: a few statements per
+    /// batch, not per row. Suppressed and already stored addresses are left alone.
+    ///
+    /// # Errors
+    /// When the database fails; nothing of the batch is stored then.
+    pub async fn import_batch(
+        &self,
+        rows: &[ImportedSubscriber],
+        now: DateTime<Utc>,
+        lookback: chrono::Duration,
+    ) -> StoreResult<Vec<ImportResult>> {
+        use std::collections::{HashMap, HashSet};
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let topic_ids: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>("SELECT slug, id FROM topics")
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            let mut q = sqlx::QueryBuilder::new("SELECT email_hash FROM suppressions WHERE email_hash IN (");
+            let mut list = q.separated(", ");
+            for r in rows {
+                list.push_bind(super::address_hash(r.email.as_str()));
+            }
+            list.push_unseparated(")");
+            let suppressed: HashSet<Vec<u8>> = q.build_query_scalar::<Vec<u8>>().fetch_all(&mut *tx).await?.into_iter().collect();
+            let last_item: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM items WHERE created_at < $1")
+                .bind(now - lookback)
+                .fetch_one(&mut *tx)
+                .await?;
+
+            let candidates: Vec<&ImportedSubscriber> = rows
+                .iter()
+                .filter(|r| !suppressed.contains(&super::address_hash(r.email.as_str())))
+                .collect();
+            let mut inserted: HashMap<String, i64> = HashMap::new();
+            if !candidates.is_empty() {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, weekdays, created_at, \
+                     updated_at, confirmed_at, confirmed_ip, next_slot_at, last_item_id) ",
+                );
+                q.push_values(&candidates, |mut b, r| {
+                    b.push_bind(r.email.as_str())
+                        .push_bind("confirmed")
+                        .push_bind(r.locale.as_str())
+                        .push_bind(r.schedule.time.to_string())
+                        .push_bind(r.schedule.timezone.to_string())
+                        .push_bind(r.schedule.weekdays.bits())
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(r.consent_at)
+                        .push_bind(r.consent_ip.clone())
+                        .push_bind(r.schedule.next_after(now))
+                        .push_bind(last_item);
+                });
+                q.push(" ON CONFLICT (email) DO NOTHING RETURNING id, email");
+                let rows: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                inserted = rows.into_iter().map(|(id, email)| (email, id)).collect();
+            }
+            let new_rows: Vec<(&ImportedSubscriber, i64)> = candidates
+                .iter()
+                .filter_map(|r| inserted.get(r.email.as_str()).map(|id| (*r, *id)))
+                .collect();
+            let pairs: Vec<(i64, i64)> = new_rows
+                .iter()
+                .flat_map(|(r, id)| r.topics.iter().filter_map(|t| topic_ids.get(t.as_str()).map(|tid| (*id, *tid))))
+                .collect();
+            for chunk in pairs.chunks(5000) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO subscriber_topics (subscriber_id, topic_id) ");
+                q.push_values(chunk, |mut b, (s, t)| {
+                    b.push_bind(*s).push_bind(*t);
+                });
+                q.push(" ON CONFLICT DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in new_rows.chunks(2000) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, consent_text, \
+                     topics, delivery_time, timezone, locale) ",
+                );
+                q.push_values(chunk, |mut b, (r, id)| {
+                    b.push_bind(*id)
+                        .push_bind(r.consent_at)
+                        .push_bind(r.consent_ip.clone())
+                        .push_bind(None::<String>)
+                        .push_bind("import")
+                        .push_bind(format!("consent given before import ({})", r.source))
+                        .push_bind(r.topics.iter().map(TopicSlug::as_str).collect::<Vec<_>>().join(","))
+                        .push_bind(r.schedule.time.to_string())
+                        .push_bind(r.schedule.timezone.to_string())
+                        .push_bind(r.locale.as_str());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    if suppressed.contains(&super::address_hash(r.email.as_str())) {
+                        ImportResult::Suppressed
+                    } else if inserted.contains_key(r.email.as_str()) {
+                        ImportResult::Imported
+                    } else {
+                        ImportResult::Exists
+                    }
+                })
+                .collect())
         })
     }
 }

@@ -63,12 +63,18 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/topics/{slug}",
             axum::routing::patch(update_topic).delete(retire_topic),
         )
-        .route("/subscribers/{email}", get(export_subscriber))
+        .route("/subscribers", get(list_subscribers))
+        .route(
+            "/subscribers/{email}",
+            get(export_subscriber).delete(erase_subscriber),
+        )
         .route("/items", axum::routing::post(create_item))
         .route("/digests/run", axum::routing::post(run_digests))
         .route("/stats", get(stats))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
         .layer(middleware::from_fn_with_state(state, require_token))
+        // Items may carry a full text; everything else is small.
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
 }
 
 /// Lets a request through only with `Authorization: Bearer <admin token>`. Both
@@ -320,4 +326,62 @@ async fn run_digests(State(state): State<AppState>, body: Bytes) -> Result<Respo
 
 async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(state.store.stats().await?).into_response())
+}
+
+async fn erase_subscriber(
+    State(state): State<AppState>,
+    Path(email): Path<String>,
+) -> Result<Response, ApiError> {
+    let email = EmailAddress::parse(&email).map_err(|e| unprocessable("email", e))?;
+    if state.store.erase(&email, state.clock.now()).await? {
+        tracing::info!("subscriber erased; the address hash is suppressed");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no data stored for this address",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    topic: Option<String>,
+    limit: Option<u32>,
+    after: Option<i64>,
+}
+
+async fn list_subscribers(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let statuses = ["pending", "confirmed", "unsubscribed", "bounced"];
+    if q.status.as_deref().is_some_and(|s| !statuses.contains(&s)) {
+        return Err(unprocessable(
+            "status",
+            "must be pending, confirmed, unsubscribed or bounced",
+        ));
+    }
+    let topic = q.topic.as_deref().map(parse_slug).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(unprocessable("limit", "must be between 1 and 1000"));
+    }
+    let rows = state
+        .store
+        .list_subscribers(
+            q.status.as_deref(),
+            topic.as_ref(),
+            q.after.unwrap_or(0),
+            limit,
+        )
+        .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({"subscribers": rows, "next_after": next})).into_response())
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod confirm;
 pub mod health;
 pub mod pages;
+pub mod preferences;
 pub mod rate_limit;
 pub mod subscribe;
 pub mod unsubscribe;
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .merge(subscribe::router())
         .merge(confirm::router())
         .merge(unsubscribe::router())
+        .merge(preferences::router())
         .merge(health::router())
         .nest("/api/v1", admin::router(state.clone()))
         .fallback(pages::not_found)

@@ -245,7 +245,7 @@ async fn subscribe(
             let mail = if kind == SignUpKind::Confirmed {
                 composer.already_subscribed(&signup.email, locale, id, now)
             } else {
-                composer.confirmation(&signup.email, locale, &confirm_token, now)
+                composer.confirmation(&signup.email, locale, &confirm_token, id, now)
             };
             mail.map_err(Into::into)
         })
