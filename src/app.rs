@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::digest::Digester;
 use crate::domain::hex;
+use crate::feeds::Poller;
 use crate::mail::compose::Composer;
 use crate::mail::delivery::{DeliveryContext, run_worker};
 use crate::mail::dkim::Signer;
@@ -78,6 +79,34 @@ impl App {
                     )
                 })?;
         }
+        for feed in &config.feeds {
+            let spec = crate::store::FeedSpec {
+                name: feed.name.clone(),
+                url: feed.url.clone(),
+                topic: feed.topic.clone(),
+                schedule: feed.schedule.clone(),
+                next_poll_at: clock.now(),
+            };
+            if !config.topics.iter().any(|t| t.slug == feed.topic)
+                && !store
+                    .list_topics(true)
+                    .await?
+                    .iter()
+                    .any(|t| t.slug == feed.topic.as_str())
+            {
+                anyhow::bail!(
+                    "configuration: feeds: feed {:?} names topic {:?}, which does not exist",
+                    feed.name,
+                    feed.topic.as_str()
+                );
+            }
+            store
+                .put_feed(&spec, "config", clock.now())
+                .await
+                .with_context(|| {
+                    format!("Failed to store feed {} from the configuration", feed.name)
+                })?;
+        }
         let admin_token = match &config.admin_token {
             Some(token) => token.clone(),
             None => admin_token_file(&config.data_dir.join("admin-token"))?,
@@ -112,7 +141,15 @@ impl App {
             clock: clock.clone(),
             mail_wake: wake.clone(),
         };
+        let poller = Poller::new(
+            store.clone(),
+            clock.clone(),
+            config.polling,
+            composer.public_url(),
+        )
+        .context("Failed to set up the feed client")?;
         let state = AppState {
+            poller,
             digester,
             store,
             client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
@@ -171,6 +208,7 @@ impl App {
             tasks.spawn(run_worker(delivery.clone(), workers_stop.clone()));
         }
         tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
+        tasks.spawn(state.poller.clone().run(workers_stop.clone()));
         if state.config.digest.run_scheduler {
             tasks.spawn(state.digester.clone().run_schedule(workers_stop.clone()));
         }

@@ -55,8 +55,36 @@ struct FileConfig {
     bounces: FileBounces,
     dkim: FileDkim,
     topics: Vec<FileTopic>,
+    feeds: Vec<FileFeed>,
+    polling: FilePolling,
+    submissions: FileSubmissions,
     bounce_address: Option<String>,
     unsubscribe_address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFeed {
+    url: String,
+    topic: String,
+    schedule: String,
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FilePolling {
+    tick_ms: Option<u64>,
+    timeout_secs: Option<u64>,
+    max_bytes: Option<usize>,
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileSubmissions {
+    address: Option<String>,
+    allowed_senders: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +244,41 @@ pub struct DigestSettings {
     pub run_scheduler: bool,
 }
 
+/// A feed declared in the file.
+#[derive(Debug, Clone)]
+pub struct FeedSeed {
+    /// Unique name (default: derived from the URL).
+    pub name: String,
+    /// The feed's URL.
+    pub url: String,
+    /// The topic its items go to.
+    pub topic: TopicSlug,
+    /// Cron schedule, as written.
+    pub schedule: String,
+}
+
+/// How feeds are fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct PollingSettings {
+    /// How often the poller looks for due feeds.
+    pub tick: Duration,
+    /// Time limit for one fetch, body included.
+    pub timeout: Duration,
+    /// Largest feed body read.
+    pub max_bytes: usize,
+    /// Feeds fetched at the same time.
+    pub concurrency: usize,
+}
+
+/// Items mailed in.
+#[derive(Debug, Clone, Default)]
+pub struct SubmissionSettings {
+    /// Address template with `{topic}`, e.g. `presse+{topic}@example.org`.
+    pub address: Option<String>,
+    /// Senders allowed to submit: full addresses or `@domain`.
+    pub allowed_senders: Vec<String>,
+}
+
 /// What bounces do.
 #[derive(Debug, Clone, Copy)]
 pub struct BounceSettings {
@@ -290,6 +353,12 @@ pub struct Config {
     pub bounces: BounceSettings,
     /// DKIM signing; `None` sends unsigned mail.
     pub dkim: Option<DkimSettings>,
+    /// Feeds declared in the file.
+    pub feeds: Vec<FeedSeed>,
+    /// How feeds are fetched.
+    pub polling: PollingSettings,
+    /// Items mailed in.
+    pub submissions: SubmissionSettings,
     /// Topics declared in the file.
     pub topics: Vec<TopicSeed>,
 }
@@ -539,6 +608,67 @@ impl Config {
             }
         };
 
+        let mut feeds = Vec::with_capacity(file.feeds.len());
+        for (i, f) in file.feeds.into_iter().enumerate() {
+            let key = |field: &str| format!("feeds[{i}].{field}");
+            let url =
+                url::Url::parse(&f.url).map_err(|e| ConfigError::new(key("url"), e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new(
+                    key("url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            let topic = TopicSlug::parse(&f.topic)
+                .map_err(|e| ConfigError::new(key("topic"), e.to_string()))?;
+            crate::feeds::parse_schedule(&f.schedule)
+                .map_err(|e| ConfigError::new(key("schedule"), e))?;
+            let name = f
+                .name
+                .unwrap_or_else(|| format!("{}{}", url.host_str().unwrap_or_default(), url.path()));
+            if feeds.iter().any(|x: &FeedSeed| x.name == name) {
+                return Err(ConfigError::new(
+                    key("name"),
+                    format!("{name:?} is used twice"),
+                ));
+            }
+            feeds.push(FeedSeed {
+                name,
+                url: f.url,
+                topic,
+                schedule: f.schedule,
+            });
+        }
+        let p = file.polling;
+        let polling = PollingSettings {
+            tick: Duration::from_millis(p.tick_ms.unwrap_or(1000).max(10)),
+            timeout: Duration::from_secs(p.timeout_secs.unwrap_or(20).clamp(1, 300)),
+            max_bytes: p.max_bytes.unwrap_or(5 * 1024 * 1024),
+            concurrency: p.concurrency.unwrap_or(4).clamp(1, 64),
+        };
+        let submissions = SubmissionSettings {
+            address: match file.submissions.address {
+                Some(a)
+                    if !a.contains("{topic}")
+                        || a.replace("{topic}", "x")
+                            .parse::<lettre::Address>()
+                            .is_err() =>
+                {
+                    return Err(ConfigError::new(
+                        "submissions.address",
+                        "must be an address with {topic}, e.g. presse+{topic}@example.org",
+                    ));
+                }
+                other => other,
+            },
+            allowed_senders: file
+                .submissions
+                .allowed_senders
+                .iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect(),
+        };
+
         let mut topics = Vec::with_capacity(file.topics.len());
         for (i, t) in file.topics.into_iter().enumerate() {
             let slug = TopicSlug::parse(&t.slug)
@@ -579,6 +709,9 @@ impl Config {
             unsubscribe_address,
             bounces,
             dkim,
+            feeds,
+            polling,
+            submissions,
             topics,
         })
     }

@@ -20,6 +20,8 @@ pub mod config;
 pub mod demo;
 pub mod digest;
 pub mod domain;
+pub mod feeds;
+
 pub mod import;
 
 pub mod inbound;

@@ -136,6 +136,7 @@ async fn inbound(config: Option<&std::path::Path>, recipient: Option<&str>) -> E
             store: &store,
             composer: &composer,
             bounces: config.bounces,
+            submissions: config.submissions.clone(),
             now: chrono::Utc::now(),
         };
         let outcome = handler.handle(&message, recipient).await?;
@@ -146,6 +147,11 @@ async fn inbound(config: Option<&std::path::Path>, recipient: Option<&str>) -> E
         Ok(Outcome::Recorded { event, status }) => {
             tracing::info!(event, status, "inbound message handled");
             println!("{event}: reader is now {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Item { id, new }) => {
+            tracing::info!(item.id = id, new, "submission stored as an item");
+            println!("item {id}{}", if new { "" } else { " (stored before)" });
             ExitCode::SUCCESS
         }
         Ok(Outcome::Ignored(why)) => {

@@ -170,7 +170,10 @@ impl Digester {
                 .filter(|i| i.topic_ids.contains(topic) && placed.insert(i.id))
                 .map(|i| DigestEntry {
                     title: i.title.clone(),
-                    url: i.url.clone(),
+                    // Items without their own page (mailed-in ones) get ours.
+                    url: Some(i.url.clone().unwrap_or_else(|| {
+                        format!("{}/items/{}", self.composer.public_url(), i.id)
+                    })),
                     summary: i.summary.clone(),
                 })
                 .collect();

@@ -51,6 +51,23 @@ pub struct Inbound {
     pub kind: Kind,
     /// The address it was delivered to, from the headers the MTA added.
     pub delivered_to: Option<String>,
+    /// What an item submission is made of.
+    pub content: Content,
+}
+
+/// The parts of a message an item is made of.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    /// `From` address, lower-cased.
+    pub from: Option<String>,
+    /// `Message-ID`.
+    pub message_id: Option<String>,
+    /// Subject.
+    pub subject: Option<String>,
+    /// The text: the text part, or the HTML part reduced to text.
+    pub text: Option<String>,
+    /// Attachments (ignored).
+    pub attachments: usize,
 }
 
 /// Reads and classifies a raw message.
@@ -79,7 +96,48 @@ pub fn classify(raw: &[u8]) -> Result<Inbound, Unparseable> {
     Ok(Inbound {
         kind: kind_of(&message),
         delivered_to,
+        content: content_of(&message),
     })
+}
+
+fn content_of(message: &Message<'_>) -> Content {
+    let is = |p: &mail_parser::MessagePart<'_>, sub: &str| {
+        p.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("text")
+                && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case(sub))
+        }) || (p.content_type().is_none() && sub == "plain" && matches!(p.body, PartType::Text(_)))
+    };
+    let not_attachment = |p: &&mail_parser::MessagePart<'_>| p.attachment_name().is_none();
+    let text = message
+        .parts
+        .iter()
+        .filter(not_attachment)
+        .find(|p| is(p, "plain") && matches!(p.body, PartType::Text(_)))
+        .and_then(|p| p.text_contents().map(str::to_owned))
+        .or_else(|| {
+            message
+                .parts
+                .iter()
+                .filter(not_attachment)
+                .find(|p| is(p, "html"))
+                .and_then(|p| p.text_contents().map(crate::feeds::text::html_to_text))
+        });
+    Content {
+        from: message
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_ascii_lowercase),
+        message_id: message.message_id().map(str::to_owned),
+        subject: message
+            .subject()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty()),
+        text: text
+            .map(|t| t.trim().replace("\r\n", "\n"))
+            .filter(|t| !t.is_empty()),
+        attachments: message.attachment_count(),
+    }
 }
 
 fn is_known_header(name: &str) -> bool {
@@ -190,6 +248,13 @@ pub enum Outcome {
     },
     /// Deliberately ignored, with the reason.
     Ignored(&'static str),
+    /// A submission stored as an item (or recognised as one stored before).
+    Item {
+        /// The item's id.
+        id: i64,
+        /// Whether it is new.
+        new: bool,
+    },
 }
 
 /// Everything handling needs.
@@ -200,6 +265,8 @@ pub struct Handler<'a> {
     pub composer: &'a Composer,
     /// Soft-bounce threshold and window.
     pub bounces: BounceSettings,
+    /// Who may mail items in, and where to.
+    pub submissions: crate::config::SubmissionSettings,
     /// The instant to record.
     pub now: DateTime<Utc>,
 }
@@ -226,6 +293,15 @@ impl Handler<'_> {
                 .and_then(|(t, a)| template_id(t, a))
                 .and_then(|id| self.composer.verify_verp_id(&id))
         };
+        let topic = self
+            .submissions
+            .address
+            .as_deref()
+            .zip(to.as_deref())
+            .and_then(|(t, a)| template_id(&t.replace("{topic}", "{id}"), a));
+        if let Some(topic) = topic {
+            return self.submit(&inbound.content, &topic).await;
+        }
         if let Some(id) = verp_reader(&addresses.unsubscribe) {
             return self
                 .record(
@@ -306,6 +382,71 @@ impl Handler<'_> {
                 "neither a report nor an unsubscribe reply",
             )),
         }
+    }
+
+    /// Stores a mailed-in press release from an allowed sender as an item.
+    async fn submit(&self, content: &Content, topic: &str) -> Result<Outcome, StoreError> {
+        let from = content.from.clone().unwrap_or_default();
+        let allowed = !from.is_empty()
+            && self.submissions.allowed_senders.iter().any(|a| {
+                if a.starts_with('@') {
+                    from.ends_with(a.as_str())
+                } else {
+                    *a == from
+                }
+            });
+        if !allowed {
+            tracing::warn!(sender_domain = %from.rsplit('@').next().unwrap_or_default(), "submission from a sender not allowed; nothing stored");
+            return Ok(Outcome::Ignored("sender not allowed to submit items"));
+        }
+        let Ok(slug) = crate::domain::TopicSlug::parse(topic) else {
+            return Ok(Outcome::Ignored("submission to an address naming no topic"));
+        };
+        if !self
+            .store
+            .list_topics(false)
+            .await?
+            .iter()
+            .any(|t| t.slug == slug.as_str())
+        {
+            return Ok(Outcome::Ignored(
+                "submission for a topic that is not offered",
+            ));
+        }
+        let Some(title) = content.subject.clone() else {
+            return Ok(Outcome::Ignored("submission without a subject"));
+        };
+        if content.attachments > 0 {
+            tracing::info!(
+                attachments = content.attachments,
+                "attachments of a submission ignored"
+            );
+        }
+        let text = content.text.clone().unwrap_or_default();
+        let item = crate::store::NewItem {
+            topics: vec![slug],
+            title: title.chars().take(500).collect(),
+            url: None,
+            summary: Some(crate::feeds::text::first_paragraph(&text, 500))
+                .filter(|s| !s.is_empty()),
+            body: Some(text.chars().take(100_000).collect::<String>()).filter(|b| !b.is_empty()),
+            published_at: Some(self.now),
+            guid: content.message_id.as_ref().map(|id| format!("mail:{id}")),
+            source: match content.attachments {
+                0 => format!("mail:{from}"),
+                n => format!("mail:{from} ({n} attachments ignored)"),
+            },
+        };
+        Ok(match self.store.add_item(&item, self.now).await? {
+            crate::store::ItemOutcome::Created(i) => Outcome::Item {
+                id: i.id,
+                new: true,
+            },
+            crate::store::ItemOutcome::Existing(i) => Outcome::Item {
+                id: i.id,
+                new: false,
+            },
+        })
     }
 
     async fn record(

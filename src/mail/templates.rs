@@ -109,6 +109,10 @@ const FILES: &[(&str, &str)] = &[
         "pages/preferences.hbs",
         include_str!("../../templates/pages/preferences.hbs"),
     ),
+    (
+        "pages/item.hbs",
+        include_str!("../../templates/pages/item.hbs"),
+    ),
 ];
 
 /// Page texts per language.

@@ -130,6 +130,19 @@ pub struct Stats {
     pub digests_sent: i64,
     /// Digests given up.
     pub digests_failed: i64,
+    /// Feeds, and how they are doing.
+    pub feeds: FeedStats,
+}
+
+/// Feed health.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FeedStats {
+    /// Feeds configured.
+    pub total: i64,
+    /// Feeds whose last poll failed.
+    pub failing: i64,
+    /// Failed polls ever, by feed name.
+    pub failures: BTreeMap<String, i64>,
 }
 
 /// An item with one of its topics: id, title, url, summary, topic id.
@@ -365,6 +378,14 @@ impl Store {
                 }
                 stats.retried += retried;
                 stats.mails.entry(kind).or_default().insert(status, count);
+            }
+            let feeds: Vec<(String, i32, i64)> = sqlx::query_as("SELECT name, failures, failures_total FROM feeds")
+                .fetch_all(pool)
+                .await?;
+            for (name, in_a_row, total) in feeds {
+                stats.feeds.total += 1;
+                stats.feeds.failing += i64::from(in_a_row > 0);
+                stats.feeds.failures.insert(name, total);
             }
             Ok(stats)
         })

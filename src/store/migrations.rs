@@ -25,6 +25,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0003_hygiene.sql"),
         include_str!("../../migrations/sqlite/0003_hygiene.sql"),
     ),
+    (
+        4,
+        "feeds",
+        include_str!("../../migrations/postgres/0004_feeds.sql"),
+        include_str!("../../migrations/sqlite/0004_feeds.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -12,6 +12,7 @@
 //! (`tests/store_contract.rs`) runs the same cases against both backends.
 
 mod digests;
+mod feeds;
 mod hygiene;
 mod items;
 mod mail_queue;
@@ -31,6 +32,7 @@ use sqlx::sqlite::{
 use crate::config::DatabaseUrl;
 
 pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, PoolItem, Stats, TopicName};
+pub use feeds::{Feed, FeedSpec};
 pub use hygiene::{
     EventEffect, MailEvent, PreferenceChange, Preferences, SubscriberSummary, address_hash,
 };

@@ -68,7 +68,9 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/subscribers/{email}",
             get(export_subscriber).delete(erase_subscriber),
         )
-        .route("/items", axum::routing::post(create_item))
+        .route("/items", axum::routing::post(create_item).get(list_items))
+        .route("/feeds", get(list_feeds).post(create_feed))
+        .route("/feeds/{name}", axum::routing::delete(delete_feed))
         .route("/digests/run", axum::routing::post(run_digests))
         .route("/stats", get(stats))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
@@ -384,4 +386,94 @@ async fn list_subscribers(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(Json(json!({"subscribers": rows, "next_after": next})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsQuery {
+    topic: Option<String>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_items(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<ItemsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let topic = q.topic.as_deref().map(parse_slug).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(unprocessable("limit", "must be between 1 and 1000"));
+    }
+    let items = state
+        .store
+        .list_items(topic.as_ref(), q.after.unwrap_or(0), limit)
+        .await?;
+    let next = (items.len() == limit as usize)
+        .then(|| items.last().map(|i| i.id))
+        .flatten();
+    Ok(Json(json!({"items": items, "next_after": next})).into_response())
+}
+
+async fn list_feeds(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.store.list_feeds().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFeedBody {
+    name: Option<String>,
+    url: String,
+    topic: String,
+    schedule: String,
+}
+
+async fn create_feed(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let b: NewFeedBody = parse_body(&body)?;
+    let url = url::Url::parse(b.url.trim()).map_err(|e| unprocessable("url", e))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(unprocessable("url", "must be an http:// or https:// URL"));
+    }
+    let topic = parse_slug(&b.topic).map_err(|_| unprocessable("topic", "not a topic slug"))?;
+    if !state
+        .store
+        .list_topics(false)
+        .await?
+        .iter()
+        .any(|t| t.slug == topic.as_str())
+    {
+        return Err(unprocessable(
+            "topic",
+            format!("unknown topic {:?}", b.topic),
+        ));
+    }
+    crate::feeds::parse_schedule(&b.schedule).map_err(|e| unprocessable("schedule", e))?;
+    let name = text_field("name", b.name, 200)?
+        .unwrap_or_else(|| format!("{}{}", url.host_str().unwrap_or_default(), url.path()));
+    let now = state.clock.now();
+    let spec = crate::store::FeedSpec {
+        name,
+        url: url.to_string(),
+        topic,
+        schedule: b.schedule.trim().to_owned(),
+        next_poll_at: now,
+    };
+    let feed = state.store.put_feed(&spec, "api", now).await?;
+    Ok((StatusCode::CREATED, Json(feed)).into_response())
+}
+
+async fn delete_feed(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if state.store.delete_feed(&name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no feed {name:?}"),
+        ))
+    }
 }

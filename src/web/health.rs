@@ -67,6 +67,19 @@ async fn metrics(State(state): State<AppState>) -> axum::response::Response {
         "# HELP postbote_mails_retried Mails that needed more than one attempt.\n# TYPE postbote_mails_retried gauge"
     );
     let _ = writeln!(out, "postbote_mails_retried {}", stats.retried);
+    let _ = writeln!(
+        out,
+        "# HELP postbote_feeds_failing Feeds whose last poll failed.\n# TYPE postbote_feeds_failing gauge"
+    );
+    let _ = writeln!(out, "postbote_feeds_failing {}", stats.feeds.failing);
+    let _ = writeln!(
+        out,
+        "# HELP postbote_feed_failures_total Failed polls per feed.\n# TYPE postbote_feed_failures_total counter"
+    );
+    for (feed, n) in &stats.feeds.failures {
+        let name = feed.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "postbote_feed_failures_total{{feed=\"{name}\"}} {n}");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod confirm;
 pub mod health;
+pub mod items;
 pub mod pages;
 pub mod preferences;
 pub mod rate_limit;
@@ -82,6 +83,8 @@ pub struct AppState {
     pub mail_wake: Arc<Notify>,
     /// Runs digest passes (for `POST /api/v1/digests/run`).
     pub digester: Digester,
+    /// Polls feeds.
+    pub poller: crate::feeds::Poller,
 }
 
 /// The whole HTTP surface.
@@ -91,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .merge(confirm::router())
         .merge(unsubscribe::router())
         .merge(preferences::router())
+        .merge(items::router())
         .merge(health::router())
         .nest("/api/v1", admin::router(state.clone()))
         .fallback(pages::not_found)

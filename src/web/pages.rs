@@ -52,7 +52,7 @@ pub fn render(
     if let Value::Object(map) = &mut data {
         map.insert("t".into(), t.clone());
         map.insert("locale".into(), json!(locale.as_str()));
-        map.insert("title".into(), t[title_key].clone());
+        map.entry("title").or_insert_with(|| t[title_key].clone());
         map.insert(
             "lang_switch_href".into(),
             json!(format!("{path}?lang={other}")),

@@ -1,0 +1,335 @@
+//! Feed polling: RSS 2.0, Atom and JSON Feed (feed-rs) over HTTP (reqwest with
+//! rustls). Each feed is fetched on its cron schedule with conditional GET; each
+//! entry becomes an item once (guid, else link); entry HTML is reduced to plain
+//! text. A feed that fails — timeout, 4xx/5xx, redirect loop, oversized or garbage
+//! body — is logged with its name, counted, retried with back-off, and never stops
+//! the daemon or the other feeds.
+
+pub mod text;
+
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::PollingSettings;
+use crate::domain::TopicSlug;
+use crate::store::{Feed, ItemOutcome, NewItem, Store};
+
+/// Parses a schedule: standard five-field cron (`*/15 * * * *`) or the `cron`
+/// crate's six/seven fields with seconds first.
+///
+/// # Errors
+/// The parser's message.
+pub fn parse_schedule(s: &str) -> Result<cron::Schedule, String> {
+    let fields = s.split_whitespace().count();
+    let expr = if fields == 5 {
+        format!("0 {s}")
+    } else {
+        s.to_owned()
+    };
+    cron::Schedule::from_str(&expr).map_err(|e| format!("not a cron schedule: {e}"))
+}
+
+/// A feed's own offset within a minute, so that feeds on the same schedule do not
+/// all fire in the same second.
+fn jitter(name: &str) -> chrono::Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    chrono::Duration::seconds((h.finish() % 60) as i64)
+}
+
+/// When a feed is polled next after `after`.
+pub fn next_poll(schedule: &str, name: &str, after: DateTime<Utc>) -> DateTime<Utc> {
+    let next = parse_schedule(schedule)
+        .ok()
+        .and_then(|s| s.after(&after).next())
+        .unwrap_or(after + chrono::Duration::hours(1));
+    next + jitter(name)
+}
+
+/// What a poll found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// `304 Not Modified`.
+    Unchanged,
+    /// The feed was read: entries seen and new items stored.
+    Read {
+        /// Entries in the feed.
+        entries: usize,
+        /// Items stored now.
+        new: usize,
+    },
+}
+
+/// Polls due feeds.
+#[derive(Clone)]
+pub struct Poller {
+    /// The database.
+    pub store: Store,
+    /// Time source: decides which feeds are due.
+    pub clock: Arc<dyn Clock>,
+    /// HTTP client (timeouts, redirects, user agent).
+    http: reqwest::Client,
+    /// Limits.
+    pub settings: PollingSettings,
+}
+
+impl Poller {
+    /// A poller with an HTTP client built from the settings.
+    ///
+    /// # Errors
+    /// When the TLS backend cannot be set up.
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        settings: PollingSettings,
+        public_url: &str,
+    ) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(format!(
+                "postbote/{} (+{public_url})",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()?;
+        Ok(Self {
+            store,
+            clock,
+            http,
+            settings,
+        })
+    }
+
+    /// Polls every due feed once, `concurrency` at a time; returns how many were polled.
+    pub async fn poll_due(&self) -> usize {
+        let now = self.clock.now();
+        // Held for longer than a poll can take; the poll sets the real next time.
+        let hold = now
+            + chrono::Duration::from_std(self.settings.timeout * 3)
+                .unwrap_or(chrono::Duration::minutes(5));
+        let feeds = match self.store.claim_due_feeds(now, hold, 100).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for due feeds failed");
+                return 0;
+            }
+        };
+        let count = feeds.len();
+        let mut tasks = JoinSet::new();
+        for feed in feeds {
+            while tasks.len() >= self.settings.concurrency {
+                tasks.join_next().await;
+            }
+            let poller = self.clone();
+            tasks.spawn(async move { poller.poll_and_record(feed).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        count
+    }
+
+    #[tracing::instrument(skip_all, fields(feed = %feed.name))]
+    async fn poll_and_record(&self, feed: Feed) {
+        let result = self.poll(&feed).await;
+        let now = self.clock.now();
+        let next = next_poll(&feed.schedule, &feed.name, now);
+        let recorded = match result {
+            Ok((polled, etag, modified)) => {
+                match polled {
+                    Polled::Unchanged => tracing::debug!("feed unchanged"),
+                    Polled::Read { entries, new } => tracing::info!(entries, new, "feed read"),
+                }
+                self.store
+                    .feed_polled(feed.id, now, next, etag.as_deref(), modified.as_deref())
+                    .await
+            }
+            Err(error) => {
+                // Back off: a failing feed is tried less often, at most every 6 hours.
+                let backoff = chrono::Duration::minutes(1 << feed.failures.clamp(0, 9))
+                    .min(chrono::Duration::hours(6));
+                let retry = next.max(now + backoff);
+                tracing::warn!(%error, failures = feed.failures + 1, retry_at = %retry, "feed poll failed");
+                self.store.feed_failed(feed.id, now, retry, &error).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "recording the poll failed");
+        }
+    }
+
+    /// Fetches and reads one feed; returns what it found and the new validators.
+    ///
+    /// # Errors
+    /// A message saying what went wrong (for the log and `last_error`).
+    pub async fn poll(
+        &self,
+        feed: &Feed,
+    ) -> Result<(Polled, Option<String>, Option<String>), String> {
+        let mut request = self.http.get(&feed.url);
+        if let Some(etag) = &feed.etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(modified) = &feed.last_modified {
+            request = request.header(reqwest::header::IF_MODIFIED_SINCE, modified);
+        }
+        let response = request.send().await.map_err(|e| describe(&e))?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok((Polled::Unchanged, None, None));
+        }
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (etag, modified) = (
+            header(reqwest::header::ETAG),
+            header(reqwest::header::LAST_MODIFIED),
+        );
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.settings.max_bytes as u64)
+        {
+            return Err(format!(
+                "the feed is larger than {} bytes",
+                self.settings.max_bytes
+            ));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| describe(&e))?;
+            if body.len() + chunk.len() > self.settings.max_bytes {
+                return Err(format!(
+                    "the feed is larger than {} bytes",
+                    self.settings.max_bytes
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let parser = feed_rs::parser::Builder::new()
+            .base_uri(Some(feed.url.as_str()))
+            .id_generator(|links, _title, _uri| {
+                links
+                    .first()
+                    .map(|l| format!("link:{}", l.href))
+                    .unwrap_or_default()
+            })
+            .build();
+        let parsed = parser
+            .parse(body.as_slice())
+            .map_err(|e| format!("not a feed: {e}"))?;
+        let topic = TopicSlug::parse(&feed.topic).map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        let mut new = 0;
+        for entry in &parsed.entries {
+            let Some(item) = to_item(entry, &topic, &feed.name) else {
+                continue;
+            };
+            match self.store.add_item(&item, now).await {
+                Ok(ItemOutcome::Created(_)) => new += 1,
+                Ok(ItemOutcome::Existing(_)) => {}
+                Err(e) => return Err(format!("storing an entry failed: {e}")),
+            }
+        }
+        Ok((
+            Polled::Read {
+                entries: parsed.entries.len(),
+                new,
+            },
+            etag,
+            modified,
+        ))
+    }
+
+    /// Polls due feeds every `tick` until `stop` fires.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = self.poll_due() => {}
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.settings.tick) => {}
+            }
+        }
+    }
+}
+
+/// A reqwest error with its cause, e.g. "timed out" or "too many redirects".
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_redirect() {
+        "too many redirects"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut s = kind.to_owned();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// An entry as an item: text only, a link only when it is http(s).
+fn to_item(entry: &feed_rs::model::Entry, topic: &TopicSlug, feed: &str) -> Option<NewItem> {
+    let title = text::html_to_text(&entry.title.as_ref()?.content);
+    if title.is_empty() {
+        return None;
+    }
+    let url = entry
+        .links
+        .iter()
+        .map(|l| l.href.clone())
+        .find(|h| url::Url::parse(h).is_ok_and(|u| matches!(u.scheme(), "http" | "https")));
+    let content = entry.content.as_ref().and_then(|c| c.body.clone());
+    let summary_html = entry
+        .summary
+        .as_ref()
+        .map(|s| s.content.clone())
+        .or_else(|| content.clone());
+    let summary = summary_html
+        .map(|h| text::first_paragraph(&text::html_to_text(&h), 500))
+        .filter(|s| !s.is_empty());
+    let body = content
+        .map(|h| text::html_to_text(&h))
+        .filter(|b| !b.is_empty())
+        .map(|b| b.chars().take(100_000).collect());
+    let (guid, url) = match entry.id.strip_prefix("link:") {
+        Some(_) => (None, url),
+        None if entry.id.is_empty() => (None, url),
+        None => (Some(entry.id.clone()), url),
+    };
+    if guid.is_none() && url.is_none() {
+        return None;
+    }
+    Some(NewItem {
+        topics: vec![topic.clone()],
+        title: title.chars().take(500).collect(),
+        url,
+        summary,
+        body,
+        published_at: entry.published.or(entry.updated),
+        guid,
+        source: format!("feed:{feed}"),
+    })
+}

@@ -1,0 +1,170 @@
+//! Reducing HTML to safe plain text: no markup, no scripts, no tracking pixels
+//! reach a digest; entities are decoded and whitespace collapsed.
+
+/// Elements whose content is dropped with them.
+const DROPPED: [&str; 6] = ["script", "style", "head", "noscript", "iframe", "template"];
+/// Elements that end a paragraph.
+const BREAKS: [&str; 10] = [
+    "p",
+    "br",
+    "div",
+    "li",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "tr",
+    "blockquote",
+];
+
+/// The text of an HTML fragment; paragraphs separated by blank lines.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&decode_entities(&rest[..start]));
+        rest = &rest[start..];
+        let Some(end) = rest.find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = &rest[1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with("!--") {
+            // A comment may contain '>': skip to its real end.
+            if let Some(close) = rest.find("-->") {
+                rest = &rest[close + 3..];
+            }
+            continue;
+        }
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if !tag.starts_with('/') && DROPPED.contains(&name.as_str()) {
+            let close = format!("</{name}");
+            match rest.to_ascii_lowercase().find(&close) {
+                Some(at) => {
+                    rest = &rest[at..];
+                    rest = rest.find('>').map_or("", |e| &rest[e + 1..]);
+                }
+                None => rest = "",
+            }
+            continue;
+        }
+        if BREAKS.contains(&name.as_str()) {
+            out.push_str("\n\n");
+        }
+    }
+    out.push_str(&decode_entities(rest));
+    collapse(&out)
+}
+
+/// Collapses runs of spaces inside paragraphs and keeps single blank lines.
+fn collapse(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+            out.push('&');
+            rest = &rest[1..];
+            continue;
+        };
+        let entity = &rest[1..semi];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            "nbsp" => Some(' '),
+            "auml" => Some('ä'),
+            "ouml" => Some('ö'),
+            "uuml" => Some('ü'),
+            "Auml" => Some('Ä'),
+            "Ouml" => Some('Ö'),
+            "Uuml" => Some('Ü'),
+            "szlig" => Some('ß'),
+            "euro" => Some('€'),
+            "ndash" => Some('–'),
+            "mdash" => Some('—'),
+            "hellip" => Some('…'),
+            _ => entity
+                .strip_prefix("#x")
+                .or_else(|| entity.strip_prefix("#X"))
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The first paragraph of a text, at most `max` characters (cut at a word).
+pub fn first_paragraph(text: &str, max: usize) -> String {
+    let para = text
+        .split("\n\n")
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .unwrap_or_default();
+    if para.chars().count() <= max {
+        return para.to_owned();
+    }
+    let cut: String = para.chars().take(max).collect();
+    let at = cut.rfind(' ').unwrap_or(cut.len());
+    format!("{}…", &cut[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_scripts_and_pixels_are_removed() {
+        let html = r#"<p>Erste &amp; beste <b>Meldung</b></p><script>alert("x")</script>
+            <img src="https://track.example/p.gif" width="1" height="1"><style>p{}</style>
+            <p>Zweiter&nbsp;Absatz &#252;ber &#x263A; &lt;tag&gt;</p><!-- a > b -->"#;
+        assert_eq!(
+            html_to_text(html),
+            "Erste & beste Meldung\n\nZweiter Absatz über ☺ <tag>"
+        );
+        assert_eq!(html_to_text("<SCRIPT type=x>evil()</SCRIPT>ok"), "ok");
+        assert_eq!(html_to_text("a < b & c"), "a < b & c");
+        assert_eq!(html_to_text("unclosed <b"), "unclosed");
+    }
+
+    #[test]
+    fn the_first_paragraph_is_cut_at_a_word() {
+        assert_eq!(
+            first_paragraph("\n\nEins zwei drei\n\nvier", 100),
+            "Eins zwei drei"
+        );
+        assert_eq!(first_paragraph("Eins zwei drei", 8), "Eins…");
+    }
+}
