@@ -333,3 +333,29 @@ fn to_item(entry: &feed_rs::model::Entry, topic: &TopicSlug, feed: &str) -> Opti
         source: format!("feed:{feed}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_take_five_or_six_fields() {
+        assert!(parse_schedule("*/15 * * * *").is_ok());
+        assert!(parse_schedule("0 */15 * * * *").is_ok());
+        assert!(parse_schedule("jede Stunde").is_err());
+    }
+
+    #[test]
+    fn a_hundred_feeds_on_one_schedule_do_not_fire_in_the_same_second() {
+        let at: DateTime<Utc> = "2027-05-03T06:00:00Z".parse().unwrap();
+        let times: std::collections::HashSet<_> = (0..100)
+            .map(|i| next_poll("0 */15 * * * *", &format!("feed-{i}"), at))
+            .collect();
+        assert!(times.len() >= 40, "only {} distinct seconds", times.len());
+        let latest = times.iter().max().unwrap();
+        assert!(
+            *latest < at + chrono::Duration::minutes(16),
+            "spread within a minute of the slot"
+        );
+    }
+}

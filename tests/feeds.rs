@@ -1,0 +1,483 @@
+//! Items arrive by themselves: feeds polled from a real HTTP server on loopback on
+//! a schedule driven by the injectable clock, hostile feeds contained, and press
+//! releases mailed in through `postbote inbound`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use common::{Backend, SmtpSink, TestApp, TestDb, parse, recipient, test_config};
+use postbote::clock::ManualClock;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+/// What the fixture server has seen.
+#[derive(Default)]
+struct Seen {
+    rss_requests: AtomicUsize,
+    rss_not_modified: AtomicUsize,
+    rewritten_requests: AtomicUsize,
+}
+
+const RSS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel><title>Presse RSS</title><link>https://presse.example/</link><description>x</description>
+<item><title>Müller AG übernimmt Schulze GmbH</title><link>https://presse.example/1</link><guid>presse-1</guid>
+<description>&lt;p&gt;Die Übernahme ist &lt;b&gt;abgeschlossen&lt;/b&gt;.&lt;/p&gt;&lt;p&gt;Zweiter Absatz.&lt;/p&gt;</description><pubDate>Mon, 03 May 2027 08:00:00 +0200</pubDate></item>
+<item><title>Quartalszahlen veröffentlicht</title><link>https://presse.example/2</link><guid>presse-2</guid><description>Zahlen.</description></item>
+</channel></rss>"#;
+
+const ATOM: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Atom Presse</title><id>urn:atom-presse</id><updated>2027-05-03T08:00:00Z</updated>
+<entry><title>Atom-Meldung</title><id>urn:atom-1</id><link href="https://atom.example/1"/><updated>2027-05-03T08:00:00Z</updated><summary>Eine Atom-Zusammenfassung</summary></entry>
+</feed>"#;
+
+const JSON_FEED: &str = r#"{"version":"https://jsonfeed.org/version/1.1","title":"JSON Presse","items":[
+{"id":"json-1","url":"https://json.example/1","title":"JSON-Meldung","content_text":"Text aus JSON Feed"}]}"#;
+
+const EVIL: &str = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Evil</title><link>https://evil.example/</link><description>x</description>
+<item><title>Harmlos &lt;script&gt;alert(1)&lt;/script&gt;</title><link>https://evil.example/1</link><guid>evil-1</guid>
+<description>&lt;script&gt;steal()&lt;/script&gt;&lt;img src="https://track.example/pixel.gif" width="1" height="1"&gt;Echter Text</description></item>
+</channel></rss>"#;
+
+async fn rss(State(seen): State<Arc<Seen>>, headers: HeaderMap) -> Response {
+    seen.rss_requests.fetch_add(1, Ordering::SeqCst);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v == "\"v1\"")
+    {
+        seen.rss_not_modified.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    (
+        [
+            (header::ETAG, "\"v1\""),
+            (header::CONTENT_TYPE, "application/rss+xml"),
+        ],
+        RSS,
+    )
+        .into_response()
+}
+
+/// The same two entries, with a new date on every request (one has no guid).
+async fn rewritten(State(seen): State<Arc<Seen>>) -> Response {
+    let n = seen.rewritten_requests.fetch_add(1, Ordering::SeqCst);
+    let body = format!(
+        r#"<?xml version="1.0"?><rss version="2.0"><channel><title>R</title><link>https://r.example/</link><description>x</description>
+<item><title>Mit guid</title><link>https://r.example/a</link><guid>r-a</guid><pubDate>Mon, 0{d} May 2027 08:00:00 +0000</pubDate></item>
+<item><title>Ohne guid</title><link>https://r.example/b</link><pubDate>Mon, 0{d} May 2027 09:00:00 +0000</pubDate></item>
+</channel></rss>"#,
+        d = 3 + n % 5
+    );
+    body.into_response()
+}
+
+async fn big() -> Response {
+    let chunk = axum::body::Bytes::from(vec![b'x'; 1024 * 1024]);
+    let stream =
+        futures_util::stream::iter((0..50).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    axum::body::Body::from_stream(stream).into_response()
+}
+
+async fn hang() -> Response {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    "never".into_response()
+}
+
+async fn redirect_loop() -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, "/hostile/loop")]).into_response()
+}
+
+/// Serves the fixtures on a port chosen by the OS.
+async fn fixture_server() -> (String, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let app = Router::new()
+        .route("/rss.xml", get(rss))
+        .route("/atom.xml", get(|| async { ATOM }))
+        .route("/feed.json", get(|| async { JSON_FEED }))
+        .route("/rewritten.xml", get(rewritten))
+        .route("/evil.xml", get(|| async { EVIL }))
+        .route("/hostile/big", get(big))
+        .route("/hostile/hang", get(hang))
+        .route("/hostile/loop", get(redirect_loop))
+        .route(
+            "/hostile/garbage",
+            get(|| async { "<rss><channel><item><title>kaputt" }),
+        )
+        .route(
+            "/hostile/missing",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, seen)
+}
+
+async fn feeds(app: &TestApp) -> Vec<serde_json::Value> {
+    app.admin(reqwest::Method::GET, "/feeds", None)
+        .await
+        .json::<Vec<serde_json::Value>>()
+        .await
+        .unwrap()
+}
+
+/// Waits until every feed has been polled at least `n` times since `since`.
+async fn polled(app: &TestApp, since: DateTime<Utc>) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = feeds(app).await;
+        let done = all
+            .iter()
+            .all(|f| f["last_poll_at"].as_str().is_some_and(|t| utc(t) >= since));
+        if done {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "feeds not polled: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn items(app: &TestApp) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/items?limit=1000", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
+async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contained(
+    backend: Backend,
+) {
+    let (base, seen) = fixture_server().await;
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    config.polling.tick = Duration::from_millis(50);
+    config.polling.timeout = Duration::from_secs(2);
+    config.polling.max_bytes = 2 * 1024 * 1024;
+    let t0 = utc("2027-05-03T06:00:00Z");
+    let clock = ManualClock::new(t0);
+    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    app.reader(
+        "leser@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        t0,
+    )
+    .await;
+
+    let every_15_min = "0 */15 * * * *";
+    for (name, path) in [
+        ("rss", "/rss.xml"),
+        ("atom", "/atom.xml"),
+        ("json", "/feed.json"),
+        ("rewritten", "/rewritten.xml"),
+        ("evil", "/evil.xml"),
+        ("big", "/hostile/big"),
+        ("hang", "/hostile/hang"),
+        ("loop", "/hostile/loop"),
+        ("garbage", "/hostile/garbage"),
+        ("missing", "/hostile/missing"),
+    ] {
+        let body = serde_json::json!({"name": name, "url": format!("{base}{path}"), "topic": "wirtschaft", "schedule": every_15_min});
+        let r = app.admin(reqwest::Method::POST, "/feeds", Some(body)).await;
+        assert_eq!(r.status(), 201, "{name}");
+    }
+    let bad = app.admin(reqwest::Method::POST, "/feeds", Some(serde_json::json!({"url": format!("{base}/x"), "topic": "wirtschaft", "schedule": "jede Stunde"}))).await;
+    assert_eq!(bad.status(), 422);
+
+    // First round, right away.
+    let all = polled(&app, t0).await;
+    let by = |name: &str| all.iter().find(|f| f["name"] == name).unwrap().clone();
+    for ok in ["rss", "atom", "json", "rewritten", "evil"] {
+        assert_eq!(by(ok)["failures"], 0, "{ok}: {}", by(ok));
+    }
+    for (name, error) in [
+        ("big", "larger than"),
+        ("hang", "timed out"),
+        ("loop", "redirect"),
+        ("garbage", "not a feed"),
+        ("missing", "HTTP 500"),
+    ] {
+        let f = by(name);
+        assert_eq!(f["failures"], 1, "{name}");
+        assert!(
+            f["last_error"].as_str().unwrap().contains(error),
+            "{name}: {}",
+            f["last_error"]
+        );
+    }
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the daemon lives on"
+    );
+    let stats: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/stats", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stats["feeds"]["total"].as_i64(),
+            stats["feeds"]["failing"].as_i64()
+        ),
+        (Some(10), Some(5))
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("postbote_feed_failures_total{feed=\"hang\"} 1"),
+        "{metrics}"
+    );
+
+    let first = items(&app).await;
+    let titles: Vec<&str> = first.iter().map(|i| i["title"].as_str().unwrap()).collect();
+    for t in [
+        "Müller AG übernimmt Schulze GmbH",
+        "Quartalszahlen veröffentlicht",
+        "Atom-Meldung",
+        "JSON-Meldung",
+        "Mit guid",
+        "Ohne guid",
+    ] {
+        assert_eq!(
+            titles.iter().filter(|x| **x == t).count(),
+            1,
+            "{t} once in {titles:?}"
+        );
+    }
+    let muller = first
+        .iter()
+        .find(|i| i["title"] == "Müller AG übernimmt Schulze GmbH")
+        .unwrap();
+    assert_eq!(muller["summary"], "Die Übernahme ist abgeschlossen.");
+    assert_eq!(muller["source"], "feed:rss");
+    let evil = first.iter().find(|i| i["source"] == "feed:evil").unwrap();
+    assert_eq!(evil["title"], "Harmlos");
+    assert_eq!(evil["summary"], "Echter Text");
+
+    // Before the schedule comes round nothing is polled again; after it, the RSS feed
+    // answers 304 and the rewritten dates make no duplicates.
+    clock.set(t0 + chrono::Duration::minutes(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        seen.rss_requests.load(Ordering::SeqCst),
+        1,
+        "not before its schedule"
+    );
+    let second = t0 + chrono::Duration::minutes(17);
+    clock.set(second);
+    let all = polled(&app, second).await;
+    assert_eq!(
+        seen.rss_not_modified.load(Ordering::SeqCst),
+        1,
+        "a conditional GET answered 304"
+    );
+    assert_eq!(seen.rewritten_requests.load(Ordering::SeqCst), 2);
+    assert_eq!(items(&app).await.len(), first.len(), "nothing stored twice");
+    let hang = all.iter().find(|f| f["name"] == "hang").unwrap();
+    assert!(
+        hang["failures"].as_i64().unwrap() >= 1,
+        "a failing feed is still retried: {hang}"
+    );
+
+    // The entries reach the next digest, once, as text.
+    app.run_pass("2027-05-04T05:00:00Z").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let raw = loop {
+        if let Some(raw) = sink
+            .raw_messages()
+            .into_iter()
+            .find(|r| recipient(r) == "leser@example.org")
+        {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "no digest");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sink.wait_for(1).await;
+    let mail = parse(&raw);
+    let html = mail.body_html(0).unwrap().into_owned();
+    let text = mail.body_text(0).unwrap().into_owned();
+    assert_eq!(
+        text.matches("* Müller AG übernimmt Schulze GmbH").count(),
+        1
+    );
+    assert!(text.contains("* Atom-Meldung") && text.contains("* JSON-Meldung"));
+    assert!(!html.contains("<script") && !html.contains("pixel.gif") && !text.contains("steal()"));
+}
+
+fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
+        .args(["inbound", "--config"])
+        .arg(config)
+        .args(["--recipient", to])
+        .env("POSTBOTE_DATABASE_URL", &db.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    let t0 = utc("2027-05-03T06:00:00Z");
+    let clock = ManualClock::new(t0);
+    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    app.reader(
+        "leser@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        t0,
+    )
+    .await;
+    let file = db.dir.path().join("inbound.toml");
+    std::fs::write(&file, "[submissions]\naddress = \"presse+{topic}@news.example.org\"\nallowed_senders = [\"pr@agentur.example\", \"@trusted.example\"]\n").unwrap();
+    let to = "presse+wirtschaft@news.example.org";
+
+    let plain = "From: PR <pr@agentur.example>\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Neues Werk in Görlitz <script>x</script>\r\nMessage-ID: <pm-1@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nDie Firma eröffnet ein Werk.\r\n\r\nWeitere Details folgen.\r\n";
+    let (code, out) = inbound(&db, &file, to, plain);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("item "), "{out}");
+    let (code, out) = inbound(&db, &file, to, plain);
+    assert_eq!(
+        (code, out.contains("stored before")),
+        (0, true),
+        "the same message twice is one item"
+    );
+
+    let stranger = plain
+        .replace("pr@agentur.example", "spam@elsewhere.example")
+        .replace("pm-1@", "pm-2@");
+    let (code, out) = inbound(&db, &file, to, &stranger);
+    assert_eq!(code, 0);
+    assert!(out.contains("not allowed"), "{out}");
+
+    let html_only = "From: news@trusted.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Nur HTML\r\nMessage-ID: <pm-3@trusted.example>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Erster <b>Absatz</b>.</p><img src=\"https://t.example/p.gif\"><p>Zweiter.</p></body></html>\r\n";
+    assert_eq!(inbound(&db, &file, to, html_only).0, 0);
+
+    let with_attachment = "From: pr@agentur.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Mit Anhang\r\nMessage-ID: <pm-4@agentur.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText der Meldung.\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"pm.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n";
+    assert_eq!(inbound(&db, &file, to, with_attachment).0, 0);
+
+    let all = items(&app).await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let first = &all[0];
+    assert_eq!(first["title"], "Neues Werk in Görlitz <script>x</script>");
+    assert_eq!(first["summary"], "Die Firma eröffnet ein Werk.");
+    assert!(
+        first["body"]
+            .as_str()
+            .unwrap()
+            .contains("Weitere Details folgen.")
+    );
+    assert_eq!(first["source"], "mail:pr@agentur.example");
+    assert!(first["url"].is_null());
+    assert_eq!(all[1]["body"], "Erster Absatz.\n\nZweiter.");
+    assert!(
+        all[2]["source"]
+            .as_str()
+            .unwrap()
+            .contains("1 attachments ignored")
+    );
+    assert_eq!(all[2]["body"], "Text der Meldung.");
+
+    // The item page renders in the site's layout and escapes.
+    let page = app
+        .http
+        .get(app.url(&format!("/items/{}", first["id"])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Neues Werk in Görlitz &lt;script&gt;x&lt;/script&gt;")
+            && !html.contains("<script>x")
+    );
+    assert!(html.contains("Weitere Details folgen."));
+    assert_eq!(
+        app.http
+            .get(app.url("/items/999999"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // The digest links to that page.
+    app.run_pass("2027-05-04T05:00:00Z").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let raw = loop {
+        if let Some(raw) = sink
+            .raw_messages()
+            .into_iter()
+            .find(|r| recipient(r) == "leser@example.org")
+        {
+            break raw;
+        }
+        assert!(Instant::now() < deadline, "no digest");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    sink.wait_for(1).await;
+    let text = parse(&raw).body_text(0).unwrap().into_owned();
+    assert!(
+        text.contains(&format!("{}/items/{}", app.base, first["id"])),
+        "{text}"
+    );
+}
+
+on_both_backends!(
+    feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contained,
+    press_releases_mailed_in_from_allowed_senders_become_items,
+);
