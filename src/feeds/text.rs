@@ -24,6 +24,12 @@ pub fn html_to_text(html: &str) -> String {
     while let Some(start) = rest.find('<') {
         out.push_str(&decode_entities(&rest[..start]));
         rest = &rest[start..];
+        // Only `<` followed by a name, `/` or `!` opens a tag; "a < b" is text.
+        if !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '!') {
+            out.push('<');
+            rest = &rest[1..];
+            continue;
+        }
         let Some(end) = rest.find('>') else {
             rest = "";
             break;
