@@ -63,22 +63,7 @@ impl App {
             .migrate()
             .await
             .context("Failed to apply the database migrations")?;
-        for topic in &config.topics {
-            store
-                .upsert_topic(
-                    &topic.slug,
-                    &topic.name,
-                    topic.description.as_deref(),
-                    clock.now(),
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "Failed to store topic {} from the configuration",
-                        topic.slug
-                    )
-                })?;
-        }
+        seed_topics(&store, &config, clock.now()).await?;
         for feed in &config.feeds {
             let spec = crate::store::FeedSpec {
                 name: feed.name.clone(),
@@ -260,6 +245,29 @@ async fn purge_loop(state: AppState, stop: CancellationToken) {
             () = tokio::time::sleep(PURGE_EVERY) => {}
         }
     }
+}
+
+/// Creates or updates the topics declared in the configuration file.
+///
+/// # Errors
+/// When the database fails.
+pub async fn seed_topics(
+    store: &Store,
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    for topic in &config.topics {
+        store
+            .upsert_topic(&topic.slug, &topic.name, topic.description.as_deref(), now)
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to store topic {} from the configuration",
+                    topic.slug
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// Reads the admin token from `path`, or makes one there (mode 0600) on first start.

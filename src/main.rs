@@ -217,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .migrate()
                 .await
                 .context("Failed to apply the migrations")?;
+            postbote::app::seed_topics(&store, &config, chrono::Utc::now()).await?;
             let report = postbote::import::run(&config, &store, &file, send_confirmation).await?;
             println!("{report}");
             Ok(())

@@ -11,8 +11,9 @@
 //! | anything else | logged and ignored |
 //!
 //! The reader is found by the VERP envelope recipient (`bounces+<id>@…`, the id
-//! signed), else by `Original-Recipient` / `Final-Recipient`, else by the returned
-//! original message's `To`.
+//! signed; a VERP address with a bad signature is ignored as forged), else by the
+//! DSN's `Original-Recipient` / `Final-Recipient`; a complaint by the returned
+//! original message's `To` (or `Original-Rcpt-To`), else by the VERP address.
 
 pub mod report;
 
@@ -293,6 +294,20 @@ impl Handler<'_> {
                 .and_then(|(t, a)| template_id(t, a))
                 .and_then(|id| self.composer.verify_verp_id(&id))
         };
+        // A message to a VERP-shaped address whose signature does not verify is
+        // forged (every real bounce to a VERP address verifies): it must not fall
+        // back to naming a reader by the addresses inside the report.
+        let forged = |template: &Option<String>| {
+            template
+                .as_deref()
+                .zip(to.as_deref())
+                .and_then(|(t, a)| template_id(t, a))
+                .is_some_and(|id| self.composer.verify_verp_id(&id).is_none())
+        };
+        if forged(&addresses.bounce) || forged(&addresses.unsubscribe) {
+            tracing::warn!("inbound message to a return address with a bad signature; ignored");
+            return Ok(Outcome::Ignored("return address with a bad signature"));
+        }
         let topic = self
             .submissions
             .address
@@ -363,10 +378,18 @@ impl Handler<'_> {
                 feedback_type,
                 original_to,
             } => {
+                // Only abuse (and fraud) reports are complaints; "not-spam" says the
+                // opposite, and "auth-failure" reports quote other people's mail.
+                if !matches!(feedback_type.as_str(), "abuse" | "fraud") {
+                    return Ok(Outcome::Ignored("feedback report that is no complaint"));
+                }
+                // Providers often redact the original recipient: then the VERP
+                // address the report came back to names the reader.
                 let reader = match original_to {
                     Some(a) => self.store.subscriber_id(a).await?,
-                    None => verp_reader(&addresses.bounce),
-                };
+                    None => None,
+                }
+                .or_else(|| verp_reader(&addresses.bounce));
                 let Some(id) = reader else {
                     return Ok(Outcome::Ignored("complaint about no known reader"));
                 };
