@@ -1,0 +1,448 @@
+//! The bounce loop end to end with a real Postfix on loopback: `postbote serve`
+//! sends a digest through Postfix to an address Postfix cannot deliver, Postfix
+//! writes its own RFC 3464 bounce to the VERP envelope sender, its pipe transport
+//! hands that bounce to `postbote inbound`, and the reader ends up "bounced".
+//!
+//! The Postfix instance is private: its own configuration, queue and log in a
+//! temporary folder (`postfix -c DIR`), so the machine's /etc/postfix is neither
+//! read nor changed. Needs root (Postfix's master runs as root; the pipe runs
+//! `postbote inbound` as `nobody`) and PostgreSQL over TCP (`POSTBOTE_TEST_PG_URL`),
+//! because the inbound process runs as `nobody` and must reach the database.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{ADMIN_TOKEN, Backend, TestDb, free_port};
+use postbote::domain::{
+    DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TopicSlug, Weekdays,
+};
+use postbote::store::ImportedSubscriber;
+
+/// Where the VERP bounces go; Postfix's transport map sends it to the pipe.
+const BOUNCE_DOMAIN: &str = "bounces.test";
+/// A domain Postfix delivers locally, where no such user exists.
+const READER: &str = "gone.reader@undeliverable.test";
+
+fn postfix_bin(name: &str) -> PathBuf {
+    let sbin = Path::new("/usr/sbin").join(name);
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// Runs a Postfix command for the instance; panics with its output on failure.
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{what}: cannot run it ({e}); Debian package postfix, scripts/test installs it")
+    });
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private Postfix: SMTP on 127.0.0.1:`port`, `undeliverable.test` delivered
+/// locally (unknown users accepted, then bounced), `bounces.test` piped into
+/// `postbote inbound`.
+struct Postfix {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postfix {
+    /// Writes main.cf and master.cf and starts the instance. `pipe_argv` is the
+    /// `argv=` of the pipe service, run as `nobody`.
+    fn start(dir: tempfile::TempDir, pipe_argv: &str) -> Self {
+        let root = dir.path();
+        let etc = root.join("etc");
+        let data = root.join("data");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(root.join("queue")).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        // Postfix's master takes its lock in data_directory as the mail owner.
+        run(
+            Command::new("chown").arg("postfix").arg(&data),
+            "chown postfix data",
+        );
+        let port = free_port();
+        let d = root.display();
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+myhostname = mail.test
+mydomain = mail.test
+myorigin = mail.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination = mail.test, undeliverable.test
+# Accept mail for unknown local users and bounce it afterwards, as a remote MX does.
+local_recipient_maps =
+alias_maps =
+alias_database =
+relayhost =
+smtpd_peername_lookup = no
+smtputf8_enable = no
+biff = no
+transport_maps = texthash:{d}/etc/transport
+# One recipient per pipe call: the command line carries it.
+postbote_destination_recipient_limit = 1
+"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("transport"),
+            format!("{BOUNCE_DOMAIN} postbote:\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd
+pickup     unix  n - n 60    1 pickup
+cleanup    unix  n - n -     0 cleanup
+qmgr       unix  n - n 300   1 qmgr
+rewrite    unix  - - n -     - trivial-rewrite
+bounce     unix  - - n -     0 bounce
+defer      unix  - - n -     0 bounce
+trace      unix  - - n -     0 bounce
+verify     unix  - - n -     1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -     - proxymap
+proxywrite unix  - - n -     1 proxymap
+smtp       unix  - - n -     - smtp
+relay      unix  - - n -     - smtp
+showq      unix  n - n -     - showq
+error      unix  - - n -     - error
+retry      unix  - - n -     - error
+discard    unix  - - n -     - discard
+local      unix  - n n -     - local
+anvil      unix  - - n -     1 anvil
+scache     unix  - - n -     1 scache
+postlog    unix-dgram n - n - 1 postlogd
+postbote   unix  - n n -     - pipe
+  flags=Rq user=nobody argv={pipe_argv}
+"
+            ),
+        )
+        .unwrap();
+        let pf = Self { dir, port };
+        run(&mut pf.postfix(&["check"]), "postfix check");
+        run(&mut pf.postfix(&["start"]), "postfix start");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Postfix does not listen on {port}\n{}",
+                pf.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pf
+    }
+
+    fn postfix(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(postfix_bin("postfix"));
+        cmd.arg("-c").arg(self.dir.path().join("etc")).args(args);
+        cmd
+    }
+
+    fn smtp_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    fn stop(&self) {
+        let _ = self.postfix(&["stop"]).output();
+        // `postfix status` fails once the master no longer holds its lock.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self
+            .postfix(&["status"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- Postfix maillog ---\n{}", self.maillog());
+        }
+        self.stop();
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The postbote binary at a path `nobody` can execute: the build output when its
+/// folders are open to all, else a copy in `dir`.
+fn binary_for_nobody(dir: &Path) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_postbote"));
+    let reachable = Command::new("runuser")
+        .args(["-u", "nobody", "--", "test", "-x"])
+        .arg(&built)
+        .status()
+        .is_ok_and(|s| s.success());
+    if reachable {
+        return built;
+    }
+    let copy = dir.join("postbote");
+    std::fs::copy(&built, &copy).expect("copy the postbote binary");
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_bounces_a_digest_and_its_pipe_marks_the_reader_bounced() {
+    let started = Instant::now();
+    // Fails with a clear message when POSTBOTE_TEST_PG_URL is not set.
+    let db = TestDb::new(Backend::Postgres).await;
+    let whoami = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&whoami.stdout).trim(),
+        "0",
+        "this test starts a private Postfix and must run as root"
+    );
+
+    // Everything the pipe's `nobody` reads lives in one folder open to all.
+    let dir = tempfile::Builder::new()
+        .prefix("postbote-postfix-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let binary = binary_for_nobody(dir.path());
+    let config = dir.path().join("postbote.toml");
+    let listen = free_port();
+
+    // postbote inbound, as nobody, reads this config file and nothing else.
+    let pipe_argv = format!(
+        "{} inbound --config {} --recipient ${{original_recipient}}",
+        binary.display(),
+        config.display()
+    );
+    let postfix = Postfix::start(dir, &pipe_argv);
+    std::fs::write(
+        &config,
+        format!(
+            r#"database_url = "{db_url}"
+listen = "127.0.0.1:{listen}"
+smtp_url = "{smtp}"
+admin_token = "{ADMIN_TOKEN}"
+data_dir = "{data}"
+mail_from = "News <news@example.org>"
+bounce_address = "bounces+{{id}}@{BOUNCE_DOMAIN}"
+
+[delivery]
+poll_interval_ms = 100
+retry_base_ms = 200
+retry_max_ms = 500
+
+[digest]
+run_scheduler = false
+"#,
+            db_url = db.url,
+            smtp = postfix.smtp_url(),
+            data = db.dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    // `nobody` can run the binary and read the config: an empty message is refused
+    // as unparseable (65), not as a configuration problem (75).
+    let probe = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&binary)
+        .args(["inbound", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runuser (util-linux)");
+    assert_eq!(
+        probe.status.code(),
+        Some(65),
+        "postbote inbound as nobody: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    let serve = Killed(
+        Command::new(&binary)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postbote serve"),
+    );
+    let base = format!("http://127.0.0.1:{listen}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let r = http
+        .post(format!("{base}/api/v1/topics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"slug": "wirtschaft", "name": "Wirtschaft"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let store = db.store().await;
+    store
+        .import_confirmed(
+            &ImportedSubscriber {
+                email: EmailAddress::parse(READER).unwrap(),
+                topics: vec![TopicSlug::parse("wirtschaft").unwrap()],
+                schedule: DeliverySchedule {
+                    time: DeliveryTime::parse("07:00").unwrap(),
+                    timezone: TimeZone::parse("Europe/Berlin").unwrap(),
+                    weekdays: Weekdays::EVERY_DAY,
+                },
+                locale: Locale::De,
+                consent_at: Utc::now(),
+                consent_ip: None,
+                source: "postfix bounce test".into(),
+            },
+            Utc::now(),
+            chrono::Duration::hours(24),
+        )
+        .await
+        .unwrap()
+        .expect("a new reader");
+    let r = http
+        .post(format!("{base}/api/v1/items"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"topics": ["wirtschaft"], "title": "Eine Meldung"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let r = http
+        .post(format!("{base}/api/v1/digests/run"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"at": at}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pass: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(pass["enqueued"], 1, "{pass}");
+
+    // Postfix accepts the digest, bounces it, and pipes its bounce into postbote.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let export = loop {
+        let export: serde_json::Value = http
+            .get(format!("{base}/api/v1/subscribers/{READER}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if export["status"] == "bounced" {
+            break export;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader is not bounced within 60 s: {export}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    assert_eq!(export["deliveries"][0]["status"], "sent", "{export}");
+    let events = export["mail_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let hard: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "hard_bounce")
+        .collect();
+    assert_eq!(hard.len(), 1, "{export}");
+    let detail = hard[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("failed") && detail.contains("5.1.1"),
+        "Postfix's local delivery reports an unknown user: {detail}"
+    );
+    assert!(store.is_suppressed(READER).await.unwrap());
+
+    // And it went the way it should: the digest bounced by Postfix's local delivery
+    // agent, Postfix's bounce delivered to the VERP address by the pipe service.
+    let log = postfix.maillog();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the Postfix log:\n{log}"))
+            .to_owned()
+    };
+    // The digest: VERP envelope sender, refused by the local delivery agent.
+    let digest_from = line(&format!("@{BOUNCE_DOMAIN}>, size="));
+    let verp = digest_from
+        .split("from=<")
+        .nth(1)
+        .and_then(|r| r.split('>').next())
+        .unwrap()
+        .to_owned();
+    assert!(verp.starts_with("bounces+"), "{digest_from}");
+    let refused = line(&format!("to=<{READER}>, relay=local"));
+    assert!(
+        refused.contains("dsn=5.1.1, status=bounced (unknown user"),
+        "{refused}"
+    );
+    // Postfix's bounce: null sender, to the VERP address, delivered by the pipe.
+    let notice = line("sender non-delivery notification: ");
+    let dsn_id = notice.rsplit(' ').next().unwrap();
+    assert!(
+        log.contains(&format!("{dsn_id}: from=<>, ")),
+        "the bounce {dsn_id} has the null sender:\n{log}"
+    );
+    let piped = line(&format!("{dsn_id}: to=<{verp}>, relay=postbote"));
+    assert!(piped.contains("status=sent"), "{piped}");
+    drop(serve);
+    drop(postfix);
+    eprintln!("postfix bounce round trip: {:?}", started.elapsed());
+}
