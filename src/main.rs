@@ -28,7 +28,8 @@ struct Cli {
 enum Command {
     /// Migrate the database, then serve until SIGINT/SIGTERM.
     Serve {
-        /// Seed example topics, so a first try has something to subscribe to.
+        /// Seed example topics and items, so a first try has something to subscribe
+        /// to and a first digest to read.
         #[arg(long)]
         demo: bool,
     },
@@ -174,6 +175,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 postbote::demo::add_topics(&mut config);
             }
             let app = App::build(config, Arc::new(SystemClock)).await?;
+            if demo {
+                postbote::demo::add_items(app.store(), chrono::Utc::now()).await?;
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             app.run(shutdown).await

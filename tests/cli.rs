@@ -189,3 +189,64 @@ async fn first_start_makes_a_private_admin_token_and_says_where() {
     );
     assert!(!log.contains(&token), "the token itself is never logged");
 }
+
+#[tokio::test]
+async fn serve_demo_seeds_topics_and_items_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    for round in 0..2 {
+        let port = free_port();
+        let mut child = postbote(
+            dir.path(),
+            &["serve", "--demo"],
+            &[
+                ("POSTBOTE_LISTEN", &format!("127.0.0.1:{port}")),
+                ("POSTBOTE_ADMIN_TOKEN", "demo-admin-token-0123456789"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "serve did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let page = http
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("value=\"wirtschaft\"") && page.contains("IT &amp; Telekommunikation")
+        );
+        let items: serde_json::Value = http
+            .get(format!("{base}/api/v1/items"))
+            .bearer_auth("demo-admin-token-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            items["items"].as_array().unwrap().len(),
+            3,
+            "round {round}: the demo items, once"
+        );
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert!(child.wait().unwrap().success());
+    }
+}

@@ -366,7 +366,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
             .unwrap();
     }
     let lease = t0() + Duration::minutes(5);
-    let claimed = store.claim_mail(t0(), lease, 10).await.unwrap();
+    let claimed = store.claim_mail(t0(), t0(), lease, 10).await.unwrap();
     assert_eq!(claimed.len(), 2);
     assert!(
         claimed
@@ -374,12 +374,16 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
             .all(|m| m.attempts == 1 && m.message.starts_with(b"Subject"))
     );
     assert!(
-        store.claim_mail(t0(), lease, 10).await.unwrap().is_empty(),
+        store
+            .claim_mail(t0(), t0(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "leased mail is not handed out twice"
     );
     assert_eq!(
         store
-            .claim_mail(lease, lease + Duration::minutes(5), 10)
+            .claim_mail(lease, lease, lease + Duration::minutes(5), 10)
             .await
             .unwrap()
             .len(),
@@ -395,13 +399,23 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
         .unwrap();
     assert!(
         store
-            .claim_mail(t0() + Duration::minutes(59), t0() + Duration::hours(2), 10)
+            .claim_mail(
+                t0() + Duration::minutes(59),
+                t0() + Duration::minutes(59),
+                t0() + Duration::hours(2),
+                10
+            )
             .await
             .unwrap()
             .is_empty()
     );
     let again = store
-        .claim_mail(t0() + Duration::hours(1), t0() + Duration::hours(2), 10)
+        .claim_mail(
+            t0() + Duration::hours(1),
+            t0() + Duration::hours(1),
+            t0() + Duration::hours(2),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -43,23 +43,26 @@ pub(super) const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind
 
 const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
-    AND (locked_until IS NULL OR locked_until <= $1) ORDER BY next_attempt_at, id LIMIT $3 \
+    AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3 \
     FOR UPDATE SKIP LOCKED) \
     RETURNING id, recipient, envelope_from, message, attempts";
 const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
-    AND (locked_until IS NULL OR locked_until <= $1) ORDER BY next_attempt_at, id LIMIT $3) \
+    AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
     RETURNING id, recipient, envelope_from, message, attempts";
 
 impl Store {
-    /// Claims up to `limit` due mails until `lease_until`; nobody else gets them
-    /// before the lease runs out.
+    /// Claims up to `limit` mails due at `due_at` until `lease_until`; nobody else
+    /// gets them before the lease runs out. Leases are measured on the system clock
+    /// (`lease_now`): they are about how long a worker may take, not about the
+    /// schedule, which may follow another clock.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn claim_mail(
         &self,
-        now: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+        lease_now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMail>> {
@@ -69,9 +72,10 @@ impl Store {
             CLAIM_SQLITE
         };
         let mut mails: Vec<ClaimedMail> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(now)
+            .bind(due_at)
             .bind(lease_until)
             .bind(i64::from(limit))
+            .bind(lease_now)
             .fetch_all(pool)
             .await)?;
         mails.sort_by_key(|m| m.id);
@@ -87,6 +91,29 @@ impl Store {
         let sql = "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, \
                    last_error = NULL, finished_at = $2 WHERE id = $1";
         on_pool!(self, pool => sqlx::query(sql).bind(id).bind(now).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Records the delivery of several mails in one statement (see [`Store::mail_sent`]).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn mails_sent(&self, ids: &[i64], now: DateTime<Utc>) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, last_error = NULL, finished_at = ",
+            );
+            q.push_bind(now).push(" WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            list.push_unseparated(")");
+            q.build().execute(pool).await.map(|_| ())
+        })?;
         Ok(())
     }
 
