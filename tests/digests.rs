@@ -3,66 +3,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
-use common::{Backend, SmtpSink, TestApp, TestDb, find_link, parse, recipient, test_config};
+use common::{
+    Backend, SmtpSink, TestApp, app_at as app_with, delivered, digests, find_link, parse, utc,
+};
 use mail_parser::Message;
 use postbote::clock::ManualClock;
-
-fn utc(s: &str) -> DateTime<Utc> {
-    s.parse().unwrap()
-}
-
-/// An app whose clock stands at `now` and whose passes run only when a test says.
-async fn app_at(backend: Backend, now: &str) -> (TestApp, SmtpSink, TestDb, ManualClock) {
-    let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
-    let mut config = test_config(&db, &sink.url());
-    config.digest.run_scheduler = false;
-    config.rate_limit.per_client_per_minute = 0;
-    let clock = ManualClock::new(utc(now));
-    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
-    app.create_topic("wirtschaft", "Wirtschaft").await;
-    app.create_topic("kultur", "Kultur").await;
-    app.create_topic("sport", "Sport").await;
-    (app, sink, db, clock)
-}
-
-/// Digests received so far, by recipient.
-fn digests(sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
-    let mut by = HashMap::<String, Vec<Vec<u8>>>::new();
-    for raw in sink.raw_messages() {
-        if String::from_utf8_lossy(&raw).contains("List-Unsubscribe-Post") {
-            by.entry(recipient(&raw)).or_default().push(raw);
-        }
-    }
-    by
-}
-
-/// Waits until the queue is drained and returns the digests received.
-async fn delivered(app: &TestApp, sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app.store.mail_queue_depth().await.unwrap() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the queue did not drain"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let sent = app
-        .store
-        .stats()
-        .await
-        .unwrap()
-        .mails
-        .values()
-        .map(|m| m.get("sent").copied().unwrap_or(0))
-        .sum::<i64>();
-    sink.wait_for(sent as usize).await;
-    digests(sink)
-}
 
 fn text(raw: &[u8]) -> String {
     parse(raw).body_text(0).unwrap().into_owned()
@@ -73,7 +18,7 @@ fn html(raw: &[u8]) -> String {
 }
 
 async fn readers_get_their_digest_at_their_own_local_time(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-01-14T12:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-01-14T12:00:00Z", |_| {}).await;
     // Berlin subscribes through the real double opt-in; the others are imported.
     let r = app
         .sign_up_json(serde_json::json!({"email": "berlin@example.org", "topics": ["wirtschaft"], "delivery_time": "07:00", "timezone": "Europe/Berlin", "locale": "de", "consent": true}))
@@ -182,7 +127,7 @@ async fn digests_across(
 }
 
 async fn a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-03-27T12:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-03-27T12:00:00Z", |_| {}).await;
     app.reader(
         "night@example.org",
         &["wirtschaft"],
@@ -218,7 +163,7 @@ async fn a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days(backend: 
 }
 
 async fn a_digest_lists_the_chosen_topics_once_escaped_and_intact(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     let now = utc("2027-05-01T08:00:00Z");
     app.reader(
         "leserin@example.org",
@@ -316,7 +261,7 @@ async fn a_digest_lists_the_chosen_topics_once_escaped_and_intact(backend: Backe
 }
 
 async fn at_most_max_items_then_a_count_of_the_rest(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     app.reader(
         "viel@example.org",
         &["wirtschaft"],
@@ -347,7 +292,7 @@ async fn at_most_max_items_then_a_count_of_the_rest(backend: Backend) {
 }
 
 async fn passes_never_send_twice_and_never_skip_an_item(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     app.reader(
         "genau@example.org",
         &["wirtschaft"],
@@ -393,7 +338,7 @@ async fn passes_never_send_twice_and_never_skip_an_item(backend: Backend) {
 }
 
 async fn a_daemon_down_for_days_sends_one_catch_up_digest(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     app.reader(
         "urlaub@example.org",
         &["wirtschaft"],
@@ -418,7 +363,7 @@ async fn a_daemon_down_for_days_sends_one_catch_up_digest(backend: Backend) {
 }
 
 async fn one_click_unsubscribe_stops_the_digests(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     let now = utc("2027-05-01T08:00:00Z");
     app.reader(
         "form@example.org",
@@ -506,7 +451,7 @@ async fn one_click_unsubscribe_stops_the_digests(backend: Backend) {
 }
 
 async fn items_are_validated_and_never_duplicated(backend: Backend) {
-    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, _sink, _db, _clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     use reqwest::Method;
     let post = |body: serde_json::Value| app.admin(Method::POST, "/items", Some(body));
     let first = post(serde_json::json!({"topics": ["wirtschaft"], "title": "A", "guid": "pr-1", "url": "https://example.org/a", "published_at": "2027-05-01T10:00:00+02:00"})).await;
@@ -576,7 +521,7 @@ async fn items_are_validated_and_never_duplicated(backend: Backend) {
 }
 
 async fn stats_count_readers_queue_and_digests(backend: Backend) {
-    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z").await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     app.reader(
         "eins@example.org",
         &["wirtschaft"],

@@ -14,12 +14,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use common::{Backend, SmtpSink, TestApp, TestDb, parse, recipient, test_config};
+use common::{Backend, SmtpSink, TestApp, TestDb, parse, recipient, test_config, utc};
 use postbote::clock::ManualClock;
-
-fn utc(s: &str) -> DateTime<Utc> {
-    s.parse().unwrap()
-}
 
 /// What the fixture server has seen.
 #[derive(Default)]

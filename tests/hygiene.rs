@@ -5,56 +5,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use common::{Backend, SmtpSink, TestApp, TestDb, find_link, parse, recipient, test_config};
+use common::{Backend, SmtpSink, TestApp, TestDb, app_at, digests, drained, find_link, parse, utc};
 use mail_auth::common::parse::TxtRecordParser;
-use postbote::clock::ManualClock;
-
-fn utc(s: &str) -> DateTime<Utc> {
-    s.parse().unwrap()
-}
-
-async fn app_at(
-    backend: Backend,
-    now: &str,
-    tweak: impl FnOnce(&mut postbote::config::Config),
-) -> (TestApp, SmtpSink, TestDb, ManualClock) {
-    let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
-    let mut config = test_config(&db, &sink.url());
-    config.digest.run_scheduler = false;
-    config.rate_limit.per_client_per_minute = 0;
-    tweak(&mut config);
-    let clock = ManualClock::new(utc(now));
-    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
-    app.create_topic("wirtschaft", "Wirtschaft").await;
-    app.create_topic("kultur", "Kultur").await;
-    (app, sink, db, clock)
-}
-
-/// Digests received so far, by recipient.
-fn digests(sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
-    let mut by = HashMap::<String, Vec<Vec<u8>>>::new();
-    for raw in sink.raw_messages() {
-        if String::from_utf8_lossy(&raw).contains("List-Unsubscribe-Post") {
-            by.entry(recipient(&raw)).or_default().push(raw);
-        }
-    }
-    by
-}
-
-async fn drained(app: &TestApp) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app.store.mail_queue_depth().await.unwrap() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the queue did not drain"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
 
 async fn first_digest(app: &TestApp, sink: &SmtpSink, who: &str) -> String {
     drained(app).await;

@@ -559,3 +559,70 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// An instant written as RFC 3339.
+pub fn utc(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().expect("an RFC 3339 instant")
+}
+
+/// An app whose clock stands at `now`, whose passes run only when a test says,
+/// without a per-client limit, with the topics wirtschaft, kultur and sport.
+pub async fn app_at(
+    backend: Backend,
+    now: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestApp, SmtpSink, TestDb, postbote::clock::ManualClock) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    config.rate_limit.per_client_per_minute = 0;
+    tweak(&mut config);
+    let clock = postbote::clock::ManualClock::new(utc(now));
+    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
+    for (slug, name) in [
+        ("wirtschaft", "Wirtschaft"),
+        ("kultur", "Kultur"),
+        ("sport", "Sport"),
+    ] {
+        app.create_topic(slug, name).await;
+    }
+    (app, sink, db, clock)
+}
+
+/// Digests received so far, by recipient.
+pub fn digests(sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
+    let mut by = HashMap::<String, Vec<Vec<u8>>>::new();
+    for raw in sink.raw_messages() {
+        if String::from_utf8_lossy(&raw).contains("List-Unsubscribe-Post") {
+            by.entry(recipient(&raw)).or_default().push(raw);
+        }
+    }
+    by
+}
+
+/// Waits until no mail is queued.
+pub async fn drained(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.store.mail_queue_depth().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the queue did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the queue is drained and every sent mail has arrived; returns the
+/// digests received, by recipient.
+pub async fn delivered(app: &TestApp, sink: &SmtpSink) -> HashMap<String, Vec<Vec<u8>>> {
+    drained(app).await;
+    let sent: i64 = app
+        .store
+        .stats()
+        .await
+        .unwrap()
+        .mails
+        .values()
+        .map(|m| m.get("sent").copied().unwrap_or(0))
+        .sum();
+    sink.wait_for(sent as usize).await;
+    digests(sink)
+}
