@@ -112,6 +112,9 @@ impl App {
             settings: config.delivery,
             transport: config.transport.clone(),
             wake: wake.clone(),
+            pace: Arc::new(crate::mail::delivery::Pace::new(
+                config.delivery.max_per_second,
+            )),
             signer: match &config.dkim {
                 Some(dkim) => Some(Arc::new(
                     Signer::load(dkim).context("Failed to load the DKIM keys")?,

@@ -137,6 +137,7 @@ struct FileDelivery {
     retry_base_ms: Option<u64>,
     retry_max_ms: Option<u64>,
     max_attempts: Option<u32>,
+    max_per_second: Option<u32>,
     smtp_timeout_ms: Option<u64>,
 }
 
@@ -226,6 +227,8 @@ pub struct Delivery {
     /// Timeout for connecting (greeting, TLS, authentication included) and for
     /// sending one whole message.
     pub smtp_timeout: Duration,
+    /// Mails per second over all workers of this process; 0 means no limit.
+    pub max_per_second: u32,
 }
 
 /// How digests are made.
@@ -487,6 +490,7 @@ impl Config {
             retry_max: Duration::from_millis(d.retry_max_ms.unwrap_or(3_600_000)),
             max_attempts: d.max_attempts.unwrap_or(25),
             smtp_timeout: Duration::from_millis(d.smtp_timeout_ms.unwrap_or(30_000)),
+            max_per_second: d.max_per_second.unwrap_or(0),
         };
         if !(1..=256).contains(&delivery.workers) {
             return Err(ConfigError::new(

@@ -276,8 +276,12 @@ async fn store_batch(
         return Ok(());
     };
     for row in rows {
-        // Double opt-in: the reader confirms, so the suppression list does not
-        // stop this mail; an address stored already is left alone.
+        // An import never mails a suppressed address (the reader may come back by
+        // signing up themselves); an address stored already is left alone.
+        if store.is_suppressed(row.email.as_str()).await? {
+            report.suppressed += 1;
+            continue;
+        }
         if store.subscriber_id(row.email.as_str()).await?.is_some() {
             report.existing += 1;
             continue;

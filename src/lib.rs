@@ -6,7 +6,12 @@
 //! - [`store`]: the only module with SQL; PostgreSQL and SQLite behind one [`store::Store`].
 //! - [`digest`]: the scheduling pass: who is due, what their digest lists.
 //! - [`mail`]: templates, building messages, the delivery workers and transports.
-//! - [`web`]: the public pages, the admin API and the router.
+//! - [`web`]: the public pages (sign-up, confirm, preferences, unsubscribe, item
+//!   pages), the admin API and the router.
+//! - [`inbound`]: `postbote inbound`: bounces, complaints, unsubscribe replies and
+//!   mailed-in press releases.
+//! - [`feeds`]: polling RSS, Atom and JSON Feed sources into items.
+//! - [`import`]: `postbote import`: bringing an existing list.
 //! - [`app`]: wires it all together; [`app::App`] binds its own listener so tests run
 //!   the real thing on port 0.
 //! - [`clock`]: where "now" comes from, so tests can move time.

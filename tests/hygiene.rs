@@ -296,6 +296,14 @@ async fn erasure_leaves_only_a_suppressed_hash_and_import_skips_it(backend: Back
         Err(404),
         "the import did not bring it back"
     );
+    let again = db.dir.path().join("again.csv");
+    std::fs::write(&again, "email,topics\nerased@example.org,kultur\n").unwrap();
+    let (ok, out) = import(&db, again.to_str().unwrap(), &["--send-confirmation"]);
+    assert!(
+        ok && out.contains("suppressed 1"),
+        "an import never mails it: {out}"
+    );
+    assert_eq!(app.export("erased@example.org").await, Err(404));
 
     // Through double opt-in the reader is welcome back.
     let r = app.sign_up_json(serde_json::json!({"email": "erased@example.org", "topics": ["kultur"], "consent": true})).await;

@@ -571,7 +571,30 @@ async fn a_complaint_with_a_redacted_recipient_is_matched_by_the_verp_address(ba
     assert!(inbox.suppressed("leser@mail.example.net").await);
 }
 
+async fn a_feedback_loop_report_with_a_redacted_recipient_is_matched_by_original_mail_from(
+    backend: Backend,
+) {
+    let inbox = Inbox::new(backend).await;
+    let id = inbox.reader("leser@mail.example.net").await;
+    // Delivered to the provider's fixed feedback address, recipient redacted: only
+    // Original-Mail-From (our signed VERP sender) names the reader.
+    let report = fixture(
+        "arf_headers.eml",
+        &[
+            ("ADDRESS", "redacted@mail.example.net"),
+            ("VERP", &inbox.verp(id)),
+        ],
+    );
+    assert_handled(
+        &inbox.run(report, Some("fbl@bounces.example.org")).await,
+        "complaint",
+    );
+    assert_eq!(inbox.status("leser@mail.example.net").await, "unsubscribed");
+    assert!(inbox.suppressed("leser@mail.example.net").await);
+}
+
 on_both_backends!(
+    a_feedback_loop_report_with_a_redacted_recipient_is_matched_by_original_mail_from,
     a_forged_verp_address_cannot_bounce_the_reader_named_inside_the_report,
     feedback_reports_that_are_no_complaints_change_nothing,
     a_complaint_with_a_redacted_recipient_is_matched_by_the_verp_address,

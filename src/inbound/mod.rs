@@ -35,6 +35,8 @@ pub enum Kind {
         feedback_type: String,
         /// The original recipient.
         original_to: Option<String>,
+        /// `Original-Mail-From`: our VERP envelope sender, when the report keeps it.
+        original_from: Option<String>,
     },
     /// Anything else (a reply, an auto-responder, spam).
     Other,
@@ -190,6 +192,7 @@ fn kind_of(message: &Message<'_>) -> Kind {
                 feedback_type: report::field(&fields, "feedback-type")
                     .unwrap_or("abuse")
                     .to_ascii_lowercase(),
+                original_from: report::field(&fields, "original-mail-from").map(report::address),
                 original_to: original_recipient(message)
                     .or_else(|| report::field(&fields, "original-rcpt-to").map(report::address)),
             }
@@ -377,6 +380,7 @@ impl Handler<'_> {
             Kind::Complaint {
                 feedback_type,
                 original_to,
+                original_from,
             } => {
                 // Only abuse (and fraud) reports are complaints; "not-spam" says the
                 // opposite, and "auth-failure" reports quote other people's mail.
@@ -389,6 +393,16 @@ impl Handler<'_> {
                     Some(a) => self.store.subscriber_id(a).await?,
                     None => None,
                 }
+                .or_else(|| {
+                    // Feedback loops send to a fixed address and often redact the
+                    // recipient; the original envelope sender is our signed VERP id.
+                    addresses
+                        .bounce
+                        .as_deref()
+                        .zip(original_from.as_deref())
+                        .and_then(|(t, a)| template_id(t, a))
+                        .and_then(|id| self.composer.verify_verp_id(&id))
+                })
                 .or_else(|| verp_reader(&addresses.bounce));
                 let Some(id) = reader else {
                     return Ok(Outcome::Ignored("complaint about no known reader"));

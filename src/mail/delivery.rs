@@ -35,6 +35,47 @@ pub struct DeliveryContext {
     pub wake: Arc<Notify>,
     /// Signs every mail just before it is sent, when DKIM is configured.
     pub signer: Option<Arc<Signer>>,
+    /// Spaces sends out to `delivery.max_per_second`, shared by all workers.
+    pub pace: Arc<Pace>,
+}
+
+/// A send rate shared by the workers of a process: each send takes the next free
+/// slot, `1/rate` seconds after the previous one.
+#[derive(Debug)]
+pub struct Pace {
+    /// Time between two sends; zero means no limit.
+    interval: Duration,
+    /// The next free slot.
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    /// A pace of `per_second` sends (0: unlimited).
+    pub fn new(per_second: u32) -> Self {
+        let interval = if per_second == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1) / per_second
+        };
+        Self {
+            interval,
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this send's slot.
+    pub async fn wait(&self) {
+        if self.interval.is_zero() {
+            return;
+        }
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
 }
 
 /// Runs one worker until `cancel` fires.
@@ -118,6 +159,7 @@ async fn wait(
 /// Sends one mail; records a failure at once, and returns whether it was delivered
 /// (deliveries are recorded per batch by the caller).
 async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail) -> bool {
+    ctx.pace.wait().await;
     let result = match sign(ctx, mail).await {
         Ok(Some(signed)) => sender.send(&signed).await,
         Ok(None) => sender.send(mail).await,
@@ -193,6 +235,22 @@ pub fn backoff(settings: &Delivery, attempts: i32) -> Duration {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn the_pace_spaces_sends_evenly() {
+        let pace = Pace::new(10);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pace.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        let free = Pace::new(0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..100 {
+            free.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
         let s = Delivery {
@@ -202,6 +260,7 @@ mod tests {
             retry_max: Duration::from_secs(3600),
             max_attempts: 10,
             smtp_timeout: Duration::from_secs(30),
+            max_per_second: 0,
         };
         assert_eq!(backoff(&s, 1), Duration::from_secs(30));
         assert_eq!(backoff(&s, 2), Duration::from_secs(60));

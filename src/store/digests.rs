@@ -132,6 +132,8 @@ pub struct Stats {
     pub digests_failed: i64,
     /// Feeds, and how they are doing.
     pub feeds: FeedStats,
+    /// Bounces, complaints and unsubscribe replies, by kind.
+    pub mail_events: BTreeMap<String, i64>,
 }
 
 /// Feed health.
@@ -357,7 +359,7 @@ impl Store {
             let by_status: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM subscribers GROUP BY status")
                 .fetch_all(pool)
                 .await?;
-            for status in ["pending", "confirmed", "unsubscribed"] {
+            for status in ["pending", "confirmed", "unsubscribed", "bounced"] {
                 stats.subscribers.insert(status.to_owned(), 0);
             }
             stats.subscribers.extend(by_status);
@@ -379,6 +381,10 @@ impl Store {
                 stats.retried += retried;
                 stats.mails.entry(kind).or_default().insert(status, count);
             }
+            let events: Vec<(String, i64)> = sqlx::query_as("SELECT kind, COUNT(*) FROM mail_events GROUP BY kind")
+                .fetch_all(pool)
+                .await?;
+            stats.mail_events.extend(events);
             let feeds: Vec<(String, i32, i64)> = sqlx::query_as("SELECT name, failures, failures_total FROM feeds")
                 .fetch_all(pool)
                 .await?;

@@ -192,7 +192,7 @@ impl Store {
         Ok(())
     }
 
-    /// Items of a topic (or all), newest first, after an id cursor.
+    /// Items of a topic (or all) in arrival order, after an id cursor.
     ///
     /// # Errors
     /// When the database fails.

@@ -130,6 +130,17 @@ impl Store {
             .join(",");
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // One digest a day: if the reader had today's already, a later time
+            // today waits for tomorrow.
+            let last: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT MAX(slot_at) FROM digests WHERE subscriber_id = $1")
+                .bind(subscriber_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut next = schedule.next_after(now);
+            let tz = schedule.timezone.tz();
+            if last.is_some_and(|l| l.with_timezone(&tz).date_naive() == next.with_timezone(&tz).date_naive()) {
+                next = schedule.next_after(next);
+            }
             let updated = sqlx::query(
                 "UPDATE subscribers SET delivery_time = $2, timezone = $3, weekdays = $4, locale = $5, \
                  updated_at = $6, next_slot_at = CASE WHEN status = 'confirmed' THEN $7 ELSE next_slot_at END \
@@ -141,7 +152,7 @@ impl Store {
             .bind(schedule.weekdays.bits())
             .bind(locale.as_str())
             .bind(now)
-            .bind(schedule.next_after(now))
+            .bind(next)
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -106,7 +106,8 @@ impl Store {
             let mut q = sqlx::QueryBuilder::new(
                 "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, last_error = NULL, finished_at = ",
             );
-            q.push_bind(now).push(" WHERE id IN (");
+            // A mail withdrawn meanwhile (unsubscribe, bounce) keeps that status.
+            q.push_bind(now).push(" WHERE status = 'queued' AND id IN (");
             let mut list = q.separated(", ");
             for id in ids {
                 list.push_bind(*id);

@@ -69,6 +69,13 @@ async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     let _ = writeln!(out, "postbote_mails_retried {}", stats.retried);
     let _ = writeln!(
         out,
+        "# HELP postbote_mail_events Bounces, complaints and unsubscribe replies by kind.\n# TYPE postbote_mail_events counter"
+    );
+    for (kind, n) in &stats.mail_events {
+        let _ = writeln!(out, "postbote_mail_events{{kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
         "# HELP postbote_feeds_failing Feeds whose last poll failed.\n# TYPE postbote_feeds_failing gauge"
     );
     let _ = writeln!(out, "postbote_feeds_failing {}", stats.feeds.failing);

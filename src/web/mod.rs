@@ -1,5 +1,6 @@
-//! HTTP: the public pages ([`subscribe`], [`confirm`]), the admin API ([`admin`]),
-//! health checks ([`health`]). Each module exports a `router()`; [`router`] merges
+//! HTTP: the public pages ([`subscribe`], [`confirm`], [`preferences`],
+//! [`unsubscribe`], [`items`]), the admin API ([`admin`]), health checks and
+//! metrics ([`health`]). Each module exports a `router()`; [`router`] merges
 //! them. Handlers parse input into domain types at the edge and call the store.
 
 pub mod admin;
