@@ -22,6 +22,8 @@ use crate::store::{BoxError, DigestBatch, DigestPlan, DueReader, Store, StoreErr
 /// Readers claimed per transaction: large enough to share rendered bodies and
 /// amortise round trips, small enough to keep memory flat and locks short.
 const BATCH: u32 = 500;
+/// Batches served side by side on PostgreSQL.
+const PASS_LANES: usize = 2;
 
 /// What makes two readers' digests identical: language, topics, watermark, date.
 type BodyKey = (crate::domain::Locale, Vec<i64>, i64, chrono::NaiveDate);
@@ -61,20 +63,29 @@ impl Digester {
     #[tracing::instrument(skip_all, fields(at = %at))]
     pub async fn run_pass(&self, at: DateTime<Utc>) -> Result<PassOutcome, StoreError> {
         let watermark = self.store.item_watermark().await?;
+        // On PostgreSQL two lanes claim batches side by side (SKIP LOCKED keeps them
+        // apart): one renders while the other waits for the database. SQLite has
+        // one connection, so one lane.
+        let lanes = if self.store.is_postgres() {
+            PASS_LANES
+        } else {
+            1
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..lanes {
+            let me = self.clone();
+            tasks.spawn(async move { me.drain(at, watermark).await });
+        }
         let mut total = PassOutcome::default();
-        loop {
-            let now = self.clock.now();
-            let batch = self
-                .store
-                .digest_batch(at, watermark, BATCH, now, |batch| self.plan(batch, at, now))
-                .await?;
-            if batch.due == 0 {
-                break;
-            }
-            total.due += batch.due;
-            total.enqueued += batch.enqueued;
-            if batch.enqueued > 0 {
-                self.mail_wake.notify_waiters();
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(lane)) => {
+                    total.due += lane.due;
+                    total.enqueued += lane.enqueued;
+                }
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => tracing::error!(error = %e, "a digest lane stopped"),
             }
         }
         if total.due > 0 {
@@ -84,7 +95,30 @@ impl Digester {
                 "digest pass done"
             );
         }
-        Ok(total)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    /// Claims and serves batches until no reader is due.
+    async fn drain(&self, at: DateTime<Utc>, watermark: i64) -> Result<PassOutcome, StoreError> {
+        let mut total = PassOutcome::default();
+        loop {
+            let now = self.clock.now();
+            let batch = self
+                .store
+                .digest_batch(at, watermark, BATCH, now, |batch| self.plan(batch, at, now))
+                .await?;
+            if batch.due == 0 {
+                return Ok(total);
+            }
+            total.due += batch.due;
+            total.enqueued += batch.enqueued;
+            if batch.enqueued > 0 {
+                self.mail_wake.notify_waiters();
+            }
+        }
     }
 
     fn plan(
