@@ -83,6 +83,11 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Inbound { recipient } = &cli.command {
+        // A bug must not make the MTA bounce the message: it keeps it and retries.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("error: internal error: {info}");
+            std::process::exit(i32::from(EX_TEMPFAIL));
+        }));
         return runtime.block_on(inbound(cli.config.as_deref(), recipient.as_deref()));
     }
     match runtime.block_on(run(cli)) {

@@ -86,7 +86,9 @@ fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+        // An entity is short: look for its `;` among the next few characters (by
+        // characters, not bytes: the text may be anything).
+        let Some(semi) = rest.char_indices().take(12).find(|(_, c)| *c == ';').map(|(i, _)| i) else {
             out.push('&');
             rest = &rest[1..];
             continue;
@@ -163,6 +165,7 @@ mod tests {
         assert_eq!(html_to_text("<SCRIPT type=x>evil()</SCRIPT>ok"), "ok");
         assert_eq!(html_to_text("a < b & c"), "a < b & c");
         assert_eq!(html_to_text("unclosed <b"), "unclosed");
+        assert_eq!(html_to_text("&äöüäöüäöü; &amp;"), "&äöüäöüäöü; &");
     }
 
     #[test]
