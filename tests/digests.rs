@@ -510,6 +510,18 @@ async fn items_are_validated_and_never_duplicated(backend: Backend) {
             .to_owned();
         assert!(msg.starts_with(field), "{body}: {msg}");
     }
+    let far = app
+        .admin(
+            Method::POST,
+            "/digests/run",
+            Some(serde_json::json!({"at": "2101-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(
+        far.status(),
+        422,
+        "a pass beyond the calendar is refused, not a panic"
+    );
     let missing = post(serde_json::json!({"topics": ["wirtschaft"]})).await;
     assert_eq!(missing.status(), 422);
     assert!(

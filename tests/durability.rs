@@ -22,17 +22,18 @@ async fn a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back(bac
         200
     );
 
-    // The relay refuses connections: the mail stays queued and is retried.
+    // The relay refuses connections: the mail stays queued, and the outage costs
+    // it no attempt, however long it lasts.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let export = app.export("patient@example.org").await.unwrap();
         let d = &export["deliveries"][0];
-        if d["attempts"].as_i64().unwrap() >= 2 {
+        if d["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connecting"))
+        {
             assert_eq!(d["status"], "queued");
-            assert!(
-                d["last_error"].as_str().unwrap().contains("connecting"),
-                "{d}"
-            );
+            assert_eq!(d["attempts"], 0, "{d}");
             break;
         }
         assert!(Instant::now() < deadline, "no retries seen: {d}");
@@ -89,7 +90,7 @@ async fn mail_queued_before_a_crash_is_sent_after_the_restart(backend: Backend) 
             .json()
             .await
             .unwrap();
-        if export["deliveries"][0]["attempts"].as_i64() >= Some(1) {
+        if export["deliveries"][0]["last_error"].is_string() {
             assert_eq!(export["deliveries"][0]["status"], "queued");
             break;
         }

@@ -422,7 +422,10 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
         again.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
         [(second, 3)]
     );
-    store.mail_release(second).await.unwrap();
+    store
+        .mail_release(second, Some("relay unavailable"))
+        .await
+        .unwrap();
     store
         .mail_failed(second, t0(), "550 no such user")
         .await
@@ -457,7 +460,54 @@ async fn migrations_can_run_twice(backend: Backend) {
     store.ping().await.unwrap();
 }
 
+async fn an_unconfirmed_return_does_not_erase_a_former_readers_history(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let token = Token::generate();
+    let req = sign_up("former@example.org", &["wirtschaft"], t0(), &token);
+    store
+        .sign_up(&req, |_, _| Ok(mail("confirm", "former@example.org")))
+        .await
+        .unwrap();
+    store
+        .confirm(&token.hash(), t0(), None, Duration::hours(24))
+        .await
+        .unwrap();
+    let id = store
+        .subscriber_id("former@example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .unsubscribe(id, t0() + Duration::days(1))
+        .await
+        .unwrap();
+    // Someone submits the form for the address; nobody confirms.
+    let again = sign_up(
+        "former@example.org",
+        &["kultur"],
+        t0() + Duration::days(2),
+        &Token::generate(),
+    );
+    let outcome = store
+        .sign_up(&again, |_, _| Ok(mail("confirm", "former@example.org")))
+        .await
+        .unwrap();
+    assert_eq!(outcome, SignUpOutcome::Accepted(SignUpKind::Returning));
+    store
+        .purge_pending(t0() + Duration::days(30))
+        .await
+        .unwrap();
+    let export = store
+        .export_subscriber(&req.email)
+        .await
+        .unwrap()
+        .expect("still stored");
+    assert_eq!(export.status, "unsubscribed");
+    assert_eq!(export.consents.len(), 2, "the history is kept");
+}
+
 on_both_backends!(
+    an_unconfirmed_return_does_not_erase_a_former_readers_history,
     topics_are_created_renamed_retired_and_upserted,
     a_sign_up_moves_through_its_states,
     expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged,

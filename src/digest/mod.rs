@@ -85,7 +85,12 @@ impl Digester {
                     total.enqueued += lane.enqueued;
                 }
                 Ok(Err(e)) => failure = Some(e),
-                Err(e) => tracing::error!(error = %e, "a digest lane stopped"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a digest lane stopped");
+                    failure = Some(StoreError::Callback(
+                        format!("a digest lane stopped: {e}").into(),
+                    ));
+                }
             }
         }
         if total.due > 0 {
@@ -165,8 +170,15 @@ impl Digester {
                     bodies.insert(key.clone(), body);
                 }
                 let (body, count) = &bodies[&key];
-                let mail = self.composer.digest(body, &reader.email, reader.id, now)?;
-                plan.mail = Some((mail, *count));
+                match self.composer.digest(body, &reader.email, reader.id, now) {
+                    Ok(mail) => plan.mail = Some((mail, *count)),
+                    // One unsendable reader must not hold up the batch: their slot
+                    // passes without a mail, and the watermark stays for the next.
+                    Err(e) => {
+                        tracing::error!(subscriber.id = reader.id, error = %e, "building a digest failed; skipped");
+                        plan.last_item_id = reader.last_item_id;
+                    }
+                }
             }
             plans.push(plan);
         }

@@ -46,7 +46,10 @@ impl EmailAddress {
         if input.chars().any(char::is_control) {
             return Err(EmailError::ControlCharacter);
         }
-        let s = input.trim();
+        // Lower-cased first: lower-casing can lengthen a string or change its
+        // characters, and what is checked must be what is stored.
+        let lowered = input.trim().to_lowercase();
+        let s = lowered.as_str();
         if s.is_empty() {
             return Err(EmailError::Empty);
         }
@@ -66,7 +69,7 @@ impl EmailAddress {
         if !valid_domain(domain) {
             return Err(EmailError::BadDomain);
         }
-        Ok(Self(s.to_lowercase()))
+        Ok(Self(lowered))
     }
 
     /// The address as text.
@@ -183,6 +186,9 @@ mod tests {
         );
         assert_eq!(EmailAddress::parse("a@-x.org"), Err(EmailError::BadDomain));
         assert_eq!(EmailAddress::parse("a@1.2.3.4"), Err(EmailError::BadDomain));
+        // Valid before lower-casing, too long after it (Ⱥ is 2 bytes, ⱥ 3).
+        let grows = format!("{}@example.org", "Ⱥ".repeat(32));
+        assert_eq!(EmailAddress::parse(&grows), Err(EmailError::BadLocalPart));
     }
 
     #[test]

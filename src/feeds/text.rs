@@ -19,6 +19,7 @@ const BREAKS: [&str; 10] = [
 
 /// The text of an HTML fragment; paragraphs separated by blank lines.
 pub fn html_to_text(html: &str) -> String {
+    let lower = html.to_ascii_lowercase();
     let mut out = String::with_capacity(html.len());
     let mut rest = html;
     while let Some(start) = rest.find('<') {
@@ -38,9 +39,8 @@ pub fn html_to_text(html: &str) -> String {
         rest = &rest[end + 1..];
         if tag.starts_with("!--") {
             // A comment may contain '>': skip to its real end.
-            if let Some(close) = rest.find("-->") {
-                rest = &rest[close + 3..];
-            }
+            // A comment that never ends runs to the end of the input.
+            rest = rest.find("-->").map_or("", |close| &rest[close + 3..]);
             continue;
         }
         let name: String = tag
@@ -51,7 +51,10 @@ pub fn html_to_text(html: &str) -> String {
             .to_ascii_lowercase();
         if !tag.starts_with('/') && DROPPED.contains(&name.as_str()) {
             let close = format!("</{name}");
-            match rest.to_ascii_lowercase().find(&close) {
+            // Searched in the lower-cased input made once (same byte offsets), so
+            // many dropped elements cost linear time, not quadratic.
+            let offset = html.len() - rest.len();
+            match lower[offset..].find(&close) {
                 Some(at) => {
                     rest = &rest[at..];
                     rest = rest.find('>').map_or("", |e| &rest[e + 1..]);
@@ -65,7 +68,7 @@ pub fn html_to_text(html: &str) -> String {
         }
     }
     out.push_str(&decode_entities(rest));
-    collapse(&out)
+    collapse(&out.replace('\0', ""))
 }
 
 /// Collapses runs of spaces inside paragraphs and keeps single blank lines.
@@ -88,7 +91,12 @@ fn decode_entities(s: &str) -> String {
         rest = &rest[amp..];
         // An entity is short: look for its `;` among the next few characters (by
         // characters, not bytes: the text may be anything).
-        let Some(semi) = rest.char_indices().take(12).find(|(_, c)| *c == ';').map(|(i, _)| i) else {
+        let Some(semi) = rest
+            .char_indices()
+            .take(12)
+            .find(|(_, c)| *c == ';')
+            .map(|(i, _)| i)
+        else {
             out.push('&');
             rest = &rest[1..];
             continue;

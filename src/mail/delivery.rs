@@ -86,6 +86,7 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
     // and a second send, each bounded by the timeout.
     let lease = chrono::Duration::from_std(ctx.settings.smtp_timeout * (BATCH * 4 + 4))
         .unwrap_or(chrono::Duration::minutes(30));
+    let mut relay_failures: i32 = 0;
     while !cancel.is_cancelled() {
         let wake = ctx.wake.notified();
         tokio::pin!(wake);
@@ -112,12 +113,20 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
             wait(&cancel, ctx.settings.poll_interval, Some(wake)).await;
             continue;
         }
-        let mut mails = batch.into_iter();
+        let mut mails = batch.into_iter().peekable();
         let mut sent = Vec::with_capacity(BATCH as usize);
-        for mail in mails.by_ref() {
-            if deliver(&ctx, &mut sender, &mail).await {
-                sent.push(mail.id);
+        let mut relay_down = None;
+        while let Some(mail) = mails.peek() {
+            match deliver(&ctx, &mut sender, mail).await {
+                Delivered::Sent => sent.push(mail.id),
+                Delivered::Recorded => {}
+                Delivered::RelayDown(reason) => {
+                    // This mail and the rest of the batch go back untouched.
+                    relay_down = Some(reason);
+                    break;
+                }
             }
+            mails.next();
             if cancel.is_cancelled() {
                 break;
             }
@@ -129,9 +138,24 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
             tracing::error!(error = %e, count = sent.len(), "recording deliveries failed; the mails will be sent again");
         }
         for unsent in mails {
-            if let Err(e) = ctx.store.mail_release(unsent.id).await {
+            if let Err(e) = ctx
+                .store
+                .mail_release(unsent.id, relay_down.as_deref())
+                .await
+            {
                 tracing::warn!(mail.id = unsent.id, error = %e, "releasing mail failed; its lease will run out");
             }
+        }
+        match relay_down {
+            Some(reason) => {
+                // The relay is the problem, not the mails: they keep their attempts
+                // and wait, however long the outage lasts.
+                relay_failures = relay_failures.saturating_add(1);
+                let pause = backoff(&ctx.settings, relay_failures);
+                tracing::warn!(%reason, retry_in = ?pause, "relay unavailable; mail stays queued");
+                wait(&cancel, pause, None).await;
+            }
+            None => relay_failures = 0,
         }
     }
     sender.close().await;
@@ -155,10 +179,19 @@ async fn wait(
     }
 }
 
+/// What became of one mail.
+enum Delivered {
+    /// The relay took it; the caller records it with the batch.
+    Sent,
+    /// A failure of this mail, recorded already.
+    Recorded,
+    /// The relay is unavailable; nothing was recorded.
+    RelayDown(String),
+}
+
+/// Sends one mail and records a failure of the mail itself.
 #[tracing::instrument(skip_all, fields(mail.id = mail.id, attempt = mail.attempts))]
-/// Sends one mail; records a failure at once, and returns whether it was delivered
-/// (deliveries are recorded per batch by the caller).
-async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail) -> bool {
+async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail) -> Delivered {
     ctx.pace.wait().await;
     let result = match sign(ctx, mail).await {
         Ok(Some(signed)) => sender.send(&signed).await,
@@ -169,8 +202,9 @@ async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail)
     let recorded = match &result {
         Ok(()) => {
             tracing::debug!("delivered");
-            return true;
+            return Delivered::Sent;
         }
+        Err(SendError::Relay(reason)) => return Delivered::RelayDown(reason.clone()),
         Err(SendError::Permanent(reason)) => {
             tracing::warn!(%reason, "delivery failed permanently");
             ctx.store.mail_failed(mail.id, now, reason).await
@@ -198,7 +232,7 @@ async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail)
         // the one case where a reader may get a mail twice.
         tracing::error!(error = %e, outcome = ?result, "recording the delivery outcome failed");
     }
-    false
+    Delivered::Recorded
 }
 
 /// The mail with its DKIM signature(s), computed on the blocking pool: an RSA

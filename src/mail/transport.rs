@@ -26,6 +26,10 @@ pub enum SendError {
     /// Never try again: the relay answered 5xx, or the mail cannot be sent at all.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The relay cannot be reached or refuses us (connection, greeting, TLS,
+    /// authentication): no fault of this mail, so it costs the mail no attempt.
+    #[error("relay unavailable: {0}")]
+    Relay(String),
 }
 
 /// A connection kept open longer than this is replaced rather than trusted:
@@ -97,7 +101,7 @@ impl Sender {
         let result = self.try_send(relay, &envelope, &mail.message).await;
         match result {
             // A kept-open connection may have died unseen; one fresh try decides.
-            Err(SendError::Transient(_)) if reused => {
+            Err(SendError::Transient(_) | SendError::Relay(_)) if reused => {
                 self.close().await;
                 self.try_send(relay, &envelope, &mail.message).await
             }
@@ -116,7 +120,7 @@ impl Sender {
             None => tokio::time::timeout(self.timeout, connect(relay, self.timeout))
                 .await
                 .map_err(|_| {
-                    SendError::Transient(format!(
+                    SendError::Relay(format!(
                         "connecting to {}:{}: timed out",
                         relay.host, relay.port
                     ))
@@ -151,9 +155,8 @@ impl Sender {
 }
 
 async fn connect(relay: &SmtpRelay, timeout: Duration) -> Result<AsyncSmtpConnection, SendError> {
-    let transient = |e: String| {
-        SendError::Transient(format!("connecting to {}:{}: {e}", relay.host, relay.port))
-    };
+    let transient =
+        |e: String| SendError::Relay(format!("connecting to {}:{}: {e}", relay.host, relay.port));
     let hello = ClientId::default();
     let tls =
         |host: &str| TlsParameters::new(host.to_owned()).map_err(|e| transient(e.to_string()));
@@ -203,11 +206,9 @@ async fn connect(relay: &SmtpRelay, timeout: Duration) -> Result<AsyncSmtpConnec
         conn.auth(mechanisms, &Credentials::new(user.clone(), pass.clone()))
             .await
             .map_err(|e| {
-                if e.is_permanent() {
-                    SendError::Permanent(format!("authentication: {e}"))
-                } else {
-                    transient(e.to_string())
-                }
+                // Even a 535 is the relay's matter (a rotated password), never the
+                // mail's: failing the queue for it would lose it.
+                transient(format!("authentication: {e}"))
             })?;
     }
     Ok(conn)

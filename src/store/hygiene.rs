@@ -128,8 +128,17 @@ impl Store {
             .map(TopicSlug::as_str)
             .collect::<Vec<_>>()
             .join(",");
+        let postgres = self.is_postgres();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            if postgres {
+                // A pass serving this reader right now finishes first, so its digest
+                // is seen below.
+                sqlx::query("SELECT id FROM subscribers WHERE id = $1 FOR UPDATE")
+                    .bind(subscriber_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // One digest a day: if the reader had today's already, a later time
             // today waits for tomorrow.
             let last: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT MAX(slot_at) FROM digests WHERE subscriber_id = $1")
@@ -267,7 +276,7 @@ impl Store {
                 .bind(subscriber_id)
                 .bind(now)
                 .bind(kind)
-                .bind(detail)
+                .bind(detail.replace('\0', "").chars().take(1000).collect::<String>())
                 .execute(&mut *tx)
                 .await?;
             let mark_bounced = match effect {

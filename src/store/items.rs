@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
+use sha2::Digest;
+
 use super::{Store, StoreResult, on_pool};
 use crate::domain::TopicSlug;
 
@@ -78,7 +80,31 @@ impl Store {
             (Some(guid), _) => Some(format!("guid:{guid}")),
             (None, Some(url)) => Some(format!("url:{url}")),
             (None, None) => None,
+        }
+        // A unique index entry has a size limit in PostgreSQL: long keys are hashed.
+        .map(|k| {
+            if k.len() > 500 {
+                format!(
+                    "sha256:{}",
+                    crate::domain::hex(&sha2::Sha256::digest(k.as_bytes()))
+                )
+            } else {
+                k
+            }
+        });
+        // PostgreSQL text cannot hold NUL; no source is allowed to smuggle one in.
+        let clean = |s: &str| s.replace('\0', "");
+        let item = &NewItem {
+            topics: item.topics.clone(),
+            title: clean(&item.title),
+            url: item.url.as_deref().map(clean),
+            summary: item.summary.as_deref().map(clean),
+            body: item.body.as_deref().map(clean),
+            published_at: item.published_at,
+            guid: item.guid.clone(),
+            source: clean(&item.source),
         };
+        let dedup_key = dedup_key.map(|k| clean(&k));
         let postgres = self.is_postgres();
         let id = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;

@@ -145,14 +145,15 @@ impl Store {
         Ok(())
     }
 
-    /// Hands a claimed but unattempted mail back (at shutdown), undoing the claim.
+    /// Hands a claimed mail back without counting the attempt (at shutdown, or
+    /// when the relay is unavailable), noting why if there is a reason.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn mail_release(&self, id: i64) -> StoreResult<()> {
-        let sql = "UPDATE mail_jobs SET locked_until = NULL, attempts = attempts - 1 \
-                   WHERE id = $1 AND status = 'queued'";
-        on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await.map(|r| r.rows_affected()))?;
+    pub async fn mail_release(&self, id: i64, reason: Option<&str>) -> StoreResult<()> {
+        let sql = "UPDATE mail_jobs SET locked_until = NULL, attempts = attempts - 1, \
+                   last_error = COALESCE($2, last_error) WHERE id = $1 AND status = 'queued'";
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(reason).execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 

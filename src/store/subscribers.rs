@@ -555,11 +555,22 @@ impl Store {
     pub async fn purge_pending(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let purged = sqlx::query("DELETE FROM subscribers WHERE status = 'pending' AND updated_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let purged = sqlx::query(
+                "DELETE FROM subscribers WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            // A former reader who signed up again and never confirmed goes back to
+            // unsubscribed: an unconfirmed form must not erase their history.
+            sqlx::query(
+                "UPDATE subscribers SET status = 'unsubscribed' WHERE status = 'pending' \
+                 AND confirmed_at IS NOT NULL AND updated_at < $1",
+            )
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("DELETE FROM tokens WHERE subscriber_id IS NULL AND expires_at < $1")
                 .bind(cutoff - chrono::Duration::days(30))
                 .execute(&mut *tx)

@@ -120,10 +120,10 @@ fn parse_slug(slug: &str) -> Result<TopicSlug, ApiError> {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > 200 {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.contains('\0') {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "name: must be 1 to 200 characters",
+            "name: must be 1 to 200 characters, without NUL",
         ));
     }
     Ok(())
@@ -145,12 +145,13 @@ async fn create_topic(State(state): State<AppState>, body: Bytes) -> Result<Resp
     let t: NewTopic = parse_body(&body)?;
     let slug = parse_slug(&t.slug)?;
     check_name(&t.name)?;
+    let description = text_field("description", t.description, 2000)?;
     let topic = state
         .store
         .create_topic(
             &slug,
             t.name.trim(),
-            t.description.as_deref(),
+            description.as_deref(),
             state.clock.now(),
         )
         .await?;
@@ -180,9 +181,13 @@ async fn update_topic(
     if let Some(name) = &p.name {
         check_name(name)?;
     }
+    let description = match p.description {
+        Some(d) => Some(text_field("description", d, 2000)?),
+        None => None,
+    };
     let change = TopicChange {
         name: p.name.map(|n| n.trim().to_owned()),
-        description: p.description,
+        description,
     };
     match state.store.update_topic(&slug, &change).await? {
         Some(topic) => Ok(Json(topic).into_response()),
@@ -244,6 +249,9 @@ fn unprocessable(field: &str, problem: impl std::fmt::Display) -> ApiError {
 /// Trims a text field; empty means absent. Longer than `max` characters is an error.
 fn text_field(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
     let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if value.as_ref().is_some_and(|v| v.contains('\0')) {
+        return Err(unprocessable(field, "must not contain NUL characters"));
+    }
     if value.as_ref().is_some_and(|v| v.chars().count() > max) {
         return Err(unprocessable(
             field,
@@ -322,6 +330,13 @@ async fn run_digests(State(state): State<AppState>, body: Bytes) -> Result<Respo
             .with_timezone(&chrono::Utc),
         None => state.clock.now(),
     };
+    // The schedule's calendar ends in 2099; a pass beyond it is a typo.
+    if !(2000..=2099).contains(&chrono::Datelike::year(&at)) {
+        return Err(unprocessable(
+            "at",
+            "must lie between the years 2000 and 2099",
+        ));
+    }
     let outcome = state.digester.run_pass(at).await?;
     Ok(Json(outcome).into_response())
 }

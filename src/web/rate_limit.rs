@@ -36,6 +36,15 @@ impl ClientLimiter {
         if self.per_window == 0 {
             return Ok(());
         }
+        // An IPv6 client usually has a whole /64: counted as one.
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+            v4 => v4,
+        };
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() > PRUNE_ABOVE {
@@ -66,6 +75,16 @@ mod tests {
         let wait = l.check(ip).unwrap_err();
         assert!(wait <= WINDOW && wait > Duration::from_secs(50));
         assert!(l.check("192.0.2.2".parse().unwrap()).is_ok());
+        let v6 = ClientLimiter::new(1);
+        assert!(v6.check("2001:db8::1".parse().unwrap()).is_ok());
+        assert!(
+            v6.check("2001:db8::2".parse().unwrap()).is_err(),
+            "the same /64"
+        );
+        assert!(
+            v6.check("2001:db8:0:1::1".parse().unwrap()).is_ok(),
+            "another /64"
+        );
         let off = ClientLimiter::new(0);
         assert!((0..100).all(|_| off.check(ip).is_ok()));
     }
