@@ -578,7 +578,34 @@ async fn stats_count_readers_queue_and_digests(backend: Backend) {
     assert!(metrics.contains("postbote_mails{kind=\"digest\",status=\"sent\"} 1"));
 }
 
+async fn the_first_digest_reaches_back_the_look_back_before_confirmation(backend: Backend) {
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    clock.set(utc("2027-04-30T06:00:00Z"));
+    app.post_item(&["wirtschaft"], "Vor 26 Stunden").await;
+    clock.set(utc("2027-04-30T10:00:00Z"));
+    app.post_item(&["wirtschaft"], "Vor 22 Stunden").await;
+    clock.set(utc("2027-05-01T08:00:00Z"));
+    // Confirmed now, with the default look-back of 24 hours.
+    app.reader(
+        "neu@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        utc("2027-05-01T08:00:00Z"),
+    )
+    .await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (1, 1));
+    let got = delivered(&app, &sink).await;
+    let text = text(&got["neu@example.org"][0]);
+    assert!(
+        text.contains("Vor 22 Stunden") && !text.contains("Vor 26 Stunden"),
+        "{text}"
+    );
+}
+
 on_both_backends!(
+    the_first_digest_reaches_back_the_look_back_before_confirmation,
     readers_get_their_digest_at_their_own_local_time,
     a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days,
     a_digest_lists_the_chosen_topics_once_escaped_and_intact,
