@@ -116,7 +116,18 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
         let mut mails = batch.into_iter().peekable();
         let mut sent = Vec::with_capacity(BATCH as usize);
         let mut relay_down = None;
+        let mut recorded_at = std::time::Instant::now();
         while let Some(mail) = mails.peek() {
+            // A slow batch records what it delivered as it goes, so that a shutdown
+            // or crash during a slow send repeats as little as possible.
+            if !sent.is_empty() && recorded_at.elapsed() > Duration::from_secs(1) {
+                if let Err(e) = ctx.store.mails_sent(&sent, ctx.clock.now()).await {
+                    tracing::warn!(error = %e, "recording deliveries failed; retried with the batch");
+                } else {
+                    sent.clear();
+                }
+                recorded_at = std::time::Instant::now();
+            }
             match deliver(&ctx, &mut sender, mail).await {
                 Delivered::Sent => sent.push(mail.id),
                 Delivered::Recorded => {}
