@@ -223,20 +223,7 @@ async fn change(
     }
     let now = state.clock.now();
     if one("action") == "unsubscribe" {
-        return match state.store.unsubscribe(token.subscriber_id, now).await {
-            Ok(Some(locale)) => message(&state, StatusCode::OK, locale, "unsubscribed", true),
-            Ok(None) => message(
-                &state,
-                StatusCode::NOT_FOUND,
-                page_locale,
-                "unknown_link",
-                true,
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "unsubscribing failed");
-                internal_error(&state, page_locale)
-            }
-        };
+        return super::unsubscribe::unsubscribe_now(&state, token.subscriber_id, page_locale).await;
     }
 
     let locale = Locale::parse(one("locale")).unwrap_or(page_locale);

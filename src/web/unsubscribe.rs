@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::pages::{LangQuery, internal_error, message, negotiate, render};
+use crate::domain::Locale;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -84,17 +85,27 @@ async fn unsubscribe(
             true,
         );
     };
+    unsubscribe_now(&state, token.subscriber_id, page_locale).await
+}
+
+/// Unsubscribes a reader and answers with the page saying so (also used by the
+/// preferences page's "unsubscribe from everything").
+pub(super) async fn unsubscribe_now(
+    state: &AppState,
+    subscriber_id: i64,
+    page_locale: Locale,
+) -> Response {
     match state
         .store
-        .unsubscribe(token.subscriber_id, state.clock.now())
+        .unsubscribe(subscriber_id, state.clock.now())
         .await
     {
         Ok(Some(locale)) => {
-            tracing::info!(subscriber.id = token.subscriber_id, "unsubscribed");
-            message(&state, StatusCode::OK, locale, "unsubscribed", true)
+            tracing::info!(subscriber.id = subscriber_id, "unsubscribed");
+            message(state, StatusCode::OK, locale, "unsubscribed", true)
         }
         Ok(None) => message(
-            &state,
+            state,
             StatusCode::NOT_FOUND,
             page_locale,
             "unknown_link",
@@ -102,7 +113,7 @@ async fn unsubscribe(
         ),
         Err(e) => {
             tracing::error!(error = %e, "unsubscribing failed");
-            internal_error(&state, page_locale)
+            internal_error(state, page_locale)
         }
     }
 }
