@@ -64,6 +64,7 @@ impl App {
             .await
             .context("Failed to apply the database migrations")?;
         seed_topics(&store, &config, clock.now()).await?;
+        let topics = store.list_topics(true).await?;
         for feed in &config.feeds {
             let spec = crate::store::FeedSpec {
                 name: feed.name.clone(),
@@ -72,13 +73,8 @@ impl App {
                 schedule: feed.schedule.clone(),
                 next_poll_at: clock.now(),
             };
-            if !config.topics.iter().any(|t| t.slug == feed.topic)
-                && !store
-                    .list_topics(true)
-                    .await?
-                    .iter()
-                    .any(|t| t.slug == feed.topic.as_str())
-            {
+            // The configured topics are stored above, so the store knows them all.
+            if !topics.iter().any(|t| t.slug == feed.topic.as_str()) {
                 anyhow::bail!(
                     "configuration: feeds: feed {:?} names topic {:?}, which does not exist",
                     feed.name,

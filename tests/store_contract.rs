@@ -392,7 +392,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
     );
 
     let (first, second) = (claimed[0].id, claimed[1].id);
-    store.mail_sent(first, t0()).await.unwrap();
+    store.mails_sent(&[first], t0()).await.unwrap();
     store
         .mail_retry(second, t0() + Duration::hours(1), "421 busy")
         .await

@@ -82,19 +82,8 @@ impl Store {
         Ok(mails)
     }
 
-    /// Records a delivery and drops the message body: it may hold a link token, and
-    /// only the history is needed from now on.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn mail_sent(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()> {
-        let sql = "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, \
-                   last_error = NULL, finished_at = $2 WHERE id = $1";
-        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(now).execute(pool).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
-    /// Records the delivery of several mails in one statement (see [`Store::mail_sent`]).
+    /// Records the delivery of mails in one statement and drops their bodies: they
+    /// may hold a link token, and only the history is needed from now on.
     ///
     /// # Errors
     /// When the database fails.

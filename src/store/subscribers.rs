@@ -601,8 +601,9 @@ pub struct ImportedSubscriber {
 }
 
 impl Store {
-    /// Stores a subscriber as confirmed, with the consent proof the source gives.
-    /// An address already stored is left alone: `None` then, else the new id.
+    /// Stores one subscriber as confirmed, with the consent proof the source gives
+    /// (see [`Store::import_batch`]). An address already stored or suppressed is
+    /// left alone: `None` then, else the new id.
     ///
     /// # Errors
     /// When the database fails.
@@ -612,66 +613,14 @@ impl Store {
         now: DateTime<Utc>,
         lookback: chrono::Duration,
     ) -> StoreResult<Option<i64>> {
-        let schedule = s.schedule;
-        let topics = s
-            .topics
-            .iter()
-            .map(TopicSlug::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, weekdays, created_at, \
-                 updated_at, confirmed_at, confirmed_ip, next_slot_at, last_item_id) \
-                 VALUES ($1, 'confirmed', $2, $3, $4, $5, $6, $6, $7, $8, $9, \
-                 COALESCE((SELECT MAX(id) FROM items WHERE created_at < $10), 0)) \
-                 ON CONFLICT (email) DO NOTHING RETURNING id",
-            )
-            .bind(s.email.as_str())
-            .bind(s.locale.as_str())
-            .bind(schedule.time.to_string())
-            .bind(schedule.timezone.to_string())
-            .bind(schedule.weekdays.bits())
-            .bind(now)
-            .bind(s.consent_at)
-            .bind(&s.consent_ip)
-            .bind(schedule.next_after(now))
-            .bind(now - lookback)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            for slug in &s.topics {
-                sqlx::query(
-                    "INSERT INTO subscriber_topics (subscriber_id, topic_id) \
-                     SELECT $1, id FROM topics WHERE slug = $2 ON CONFLICT DO NOTHING",
-                )
-                .bind(id)
-                .bind(slug.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(
-                "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
-                 consent_text, topics, delivery_time, timezone, locale) \
-                 VALUES ($1, $2, $3, NULL, 'import', $4, $5, $6, $7, $8)",
-            )
-            .bind(id)
-            .bind(s.consent_at)
-            .bind(&s.consent_ip)
-            .bind(format!("consent given before import ({})", s.source))
-            .bind(topics)
-            .bind(schedule.time.to_string())
-            .bind(schedule.timezone.to_string())
-            .bind(s.locale.as_str())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Some(id))
-        })
+        match self
+            .import_batch(std::slice::from_ref(s), now, lookback)
+            .await?
+            .first()
+        {
+            Some(ImportResult::Imported) => self.subscriber_id(s.email.as_str()).await,
+            _ => Ok(None),
+        }
     }
 }
 
