@@ -85,6 +85,8 @@ struct FilePolling {
 struct FileSubmissions {
     address: Option<String>,
     allowed_senders: Vec<String>,
+    authserv_id: Option<String>,
+    verify_dkim: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,6 +282,27 @@ pub struct SubmissionSettings {
     pub address: Option<String>,
     /// Senders allowed to submit: full addresses or `@domain`.
     pub allowed_senders: Vec<String>,
+    /// The authserv-id of our own MTA's `Authentication-Results` headers: only
+    /// those count as proof that the sender's domain passed DMARC or DKIM.
+    pub authserv_id: Option<String>,
+    /// Whether postbote verifies DKIM signatures itself (DNS through the system
+    /// resolver) when the MTA's results do not authenticate the sender.
+    pub verify_dkim: bool,
+}
+
+impl SubmissionSettings {
+    /// Whether `from` (lower-cased) is an allowed sender: listed, or of a listed
+    /// `@domain`.
+    pub fn allows(&self, from: &str) -> bool {
+        !from.is_empty()
+            && self.allowed_senders.iter().any(|a| {
+                if a.starts_with('@') {
+                    from.ends_with(a.as_str())
+                } else {
+                    a == from
+                }
+            })
+    }
 }
 
 /// What bounces do.
@@ -671,6 +694,16 @@ impl Config {
                 .iter()
                 .map(|s| s.trim().to_ascii_lowercase())
                 .collect(),
+            authserv_id: match file.submissions.authserv_id {
+                Some(id) if id.trim().is_empty() || id.contains([';', ' ', '\t']) => {
+                    return Err(ConfigError::new(
+                        "submissions.authserv_id",
+                        "must be the authserv-id your MTA writes into Authentication-Results, e.g. mx.example.org",
+                    ));
+                }
+                other => other.map(|id| id.trim().to_owned()),
+            },
+            verify_dkim: file.submissions.verify_dkim.unwrap_or(true),
         };
 
         let mut topics = Vec::with_capacity(file.topics.len());

@@ -160,6 +160,21 @@ async fn inbound(config: Option<&std::path::Path>, recipient: Option<&str>) -> E
             println!("item {id}{}", if new { "" } else { " (stored before)" });
             ExitCode::SUCCESS
         }
+        Ok(Outcome::Unverified { claimed }) => {
+            println!("unverified: {claimed} without signed evidence recorded; nobody changed");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Held { id, new }) => {
+            println!(
+                "held: submission {id}{} waits for approval (sender not authenticated)",
+                if new { "" } else { " (stored before)" }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Refused(why)) => {
+            println!("refused: {why}");
+            ExitCode::SUCCESS
+        }
         Ok(Outcome::Ignored(why)) => {
             tracing::info!(why, "inbound message ignored");
             println!("ignored: {why}");

@@ -359,6 +359,10 @@ fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str) -> (i
     )
 }
 
+/// The inbound configuration of the submission tests: our MTA's authserv-id, no
+/// DNS (postbote's own DKIM check is off).
+const SUBMISSIONS: &str = "[submissions]\naddress = \"presse+{topic}@news.example.org\"\nallowed_senders = [\"pr@agentur.example\", \"@trusted.example\"]\nauthserv_id = \"mx.news.example.org\"\nverify_dkim = false\n";
+
 async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
@@ -378,10 +382,11 @@ async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Bac
     )
     .await;
     let file = db.dir.path().join("inbound.toml");
-    std::fs::write(&file, "[submissions]\naddress = \"presse+{topic}@news.example.org\"\nallowed_senders = [\"pr@agentur.example\", \"@trusted.example\"]\n").unwrap();
+    std::fs::write(&file, SUBMISSIONS).unwrap();
     let to = "presse+wirtschaft@news.example.org";
 
-    let plain = "From: PR <pr@agentur.example>\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Neues Werk in Görlitz <script>x</script>\r\nMessage-ID: <pm-1@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nDie Firma eröffnet ein Werk.\r\n\r\nWeitere Details folgen.\r\n";
+    // Our MTA checked DMARC and said so under its own authserv-id.
+    let plain = "Authentication-Results: mx.news.example.org; dkim=pass header.d=agentur.example; dmarc=pass header.from=agentur.example\r\nFrom: PR <pr@agentur.example>\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Neues Werk in Görlitz <script>x</script>\r\nMessage-ID: <pm-1@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nDie Firma eröffnet ein Werk.\r\n\r\nWeitere Details folgen.\r\n";
     let (code, out) = inbound(&db, &file, to, plain);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("item "), "{out}");
@@ -399,10 +404,10 @@ async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Bac
     assert_eq!(code, 0);
     assert!(out.contains("not allowed"), "{out}");
 
-    let html_only = "From: news@trusted.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Nur HTML\r\nMessage-ID: <pm-3@trusted.example>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Erster <b>Absatz</b>.</p><img src=\"https://t.example/p.gif\"><p>Zweiter.</p></body></html>\r\n";
+    let html_only = "Authentication-Results: mx.news.example.org; dkim=pass header.d=trusted.example\r\nFrom: news@trusted.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Nur HTML\r\nMessage-ID: <pm-3@trusted.example>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Erster <b>Absatz</b>.</p><img src=\"https://t.example/p.gif\"><p>Zweiter.</p></body></html>\r\n";
     assert_eq!(inbound(&db, &file, to, html_only).0, 0);
 
-    let with_attachment = "From: pr@agentur.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Mit Anhang\r\nMessage-ID: <pm-4@agentur.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText der Meldung.\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"pm.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n";
+    let with_attachment = "Authentication-Results: mx.news.example.org; dmarc=pass header.from=agentur.example\r\nFrom: pr@agentur.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Mit Anhang\r\nMessage-ID: <pm-4@agentur.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText der Meldung.\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"pm.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n";
     assert_eq!(inbound(&db, &file, to, with_attachment).0, 0);
 
     let all = items(&app).await;
@@ -473,7 +478,166 @@ async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Bac
     );
 }
 
+async fn submissions(app: &TestApp, status: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = app
+        .admin(
+            reqwest::Method::GET,
+            &format!("/submissions?status={status}"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    v["submissions"].as_array().unwrap().clone()
+}
+
+async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    let t0 = utc("2027-05-03T06:00:00Z");
+    let app = TestApp::spawn_with_clock(config, Arc::new(ManualClock::new(t0))).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    app.reader(
+        "leser@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        t0,
+    )
+    .await;
+    let file = db.dir.path().join("inbound.toml");
+    std::fs::write(&file, SUBMISSIONS).unwrap();
+    let to = "presse+wirtschaft@news.example.org";
+    let message = |headers: &str, id: &str, subject: &str| {
+        format!(
+            "{headers}To: {to}\r\nSubject: {subject}\r\nMessage-ID: <{id}@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText von {subject}.\r\n"
+        )
+    };
+
+    // mail-parser reads the LAST of two From headers: the attacker puts the
+    // allowed sender second. Refused, and recorded as refused.
+    let two_froms = message(
+        "Authentication-Results: mx.news.example.org; dmarc=pass header.from=agentur.example\r\nFrom: a@attacker.example\r\nFrom: pr@agentur.example\r\n",
+        "two",
+        "Zwei Absender",
+    );
+    let (code, out) = inbound(&db, &file, to, &two_froms);
+    assert_eq!((code, out.starts_with("refused")), (0, true), "{out}");
+    let both_in_one = message(
+        "From: a@attacker.example, pr@agentur.example\r\n",
+        "one-header",
+        "Zwei in einem",
+    );
+    let (_, out) = inbound(&db, &file, to, &both_in_one);
+    assert!(out.starts_with("refused"), "{out}");
+    let refused = submissions(&app, "refused").await;
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(
+        refused[0]["sender"]
+            .as_str()
+            .unwrap()
+            .contains("a@attacker.example")
+    );
+
+    // Authentication-Results of someone else's authserv-id are the sender's to write.
+    let foreign = message(
+        "Authentication-Results: mx.attacker.example; dmarc=pass header.from=agentur.example\r\nFrom: pr@agentur.example\r\n",
+        "foreign",
+        "Fremde Prüfung",
+    );
+    let (_, out) = inbound(&db, &file, to, &foreign);
+    assert!(out.starts_with("held"), "{out}");
+    // An allowed sender with no authentication at all: held as well.
+    let bare = message("From: pr@agentur.example\r\n", "bare", "Ohne Prüfung");
+    let (_, out) = inbound(&db, &file, to, &bare);
+    assert!(out.starts_with("held"), "{out}");
+    let (_, again) = inbound(&db, &file, to, &bare);
+    assert!(again.contains("stored before"), "{again}");
+    // A DKIM pass of another domain is not aligned with the From domain.
+    let unaligned = message(
+        "Authentication-Results: mx.news.example.org; dkim=pass header.d=attacker.example\r\nFrom: pr@agentur.example\r\n",
+        "unaligned",
+        "Fremde Signatur",
+    );
+    assert!(inbound(&db, &file, to, &unaligned).1.starts_with("held"));
+    // Our MTA's aligned DKIM pass: published at once.
+    let aligned = message(
+        "Authentication-Results: mx.news.example.org; dkim=pass header.d=agentur.example header.s=2027\r\nFrom: PR <pr@agentur.example>\r\n",
+        "aligned",
+        "Geprüfte Meldung",
+    );
+    assert!(inbound(&db, &file, to, &aligned).1.starts_with("item "));
+
+    let titles = |items: &[serde_json::Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(titles(&items(&app).await), ["Geprüfte Meldung"]);
+    let held = submissions(&app, "held").await;
+    assert_eq!(
+        titles(&held),
+        ["Fremde Prüfung", "Ohne Prüfung", "Fremde Signatur"]
+    );
+    // Held items are on no page.
+    assert_eq!(
+        app.http
+            .get(app.url("/items/999"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // The operator approves one and rejects another.
+    let approve = |id: &serde_json::Value, action: &str| {
+        let path = format!("/submissions/{id}/{action}");
+        let app = &app;
+        async move { app.admin(reqwest::Method::POST, &path, None).await }
+    };
+    let r = approve(&held[1]["id"], "approve").await;
+    assert_eq!(r.status(), 200);
+    let approved: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(approved["status"], "approved");
+    assert!(approved["item_id"].is_i64());
+    assert_eq!(approve(&held[1]["id"], "approve").await.status(), 409);
+    assert_eq!(approve(&held[0]["id"], "reject").await.status(), 200);
+    assert_eq!(approve(&held[0]["id"], "approve").await.status(), 409);
+    assert_eq!(
+        approve(&serde_json::json!(999_999), "approve")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        titles(&submissions(&app, "held").await),
+        ["Fremde Signatur"]
+    );
+
+    // The next digest lists the published and the approved item, and nothing held.
+    app.run_pass("2027-05-04T05:00:00Z").await;
+    let raw = sink.wait_for(1).await.into_iter().next().unwrap();
+    let text = parse(&raw).body_text(0).unwrap().into_owned();
+    assert!(text.contains("Geprüfte Meldung"), "{text}");
+    assert!(text.contains("Ohne Prüfung"), "{text}");
+    for absent in [
+        "Fremde Prüfung",
+        "Fremde Signatur",
+        "Zwei Absender",
+        "Zwei in einem",
+    ] {
+        assert!(!text.contains(absent), "{absent}: {text}");
+    }
+}
+
 on_both_backends!(
+    mailed_in_items_are_published_only_with_one_authenticated_from,
     feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contained,
     press_releases_mailed_in_from_allowed_senders_become_items,
 );

@@ -236,18 +236,164 @@ async fn a_postfix_hard_bounce_to_the_verp_address_marks_the_reader_bounced_and_
     assert!(!inbox.suppressed("nachbar@example.com").await);
 }
 
-async fn a_hard_bounce_without_a_verp_address_is_matched_by_final_recipient(backend: Backend) {
+async fn a_forged_dsn_to_a_plain_address_of_the_bounce_domain_changes_nobody(backend: Backend) {
     let inbox = Inbox::new(backend).await;
     inbox.reader("leser@example.com").await;
 
+    // Anybody can write this report: nothing in it was signed by postbote.
     let dsn = fixture(
         "postfix_hard.eml",
         &[("ADDRESS", "leser@example.com"), ("VERP", PLAIN_BOUNCE)],
     );
-    assert_handled(&inbox.run(dsn, None).await, "hard_bounce");
+    for to in [None, Some(PLAIN_BOUNCE), Some("fbl@bounces.example.org")] {
+        let run = inbox.run(dsn.clone(), to).await;
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert!(run.stdout.starts_with("unverified"), "{run:?}");
+    }
 
-    assert_eq!(inbox.status("leser@example.com").await, "bounced");
-    assert!(inbox.suppressed("leser@example.com").await);
+    assert_eq!(inbox.status("leser@example.com").await, "confirmed");
+    assert!(!inbox.suppressed("leser@example.com").await);
+    // Recorded for the operator to see, as unverified.
+    let events = inbox.events("leser@example.com").await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|(kind, detail)| kind == "unverified_report"
+                && detail.starts_with("hard_bounce")
+                && detail.contains("5.1.1")),
+        "{events:?}"
+    );
+    let stats = inbox.store.stats().await.unwrap();
+    assert_eq!(stats.mail_events.get("unverified_report"), Some(&3));
+    assert_eq!(stats.mail_events.get("hard_bounce"), None);
+}
+
+async fn a_dsn_to_the_attackers_own_verp_address_naming_a_victim_bounces_only_the_attacker(
+    backend: Backend,
+) {
+    let inbox = Inbox::new(backend).await;
+    let attacker = inbox.reader("angreifer@example.net").await;
+    inbox.reader("opfer@example.com").await;
+    let verp = inbox.verp(attacker);
+
+    // A genuine VERP address (the attacker's own) and the victim as the failed
+    // recipient, in the report and in the returned original.
+    let dsn = fixture(
+        "postfix_hard.eml",
+        &[("ADDRESS", "opfer@example.com"), ("VERP", &verp)],
+    );
+    assert_handled(&inbox.run(dsn, Some(&verp)).await, "hard_bounce");
+
+    assert_eq!(inbox.status("opfer@example.com").await, "confirmed");
+    assert!(!inbox.suppressed("opfer@example.com").await);
+    assert!(inbox.events("opfer@example.com").await.is_empty());
+    // The only reader the signed address names is the one who forged it.
+    assert_eq!(inbox.status("angreifer@example.net").await, "bounced");
+    let events = inbox.events("angreifer@example.net").await;
+    assert!(events[0].1.contains("names another reader"), "{events:?}");
+}
+
+async fn an_arf_report_to_the_attackers_verp_address_with_the_victim_in_the_attached_to_spares_the_victim(
+    backend: Backend,
+) {
+    let inbox = Inbox::new(backend).await;
+    let attacker = inbox.reader("angreifer@example.net").await;
+    inbox.reader("opfer@mail.example.net").await;
+    let verp = inbox.verp(attacker);
+
+    let report = fixture(
+        "arf_headers.eml",
+        &[("ADDRESS", "opfer@mail.example.net"), ("VERP", &verp)],
+    );
+    assert_handled(&inbox.run(report, Some(&verp)).await, "complaint");
+
+    assert_eq!(inbox.status("opfer@mail.example.net").await, "confirmed");
+    assert!(!inbox.suppressed("opfer@mail.example.net").await);
+    assert!(inbox.events("opfer@mail.example.net").await.is_empty());
+    assert_eq!(inbox.status("angreifer@example.net").await, "unsubscribed");
+}
+
+/// An ARF report of a feedback loop (sent to a fixed address, the original
+/// envelope sender not kept) with the returned headers of our digest: only the
+/// signed `List-Unsubscribe` token names the reader.
+fn fbl_report(to: &str, unsubscribe_url: &str) -> Vec<u8> {
+    let report = String::from_utf8(fixture(
+        "arf_headers.eml",
+        &[("ADDRESS", to), ("VERP", "newsletter@example.org")],
+    ))
+    .unwrap();
+    let fake = "https://news.example.org/unsubscribe/7.4b1f0c2e9d8a7b6c5d4e3f2a1b0c9d8e";
+    assert!(report.contains(fake));
+    report.replace(fake, unsubscribe_url).into_bytes()
+}
+
+fn unsubscribe_url(inbox: &Inbox, id: i64) -> String {
+    format!(
+        "https://news.example.org/unsubscribe/{}",
+        inbox.composer.link_key().manage_token(id).as_str()
+    )
+}
+
+async fn an_arf_report_to_a_plain_address_carrying_our_signed_list_unsubscribe_unsubscribes_that_reader(
+    backend: Backend,
+) {
+    let inbox = Inbox::new(backend).await;
+    let id = inbox.reader("leser@mail.example.net").await;
+    inbox.reader("nachbar@mail.example.net").await;
+
+    // The recipient is redacted, as Yahoo and Microsoft do.
+    let report = fbl_report("redacted@mail.example.net", &unsubscribe_url(&inbox, id));
+    assert_handled(
+        &inbox.run(report, Some("fbl@bounces.example.org")).await,
+        "complaint",
+    );
+    assert_eq!(inbox.status("leser@mail.example.net").await, "unsubscribed");
+    assert!(inbox.suppressed("leser@mail.example.net").await);
+    assert_eq!(inbox.status("nachbar@mail.example.net").await, "confirmed");
+
+    // The same report with a token whose MAC is made up, naming the neighbour in
+    // the returned To: changes nobody.
+    let neighbour = inbox
+        .store
+        .subscriber_id("nachbar@mail.example.net")
+        .await
+        .unwrap()
+        .unwrap();
+    let forged = format!(
+        "https://news.example.org/unsubscribe/{neighbour}.{}",
+        "ab".repeat(16)
+    );
+    let report = fbl_report("nachbar@mail.example.net", &forged);
+    let run = inbox.run(report, Some("fbl@bounces.example.org")).await;
+    assert!(run.stdout.starts_with("unverified"), "{run:?}");
+    assert_eq!(inbox.status("nachbar@mail.example.net").await, "confirmed");
+    assert!(!inbox.suppressed("nachbar@mail.example.net").await);
+}
+
+async fn a_signed_token_inside_wins_over_the_verp_address_only_when_it_verifies(backend: Backend) {
+    let inbox = Inbox::new(backend).await;
+    let verp_reader = inbox.reader("verp@mail.example.net").await;
+    let token_reader = inbox.reader("token@mail.example.net").await;
+    let verp = inbox.verp(verp_reader);
+
+    // A made-up token for the other reader: the VERP reader is the one.
+    let forged = format!(
+        "https://news.example.org/unsubscribe/{token_reader}.{}",
+        "cd".repeat(16)
+    );
+    let report = fbl_report("token@mail.example.net", &forged);
+    assert_handled(&inbox.run(report, Some(&verp)).await, "complaint");
+    assert_eq!(inbox.status("verp@mail.example.net").await, "unsubscribed");
+    assert_eq!(inbox.status("token@mail.example.net").await, "confirmed");
+
+    // A genuine token: the returned mail was the other reader's.
+    let report = fbl_report(
+        "token@mail.example.net",
+        &unsubscribe_url(&inbox, token_reader),
+    );
+    assert_handled(&inbox.run(report, Some(&verp)).await, "complaint");
+    assert_eq!(inbox.status("token@mail.example.net").await, "unsubscribed");
 }
 
 async fn an_exim_bounce_for_a_forwarded_address_finds_the_reader_by_the_verp_envelope_recipient(
@@ -268,57 +414,69 @@ async fn an_exim_bounce_for_a_forwarded_address_finds_the_reader_by_the_verp_env
             ("VERP", &verp),
         ],
     );
-    // Without the envelope recipient the DSN names nobody postbote knows.
-    assert_ignored(&inbox.run(dsn.clone(), None).await);
+    // Without the envelope recipient only the returned original's To: names the
+    // reader: no evidence, so it is recorded as unverified and changes nothing.
+    let run = inbox.run(dsn.clone(), None).await;
+    assert!(run.stdout.starts_with("unverified"), "{run:?}");
     assert_eq!(inbox.status("leser@example.com").await, "confirmed");
 
     assert_handled(&inbox.run(dsn, Some(&verp)).await, "hard_bounce");
     assert_eq!(inbox.status("leser@example.com").await, "bounced");
     assert!(inbox.suppressed("leser@example.com").await);
     let events = inbox.events("leser@example.com").await;
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].0, "hard_bounce");
-    assert!(events[0].1.contains("5.0.0"), "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "unverified_report");
+    assert_eq!(events[1].0, "hard_bounce");
+    assert!(events[1].1.contains("5.0.0"), "{events:?}");
 }
 
-async fn an_exchange_bounce_with_no_verp_address_is_matched_by_original_recipient(
+async fn an_exchange_bounce_with_no_verp_address_is_recorded_as_unverified_and_changes_nobody(
     backend: Backend,
 ) {
     let inbox = Inbox::new(backend).await;
     inbox.reader("leser@contoso.com").await;
 
     // Final-Recipient is the tenant's internal routing address; only
-    // Original-Recipient names the reader.
+    // Original-Recipient names the reader, and that is no evidence.
     let ndr = fixture(
         "exchange_hard.eml",
         &[("ADDRESS", "leser@contoso.com"), ("VERP", PLAIN_BOUNCE)],
     );
-    assert_handled(&inbox.run(ndr, None).await, "hard_bounce");
+    let run = inbox.run(ndr, None).await;
+    assert!(run.stdout.starts_with("unverified"), "{run:?}");
 
-    assert_eq!(inbox.status("leser@contoso.com").await, "bounced");
-    assert!(inbox.suppressed("leser@contoso.com").await);
+    assert_eq!(inbox.status("leser@contoso.com").await, "confirmed");
+    assert!(!inbox.suppressed("leser@contoso.com").await);
     let events = inbox.events("leser@contoso.com").await;
+    assert_eq!(events[0].0, "unverified_report", "{events:?}");
     assert!(events[0].1.contains("5.1.10"), "{events:?}");
 }
 
-async fn delay_warnings_are_soft_bounces_and_the_second_within_the_window_marks_the_reader_bounced(
+async fn delay_warnings_are_soft_bounces_counted_once_per_message_and_the_second_message_within_the_window_marks_the_reader_bounced(
     backend: Backend,
 ) {
     let inbox = Inbox::new(backend).await;
     let id = inbox.reader("leser@example.com").await;
-    let warning = || {
-        fixture(
+    // A warning about one of our mails, named by its Message-ID.
+    let warning = |message: &str| {
+        String::from_utf8(fixture(
             "delayed.eml",
             &[("ADDRESS", "leser@example.com"), ("VERP", &inbox.verp(id))],
-        )
+        ))
+        .unwrap()
+        .replace("3f9a1c27e4b05d8812aa09c1d7e6f340", message)
+        .into_bytes()
     };
 
-    assert_handled(&inbox.run(warning(), None).await, "soft_bounce");
+    assert_handled(&inbox.run(warning("digest-1"), None).await, "soft_bounce");
     assert_eq!(inbox.status("leser@example.com").await, "confirmed");
     assert!(!inbox.suppressed("leser@example.com").await);
+    // The MTA warns again about the same message: still one soft bounce.
+    assert_handled(&inbox.run(warning("digest-1"), None).await, "soft_bounce");
+    assert_eq!(inbox.status("leser@example.com").await, "confirmed");
 
-    // soft_threshold = 2
-    assert_handled(&inbox.run(warning(), None).await, "soft_bounce");
+    // soft_threshold = 2: a second message with trouble condemns the address.
+    assert_handled(&inbox.run(warning("digest-2"), None).await, "soft_bounce");
     assert_eq!(inbox.status("leser@example.com").await, "bounced");
     assert!(inbox.suppressed("leser@example.com").await);
     let kinds: Vec<String> = inbox
@@ -330,7 +488,7 @@ async fn delay_warnings_are_soft_bounces_and_the_second_within_the_window_marks_
             kind
         })
         .collect();
-    assert_eq!(kinds, ["soft_bounce", "soft_bounce"]);
+    assert_eq!(kinds, ["soft_bounce", "soft_bounce", "soft_bounce"]);
 }
 
 async fn a_5_7_1_policy_rejection_is_recorded_but_leaves_the_reader_subscribed(backend: Backend) {
@@ -599,10 +757,14 @@ on_both_backends!(
     feedback_reports_that_are_no_complaints_change_nothing,
     a_complaint_with_a_redacted_recipient_is_matched_by_the_verp_address,
     a_postfix_hard_bounce_to_the_verp_address_marks_the_reader_bounced_and_suppresses_the_address,
-    a_hard_bounce_without_a_verp_address_is_matched_by_final_recipient,
+    a_forged_dsn_to_a_plain_address_of_the_bounce_domain_changes_nobody,
+    a_dsn_to_the_attackers_own_verp_address_naming_a_victim_bounces_only_the_attacker,
+    an_arf_report_to_the_attackers_verp_address_with_the_victim_in_the_attached_to_spares_the_victim,
+    an_arf_report_to_a_plain_address_carrying_our_signed_list_unsubscribe_unsubscribes_that_reader,
+    a_signed_token_inside_wins_over_the_verp_address_only_when_it_verifies,
     an_exim_bounce_for_a_forwarded_address_finds_the_reader_by_the_verp_envelope_recipient,
-    an_exchange_bounce_with_no_verp_address_is_matched_by_original_recipient,
-    delay_warnings_are_soft_bounces_and_the_second_within_the_window_marks_the_reader_bounced,
+    an_exchange_bounce_with_no_verp_address_is_recorded_as_unverified_and_changes_nobody,
+    delay_warnings_are_soft_bounces_counted_once_per_message_and_the_second_message_within_the_window_marks_the_reader_bounced,
     a_5_7_1_policy_rejection_is_recorded_but_leaves_the_reader_subscribed,
     an_arf_complaint_with_the_original_headers_unsubscribes_and_suppresses_the_reader,
     an_arf_complaint_with_the_full_original_unsubscribes_and_suppresses_the_reader,

@@ -48,36 +48,106 @@ pub fn address(value: &str) -> String {
 /// One recipient's outcome in a delivery status notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientStatus {
-    /// `failed`, `delayed`, `delivered`, `relayed` or `expanded`.
+    /// `failed`, `delayed`, `delivered`, `relayed` or `expanded` (comments and
+    /// the non-standard `failure` normalised away).
     pub action: String,
-    /// Enhanced status code, e.g. `5.1.1`.
+    /// Enhanced status code, e.g. `5.1.1`; a bare SMTP reply code such as `553`
+    /// becomes `5.5.3`; empty when the report gives none.
     pub status: String,
-    /// `Final-Recipient`, address only.
+    /// `Final-Recipient`, when it is an internet address (`rfc822;`).
     pub final_recipient: Option<String>,
-    /// `Original-Recipient`, address only.
+    /// `Original-Recipient`, when it is an internet address.
     pub original_recipient: Option<String>,
     /// `Diagnostic-Code`, as given.
     pub diagnostic: Option<String>,
 }
 
-/// The per-recipient blocks of a `message/delivery-status` body.
+impl RecipientStatus {
+    /// Whether delivery to this recipient did not succeed.
+    pub fn is_failure(&self) -> bool {
+        matches!(self.action.as_str(), "failed" | "delayed")
+    }
+}
+
+/// The per-recipient blocks of a `message/delivery-status` body: failures first
+/// (a report may list recipients that were delivered beside the one that failed),
+/// then delays, then the rest.
 pub fn delivery_status(body: &[u8]) -> Vec<RecipientStatus> {
-    blocks(body)
+    let mut statuses: Vec<RecipientStatus> = blocks(body)
         .iter()
         .filter(|f| field(f, "action").is_some())
-        .map(|f| RecipientStatus {
-            action: field(f, "action").unwrap_or_default().to_ascii_lowercase(),
-            status: field(f, "status")
-                .unwrap_or_default()
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-            final_recipient: field(f, "final-recipient").map(address),
-            original_recipient: field(f, "original-recipient").map(address),
-            diagnostic: field(f, "diagnostic-code").map(str::to_owned),
+        .map(|f| {
+            let diagnostic = field(f, "diagnostic-code").map(str::to_owned);
+            let status = field(f, "status")
+                .and_then(status_code)
+                .or_else(|| diagnostic.as_deref().and_then(status_code))
+                .unwrap_or_default();
+            RecipientStatus {
+                action: action(field(f, "action").unwrap_or_default()),
+                status,
+                final_recipient: field(f, "final-recipient").and_then(internet_address),
+                original_recipient: field(f, "original-recipient").and_then(internet_address),
+                diagnostic,
+            }
         })
-        .collect()
+        .collect();
+    statuses.sort_by_key(|s| match s.action.as_str() {
+        "failed" => 0,
+        "delayed" => 1,
+        _ => 2,
+    });
+    statuses
+}
+
+/// `failed (Bad destination mailbox address)` → `failed`; `failure` → `failed`.
+fn action(value: &str) -> String {
+    let word = value
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .find(|w| !w.is_empty())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match word.as_str() {
+        "failure" | "fail" => "failed".to_owned(),
+        "delay" => "delayed".to_owned(),
+        _ => word,
+    }
+}
+
+/// An address-typed field's address, only for internet addresses: `x400; /G=…/`
+/// and other types name no mailbox we know.
+fn internet_address(value: &str) -> Option<String> {
+    let (kind, _) = value.split_once(';').unwrap_or(("rfc822", value));
+    let a = address(value);
+    (kind.trim().eq_ignore_ascii_case("rfc822")
+        && a.contains('@')
+        && !a.contains(char::is_whitespace))
+    .then_some(a)
+}
+
+/// The status code a text states: the first enhanced code (`5.1.1`, `#5.1.1`,
+/// `(5.1.10)`), else the first SMTP reply code (`553` → `5.5.3`).
+pub fn status_code(text: &str) -> Option<String> {
+    let words = || {
+        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .map(|w| w.trim_matches('.'))
+            .filter(|w| !w.is_empty())
+    };
+    let enhanced = words().find(|w| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && (1..=3).contains(&parts[1].len())
+            && (1..=3).contains(&parts[2].len())
+    });
+    if let Some(code) = enhanced {
+        return Some(code.to_owned());
+    }
+    words()
+        .find(|w| w.len() == 3 && matches!(w.as_bytes()[0], b'2' | b'4' | b'5') && !w.contains('.'))
+        .map(|w| {
+            let b = w.as_bytes();
+            format!("{}.{}.{}", b[0] as char, b[1] as char, b[2] as char)
+        })
 }
 
 #[cfg(test)]
@@ -101,5 +171,46 @@ Recipient address rejected\r\n";
                 .unwrap()
                 .ends_with("Recipient address rejected")
         );
+    }
+
+    #[test]
+    fn what_real_mtas_write_is_read_tolerantly() {
+        assert_eq!(action("failed (Bad destination mailbox address)"), "failed");
+        assert_eq!(action("Failure"), "failed");
+        assert_eq!(action("  delayed"), "delayed");
+        assert_eq!(status_code("553").as_deref(), Some("5.5.3"));
+        assert_eq!(
+            status_code("553 mailbox name not allowed").as_deref(),
+            Some("5.5.3")
+        );
+        assert_eq!(
+            status_code("5.1.1 (user unknown)").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(
+            status_code("smtp; 550 5.1.10 RESOLVER.ADR.RecipientNotFound").as_deref(),
+            Some("5.1.10")
+        );
+        assert_eq!(
+            status_code("Sorry, no mailbox here by that name. (#5.1.1)").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(status_code("no code here, version 1.2.3.4"), None);
+        assert_eq!(internet_address("x400; /G=Leser/S=Muster/O=Contoso/"), None);
+        assert_eq!(
+            internet_address("rfc822;<Leser@Example.org>").as_deref(),
+            Some("leser@example.org")
+        );
+        let body = b"Reporting-MTA: dns; mx\n\nFinal-Recipient: rfc822; ok@example.org\nAction: delivered\nStatus: 2.0.0\n\n\
+Final-Recipient: x400; /G=a/S=b/\nOriginal-Recipient: rfc822; leser@example.org\nAction: failure\nStatus: 553\n";
+        let r = delivery_status(body);
+        assert_eq!(r[0].action, "failed");
+        assert_eq!(r[0].status, "5.5.3");
+        assert_eq!(r[0].final_recipient, None);
+        assert_eq!(
+            r[0].original_recipient.as_deref(),
+            Some("leser@example.org")
+        );
+        assert_eq!(r[1].action, "delivered");
     }
 }

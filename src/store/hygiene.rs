@@ -259,6 +259,7 @@ impl Store {
         subscriber_id: i64,
         kind: &str,
         detail: &str,
+        message_ref: Option<&str>,
         effect: EventEffect,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<String>> {
@@ -272,11 +273,12 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             };
-            sqlx::query("INSERT INTO mail_events (subscriber_id, at, kind, detail) VALUES ($1, $2, $3, $4)")
+            sqlx::query("INSERT INTO mail_events (subscriber_id, at, kind, detail, message_ref) VALUES ($1, $2, $3, $4, $5)")
                 .bind(subscriber_id)
                 .bind(now)
                 .bind(kind)
                 .bind(detail.replace('\0', "").chars().take(1000).collect::<String>())
+                .bind(message_ref.map(|r| r.replace('\0', "").chars().take(500).collect::<String>()))
                 .execute(&mut *tx)
                 .await?;
             let mark_bounced = match effect {
@@ -284,7 +286,9 @@ impl Store {
                 EventEffect::Bounce => true,
                 EventEffect::Count { threshold, since } => {
                     let n: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM mail_events WHERE subscriber_id = $1 AND kind = $2 AND at > $3",
+                        // Several delay warnings for one message are one soft bounce.
+                        "SELECT COUNT(DISTINCT COALESCE(message_ref, CAST(id AS TEXT))) FROM mail_events \
+                         WHERE subscriber_id = $1 AND kind = $2 AND at > $3",
                     )
                     .bind(subscriber_id)
                     .bind(kind)

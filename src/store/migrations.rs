@@ -31,6 +31,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0004_feeds.sql"),
         include_str!("../../migrations/sqlite/0004_feeds.sql"),
     ),
+    (
+        5,
+        "inbound trust",
+        include_str!("../../migrations/postgres/0005_inbound_trust.sql"),
+        include_str!("../../migrations/sqlite/0005_inbound_trust.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -17,6 +17,7 @@ mod hygiene;
 mod items;
 mod mail_queue;
 mod migrations;
+mod submissions;
 mod subscribers;
 mod topics;
 
@@ -40,6 +41,7 @@ pub use hygiene::{
 pub use items::{Item, ItemOutcome, NewItem};
 
 pub use mail_queue::{ClaimedMail, NewMail};
+pub use submissions::{Decided, NewSubmission, Submission, SubmissionStatus};
 pub use subscribers::{
     ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult, ImportedSubscriber,
     SignUp, SignUpKind, SignUpOutcome, SubscriberExport, TokenState,

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::domain::{EmailAddress, TopicSlug};
-use crate::store::{ItemOutcome, NewItem, StoreError, TopicChange};
+use crate::store::{Decided, ItemOutcome, NewItem, StoreError, SubmissionStatus, TopicChange};
 
 /// An admin API failure: a status and a message for the client.
 #[derive(Debug)]
@@ -73,6 +73,15 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/feeds/{name}", axum::routing::delete(delete_feed))
         .route("/digests/run", axum::routing::post(run_digests))
         .route("/stats", get(stats))
+        .route("/submissions", get(list_submissions))
+        .route(
+            "/submissions/{id}/approve",
+            axum::routing::post(approve_submission),
+        )
+        .route(
+            "/submissions/{id}/reject",
+            axum::routing::post(reject_submission),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
         .layer(middleware::from_fn_with_state(state, require_token))
         // Items may carry a full text; everything else is small.
@@ -401,6 +410,81 @@ async fn list_subscribers(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(Json(json!({"subscribers": rows, "next_after": next})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmissionsQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+    after: Option<i64>,
+}
+
+/// Mailed-in items: `?status=held` (the default) waits for a decision.
+async fn list_submissions(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<SubmissionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None => Some(SubmissionStatus::Held),
+        Some("all") => None,
+        Some(s) => Some(SubmissionStatus::parse(s).ok_or_else(|| {
+            unprocessable("status", "must be held, approved, rejected, refused or all")
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(unprocessable("limit", "must be between 1 and 1000"));
+    }
+    let rows = state
+        .store
+        .list_submissions(status, q.after.unwrap_or(0), limit)
+        .await?;
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({"submissions": rows, "next_after": next})).into_response())
+}
+
+async fn approve_submission(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = submission_id(&id)?;
+    decided(
+        state
+            .store
+            .approve_submission(id, state.clock.now())
+            .await?,
+    )
+}
+
+async fn reject_submission(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = submission_id(&id)?;
+    decided(state.store.reject_submission(id, state.clock.now()).await?)
+}
+
+fn submission_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such submission"))
+}
+
+fn decided(outcome: Decided) -> Result<Response, ApiError> {
+    match outcome {
+        Decided::Done(s) => Ok(Json(s).into_response()),
+        Decided::NotHeld(s) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("submission {} is {}, not held", s.id, s.status),
+        )),
+        Decided::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "no such submission")),
+    }
 }
 
 #[derive(Deserialize)]
