@@ -751,7 +751,130 @@ async fn a_feedback_loop_report_with_a_redacted_recipient_is_matched_by_original
     assert!(inbox.suppressed("leser@mail.example.net").await);
 }
 
+/// Hostile messages through the real binary: each one is handled (0) or refused
+/// as unparseable (65), never a panic (75) or a crash; the reader is untouched.
+/// Time and memory per message are measured by `scripts/bench inbound`.
+async fn hostile_messages_are_handled_or_refused_never_crash(backend: Backend) {
+    let inbox = Inbox::new(backend).await;
+    let id = inbox.reader("leser@example.com").await;
+    let verp = inbox.verp(id);
+    for (what, message) in hostile_messages(&inbox.verp(id)) {
+        let run = inbox.run(message, Some(&verp)).await;
+        assert!(matches!(run.code, Some(0 | 65)), "{what}: {run:?}");
+        assert!(!run.stderr.contains("panicked"), "{what}: {run:?}");
+    }
+    assert_eq!(inbox.status("leser@example.com").await, "confirmed");
+}
+
+/// A 10 MB report, 2,000 nested multiparts, a 1 MB header, 20,000 headers.
+fn hostile_messages(verp: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let mut big = fixture(
+        "delayed.eml",
+        &[("ADDRESS", "leser@example.com"), ("VERP", verp)],
+    );
+    big.extend(std::iter::repeat_n(b'a', 10 << 20));
+    let mut nested = String::from("From: someone@example.net\r\nSubject: deep\r\n");
+    for i in 0..2000 {
+        nested.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    nested.push_str("Content-Type: text/plain\r\n\r\ninnermost\r\n");
+    let long_header = format!(
+        "From: someone@example.net\r\nSubject: {}\r\n\r\nbody\r\n",
+        "x".repeat(1 << 20)
+    );
+    let mut many = String::from("From: someone@example.net\r\nSubject: many\r\n");
+    for i in 0..20_000 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\nbody\r\n");
+    vec![
+        ("10 MB report", big),
+        ("nested multiparts", nested.into_bytes()),
+        ("1 MB header", long_header.into_bytes()),
+        ("20,000 headers", many.into_bytes()),
+    ]
+}
+
+/// What real MTAs and providers send (`tests/fixtures/inbound/mta/`, one row of
+/// `expected.tsv` each), delivered to the reader's VERP address: each is graded
+/// as the table says, and only the hard ones end the subscription.
+async fn what_real_mtas_send_is_graded_as_expected(backend: Backend) {
+    let inbox = Inbox::new(backend).await;
+    let table = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inbound/mta/expected.tsv"),
+    )
+    .unwrap();
+    let mut wrong = Vec::new();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert!(rows.len() >= 20, "{} rows", rows.len());
+    for (n, row) in rows.iter().enumerate() {
+        let [file, event, detail, ..] = row[..] else {
+            panic!("bad row {row:?}");
+        };
+        let address = format!("leser{n}@example.com");
+        let id = inbox.reader(&address).await;
+        let verp = inbox.verp(id);
+        let message = fixture(
+            &format!("mta/{file}"),
+            &[
+                ("ADDRESS", address.as_str()),
+                ("VERP", verp.as_str()),
+                ("UNSUBSCRIBE_URL", unsubscribe_url(&inbox, id).as_str()),
+            ],
+        );
+        let run = inbox.run(message, Some(&verp)).await;
+        let events = inbox.events(&address).await;
+        let status = inbox.status(&address).await;
+        let expected_status = if event == "hard_bounce" {
+            "bounced"
+        } else {
+            "confirmed"
+        };
+        let ok = run.code == Some(0)
+            && run.stdout.starts_with(event)
+            && status == expected_status
+            && match event {
+                "ignored" => events.is_empty(),
+                _ => events.len() == 1 && events[0].0 == event && events[0].1.contains(detail),
+            };
+        if !ok {
+            wrong.push(format!("{file}: expected {event} ({detail}), got {run:?}, status {status}, events {events:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+async fn two_delay_warnings_from_two_hosts_about_one_message_count_once(backend: Backend) {
+    let inbox = Inbox::new(backend).await;
+    let id = inbox.reader("leser@example.com").await;
+    let verp = inbox.verp(id);
+    for file in ["mta/delayed_twice_a.eml", "mta/delayed_twice_b.eml"] {
+        let message = fixture(
+            file,
+            &[
+                ("ADDRESS", "leser@example.com"),
+                ("VERP", verp.as_str()),
+                ("UNSUBSCRIBE_URL", unsubscribe_url(&inbox, id).as_str()),
+            ],
+        );
+        assert_handled(&inbox.run(message, Some(&verp)).await, "soft_bounce");
+    }
+    // soft_threshold = 2, but both warnings are about the same digest.
+    assert_eq!(inbox.status("leser@example.com").await, "confirmed");
+    assert_eq!(inbox.events("leser@example.com").await.len(), 2);
+}
+
 on_both_backends!(
+    what_real_mtas_send_is_graded_as_expected,
+    two_delay_warnings_from_two_hosts_about_one_message_count_once,
+    hostile_messages_are_handled_or_refused_never_crash,
     a_feedback_loop_report_with_a_redacted_recipient_is_matched_by_original_mail_from,
     a_forged_verp_address_cannot_bounce_the_reader_named_inside_the_report,
     feedback_reports_that_are_no_complaints_change_nothing,

@@ -27,6 +27,9 @@ pub mod plain;
 pub mod report;
 pub mod submission;
 
+#[cfg(test)]
+mod props;
+
 use chrono::{DateTime, Utc};
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
