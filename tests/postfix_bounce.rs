@@ -2,21 +2,26 @@
 //! sends a digest through Postfix to an address Postfix cannot deliver, Postfix
 //! writes its own RFC 3464 bounce to the VERP envelope sender, its pipe transport
 //! hands that bounce to `postbote inbound`, and the reader ends up "bounced".
+//! And the relay's own word: Postfix refusing a reader's mailbox at `RCPT TO`, as a
+//! smarthost does, bounces that reader too; a refusal by policy fails the mail only.
 //!
 //! The Postfix instance is private: its own configuration, queue and log in a
 //! temporary folder (`postfix -c DIR`), so the machine's /etc/postfix is neither
 //! read nor changed. Needs root (Postfix's master runs as root; the pipe runs
-//! `postbote inbound` as `nobody`) and PostgreSQL over TCP (`POSTBOTE_TEST_PG_URL`),
-//! because the inbound process runs as `nobody` and must reach the database.
+//! `postbote inbound` as `nobody`). The DSN loop needs PostgreSQL over TCP
+//! (`POSTBOTE_TEST_PG_URL`), because the inbound process runs as `nobody` and must
+//! reach the database; the relay's refusals run on both backends.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{ADMIN_TOKEN, Backend, TestDb, free_port};
+use common::{ADMIN_TOKEN, Backend, TestApp, TestDb, drained, free_port, test_config, utc};
+use postbote::clock::ManualClock;
 use postbote::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TopicSlug, Weekdays,
 };
@@ -26,6 +31,12 @@ use postbote::store::ImportedSubscriber;
 const BOUNCE_DOMAIN: &str = "bounces.test";
 /// A domain Postfix delivers locally, where no such user exists.
 const READER: &str = "gone.reader@undeliverable.test";
+/// Refused by Postfix at `RCPT TO` as a mailbox that does not exist (5.1.1).
+const NO_SUCH_MAILBOX: &str = "refused@undeliverable.test";
+/// Refused by Postfix at `RCPT TO` by policy (5.7.1): nothing wrong with the address.
+const REFUSED_BY_POLICY: &str = "policy@undeliverable.test";
+/// A domain whose mail Postfix accepts and discards: delivered, as far as we know.
+const INBOX_DOMAIN: &str = "inbox.test";
 
 fn postfix_bin(name: &str) -> PathBuf {
     let sbin = Path::new("/usr/sbin").join(name);
@@ -51,7 +62,8 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 /// A private Postfix: SMTP on 127.0.0.1:`port`, `undeliverable.test` delivered
-/// locally (unknown users accepted, then bounced), `bounces.test` piped into
+/// locally (unknown users accepted, then bounced) except for two addresses refused
+/// at `RCPT TO`, `inbox.test` discarded, `bounces.test` piped into
 /// `postbote inbound`.
 struct Postfix {
     dir: tempfile::TempDir,
@@ -99,6 +111,9 @@ smtpd_peername_lookup = no
 smtputf8_enable = no
 biff = no
 transport_maps = texthash:{d}/etc/transport
+# Refuse two addresses while the client waits, as a smarthost does.
+smtpd_recipient_restrictions = check_recipient_access texthash:{d}/etc/rcpt_access,
+  permit_mynetworks, reject_unauth_destination
 # One recipient per pipe call: the command line carries it.
 postbote_destination_recipient_limit = 1
 "
@@ -107,7 +122,16 @@ postbote_destination_recipient_limit = 1
         .unwrap();
         std::fs::write(
             etc.join("transport"),
-            format!("{BOUNCE_DOMAIN} postbote:\n"),
+            format!("{BOUNCE_DOMAIN} postbote:\n{INBOX_DOMAIN} discard:\n"),
+        )
+        .unwrap();
+        // Postfix puts "<address>: Recipient address rejected:" before the text.
+        std::fs::write(
+            etc.join("rcpt_access"),
+            format!(
+                "{NO_SUCH_MAILBOX} 550 5.1.1 User unknown\n\
+                 {REFUSED_BY_POLICY} 550 5.7.1 Refused by local policy\n"
+            ),
         )
         .unwrap();
         std::fs::write(
@@ -170,6 +194,28 @@ postbote   unix  - n n -     - pipe
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 
+    /// Lines of the log that contain every one of `needles`.
+    fn log_lines(&self, needles: &[&str]) -> usize {
+        self.maillog()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until `n` lines of the log contain every one of `needles` (Postfix
+    /// logs through its own daemon, a moment after the fact).
+    async fn wait_log_lines(&self, needles: &[&str], n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_lines(needles) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} lines with {needles:?} in the Postfix log:\n{}",
+                self.maillog()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn stop(&self) {
         let _ = self.postfix(&["stop"]).output();
         // `postfix status` fails once the master no longer holds its lock.
@@ -222,19 +268,18 @@ fn binary_for_nobody(dir: &Path) -> PathBuf {
     copy
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postfix_bounces_a_digest_and_its_pipe_marks_the_reader_bounced() {
-    let started = Instant::now();
-    // Fails with a clear message when POSTBOTE_TEST_PG_URL is not set.
-    let db = TestDb::new(Backend::Postgres).await;
+fn assert_root() {
     let whoami = Command::new("id").arg("-u").output().expect("id -u");
     assert_eq!(
         String::from_utf8_lossy(&whoami.stdout).trim(),
         "0",
         "this test starts a private Postfix and must run as root"
     );
+}
 
-    // Everything the pipe's `nobody` reads lives in one folder open to all.
+/// The folder for a Postfix instance. Everything the pipe's `nobody` reads lives in
+/// it, so it is open to all.
+fn postfix_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("postbote-postfix-")
         .tempdir()
@@ -244,6 +289,17 @@ async fn postfix_bounces_a_digest_and_its_pipe_marks_the_reader_bounced() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_bounces_a_digest_and_its_pipe_marks_the_reader_bounced() {
+    let started = Instant::now();
+    // Fails with a clear message when POSTBOTE_TEST_PG_URL is not set.
+    let db = TestDb::new(Backend::Postgres).await;
+    assert_root();
+
+    let dir = postfix_dir();
     let binary = binary_for_nobody(dir.path());
     let config = dir.path().join("postbote.toml");
     let listen = free_port();
@@ -446,3 +502,153 @@ run_scheduler = false
     drop(postfix);
     eprintln!("postfix bounce round trip: {:?}", started.elapsed());
 }
+
+/// The reader's mail events of one kind.
+fn events<'a>(export: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    export["mail_events"]
+        .as_array()
+        .map(|events| events.iter().filter(|e| e["kind"] == kind).collect())
+        .unwrap_or_default()
+}
+
+/// The reader's mails: (status, last error), oldest first.
+fn deliveries(export: &serde_json::Value) -> Vec<(String, String)> {
+    export["deliveries"]
+        .as_array()
+        .map(|mails| {
+            mails
+                .iter()
+                .map(|m| {
+                    (
+                        m["status"].as_str().unwrap_or_default().to_owned(),
+                        m["last_error"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A smarthost says "no such mailbox" while we wait, instead of a DSN later: that
+/// reader is bounced and suppressed and gets no further digest. A refusal by policy
+/// (5.7.1) fails that one digest and leaves the reader as they were.
+async fn a_relay_refusing_a_mailbox_bounces_its_reader_and_a_policy_refusal_fails_the_mail_only(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    assert_root();
+    // Nothing is piped here: the refusals are answered while postbote waits.
+    let postfix = Postfix::start(postfix_dir(), "/bin/false");
+    let mut config = test_config(&db, &postfix.smtp_url());
+    config.digest.run_scheduler = false;
+    let now = utc("2027-01-14T12:00:00Z");
+    let clock = ManualClock::new(now);
+    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    let delivered = format!("reader@{INBOX_DOMAIN}");
+    for reader in [NO_SUCH_MAILBOX, REFUSED_BY_POLICY, delivered.as_str()] {
+        app.reader(reader, &["wirtschaft"], "07:00", "Europe/Berlin", "de", now)
+            .await;
+    }
+    clock.set(utc("2027-01-14T13:00:00Z"));
+    app.post_item(&["wirtschaft"], "Quartalszahlen").await;
+
+    // Day one: three digests, one refused as a bad mailbox, one by policy.
+    assert_eq!(app.run_pass("2027-01-15T06:00:00Z").await, (3, 3));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let gone = loop {
+        let export = app.export(NO_SUCH_MAILBOX).await.expect("export");
+        if export["status"] == "bounced" {
+            break export;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused reader is not bounced within 20 s: {export}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drained(&app).await;
+    let hard = events(&gone, "hard_bounce");
+    assert_eq!(hard.len(), 1, "{gone}");
+    let detail = hard[0]["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        format!(
+            "relay refused RCPT TO: 550 5.1.1 <{NO_SUCH_MAILBOX}>: Recipient address rejected: User unknown"
+        ),
+        "the detail says the relay refused it while we waited"
+    );
+    let gone_mails = deliveries(&gone);
+    assert_eq!(gone_mails.len(), 1, "{gone}");
+    assert_eq!(gone_mails[0].0, "failed");
+    assert!(gone_mails[0].1.contains("550 5.1.1"), "{gone}");
+    assert!(app.store.is_suppressed(NO_SUCH_MAILBOX).await.unwrap());
+
+    let policy = app.export(REFUSED_BY_POLICY).await.expect("export");
+    assert_eq!(policy["status"], "confirmed", "{policy}");
+    assert_eq!(policy["mail_events"], serde_json::json!([]), "{policy}");
+    assert_eq!(
+        deliveries(&policy),
+        [(
+            "failed".to_owned(),
+            format!(
+                "relay refused RCPT TO: 550 5.7.1 <{REFUSED_BY_POLICY}>: Recipient address rejected: Refused by local policy"
+            )
+        )]
+    );
+    assert!(!app.store.is_suppressed(REFUSED_BY_POLICY).await.unwrap());
+
+    let fine = app.export(&delivered).await.expect("export");
+    assert_eq!(fine["status"], "confirmed", "{fine}");
+    assert_eq!(deliveries(&fine), [("sent".to_owned(), String::new())]);
+    let accepted = format!("to=<{delivered}>");
+    postfix.wait_log_lines(&[&accepted, "status=sent"], 1).await;
+
+    // Day two: the bounced reader is not due; the policy-refused reader still is.
+    clock.set(utc("2027-01-15T13:00:00Z"));
+    app.post_item(&["wirtschaft"], "Nachtrag").await;
+    assert_eq!(app.run_pass("2027-01-16T06:00:00Z").await, (2, 2));
+    drained(&app).await;
+    postfix.wait_log_lines(&[&accepted, "status=sent"], 2).await;
+    let policy_refusals = format!("to=<{REFUSED_BY_POLICY}>");
+    postfix
+        .wait_log_lines(&["reject: RCPT", &policy_refusals], 2)
+        .await;
+    let gone_refusals = format!("to=<{NO_SUCH_MAILBOX}>");
+    assert_eq!(
+        postfix.log_lines(&["reject: RCPT", &gone_refusals]),
+        1,
+        "the bad mailbox was offered one digest, never again:\n{}",
+        postfix.maillog()
+    );
+    assert_eq!(postfix.log_lines(&[&gone_refusals]), 1);
+
+    let gone = app.export(NO_SUCH_MAILBOX).await.expect("export");
+    assert_eq!(gone["status"], "bounced");
+    assert_eq!(deliveries(&gone).len(), 1, "{gone}");
+    let policy = app.export(REFUSED_BY_POLICY).await.expect("export");
+    assert_eq!(policy["status"], "confirmed", "{policy}");
+    assert_eq!(policy["mail_events"], serde_json::json!([]), "{policy}");
+    let policy_mails = deliveries(&policy);
+    assert_eq!(policy_mails.len(), 2, "{policy}");
+    assert!(
+        policy_mails
+            .iter()
+            .all(|(status, error)| status == "failed" && error.contains("550 5.7.1")),
+        "{policy}"
+    );
+    let fine = app.export(&delivered).await.expect("export");
+    assert_eq!(
+        deliveries(&fine),
+        [
+            ("sent".to_owned(), String::new()),
+            ("sent".to_owned(), String::new())
+        ]
+    );
+    app.stop().await;
+    drop(postfix);
+}
+
+on_both_backends!(
+    a_relay_refusing_a_mailbox_bounces_its_reader_and_a_policy_refusal_fails_the_mail_only
+);

@@ -15,7 +15,7 @@ use super::dkim::Signer;
 use super::transport::{SendError, Sender};
 use crate::clock::Clock;
 use crate::config::{Delivery, Transport};
-use crate::store::{ClaimedMail, Store};
+use crate::store::{ClaimedMail, EventEffect, Store, StoreResult};
 
 /// Mails one worker claims at a time.
 const BATCH: u32 = 16;
@@ -220,6 +220,14 @@ async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail)
             tracing::warn!(%reason, "delivery failed permanently");
             ctx.store.mail_failed(mail.id, now, reason).await
         }
+        Err(SendError::RecipientRefused(reason)) => {
+            // The reason quotes the address; the log gets the reader's id only.
+            tracing::warn!(
+                subscriber.id = mail.subscriber_id,
+                "the relay refused the reader's address; the reader is bounced"
+            );
+            bounce(ctx, mail, reason, now).await
+        }
         Err(SendError::Transient(reason)) if mail.attempts >= ctx.settings.max_attempts as i32 => {
             tracing::warn!(%reason, "delivery failed too often; giving up");
             ctx.store
@@ -244,6 +252,36 @@ async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail)
         tracing::error!(error = %e, outcome = ?result, "recording the delivery outcome failed");
     }
     Delivered::Recorded
+}
+
+/// The relay refused the reader's address for good, synchronously: the mail fails,
+/// and the reader is bounced exactly as by a hard-bounce DSN (status `bounced`, the
+/// address suppressed, queued digests withdrawn). With a smarthost this is how most
+/// bounces arrive, and mailing a known-dead address daily gets an account suspended.
+///
+/// The mail's outcome is recorded first: should the bounce then fail to be recorded,
+/// the next mail to the address is refused again and records it.
+async fn bounce(
+    ctx: &DeliveryContext,
+    mail: &ClaimedMail,
+    reason: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<()> {
+    ctx.store.mail_failed(mail.id, now, reason).await?;
+    if let Some(subscriber_id) = mail.subscriber_id {
+        ctx.store
+            // No message reference: it serves to count soft bounces per message.
+            .record_mail_event(
+                subscriber_id,
+                "hard_bounce",
+                reason,
+                None,
+                EventEffect::Bounce,
+                now,
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The mail with its DKIM signature(s), computed on the blocking pool: an RSA

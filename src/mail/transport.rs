@@ -5,14 +5,22 @@
 //! its own small packet, so every message waits ~40 ms for a delayed ACK. For plain
 //! SMTP we open the socket ourselves with `TCP_NODELAY` and hand it to lettre; with
 //! TLS, lettre opens the connection (no upgrade of a foreign stream is possible).
+//!
+//! The relay's own answer can condemn a reader's address: a smarthost refuses a dead
+//! mailbox at `RCPT TO` instead of sending a DSN later. To tell that apart from a
+//! refusal of our sender or of the message, the SMTP transaction is spoken command
+//! by command ([`transaction`]) rather than through lettre's `send`, whose error
+//! does not say which command was refused; [`refusal`] sorts the 5xx replies.
 
+use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lettre::address::Envelope;
+use lettre::Address;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
 use crate::config::{SmtpRelay, SmtpTls, Transport};
 use crate::store::ClaimedMail;
@@ -26,6 +34,11 @@ pub enum SendError {
     /// Never try again: the relay answered 5xx, or the mail cannot be sent at all.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The relay refused the reader's address for good (a 5.1.x reply to `RCPT TO`
+    /// such as "550 5.1.1 user unknown"): as with a hard-bounce DSN, the address is
+    /// dead, not only this mail.
+    #[error("recipient refused: {0}")]
+    RecipientRefused(String),
     /// The relay cannot be reached or refuses us (connection, greeting, TLS,
     /// authentication): no fault of this mail, so it costs the mail no attempt.
     #[error("relay unavailable: {0}")]
@@ -79,31 +92,26 @@ impl Sender {
     }
 
     async fn send_smtp(&mut self, relay: &SmtpRelay, mail: &ClaimedMail) -> Result<(), SendError> {
-        let envelope = Envelope::new(
-            Some(
-                mail.envelope_from
-                    .parse()
-                    .map_err(|e| SendError::Permanent(format!("sender: {e}")))?,
-            ),
-            vec![
-                mail.recipient
-                    .parse()
-                    .map_err(|e| SendError::Permanent(format!("recipient: {e}")))?,
-            ],
-        )
-        .map_err(|e| SendError::Permanent(e.to_string()))?;
+        let from: Address = mail
+            .envelope_from
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("sender: {e}")))?;
+        let to: Address = mail
+            .recipient
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("recipient: {e}")))?;
 
         let reused =
             matches!(&self.conn, Some((c, used)) if !c.has_broken() && used.elapsed() < MAX_IDLE);
         if !reused {
             self.close().await;
         }
-        let result = self.try_send(relay, &envelope, &mail.message).await;
+        let result = self.try_send(relay, &from, &to, &mail.message).await;
         match result {
             // A kept-open connection may have died unseen; one fresh try decides.
             Err(SendError::Transient(_) | SendError::Relay(_)) if reused => {
                 self.close().await;
-                self.try_send(relay, &envelope, &mail.message).await
+                self.try_send(relay, &from, &to, &mail.message).await
             }
             other => other,
         }
@@ -112,7 +120,8 @@ impl Sender {
     async fn try_send(
         &mut self,
         relay: &SmtpRelay,
-        envelope: &Envelope,
+        from: &Address,
+        to: &Address,
         message: &[u8],
     ) -> Result<(), SendError> {
         let mut conn = match self.conn.take() {
@@ -126,18 +135,14 @@ impl Sender {
                     ))
                 })??,
         };
-        match tokio::time::timeout(self.timeout, conn.send(envelope, message)).await {
-            Ok(Ok(_)) => {
+        match tokio::time::timeout(self.timeout, transaction(&mut conn, from, to, message)).await {
+            Ok(Ok(())) => {
                 self.conn = Some((conn, Instant::now()));
                 Ok(())
             }
             Ok(Err(e)) => {
                 conn.abort().await;
-                Err(if e.is_permanent() {
-                    SendError::Permanent(e.to_string())
-                } else {
-                    SendError::Transient(e.to_string())
-                })
+                Err(e)
             }
             Err(_) => Err(SendError::Transient(format!(
                 "no answer from the relay within {:?}",
@@ -151,6 +156,126 @@ impl Sender {
         if let Some((mut conn, _)) = self.conn.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
         }
+    }
+}
+
+/// The command of an SMTP transaction a reply answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `MAIL FROM`: the reply is about our envelope sender (or the session).
+    MailFrom,
+    /// `RCPT TO`: the reply is about the reader's address, unless it names our
+    /// sender instead.
+    RcptTo,
+    /// `DATA`, before the message.
+    Data,
+    /// The reply after the message's final dot: about the message as a whole.
+    EndOfData,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MailFrom => "MAIL FROM",
+            Self::RcptTo => "RCPT TO",
+            Self::Data => "DATA",
+            Self::EndOfData => "the message",
+        })
+    }
+}
+
+/// One SMTP transaction for one recipient, command by command, as lettre's
+/// `AsyncSmtpConnection::send` would speak it (without pipelining, with `SMTPUTF8`
+/// and `BODY=8BITMIME` when needed), but knowing which command a refusal answered:
+/// lettre's error carries the reply code and text, never the command.
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    from: &Address,
+    to: &Address,
+    message: &[u8],
+) -> Result<(), SendError> {
+    let (sender, recipient): (&str, &str) = (from.as_ref(), to.as_ref());
+    let failed = |step: Step, e: lettre::transport::smtp::Error| match e.status() {
+        Some(code) if e.is_permanent() => {
+            let text = e.source().map(ToString::to_string).unwrap_or_default();
+            refusal(step, &code.to_string(), &text, sender, recipient)
+        }
+        _ => SendError::Transient(format!("{step}: {e}")),
+    };
+    let mut options = Vec::new();
+    if !sender.is_ascii() || !recipient.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err(SendError::Permanent(
+                "a non-ASCII address, and the relay does not offer SMTPUTF8".into(),
+            ));
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            return Err(SendError::Permanent(
+                "a non-ASCII message, and the relay does not offer 8BITMIME".into(),
+            ));
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(Some(from.clone()), options))
+        .await
+        .map_err(|e| failed(Step::MailFrom, e))?;
+    conn.command(Rcpt::new(to.clone(), Vec::new()))
+        .await
+        .map_err(|e| failed(Step::RcptTo, e))?;
+    conn.command(Data)
+        .await
+        .map_err(|e| failed(Step::Data, e))?;
+    conn.message(message)
+        .await
+        .map_err(|e| failed(Step::EndOfData, e))?;
+    Ok(())
+}
+
+/// Most of a relay's reply kept with the mail and the reader's history.
+const MAX_REPLY_CHARS: usize = 500;
+
+/// Sorts a 5xx reply (`code`, then the reply's text) to `step` of the transaction
+/// from `sender` to `recipient`. The reader's address is dead only when both hold:
+///
+/// - the reply answered `RCPT TO`, unless it names our sender and not the reader (a
+///   relay that checks the sender only once a recipient is known, as Postfix does by
+///   default, refuses the sender at `RCPT TO`); or it answered `DATA` or the message
+///   and names the reader's address;
+/// - its enhanced status code says the destination address is bad: 5.1.1 (no such
+///   mailbox), 5.1.2 (no such domain), 5.1.3 (not a valid address), 5.1.6 (moved,
+///   no forwarding address) or 5.1.10 (the domain takes no mail, null MX).
+///
+/// Everything else fails this mail only: any refusal of `MAIL FROM` (our sender, our
+/// fault), the sender's codes 5.1.7 and 5.1.8, 5.1.0 (unspecified; Postfix uses it
+/// for unknown senders), policy (5.7.x: a spam filter or DMARC said no to this
+/// mail), size (5.3.4, 552: our message), and a reply without an enhanced code,
+/// which does not say whose fault it is.
+fn refusal(step: Step, code: &str, text: &str, sender: &str, recipient: &str) -> SendError {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REPLY_CHARS)
+        .collect();
+    let reason = format!("relay refused {step}: {code} {}", text.trim());
+    let lower = text.to_lowercase();
+    let names = |address: &str| lower.contains(&address.to_lowercase());
+    let about_reader = match step {
+        Step::MailFrom => false,
+        Step::RcptTo => names(recipient) || !names(sender),
+        Step::Data | Step::EndOfData => names(recipient),
+    };
+    let bad_address = text
+        .split_whitespace()
+        .next()
+        .and_then(|word| word.strip_prefix("5.1."))
+        .is_some_and(|detail| matches!(detail, "1" | "2" | "3" | "6" | "10"));
+    if code.starts_with('5') && about_reader && bad_address {
+        SendError::RecipientRefused(reason)
+    } else {
+        SendError::Permanent(reason)
     }
 }
 
@@ -227,4 +352,101 @@ async fn write_outbox(dir: &Path, mail: &ClaimedMail) -> Result<(), SendError> {
         .map_err(transient)?;
     tokio::fs::rename(&tmp, &path).await.map_err(transient)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SENDER: &str = "bounces+7-0123456789abcdef@bounces.example.org";
+    const READER: &str = "reader@example.net";
+
+    fn sort(step: Step, reply: &str) -> SendError {
+        let (code, text) = reply.split_once(' ').unwrap();
+        refusal(step, code, text, SENDER, READER)
+    }
+
+    fn condemns_the_address(step: Step, reply: &str) -> bool {
+        matches!(sort(step, reply), SendError::RecipientRefused(_))
+    }
+
+    #[test]
+    fn only_a_refused_destination_address_condemns_the_reader() {
+        for reply in [
+            "550 5.1.1 <reader@example.net>: Recipient address rejected: User unknown",
+            "550 5.1.1 The email account that you tried to reach does not exist.",
+            "550 5.1.2 Host unknown (Name server: example.net: host not found)",
+            "556 5.1.10 <reader@example.net>: Recipient address rejected: Domain example.net does not accept mail (nullMX)",
+        ] {
+            assert!(condemns_the_address(Step::RcptTo, reply), "{reply}");
+        }
+        for reply in [
+            "550 5.7.1 <reader@example.net>: Recipient address rejected: Access denied",
+            "554 5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org",
+            "552 5.3.4 Message size exceeds fixed limit",
+            "552 Message size exceeds fixed limit",
+            "550 Requested action not taken: mailbox unavailable",
+            "550 5.1.0 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: User unknown",
+            "553 5.1.8 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: Domain not found",
+            "550 5.1.7 Invalid sender",
+            // A sender check at RCPT time wrapped in a mailbox code names our sender.
+            "550 5.1.1 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: undeliverable address",
+        ] {
+            assert!(!condemns_the_address(Step::RcptTo, reply), "{reply}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_our_sender_fails_the_mail_only() {
+        for reply in [
+            "550 5.1.1 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: User unknown",
+            "553 5.1.8 Domain of sender address does not exist",
+            "550 5.1.1 User unknown",
+        ] {
+            let sorted = sort(Step::MailFrom, reply);
+            assert!(
+                matches!(sorted, SendError::Permanent(_)),
+                "{reply}: {sorted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_data_only_a_reply_naming_the_reader_condemns_the_address() {
+        let named = "550 5.1.1 <Reader@Example.net>... User unknown";
+        assert!(condemns_the_address(Step::EndOfData, named));
+        assert!(condemns_the_address(Step::Data, named));
+        assert!(!condemns_the_address(
+            Step::EndOfData,
+            "550 5.1.1 User unknown"
+        ));
+        assert!(!condemns_the_address(
+            Step::EndOfData,
+            "554 5.7.1 <reader@example.net>: message rejected as spam"
+        ));
+    }
+
+    #[test]
+    fn the_recorded_reason_names_the_command_on_one_capped_line() {
+        let SendError::RecipientRefused(reason) = sort(
+            Step::RcptTo,
+            "550 5.1.1 <reader@example.net>: Recipient address rejected:\r\nUser unknown",
+        ) else {
+            panic!("a refused mailbox");
+        };
+        assert_eq!(
+            reason,
+            "relay refused RCPT TO: 550 5.1.1 <reader@example.net>: Recipient address rejected:  User unknown"
+        );
+        let long = format!("550 5.7.1 {}", "x".repeat(5000));
+        let SendError::Permanent(reason) = sort(Step::EndOfData, &long) else {
+            panic!("a policy refusal");
+        };
+        assert!(reason.starts_with("relay refused the message: 550 5.7.1 xxx"));
+        assert!(
+            reason.chars().count() < MAX_REPLY_CHARS + 40,
+            "{}",
+            reason.len()
+        );
+    }
 }

@@ -26,6 +26,8 @@ pub struct NewMail {
 pub struct ClaimedMail {
     /// Queue id.
     pub id: i64,
+    /// The reader it is for, if any: a relay refusing their address bounces them.
+    pub subscriber_id: Option<i64>,
     /// Envelope recipient.
     pub recipient: String,
     /// Envelope sender.
@@ -45,11 +47,11 @@ const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, attempts = attem
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3 \
     FOR UPDATE SKIP LOCKED) \
-    RETURNING id, recipient, envelope_from, message, attempts";
+    RETURNING id, subscriber_id, recipient, envelope_from, message, attempts";
 const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
-    RETURNING id, recipient, envelope_from, message, attempts";
+    RETURNING id, subscriber_id, recipient, envelope_from, message, attempts";
 
 impl Store {
     /// Claims up to `limit` mails due at `due_at` until `lease_until`; nobody else
