@@ -679,7 +679,7 @@ impl Handler<'_> {
                 "submission for a topic that is not offered",
             ));
         }
-        let Some(title) = content.subject.clone() else {
+        let Some(title) = content.subject.clone().filter(|s| !s.trim().is_empty()) else {
             return Ok(Outcome::Ignored("submission without a subject"));
         };
         if content.attachments > 0 {
@@ -754,7 +754,12 @@ impl Handler<'_> {
                 .collect(),
             summary: None,
             body: None,
-            guid: None,
+            // The MTA delivering the same message twice records it once; a refused
+            // copy never stands in for a held one with the same Message-ID.
+            guid: content
+                .message_id
+                .as_ref()
+                .map(|id| format!("refused:mail:{id}")),
             reason: reason.into(),
         };
         self.store.add_submission(&refused, self.now).await?;
@@ -814,19 +819,22 @@ fn item_of(
     now: DateTime<Utc>,
 ) -> crate::store::NewItem {
     let text = content.text.clone().unwrap_or_default();
-    crate::store::NewItem {
+    // Cut to the limits every source shares (`NewItem::fitted`): a mail cannot be
+    // sent back for being long.
+    let item = crate::store::NewItem {
         topics: vec![slug],
-        title: title.chars().take(500).collect(),
+        title,
         url: None,
         summary: Some(crate::feeds::text::first_paragraph(&text, 500)).filter(|s| !s.is_empty()),
-        body: Some(text.chars().take(100_000).collect::<String>()).filter(|b| !b.is_empty()),
+        body: Some(text).filter(|b| !b.is_empty()),
         published_at: Some(now),
         guid: content.message_id.as_ref().map(|id| format!("mail:{id}")),
         source: match content.attachments {
             0 => format!("mail:{from}"),
             n => format!("mail:{from} ({n} attachments ignored)"),
         },
-    }
+    };
+    item.fitted().0
 }
 
 #[cfg(test)]
