@@ -604,7 +604,126 @@ async fn the_first_digest_reaches_back_the_look_back_before_confirmation(backend
     );
 }
 
+/// The markers the digest personalisation once replaced over the whole mail, and
+/// handlebars syntax: an item carrying them must reach readers as written.
+const HOSTILE_URL: &str =
+    "https://attacker.example/r?e=PBMARK-EMAIL-7c1e&u=PBMARK-UNSUBSCRIBE-7c1e";
+const HOSTILE_TITLE: &str = "Studie PBMARK-EMAIL-7c1e {{email}} {{unsubscribe_url}}";
+const HOSTILE_SUMMARY: &str =
+    "Ergebnisse PBMARK-PREFERENCES-7c1e {{#each x}}{{/each}} {{{email}}} {{preferences_url}}";
+
+async fn item_content_never_becomes_a_readers_address_or_link(backend: Backend) {
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let now = utc("2027-05-01T08:00:00Z");
+    // Two readers of the same news share one rendered body.
+    for who in ["anna@example.org", "ben@example.org"] {
+        app.reader(who, &["wirtschaft"], "07:00", "Europe/Berlin", "de", now)
+            .await;
+    }
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/items",
+            Some(serde_json::json!({"topics": ["wirtschaft"], "title": HOSTILE_TITLE, "url": HOSTILE_URL, "summary": HOSTILE_SUMMARY})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (2, 2));
+    let got = delivered(&app, &sink).await;
+
+    for (who, other) in [
+        ("anna@example.org", "ben@example.org"),
+        ("ben@example.org", "anna@example.org"),
+    ] {
+        let raw = &got[who][0];
+        let mail = parse(raw);
+        let (text, html) = (text(raw), html(raw));
+        let list_unsubscribe = mail.header_raw("List-Unsubscribe").unwrap().trim();
+        let token = list_unsubscribe
+            .trim_matches(|c| c == '<' || c == '>')
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(token.contains('.'), "a manage token: {token}");
+
+        // The item as it was written: verbatim in text, escaped in HTML.
+        assert!(
+            text.contains(&format!(
+                "* {HOSTILE_TITLE}\n  {HOSTILE_SUMMARY}\n  {HOSTILE_URL}\n"
+            )),
+            "{text}"
+        );
+        assert!(html.contains(&format!(">{HOSTILE_TITLE}</a>")), "{html}");
+        assert!(html.contains(&format!(">{HOSTILE_SUMMARY}</p>")), "{html}");
+        assert!(
+            html.contains(
+                "href=\"https://attacker.example/r?e&#x3D;PBMARK-EMAIL-7c1e&amp;u&#x3D;PBMARK-UNSUBSCRIBE-7c1e\""
+            ),
+            "{html}"
+        );
+
+        // The reader's address and links only where their own part puts them:
+        // once "why you get this", twice a link (preferences, unsubscribe); the
+        // headers carry the address in To and the token in List-Unsubscribe.
+        let (content, footer) = text.split_once("\n--\n").expect("the text footer");
+        for part in [content, &html[..html.find("<hr").expect("the HTML footer")]] {
+            assert!(
+                !part.contains(who) && !part.contains(&token) && !part.contains("/unsubscribe/"),
+                "nothing of the reader in the content: {part}"
+            );
+        }
+        assert_eq!(footer.matches(who).count(), 1, "{footer}");
+        assert_eq!(footer.matches(&token).count(), 2, "{footer}");
+        assert_eq!(text.matches(who).count(), 1);
+        assert_eq!(text.matches(&token).count(), 2);
+        assert_eq!(html.matches(who).count(), 1, "{html}");
+        assert_eq!(html.matches(&token).count(), 2, "{html}");
+        assert!(
+            footer.contains(&format!("weil Sie {who} ")),
+            "why the reader gets it"
+        );
+        assert_eq!(mail.header_raw("To").map(str::trim), Some(who));
+        assert_eq!(list_unsubscribe.matches(&token).count(), 1);
+        assert!(
+            !String::from_utf8_lossy(raw).contains(other),
+            "nothing of {other}"
+        );
+    }
+}
+
+/// An operator's `digest` template from before the split still renders the reader's
+/// address and links itself: `postbote check` refuses it and says where they go now.
+#[test]
+fn check_refuses_a_digest_template_that_uses_the_readers_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = dir.path().join("tpl/mail/de/digest");
+    std::fs::create_dir_all(&digest).unwrap();
+    std::fs::write(
+        digest.join("body.txt.hbs"),
+        "Ihre Meldungen vom {{date}}\n{{#each groups}}* {{topic}}\n{{/each}}\n--\nAn {{email}}. Abmelden: {{unsubscribe_url}}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("p.toml"), "templates_dir = \"tpl\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
+        .current_dir(dir.path())
+        .args(["check", "--config", "p.toml"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("mail/de/digest/body.txt.hbs")
+            && err.contains("email")
+            && err.contains("mail/de/digest-footer/body.txt.hbs"),
+        "{err}"
+    );
+}
+
 on_both_backends!(
+    item_content_never_becomes_a_readers_address_or_link,
     the_first_digest_reaches_back_the_look_back_before_confirmation,
     readers_get_their_digest_at_their_own_local_time,
     a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days,

@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
+use base64::Engine;
 use common::{Backend, SmtpSink, TestApp, TestDb, app_at, digests, drained, find_link, parse, utc};
+use mail_auth::DkimResult;
 use mail_auth::common::parse::TxtRecordParser;
 
 async fn first_digest(app: &TestApp, sink: &SmtpSink, who: &str) -> String {
@@ -419,7 +421,7 @@ impl mail_auth::ResolverCache<Box<str>, mail_auth::Txt> for Published {
     }
 }
 
-async fn verify(raw: &[u8], published: &Published) -> Vec<String> {
+async fn verify(raw: &[u8], published: &Published) -> Vec<DkimResult> {
     let authenticator = mail_auth::MessageAuthenticator::new_cloudflare().unwrap();
     let message = mail_auth::AuthenticatedMessage::parse(raw).expect("parseable");
     let params = mail_auth::Parameters::new(&message).with_txt_cache(published);
@@ -427,7 +429,50 @@ async fn verify(raw: &[u8], published: &Published) -> Vec<String> {
         .verify_dkim(params)
         .await
         .iter()
-        .map(|o| format!("{:?}", o.result()))
+        .map(|o| o.result().clone())
+        .collect()
+}
+
+/// Both signatures (RSA and ed25519) present and explicitly failed: not "not
+/// passed", not missing.
+fn both_fail(results: &[DkimResult]) -> bool {
+    results.len() == 2 && results.iter().all(|r| matches!(r, DkimResult::Fail(_)))
+}
+
+/// The header block, folded lines joined.
+fn unfolded_headers(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if line.is_empty() {
+            break;
+        }
+        match lines.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) => last.push_str(line),
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    lines
+}
+
+/// The `h=` tag of each `DKIM-Signature` header, lower-cased and split on `:`.
+fn signed_header_lists(text: &str) -> Vec<Vec<String>> {
+    unfolded_headers(text)
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("dkim-signature:"))
+        .map(|l| {
+            let tags = &l["dkim-signature:".len()..];
+            let h = tags
+                .split(';')
+                .find_map(|tag| tag.trim().strip_prefix("h="))
+                .expect("an h= tag");
+            h.split(':')
+                .map(|name| {
+                    name.split_whitespace()
+                        .collect::<String>()
+                        .to_ascii_lowercase()
+                })
+                .collect()
+        })
         .collect()
 }
 
@@ -471,6 +516,40 @@ async fn digests_are_dkim_signed_and_verify_against_the_published_keys(backend: 
     }
     assert_eq!(published.0.lock().unwrap().len(), 2, "{stdout}");
 
+    // The RSA key as a SubjectPublicKeyInfo, the form `opendkim-genkey` publishes
+    // (`openssl rsa -pubout`), not a bare PKCS#1 RSAPublicKey.
+    let p = stdout
+        .split("k=rsa; p=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an RSA record");
+    let spki = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+    // SEQUENCE (long form, 2 length bytes) { SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }, BIT STRING …
+    assert_eq!(spki[..2], [0x30, 0x82], "an outer SEQUENCE");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([spki[2], spki[3]])),
+        spki.len() - 4,
+        "the whole record is the SEQUENCE"
+    );
+    assert_eq!(
+        spki[4..19],
+        [
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+            0x00
+        ],
+        "AlgorithmIdentifier rsaEncryption"
+    );
+    assert_eq!(spki[19], 0x03, "a BIT STRING follows");
+    let openssl = std::fs::read_to_string(format!("{keys}/rsa.pub.pem")).unwrap();
+    let openssl: String = openssl
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert_eq!(
+        p, openssl,
+        "what `openssl rsa -pubout` gives for the same key"
+    );
+
     app.reader(
         "signed@example.org",
         &["wirtschaft"],
@@ -496,23 +575,37 @@ async fn digests_are_dkim_signed_and_verify_against_the_published_keys(backend: 
             && text.contains("a=ed25519-sha256")
             && text.contains("c=relaxed/relaxed")
     );
-    for header in [
-        "From",
-        "To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "List-Id",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-    ] {
-        assert!(
-            text.to_ascii_lowercase()
-                .contains(&header.to_ascii_lowercase()),
-            "{header} signed"
-        );
+    // What a reader sees is over-signed: listed once more than the mail has it,
+    // so no such header can be added on the way.
+    let lists = signed_header_lists(&text);
+    assert_eq!(lists.len(), 2);
+    let headers = unfolded_headers(&text);
+    let occurrences = |name: &str| {
+        headers
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+            .count()
+    };
+    for h in &lists {
+        let listed = |name: &str| h.iter().filter(|n| *n == name).count();
+        for name in ["from", "to", "subject", "date", "list-unsubscribe"] {
+            assert_eq!(occurrences(name), 1, "{name} once in the mail");
+            assert_eq!(listed(name), 2, "{name} over-signed: {h:?}");
+        }
+        for name in [
+            "mime-version",
+            "content-type",
+            "message-id",
+            "list-id",
+            "list-unsubscribe-post",
+        ] {
+            assert!(listed(name) >= 1, "{name} signed: {h:?}");
+        }
     }
-    assert_eq!(verify(&raw, &published).await, ["Pass", "Pass"]);
+    assert_eq!(
+        verify(&raw, &published).await,
+        [DkimResult::Pass, DkimResult::Pass]
+    );
 
     // A relay refolds a header: relaxed canonicalisation keeps the signatures valid.
     let refolded = text.replacen(
@@ -523,16 +616,41 @@ async fn digests_are_dkim_signed_and_verify_against_the_published_keys(backend: 
     assert_ne!(refolded, text);
     assert_eq!(
         verify(refolded.as_bytes(), &published).await,
-        ["Pass", "Pass"]
+        [DkimResult::Pass, DkimResult::Pass]
     );
-    // A changed body does not verify.
+    // A changed body: the body hash does not verify (reported as neutral, the way
+    // Gmail and OpenDKIM say "neutral (body hash did not verify)").
     let tampered = text.replacen("Signierte Meldung", "Gefaelschte Meldung", 1);
-    assert!(
-        verify(tampered.as_bytes(), &published)
-            .await
-            .iter()
-            .all(|r| r != "Pass")
+    let body_hash_mismatch = DkimResult::Neutral(mail_auth::Error::Dkim(
+        mail_auth::dkim::DkimError::FailedBodyHashMatch,
+    ));
+    assert_eq!(
+        verify(tampered.as_bytes(), &published).await,
+        [body_hash_mismatch.clone(), body_hash_mismatch]
     );
+    // A changed Subject: both signatures fail.
+    let subject = headers
+        .iter()
+        .find(|l| l.starts_with("Subject:"))
+        .unwrap()
+        .clone();
+    let changed = text.replacen(&subject, "Subject: Ihr Konto wird gesperrt", 1);
+    assert_ne!(changed, text);
+    assert!(both_fail(&verify(changed.as_bytes(), &published).await));
+    // A second header added above the signed one: a verifier reads the signed
+    // instance from the bottom, so only over-signing covers the added one.
+    for added in [
+        "From: Bank <konto@bank.example>",
+        "To: jemand@example.net",
+        "Subject: Ihr Konto wird gesperrt",
+        "Date: Mon, 1 Jan 2035 00:00:00 +0000",
+        "List-Unsubscribe: <https://attacker.example/u>",
+    ] {
+        let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        let forged = format!("{added}{eol}{text}");
+        let results = verify(forged.as_bytes(), &published).await;
+        assert!(both_fail(&results), "{added}: {results:?}");
+    }
 }
 
 on_both_backends!(

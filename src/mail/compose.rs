@@ -161,7 +161,7 @@ impl Composer {
             "confirm",
             to,
             subscriber_id,
-            &rendered,
+            rendered,
             now,
             &[auto_submitted()],
         )
@@ -189,7 +189,7 @@ impl Composer {
             "already-subscribed",
             to,
             subscriber_id,
-            &rendered,
+            rendered,
             now,
             &[auto_submitted()],
         )
@@ -200,7 +200,7 @@ impl Composer {
         kind: &'static str,
         to: &EmailAddress,
         subscriber_id: i64,
-        mail: &RenderedMail,
+        mail: RenderedMail,
         now: DateTime<Utc>,
         extra_headers: &[HeaderValue],
     ) -> Result<NewMail, ComposeError> {
@@ -210,16 +210,13 @@ impl Composer {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to.as_str().parse()?))
-            .subject(mail.subject.clone())
+            .subject(mail.subject)
             .date(now.into())
             .message_id(Some(format!("<{}@{domain}>", hex(&id))));
         for header in extra_headers {
             builder = builder.raw_header(header.clone());
         }
-        let message = builder.multipart(MultiPart::alternative_plain_html(
-            mail.text.clone(),
-            mail.html.clone(),
-        ))?;
+        let message = builder.multipart(MultiPart::alternative_plain_html(mail.text, mail.html))?;
         Ok(NewMail {
             kind,
             recipient: to.as_str().to_owned(),
@@ -237,16 +234,36 @@ fn auto_submitted() -> HeaderValue {
     )
 }
 
-/// Stand-ins for the per-reader parts of a digest: the body is rendered once per
-/// distinct content, and each reader's copy gets these replaced.
-const EMAIL_MARK: &str = "PBMARK-EMAIL-7c1e";
-const UNSUBSCRIBE_MARK: &str = "PBMARK-UNSUBSCRIBE-7c1e";
-const PREFERENCES_MARK: &str = "PBMARK-PREFERENCES-7c1e";
-
-/// A digest's content, shared by every reader with the same topics and news.
+/// A digest's content, shared by every reader with the same language, topics and
+/// news: rendered once from the `digest` templates, without any reader's data, and
+/// never searched or changed afterwards. [`Composer::digest`] puts one reader's part
+/// after it.
 #[derive(Debug, Clone)]
 pub struct DigestBody {
-    rendered: RenderedMail,
+    /// Picks the language of the reader's part.
+    locale: Locale,
+    /// One line, the same for every reader.
+    subject: String,
+    /// The `text/plain` part up to the reader's part.
+    text: String,
+    /// The `text/html` part up to the reader's part, which closes the document.
+    html: String,
+    /// The readers' topics, named again in the reader's part ("why you get this").
+    topics: String,
+}
+
+/// What belongs to one reader in a digest: rendered from the `digest-footer`
+/// templates with their address and links, small and cheap next to the shared
+/// [`DigestBody`].
+#[derive(Debug, Clone)]
+pub struct ReaderPart {
+    /// Follows the content's text part.
+    pub text: String,
+    /// Follows the content's HTML part and closes the document.
+    pub html: String,
+    /// The `List-Unsubscribe` header value (RFC 2369): the one-click link, and the
+    /// `mailto:` alternative when `unsubscribe_address` is set.
+    pub list_unsubscribe: String,
 }
 
 /// One topic's section in a digest.
@@ -270,7 +287,8 @@ pub struct DigestEntry {
 }
 
 impl Composer {
-    /// Renders a digest's content once; [`Composer::digest`] personalises it.
+    /// Renders a digest's shared content once; [`Composer::digest`] adds each
+    /// reader's part.
     ///
     /// # Errors
     /// A [`ComposeError`] when rendering fails.
@@ -287,27 +305,69 @@ impl Composer {
             Locale::De => date.format("%d.%m.%Y").to_string(),
             Locale::En => date.format("%-d %B %Y").to_string(),
         };
+        let topics = topic_names.join(", ");
         let data = json!({
             "date": date,
             "count": total,
             "groups": groups,
             "more": total.saturating_sub(shown),
             "more_url": self.public_url,
-            "topics": topic_names.join(", "),
-            "email": EMAIL_MARK,
-            "unsubscribe_url": UNSUBSCRIBE_MARK,
-            "preferences_url": PREFERENCES_MARK,
+            "topics": topics,
         });
+        let rendered = self.templates.mail(locale, "digest", &data)?;
         Ok(DigestBody {
-            rendered: self.templates.mail(locale, "digest", &data)?,
+            locale,
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+            topics,
         })
     }
 
-    /// One reader's copy of a digest, with their links and the list headers
-    /// (RFC 2369, RFC 8058 one-click).
+    /// One reader's part of a digest: the `digest-footer` templates rendered with
+    /// their address and their signed unsubscribe and preferences links, and their
+    /// `List-Unsubscribe` header.
     ///
     /// # Errors
-    /// A [`ComposeError`] when assembling fails.
+    /// A [`ComposeError`] when rendering fails.
+    pub fn reader_part(
+        &self,
+        body: &DigestBody,
+        to: &EmailAddress,
+        subscriber_id: i64,
+    ) -> Result<ReaderPart, ComposeError> {
+        let token = self.link_key.manage_token(subscriber_id);
+        let unsubscribe = format!("{}/unsubscribe/{}", self.public_url, token.as_str());
+        let data = json!({
+            "email": to.as_str(),
+            "topics": body.topics,
+            "unsubscribe_url": unsubscribe,
+            "preferences_url": format!("{}/preferences/{}", self.public_url, token.as_str()),
+        });
+        let footer = self
+            .templates
+            .mail_body(body.locale, "digest-footer", &data)?;
+        let list_unsubscribe = match &self.addresses.unsubscribe {
+            Some(template) => {
+                let mailto = template.replace("{id}", &self.verp_id(subscriber_id));
+                format!("<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>")
+            }
+            None => format!("<{unsubscribe}>"),
+        };
+        Ok(ReaderPart {
+            text: footer.text,
+            html: footer.html,
+            list_unsubscribe,
+        })
+    }
+
+    /// One reader's copy of a digest: the shared content followed by the reader's
+    /// part, joined as they are (no byte of either is searched or replaced), with
+    /// the list headers (RFC 2369, RFC 8058 one-click).
+    ///
+    /// # Errors
+    /// A [`ComposeError`] when the address is unusable or rendering or assembling
+    /// fails.
     pub fn digest(
         &self,
         body: &DigestBody,
@@ -315,41 +375,25 @@ impl Composer {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
-        let token = self.link_key.manage_token(subscriber_id);
-        let unsubscribe = format!("{}/unsubscribe/{}", self.public_url, token.as_str());
-        let preferences = format!("{}/preferences/{}", self.public_url, token.as_str());
-        let personal = |s: &str, email: &str| {
-            s.replace(EMAIL_MARK, email)
-                .replace(UNSUBSCRIBE_MARK, &unsubscribe)
-                .replace(PREFERENCES_MARK, &preferences)
-        };
+        let address =
+            EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
+        let part = self.reader_part(body, &address, subscriber_id)?;
         let rendered = RenderedMail {
-            subject: body.rendered.subject.clone(),
-            text: personal(&body.rendered.text, to),
-            html: personal(&body.rendered.html, &handlebars::html_escape(to)),
+            subject: body.subject.clone(),
+            text: [body.text.as_str(), &part.text].concat(),
+            html: [body.html.as_str(), &part.html].concat(),
         };
         let header = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
         };
         let extra = [
             header("List-Id", self.list_id.clone()),
-            header(
-                "List-Unsubscribe",
-                match &self.addresses.unsubscribe {
-                    Some(template) => {
-                        let mailto = template.replace("{id}", &self.verp_id(subscriber_id));
-                        format!("<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>")
-                    }
-                    None => format!("<{unsubscribe}>"),
-                },
-            ),
+            header("List-Unsubscribe", part.list_unsubscribe),
             header(
                 "List-Unsubscribe-Post",
                 "List-Unsubscribe=One-Click".to_owned(),
             ),
         ];
-        let address =
-            EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
-        self.build("digest", &address, subscriber_id, &rendered, now, &extra)
+        self.build("digest", &address, subscriber_id, rendered, now, &extra)
     }
 }

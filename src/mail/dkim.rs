@@ -2,6 +2,10 @@
 //! optionally a second ed25519-sha256 signature, relaxed/relaxed, over the headers
 //! big mail providers look at. RSA costs about 0.65 ms a signature, so workers sign
 //! on the blocking pool, never on the async threads.
+//!
+//! The headers a reader sees are over-signed (RFC 6376 §8.15): named in `h=` once
+//! more than the mail has them, so the signature also covers their absence, and a
+//! second `From`, `Subject` or `List-Unsubscribe` added on the way breaks it.
 
 use std::path::Path;
 
@@ -12,16 +16,26 @@ use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 
 use crate::config::DkimSettings;
 
-/// The headers every signature covers (those a message lacks are skipped by the
-/// signer, and count as absent for the verifier).
-pub const SIGNED_HEADERS: [&str; 8] = [
+/// The headers every signature covers, in `h=` order. mail-auth's signer lists
+/// each header the message has once per occurrence, then every entry of this list
+/// it did not match again: a name given twice here is therefore over-signed (one
+/// `h=` entry more than the message has), and a name the message lacks is signed as
+/// absent.
+pub const SIGNED_HEADERS: [&str; 15] = [
+    "From",
     "From",
     "To",
+    "To",
+    "Subject",
     "Subject",
     "Date",
+    "Date",
+    "List-Unsubscribe",
+    "List-Unsubscribe",
+    "MIME-Version",
+    "Content-Type",
     "Message-ID",
     "List-Id",
-    "List-Unsubscribe",
     "List-Unsubscribe-Post",
 ];
 
@@ -114,7 +128,10 @@ impl Signer {
         })?;
         let mut records = vec![(
             format!("{}._domainkey.{}", settings.selector, settings.domain),
-            format!("v=DKIM1; k=rsa; p={}", b64.encode(rsa.public_key())),
+            format!(
+                "v=DKIM1; k=rsa; p={}",
+                b64.encode(rsa_spki(&rsa.public_key()))
+            ),
         )];
         let rsa = DkimSigner::from_key(rsa)
             .domain(settings.domain.clone())
@@ -177,8 +194,85 @@ impl Signer {
         Ok(out)
     }
 
-    /// The DNS TXT records to publish: `(name, value)`.
+    /// The DNS TXT records to publish: `(name, value)`. The RSA key is given as a
+    /// SubjectPublicKeyInfo (what `opendkim-genkey` and `openssl rsa -pubout`
+    /// write, and every verifier reads); the ed25519 key as its 32 raw bytes
+    /// (RFC 8463).
     pub fn dns_records(&self) -> &[(String, String)] {
         &self.records
+    }
+}
+
+/// Wraps a PKCS#1 `RSAPublicKey` (what ring hands out) into the X.509
+/// `SubjectPublicKeyInfo` that DKIM records carry in `p=` (RFC 6376 §3.6.1):
+/// `SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING { RSAPublicKey } }`.
+fn rsa_spki(rsa_public_key: &[u8]) -> Vec<u8> {
+    /// `SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }`.
+    const RSA_ENCRYPTION: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    // The BIT STRING's first content byte counts unused bits: none.
+    let mut bit_string = vec![0x03];
+    der_length(rsa_public_key.len() + 1, &mut bit_string);
+    bit_string.push(0x00);
+    bit_string.extend_from_slice(rsa_public_key);
+    let mut spki = vec![0x30];
+    der_length(RSA_ENCRYPTION.len() + bit_string.len(), &mut spki);
+    spki.extend_from_slice(&RSA_ENCRYPTION);
+    spki.extend_from_slice(&bit_string);
+    spki
+}
+
+/// A DER length: one byte below 128, else `0x80 | n` and the n big-endian bytes.
+fn der_length(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let significant = &bytes[bytes.iter().take_while(|b| **b == 0).count()..];
+    out.push(0x80 | significant.len() as u8);
+    out.extend_from_slice(significant);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths_use_the_short_form_below_128_and_the_long_form_above() {
+        for (len, want) in [
+            (0, vec![0x00]),
+            (127, vec![0x7f]),
+            (128, vec![0x81, 0x80]),
+            (255, vec![0x81, 0xff]),
+            (256, vec![0x82, 0x01, 0x00]),
+            (0x01_0000, vec![0x83, 0x01, 0x00, 0x00]),
+        ] {
+            let mut out = Vec::new();
+            der_length(len, &mut out);
+            assert_eq!(out, want, "{len}");
+        }
+    }
+
+    #[test]
+    fn the_rsa_record_is_the_subject_public_key_info_openssl_writes() {
+        // `openssl rsa -in tests/fixtures/dkim/rsa.pem -pubout`: what
+        // `opendkim-genkey` publishes.
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dkim");
+        let settings = DkimSettings {
+            domain: "example.org".into(),
+            selector: "postbote".into(),
+            rsa_key: format!("{fixtures}/rsa.pem").into(),
+            ed25519: None,
+        };
+        let signer = Signer::load(&settings).unwrap();
+        let (name, value) = &signer.dns_records()[0];
+        assert_eq!(name, "postbote._domainkey.example.org");
+        let expected = std::fs::read_to_string(format!("{fixtures}/rsa.pub.pem")).unwrap();
+        assert_eq!(
+            value.strip_prefix("v=DKIM1; k=rsa; p=").unwrap(),
+            base64::engine::general_purpose::STANDARD.encode(der(expected.as_bytes()))
+        );
     }
 }

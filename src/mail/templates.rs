@@ -1,6 +1,14 @@
 //! The template set: web pages, page texts per language, and mails per language
 //! (`mail/<locale>/<name>/{subject,body.txt,body.html}.hbs`). The built-in set is
 //! compiled into the binary; `templates_dir` replaces it file by file.
+//!
+//! A digest is two templates: `digest` renders the content every reader of the same
+//! news shares (no reader's address or link), `digest-footer` (`body.txt`,
+//! `body.html`, no subject) renders one reader's part: why they get it and their
+//! links. The mail is the content followed by the footer, which also closes the HTML
+//! document. [`Templates::load`] renders both with sample data and refuses a set that
+//! breaks this split, e.g. a `digest` template of an older version that still uses
+//! `{{email}}`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -102,6 +110,22 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../templates/mail/en/digest/body.html.hbs"),
     ),
     (
+        "mail/de/digest-footer/body.txt.hbs",
+        include_str!("../../templates/mail/de/digest-footer/body.txt.hbs"),
+    ),
+    (
+        "mail/de/digest-footer/body.html.hbs",
+        include_str!("../../templates/mail/de/digest-footer/body.html.hbs"),
+    ),
+    (
+        "mail/en/digest-footer/body.txt.hbs",
+        include_str!("../../templates/mail/en/digest-footer/body.txt.hbs"),
+    ),
+    (
+        "mail/en/digest-footer/body.html.hbs",
+        include_str!("../../templates/mail/en/digest-footer/body.html.hbs"),
+    ),
+    (
         "pages/unsubscribe.hbs",
         include_str!("../../templates/pages/unsubscribe.hbs"),
     ),
@@ -151,6 +175,14 @@ pub enum TemplateError {
     /// Rendering failed (a helper error, a missing partial).
     #[error("rendering {0}: {1}")]
     Render(String, String),
+    /// A template compiles but does not do its part (see the module doc).
+    #[error("template {file}: {message}")]
+    Contract {
+        /// The file.
+        file: String,
+        /// What is wrong and where it belongs.
+        message: String,
+    },
 }
 
 /// The compiled templates.
@@ -175,11 +207,26 @@ pub struct RenderedMail {
     pub html: String,
 }
 
+/// A mail body without a subject: what `digest-footer` renders.
+#[derive(Debug, Clone)]
+pub struct RenderedBody {
+    /// Goes into the `text/plain` part.
+    pub text: String,
+    /// Goes into the `text/html` part.
+    pub html: String,
+}
+
+/// What only one reader's part of a digest may show: the digest content is shared by
+/// many readers and never gets these.
+const READER_FIELDS: [&str; 3] = ["email", "unsubscribe_url", "preferences_url"];
+
 impl Templates {
     /// Compiles the built-in set, with files from `dir` replacing built-in ones.
     ///
     /// # Errors
-    /// A [`TemplateError`] naming the file that cannot be read or compiled.
+    /// A [`TemplateError`] naming the file that cannot be read or compiled, or a
+    /// digest template that does not keep to its part
+    /// ([`TemplateError::Contract`]).
     pub fn load(dir: Option<&Path>) -> Result<Self, TemplateError> {
         let source = |name: &str, builtin: &'static str| -> Result<String, TemplateError> {
             match dir.map(|d| d.join(name)).filter(|p| p.exists()) {
@@ -220,11 +267,103 @@ impl Templates {
                 })?;
             strings.insert(*locale, serde_json::to_value(table).unwrap_or_default());
         }
-        Ok(Self {
+        let templates = Self {
             html,
             text,
             strings,
-        })
+        };
+        templates.check_digest_split()?;
+        Ok(templates)
+    }
+
+    /// Renders the digest templates of every language with sample data, strictly (a
+    /// value the data lacks is an error), and checks the split: the content uses no
+    /// reader's data and leaves the HTML document open; the footer shows both links
+    /// in both parts.
+    fn check_digest_split(&self) -> Result<(), TemplateError> {
+        let (mut html, mut text) = (self.html.clone(), self.text.clone());
+        html.set_strict_mode(true);
+        text.set_strict_mode(true);
+        let (html, text) = (&html, &text);
+        let item = serde_json::json!({"title": "Titel", "url": "https://example.org/a", "summary": "Text"});
+        let bare = serde_json::json!({"title": "Titel", "url": null, "summary": null});
+        let content = serde_json::json!({
+            "date": "01.01.2027",
+            "count": 3,
+            "groups": [{"topic": "Thema", "items": [item, bare]}],
+            "more": 1,
+            "more_url": "https://example.org",
+            "topics": "Thema",
+        });
+        let (unsubscribe, preferences) = (
+            "https://example.org/unsubscribe/1.check",
+            "https://example.org/preferences/1.check",
+        );
+        let footer = serde_json::json!({
+            "email": "leser@example.org",
+            "topics": "Thema",
+            "unsubscribe_url": unsubscribe,
+            "preferences_url": preferences,
+        });
+        for locale in Locale::ALL {
+            let file = |name: &str, part: &str| format!("mail/{locale}/{name}/{part}.hbs");
+            let contract =
+                |file: String, message: String| TemplateError::Contract { file, message };
+            let mut content_html = String::new();
+            for (reg, part) in [(text, "subject"), (text, "body.txt"), (html, "body.html")] {
+                let name = format!("mail/{locale}/digest/{part}");
+                let rendered = reg.render(&name, &content).map_err(|e| {
+                    let message = match e.reason() {
+                        handlebars::RenderErrorReason::MissingVariable(Some(path))
+                            if READER_FIELDS.iter().any(|f| {
+                                path.trim_start_matches("../").trim_start_matches("@root.") == *f
+                            }) =>
+                        {
+                            let belongs = match part {
+                                "subject" => {
+                                    "a digest's subject is the same for all of them".to_owned()
+                                }
+                                _ => format!("they belong in {}", file("digest-footer", part)),
+                            };
+                            format!(
+                                "uses `{path}`, but the digest content is rendered once for all \
+                                 readers and has no reader's address or links; {belongs}"
+                            )
+                        }
+                        _ => e.to_string(),
+                    };
+                    contract(file("digest", part), message)
+                })?;
+                if part == "body.html" {
+                    content_html = rendered;
+                }
+            }
+            if content_html.to_ascii_lowercase().contains("</body") {
+                return Err(contract(
+                    file("digest", "body.html"),
+                    format!(
+                        "closes the HTML document; the reader's part follows the content, \
+                         and {} closes it",
+                        file("digest-footer", "body.html")
+                    ),
+                ));
+            }
+            for (reg, part) in [(text, "body.txt"), (html, "body.html")] {
+                let name = format!("mail/{locale}/digest-footer/{part}");
+                let rendered = reg
+                    .render(&name, &footer)
+                    .map_err(|e| contract(file("digest-footer", part), e.to_string()))?;
+                if !(rendered.contains(unsubscribe) && rendered.contains(preferences)) {
+                    return Err(contract(
+                        file("digest-footer", part),
+                        "must show {{unsubscribe_url}} and {{preferences_url}}: \
+                         every digest carries both links"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The page texts of a language.
@@ -268,9 +407,33 @@ impl Templates {
                 .map_err(|e| TemplateError::Render(n, e.to_string()))
         };
         let subject = render(&self.text, "subject")?;
+        let body = self.mail_body(locale, name, data)?;
         Ok(RenderedMail {
             // A subject is one line, whatever the template or the data say.
             subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
+            text: body.text,
+            html: body.html,
+        })
+    }
+
+    /// Renders the two body parts of mail `name` in `locale` (`body.txt`,
+    /// `body.html`), e.g. a digest's footer.
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] when rendering fails.
+    pub fn mail_body(
+        &self,
+        locale: Locale,
+        name: &str,
+        data: &impl Serialize,
+    ) -> Result<RenderedBody, TemplateError> {
+        let base = format!("mail/{locale}/{name}");
+        let render = |reg: &Handlebars<'static>, part: &str| {
+            let n = format!("{base}/{part}");
+            reg.render(&n, data)
+                .map_err(|e| TemplateError::Render(n, e.to_string()))
+        };
+        Ok(RenderedBody {
             text: render(&self.text, "body.txt")?,
             html: render(&self.html, "body.html")?,
         })
@@ -323,6 +486,69 @@ mod tests {
         assert!(
             err.to_string().contains("mail/en/confirm/subject.hbs"),
             "{err}"
+        );
+    }
+
+    /// Loads the built-in set with one file replaced; the error's text, if any.
+    fn load_with(file: &str, content: &str) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+        Templates::load(Some(dir.path()))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_digest_content_template_with_the_readers_data_is_refused_naming_the_footer() {
+        for (file, content) in [
+            ("mail/de/digest/body.txt.hbs", "{{date}}\nAn {{email}}\n"),
+            (
+                "mail/en/digest/body.html.hbs",
+                "<body>{{#each groups}}{{topic}} <a href=\"{{../unsubscribe_url}}\">x</a>{{/each}}",
+            ),
+            ("mail/en/digest/subject.hbs", "News for {{email}}"),
+        ] {
+            let err = load_with(file, content).expect("refused");
+            let part = file.rsplit('/').next().unwrap();
+            let footer = file.replace("/digest/", "/digest-footer/");
+            assert!(err.contains(file), "{err}");
+            assert!(
+                err.contains(if part == "subject.hbs" {
+                    "the same for all"
+                } else {
+                    &footer
+                }),
+                "says where the reader's data belongs: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_digest_content_that_closes_the_document_or_a_footer_without_links_is_refused() {
+        let err = load_with(
+            "mail/de/digest/body.html.hbs",
+            "<html><body>{{date}}</body></html>",
+        )
+        .expect("refused");
+        assert!(err.contains("mail/de/digest-footer/body.html.hbs"), "{err}");
+        let err = load_with(
+            "mail/en/digest-footer/body.txt.hbs",
+            "--\nUnsubscribe: {{unsubscribe_url}}\n",
+        )
+        .expect("refused");
+        assert!(
+            err.contains("mail/en/digest-footer/body.txt.hbs") && err.contains("preferences_url"),
+            "{err}"
+        );
+        assert_eq!(
+            load_with(
+                "mail/en/digest-footer/body.txt.hbs",
+                "--\n{{email}}: {{preferences_url}} {{unsubscribe_url}}\n"
+            ),
+            None,
+            "a footer of one's own is fine"
         );
     }
 }
