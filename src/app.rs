@@ -21,7 +21,7 @@ use crate::digest::Digester;
 use crate::domain::hex;
 use crate::feeds::Poller;
 use crate::mail::compose::Composer;
-use crate::mail::delivery::{DeliveryContext, run_worker};
+use crate::mail::delivery::{DeliveryContext, run_retention, run_worker};
 use crate::mail::dkim::Signer;
 use crate::mail::templates::Templates;
 use crate::store::Store;
@@ -89,7 +89,7 @@ impl App {
                 })?;
         }
         let admin_token = match &config.admin_token {
-            Some(token) => token.clone(),
+            Some(token) => token.expose().to_owned(),
             None => admin_token_file(&config.data_dir.join("admin-token"))?,
         };
         let listener = TcpListener::bind(config.listen)
@@ -139,6 +139,7 @@ impl App {
             client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
                 config.rate_limit.per_client_per_minute,
             )),
+            limit_tally: Arc::default(),
             config: Arc::new(config),
             clock,
             templates,
@@ -173,7 +174,8 @@ impl App {
     /// Serves until `shutdown` fires, then stops gracefully.
     ///
     /// # Errors
-    /// When the HTTP server fails.
+    /// When the listener's address cannot be read. A failing connection ends only
+    /// that connection.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -192,23 +194,21 @@ impl App {
             tasks.spawn(run_worker(delivery.clone(), workers_stop.clone()));
         }
         tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
+        tasks.spawn(run_retention(delivery.clone(), workers_stop.clone()));
         tasks.spawn(state.poller.clone().run(workers_stop.clone()));
         if state.config.digest.run_scheduler {
             tasks.spawn(state.digester.clone().run_schedule(workers_stop.clone()));
         }
 
+        let http = state.config.http;
         let router =
             web::router(state).layer(axum::extract::DefaultBodyLimit::max(web::BODY_LIMIT));
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let served = tokio::select! {
-            result = server => result.context("HTTP server failed"),
+        let server = web::server::serve(listener, router, http, shutdown.clone());
+        tokio::select! {
+            () = server => {}
             // In-flight requests get the grace period too, not forever.
-            () = async { shutdown.cancelled().await; tokio::time::sleep(HTTP_DRAIN).await } => Ok(()),
-        };
+            () = async { shutdown.cancelled().await; tokio::time::sleep(HTTP_DRAIN).await } => {}
+        }
         tracing::info!("HTTP server stopped; finishing deliveries in progress");
         workers_stop.cancel();
         let joined = tokio::time::timeout(TASKS_GRACE, async {
@@ -227,7 +227,7 @@ impl App {
             tracing::warn!("database connections did not close in time");
         }
         tracing::info!("postbote stopped");
-        served
+        Ok(())
     }
 }
 

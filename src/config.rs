@@ -4,7 +4,7 @@
 //! start with a [`ConfigError`] naming the key and the problem.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,9 +43,12 @@ struct FileConfig {
     outbox_dir: Option<PathBuf>,
     mail_from: Option<String>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
     data_dir: Option<PathBuf>,
     templates_dir: Option<PathBuf>,
     trust_proxy_headers: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    http: FileHttp,
     confirmation_lifetime_hours: Option<u64>,
     consent_version: Option<String>,
     defaults: FileDefaults,
@@ -78,6 +81,15 @@ struct FilePolling {
     timeout_secs: Option<u64>,
     max_bytes: Option<usize>,
     concurrency: Option<usize>,
+    max_new_items: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileHttp {
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +141,9 @@ struct FileDefaults {
 struct FileRateLimit {
     per_client_per_minute: Option<u32>,
     per_address_per_hour: Option<u32>,
+    per_domain_per_hour: Option<u32>,
+    global_per_hour: Option<u32>,
+    suppressed_quiet_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +156,7 @@ struct FileDelivery {
     max_attempts: Option<u32>,
     max_per_second: Option<u32>,
     smtp_timeout_ms: Option<u64>,
+    keep_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,8 +167,8 @@ struct FileTopic {
     description: Option<String>,
 }
 
-/// Which database, parsed from `POSTBOTE_DATABASE_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which database, parsed from `POSTBOTE_DATABASE_URL`. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// `postgres://…`: the reference store; several instances may share it.
     Postgres(String),
@@ -169,8 +185,8 @@ pub enum Transport {
     Smtp(SmtpRelay),
 }
 
-/// An SMTP relay, parsed from `POSTBOTE_SMTP_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An SMTP relay, parsed from `POSTBOTE_SMTP_URL`. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SmtpRelay {
     /// Host name or address.
     pub host: String,
@@ -180,6 +196,165 @@ pub struct SmtpRelay {
     pub tls: SmtpTls,
     /// `user:password` from the URL, if any.
     pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&redact_url_password(url))
+                .finish(),
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+        }
+    }
+}
+
+/// The URL with its password (in the authority or a `password=` parameter) replaced.
+fn redact_url_password(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(unparseable, hidden)".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
+impl std::fmt::Debug for SmtpRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpRelay")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(user, _)| (user, "***")),
+            )
+            .finish()
+    }
+}
+
+/// A secret from the configuration (a bearer token): its `Debug` shows none of it,
+/// so a logged or printed configuration gives nothing away.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`), e.g. a trusted proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    /// The first address of the network (host bits zero).
+    addr: IpAddr,
+    /// Leading bits that must match.
+    prefix: u8,
+}
+
+impl IpNetwork {
+    /// Parses `ADDRESS/PREFIX`, or a bare address (one host). IPv4-mapped IPv6
+    /// networks (`::ffff:10.0.0.0/104`) become their IPv4 form.
+    ///
+    /// # Errors
+    /// What is wrong, for a [`ConfigError`].
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let hint = "expected a network like 10.0.0.0/8 or ::1/128";
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {hint}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => (
+                IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+                prefix - 96,
+            ),
+            other => (other, prefix),
+        };
+        let net = Self { addr, prefix };
+        if net.masked(addr) != addr {
+            return Err(format!(
+                "{s:?} has bits set after the prefix: write the network's first address, or /{max} for one host"
+            ));
+        }
+        Ok(net)
+    }
+
+    /// `ip` with the bits after this network's prefix cleared.
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 form) lies in
+    /// this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == self.addr
+    }
+}
+
+/// Limits of the HTTP server against slow clients and too many of them.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request line and its headers, and how
+    /// long an idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 /// Transport security towards the relay.
@@ -209,8 +384,16 @@ pub struct SignUpDefaults {
 pub struct RateLimits {
     /// Sign-up requests one client address may make per minute; 0 disables the limit.
     pub per_client_per_minute: u32,
-    /// Mails one email address may be sent per hour by sign-ups; 0 disables the limit.
+    /// Mails one mailbox (`+tags` and Gmail dots do not make a new one) may be sent
+    /// per hour by sign-ups; 0 disables the limit.
     pub per_address_per_hour: u32,
+    /// Sign-up mails per hour to one (ASCII) domain; 0 disables the cap.
+    pub per_domain_per_hour: u32,
+    /// Sign-up mails per hour in total; 0 disables the cap.
+    pub global_per_hour: u32,
+    /// Days after a hard bounce or complaint in which the form sends the address no
+    /// confirmation mail; 0 disables the quiet period.
+    pub suppressed_quiet_days: u32,
 }
 
 /// How the delivery workers behave.
@@ -231,6 +414,9 @@ pub struct Delivery {
     pub smtp_timeout: Duration,
     /// Mails per second over all workers of this process; 0 means no limit.
     pub max_per_second: u32,
+    /// Days finished (sent or failed) mail rows are kept before the retention task
+    /// folds them into each reader's daily delivery counts and deletes them.
+    pub keep_days: u32,
 }
 
 /// How digests are made.
@@ -273,6 +459,8 @@ pub struct PollingSettings {
     pub max_bytes: usize,
     /// Feeds fetched at the same time.
     pub concurrency: usize,
+    /// New items one feed may add in one poll; the rest wait for the next poll.
+    pub max_new_items: usize,
 }
 
 /// Items mailed in.
@@ -352,13 +540,20 @@ pub struct Config {
     /// The `From:` of every mail.
     pub mail_from: Mailbox,
     /// Bearer token for `/api/v1`; `None` → generated into `data_dir/admin-token`.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// A second bearer token that opens only `/metrics` (for Prometheus).
+    pub metrics_token: Option<Secret>,
     /// Folder for the generated admin token (and the default database and outbox).
     pub data_dir: PathBuf,
     /// Operator's template folder replacing the built-in templates.
     pub templates_dir: Option<PathBuf>,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_proxy_headers: bool,
+    /// The proxies whose `X-Forwarded-For` entries count: the TCP peer must be one
+    /// of them, and the client is the first address from the right that is not.
+    pub trusted_proxies: Vec<IpNetwork>,
+    /// Connection cap and timeouts of the HTTP server.
+    pub http: HttpSettings,
     /// How long a confirmation link is valid; pending sign-ups are purged after it.
     pub confirmation_lifetime: chrono::Duration,
     /// Version label of the consent text, stored with every sign-up.
@@ -474,15 +669,56 @@ impl Config {
                 .parse()
                 .expect("default From parses"),
         };
+        let token = |(key, v): (String, String)| {
+            if v.len() < 16 {
+                Err(ConfigError::new(key, "must be at least 16 characters"))
+            } else {
+                Ok(Secret::new(v))
+            }
+        };
         let admin_token = pick("POSTBOTE_ADMIN_TOKEN", "admin_token", file.admin_token)
-            .map(|(key, v)| {
-                if v.len() < 16 {
-                    Err(ConfigError::new(key, "must be at least 16 characters"))
-                } else {
-                    Ok(v)
-                }
-            })
+            .map(token)
             .transpose()?;
+        let metrics_token = pick(
+            "POSTBOTE_METRICS_TOKEN",
+            "metrics_token",
+            file.metrics_token,
+        )
+        .map(token)
+        .transpose()?;
+        let trusted_proxies = match file.trusted_proxies {
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    IpNetwork::parse(v)
+                        .map_err(|p| ConfigError::new(format!("trusted_proxies[{i}]"), p))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => ["127.0.0.1/32", "::1/128"]
+                .iter()
+                .map(|n| IpNetwork::parse(n).expect("valid"))
+                .collect(),
+        };
+        let http = HttpSettings {
+            max_connections: file.http.max_connections.unwrap_or(1024),
+            header_timeout: Duration::from_secs(file.http.header_timeout_secs.unwrap_or(30)),
+            body_timeout: Duration::from_secs(file.http.body_timeout_secs.unwrap_or(30)),
+        };
+        if !(1..=65_536).contains(&http.max_connections) {
+            return Err(ConfigError::new(
+                "http.max_connections",
+                "must be between 1 and 65536",
+            ));
+        }
+        for (key, value) in [
+            ("http.header_timeout_secs", http.header_timeout),
+            ("http.body_timeout_secs", http.body_timeout),
+        ] {
+            if !(1..=3600).contains(&value.as_secs()) {
+                return Err(ConfigError::new(key, "must be between 1 and 3600"));
+            }
+        }
 
         let defaults = SignUpDefaults {
             locale: opt_parse("defaults.locale", file.defaults.locale, Locale::parse)?
@@ -505,6 +741,14 @@ impl Config {
             ));
         }
 
+        let quiet_days = file.rate_limit.suppressed_quiet_days.unwrap_or(30);
+        if quiet_days > 3650 {
+            return Err(ConfigError::new(
+                "rate_limit.suppressed_quiet_days",
+                "must be between 0 and 3650",
+            ));
+        }
+
         let d = file.delivery;
         let delivery = Delivery {
             workers: d.workers.unwrap_or(4),
@@ -514,6 +758,7 @@ impl Config {
             max_attempts: d.max_attempts.unwrap_or(25),
             smtp_timeout: Duration::from_millis(d.smtp_timeout_ms.unwrap_or(30_000)),
             max_per_second: d.max_per_second.unwrap_or(0),
+            keep_days: d.keep_days.unwrap_or(90),
         };
         if !(1..=256).contains(&delivery.workers) {
             return Err(ConfigError::new(
@@ -530,6 +775,12 @@ impl Config {
             if value.is_zero() {
                 return Err(ConfigError::new(key, "must be greater than 0"));
             }
+        }
+        if !(1..=36_500).contains(&delivery.keep_days) {
+            return Err(ConfigError::new(
+                "delivery.keep_days",
+                "must be between 1 and 36500",
+            ));
         }
         if delivery.max_attempts == 0 {
             return Err(ConfigError::new(
@@ -672,6 +923,7 @@ impl Config {
             timeout: Duration::from_secs(p.timeout_secs.unwrap_or(20).clamp(1, 300)),
             max_bytes: p.max_bytes.unwrap_or(5 * 1024 * 1024),
             concurrency: p.concurrency.unwrap_or(4).clamp(1, 64),
+            max_new_items: p.max_new_items.unwrap_or(200).clamp(1, 10_000),
         };
         let submissions = SubmissionSettings {
             address: match file.submissions.address {
@@ -730,15 +982,21 @@ impl Config {
             transport,
             mail_from,
             admin_token,
+            metrics_token,
             data_dir,
             templates_dir: file.templates_dir,
             trust_proxy_headers: file.trust_proxy_headers.unwrap_or(false),
+            trusted_proxies,
+            http,
             confirmation_lifetime: chrono::Duration::hours(lifetime_hours as i64),
             consent_version: file.consent_version.unwrap_or_else(|| "1".to_owned()),
             defaults,
             rate_limit: RateLimits {
                 per_client_per_minute: file.rate_limit.per_client_per_minute.unwrap_or(20),
                 per_address_per_hour: file.rate_limit.per_address_per_hour.unwrap_or(3),
+                per_domain_per_hour: file.rate_limit.per_domain_per_hour.unwrap_or(50),
+                global_per_hour: file.rate_limit.global_per_hour.unwrap_or(1000),
+                suppressed_quiet_days: quiet_days,
             },
             delivery,
             digest,
@@ -834,6 +1092,16 @@ fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
         )
     });
     let port = url.port().unwrap_or(if implicit { 465 } else { 25 });
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    if credentials.is_some() && tls == SmtpTls::None && !loopback {
+        return Err(format!(
+            "smtp_url carries a password but no TLS: SMTP AUTH would send it in plain text to {host}; \
+             use smtps://…:465 or add ?tls=required (plain smtp:// with a password only to a relay on loopback)"
+        ));
+    }
     Ok(SmtpRelay {
         host,
         port,
@@ -866,6 +1134,12 @@ mod tests {
         assert_eq!(c.public_url_for(c.listen), "http://127.0.0.1:8080");
         assert_eq!(c.confirmation_lifetime, chrono::Duration::days(7));
         assert!(c.admin_token.is_none());
+        let r = c.rate_limit;
+        assert_eq!(
+            (r.per_address_per_hour, r.per_domain_per_hour, r.global_per_hour),
+            (3, 50, 1000)
+        );
+        assert_eq!(r.suppressed_quiet_days, 30);
     }
 
     #[test]
@@ -929,5 +1203,123 @@ mod tests {
         std::fs::write(&path, "[[topics]]\nslug = \"Bad Slug\"\nname = \"x\"\n").unwrap();
         let err = Config::from_sources(Some(&path), &env(&[])).unwrap_err();
         assert_eq!(err.key, "topics[0].slug");
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("dkim.pem");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nS3CRET-KEY-BYTES\n").unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "admin_token = \"admin-S3CRET-0123456789\"\n\
+                 metrics_token = \"metrics-S3CRET-0123456789\"\n\
+                 [dkim]\ndomain = \"example.org\"\nselector = \"s\"\nrsa_key = {:?}\n",
+                key.display().to_string()
+            ),
+        )
+        .unwrap();
+        let c = Config::from_sources(
+            Some(&path),
+            &env(&[
+                (
+                    "POSTBOTE_SMTP_URL",
+                    "smtps://mailer:smtp-S3CRET-pw@mail.example.org",
+                ),
+                (
+                    "POSTBOTE_DATABASE_URL",
+                    "postgres://postbote:db-S3CRET-pw@db.example.org/postbote?password=db-S3CRET-2",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().map(Secret::expose),
+            Some("admin-S3CRET-0123456789")
+        );
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("S3CRET"), "{shown}");
+        assert!(
+            shown.contains("mail.example.org") && shown.contains("mailer"),
+            "the rest is still shown"
+        );
+    }
+
+    #[test]
+    fn an_smtp_password_never_travels_in_plain_text_beyond_loopback() {
+        for url in [
+            "smtp://user:pw@mail.example.org:587",
+            "smtp://user:pw@192.0.2.1",
+            "smtp://user:pw@mail.example.org?tls=none",
+        ] {
+            let err = Config::from_sources(None, &env(&[("POSTBOTE_SMTP_URL", url)])).unwrap_err();
+            assert_eq!(err.key, "POSTBOTE_SMTP_URL", "{url}");
+            assert!(
+                err.problem.contains("smtp_url") && err.problem.contains("plain text"),
+                "{err}"
+            );
+        }
+        for url in [
+            "smtp://user:pw@127.0.0.1:25",
+            "smtp://user:pw@localhost",
+            "smtp://user:pw@[::1]:25",
+            "smtp://user:pw@mail.example.org?tls=required",
+            "smtps://user:pw@mail.example.org",
+            "smtp://mail.example.org",
+        ] {
+            assert!(
+                Config::from_sources(None, &env(&[("POSTBOTE_SMTP_URL", url)])).is_ok(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n",
+        )
+        .unwrap();
+        let c = Config::from_sources(Some(&path), &env(&[])).unwrap();
+        let trusted = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            c.trusted_proxies.iter().any(|n| n.contains(ip))
+        };
+        assert!(trusted("10.1.2.3") && trusted("::ffff:10.1.2.3"));
+        assert!(trusted("2001:db8:ffff::1") && trusted("192.0.2.7"));
+        assert!(!trusted("11.0.0.1") && !trusted("192.0.2.8") && !trusted("2001:db9::1"));
+        let defaults = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(
+            defaults.trusted_proxies,
+            vec![
+                IpNetwork::parse("127.0.0.1").unwrap(),
+                IpNetwork::parse("::1/128").unwrap()
+            ]
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.1/8",
+            "proxy.example.org",
+            "10.0.0.0/x",
+        ] {
+            std::fs::write(&path, format!("trusted_proxies = [\"::1/128\", {bad:?}]\n")).unwrap();
+            let err = Config::from_sources(Some(&path), &env(&[])).unwrap_err();
+            assert_eq!(err.key, "trusted_proxies[1]", "{bad}");
+            assert!(err.problem.contains(bad), "{err}");
+        }
+        assert_eq!(
+            IpNetwork::parse("::ffff:10.0.0.0/104").unwrap(),
+            IpNetwork::parse("10.0.0.0/8").unwrap()
+        );
+        assert!(
+            IpNetwork::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("203.0.113.1".parse().unwrap())
+        );
     }
 }

@@ -55,6 +55,51 @@ impl fmt::Display for Report {
     }
 }
 
+/// A cell's value quoted for a report line, cut to 64 characters: a hostile file
+/// cannot make one line of the report as long as itself.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((at, _)) => format!("{:?}…", &value[..at]),
+        None => format!("{value:?}"),
+    }
+}
+
+/// How the file is read: a header row, any number of fields per row (a short row
+/// lacks the last columns), cells trimmed.
+fn csv_reader() -> csv::ReaderBuilder {
+    let mut builder = csv::ReaderBuilder::new();
+    builder.flexible(true).trim(csv::Trim::All);
+    builder
+}
+
+/// One record of the file, parsed: its line number, and the reader or why not.
+fn parse_record(
+    config: &Config,
+    offered: &[String],
+    headers: &[String],
+    record: Result<csv::StringRecord, csv::Error>,
+    source: &str,
+    now: DateTime<Utc>,
+) -> (u64, Result<ImportedSubscriber, String>) {
+    match record {
+        Ok(r) => {
+            let line = r.position().map_or(0, |p| p.line());
+            let get = |key: &str| {
+                headers
+                    .iter()
+                    .position(|h| h == key)
+                    .and_then(|i| r.get(i))
+                    .map(str::to_owned)
+            };
+            (line, parse_row(config, offered, get, source, now))
+        }
+        Err(e) => (
+            e.position().map_or(0, |p| p.line()),
+            Err(format!("not readable as CSV: {e}")),
+        ),
+    }
+}
+
 /// One row, parsed.
 fn parse_row(
     config: &Config,
@@ -72,9 +117,9 @@ fn parse_row(
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        let parsed = TopicSlug::parse(slug).map_err(|e| format!("topics: {slug:?} {e}"))?;
+        let parsed = TopicSlug::parse(slug).map_err(|e| format!("topics: {} {e}", quoted(slug)))?;
         if !offered.iter().any(|o| o == slug) {
-            return Err(format!("topics: unknown topic {slug:?}"));
+            return Err(format!("topics: unknown topic {}", quoted(slug)));
         }
         if !topics.contains(&parsed) {
             topics.push(parsed);
@@ -142,9 +187,7 @@ pub async fn run(
     path: &Path,
     send_confirmation: bool,
 ) -> anyhow::Result<Report> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
+    let mut reader = csv_reader()
         .from_path(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let headers: Vec<String> = reader
@@ -201,23 +244,7 @@ pub async fn run(
     let mut batch: Vec<ImportedSubscriber> = Vec::with_capacity(BATCH);
     let mut seen = std::collections::HashSet::new();
     for record in reader.records() {
-        let (line, parsed) = match record {
-            Ok(r) => {
-                let line = r.position().map_or(0, |p| p.line());
-                let get = |key: &str| {
-                    headers
-                        .iter()
-                        .position(|h| h == key)
-                        .and_then(|i| r.get(i))
-                        .map(str::to_owned)
-                };
-                (line, parse_row(config, &offered, get, &source, now))
-            }
-            Err(e) => (
-                e.position().map_or(0, |p| p.line()),
-                Err(format!("not readable as CSV: {e}")),
-            ),
-        };
+        let (line, parsed) = parse_record(config, &offered, &headers, record, &source, now);
         match parsed {
             Ok(row) if !seen.insert(row.email.clone()) => {
                 report
@@ -314,4 +341,113 @@ async fn store_batch(
         }
     }
     Ok(())
+}
+
+/// Whatever a file holds, reading it row by row never panics, reports each bad row
+/// in a line of bounded length, and takes time linear in its size.
+#[cfg(test)]
+mod props {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every record of `csv` (with its header row) as the import reads it.
+    fn read_all(csv: &[u8]) -> Vec<(u64, Result<ImportedSubscriber, String>)> {
+        let config = Config::from_sources(None, &HashMap::new()).unwrap();
+        let offered = vec!["wirtschaft".to_owned(), "kultur".to_owned()];
+        let mut reader = csv_reader().from_reader(csv);
+        let headers: Vec<String> = match reader.headers() {
+            Ok(h) => h.iter().map(str::to_ascii_lowercase).collect(),
+            Err(_) => return Vec::new(),
+        };
+        let now: DateTime<Utc> = "2027-05-01T08:00:00Z".parse().unwrap();
+        reader
+            .records()
+            .map(|r| parse_record(&config, &offered, &headers, r, "import:props.csv", now))
+            .collect()
+    }
+
+    /// Cells that are nearly right, and anything at all.
+    fn cell() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("leser@example.org".to_owned()),
+            Just("wirtschaft;kultur;;wirtschaft".to_owned()),
+            Just("07:30".to_owned()),
+            Just("Europe/Berlin".to_owned()),
+            Just("2024-05-01T09:30:00+02:00".to_owned()),
+            Just("2999-01-01T00:00:00Z".to_owned()),
+            Just("::ffff:192.0.2.1".to_owned()),
+            Just("\"".to_owned()),
+            "[a-z@.;:\"\\-]{0,80}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_read_without_panic_with_short_reasons(
+            csv in prop::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            let header = b"email,topics,delivery_time,timezone,locale,consent_at,consent_ip\n";
+            for input in [csv.clone(), [header.as_slice(), &csv].concat()] {
+                for (_, parsed) in read_all(&input) {
+                    if let Err(reason) = parsed {
+                        prop_assert!(reason.len() <= 1_000, "{}", reason.len());
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn rows_of_any_cells_are_parsed_or_refused_with_a_short_reason(
+            rows in prop::collection::vec(prop::collection::vec(cell(), 0..9), 0..20),
+        ) {
+            let mut csv = String::from("email,topics,delivery_time,timezone,consent_at,consent_ip,locale\n");
+            for row in &rows {
+                let quoted: Vec<String> = row.iter().map(|c| format!("\"{}\"", c.replace('"', "\"\""))).collect();
+                csv.push_str(&quoted.join(","));
+                csv.push('\n');
+            }
+            let read = read_all(csv.as_bytes());
+            prop_assert!(read.len() <= rows.len());
+            for (_, parsed) in read {
+                match parsed {
+                    Ok(r) => prop_assert!(!r.topics.is_empty() && r.topics.len() <= 2),
+                    Err(reason) => prop_assert!(reason.len() <= 1_000, "{}", reason.len()),
+                }
+            }
+        }
+    }
+
+    /// A megabyte in the shapes that could hurt: one enormous cell, a topics cell of
+    /// a hundred thousand slugs, an unclosed quote, a hundred thousand columns, a
+    /// hundred thousand short rows. Each is read (the suite would time out
+    /// otherwise), with reasons of bounded length.
+    #[test]
+    fn a_megabyte_of_hostile_csv_is_read() {
+        const MB: usize = 1 << 20;
+        let header = "email,topics\n";
+        let cases = [
+            format!("{header}{}@example.org,wirtschaft\n", "a".repeat(MB)),
+            format!(
+                "{header}leser@example.org,{}\n",
+                "wirtschaft;".repeat(MB / 11)
+            ),
+            format!("{header}leser@example.org,{}\n", "x-".repeat(MB / 2)),
+            format!("{header}\"{}", "\"\"".repeat(MB / 2)),
+            format!("{header}{}\n", ",".repeat(MB)),
+            format!("{header}{}", "a@b.example,kultur\n".repeat(MB / 19)),
+            format!("{header}{}", "\n".repeat(MB)),
+        ];
+        for csv in cases {
+            for (_, parsed) in read_all(csv.as_bytes()) {
+                if let Err(reason) = parsed {
+                    assert!(reason.len() <= 1_000, "{}", reason.len());
+                }
+            }
+        }
+    }
 }

@@ -565,6 +565,7 @@ async fn stats_count_readers_queue_and_digests(backend: Backend) {
     let metrics = app
         .http
         .get(app.url("/metrics"))
+        .bearer_auth(common::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -579,28 +580,126 @@ async fn stats_count_readers_queue_and_digests(backend: Backend) {
 }
 
 async fn the_first_digest_reaches_back_the_look_back_before_confirmation(backend: Backend) {
-    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let (app, sink, _db, clock) = app_with(backend, "2027-04-29T12:00:00Z", |_| {}).await;
+    // Signed up two days before confirming: the look-back counts back from the
+    // confirmation, not from the sign-up.
+    let r = app
+        .sign_up_json(serde_json::json!({"email": "neu@example.org", "topics": ["wirtschaft"], "delivery_time": "07:00", "timezone": "Europe/Berlin", "consent": true}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let link = find_link(&text(&sink.wait_for(1).await[0]), "confirm").unwrap();
     clock.set(utc("2027-04-30T06:00:00Z"));
     app.post_item(&["wirtschaft"], "Vor 26 Stunden").await;
     clock.set(utc("2027-04-30T10:00:00Z"));
     app.post_item(&["wirtschaft"], "Vor 22 Stunden").await;
-    clock.set(utc("2027-05-01T08:00:00Z"));
     // Confirmed now, with the default look-back of 24 hours.
-    app.reader(
-        "neu@example.org",
-        &["wirtschaft"],
-        "07:00",
-        "Europe/Berlin",
-        "de",
-        utc("2027-05-01T08:00:00Z"),
-    )
-    .await;
+    clock.set(utc("2027-05-01T08:00:00Z"));
+    assert_eq!(app.http.post(&link).send().await.unwrap().status(), 200);
+    let export = app.export("neu@example.org").await.unwrap();
+    assert_eq!(export["status"], "confirmed");
+    assert_eq!(export["confirmation"]["at"], "2027-05-01T08:00:00Z");
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Nach der Bestätigung").await;
     assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (1, 1));
     let got = delivered(&app, &sink).await;
     let text = text(&got["neu@example.org"][0]);
     assert!(
-        text.contains("Vor 22 Stunden") && !text.contains("Vor 26 Stunden"),
+        text.contains("Vor 22 Stunden")
+            && text.contains("Nach der Bestätigung")
+            && !text.contains("Vor 26 Stunden"),
         "{text}"
+    );
+}
+
+/// `unsubscribe_address` of the digests in [`a_digest_offers_a_mailto_unsubscribe_that_works`].
+const UNSUBSCRIBE_ADDRESS: &str = "unsubscribe+{id}@bounces.example.org";
+
+async fn a_digest_offers_a_mailto_unsubscribe_that_works(backend: Backend) {
+    let (app, sink, db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |c| {
+        c.unsubscribe_address = Some(UNSUBSCRIBE_ADDRESS.into());
+    })
+    .await;
+    let now = utc("2027-05-01T08:00:00Z");
+    let id = app
+        .reader(
+            "leser@example.org",
+            &["wirtschaft"],
+            "07:00",
+            "Europe/Berlin",
+            "de",
+            now,
+        )
+        .await;
+    app.reader(
+        "bleibt@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Meldung").await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (2, 2));
+    let got = delivered(&app, &sink).await;
+    let raw = &got["leser@example.org"][0];
+    let mail = parse(raw);
+    let header = mail.header_raw("List-Unsubscribe").unwrap();
+    let header: String = header.split_whitespace().collect::<Vec<_>>().join(" ");
+    let https = find_link(&text(raw), "unsubscribe").expect("the link in the body");
+    // The address, signed as documented (not with the code that checks it).
+    let address = format!(
+        "unsubscribe+{}@bounces.example.org",
+        common::signed_id(&common::link_key(&db).await, id)
+    );
+    assert_eq!(
+        header,
+        format!("<{https}>, <mailto:{address}?subject=unsubscribe>")
+    );
+    assert_eq!(
+        mail.header_raw("List-Unsubscribe-Post").map(str::trim),
+        Some("List-Unsubscribe=One-Click")
+    );
+
+    // The reader's mail program sends its unsubscribe mail there; the MTA hands it
+    // to `postbote inbound` with the envelope recipient.
+    let config = db.dir.path().join("inbound.toml");
+    std::fs::write(
+        &config,
+        format!("unsubscribe_address = \"{UNSUBSCRIBE_ADDRESS}\"\n"),
+    )
+    .unwrap();
+    let reply = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/inbound/unsubscribe_reply.eml"
+    ))
+    .unwrap()
+    .replace("{{ADDRESS}}", "leser@example.org")
+    .replace("{{UNSUBSCRIBE}}", &address);
+    let out = common::run_to_end_async(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .args(["inbound", "--config"])
+            .arg(&config)
+            .args(["--recipient", &address])
+            .env("POSTBOTE_DATABASE_URL", &db.url)
+            .env("POSTBOTE_DATA_DIR", db.dir.path().join("data")),
+        Some(reply.into_bytes()),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("unsubscribe_reply"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        app.export("leser@example.org").await.unwrap()["status"],
+        "unsubscribed"
+    );
+    assert_eq!(
+        app.export("bleibt@example.org").await.unwrap()["status"],
+        "confirmed"
     );
 }
 
@@ -725,6 +824,7 @@ fn check_refuses_a_digest_template_that_uses_the_readers_data() {
 on_both_backends!(
     item_content_never_becomes_a_readers_address_or_link,
     the_first_digest_reaches_back_the_look_back_before_confirmation,
+    a_digest_offers_a_mailto_unsubscribe_that_works,
     readers_get_their_digest_at_their_own_local_time,
     a_0230_berlin_reader_gets_exactly_one_digest_on_both_dst_days,
     a_digest_lists_the_chosen_topics_once_escaped_and_intact,

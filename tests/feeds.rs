@@ -246,6 +246,7 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
     let metrics = app
         .http
         .get(app.url("/metrics"))
+        .bearer_auth(common::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -527,6 +528,8 @@ async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend:
     );
     let (code, out) = inbound(&db, &file, to, &two_froms);
     assert_eq!((code, out.starts_with("refused")), (0, true), "{out}");
+    // The MTA delivering it again records it once.
+    assert!(inbound(&db, &file, to, &two_froms).1.starts_with("refused"));
     let both_in_one = message(
         "From: a@attacker.example, pr@agentur.example\r\n",
         "one-header",
@@ -636,8 +639,434 @@ async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend:
     }
 }
 
+/// Serves `app` on a port chosen by the OS; returns its base URL.
+async fn serve_router(listener: tokio::net::TcpListener, app: Router) -> String {
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// Waits until the feed `name` has been polled once; returns it.
+async fn polled_once(app: &TestApp, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(feed) = feeds(app)
+            .await
+            .into_iter()
+            .find(|f| f["name"] == name && !f["last_poll_at"].is_null())
+        {
+            return feed;
+        }
+        assert!(Instant::now() < deadline, "feed {name} not polled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn add_feed(app: &TestApp, name: &str, url: &str, topic: &str) {
+    let body =
+        serde_json::json!({"name": name, "url": url, "topic": topic, "schedule": "0 0 * * * *"});
+    let r = app.admin(reqwest::Method::POST, "/feeds", Some(body)).await;
+    assert_eq!(r.status(), 201, "{name}");
+}
+
+/// One press release as an RSS feed: `guid`, link and title as given.
+fn release(guid: &str, link: &str, title: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?><rss version="2.0"><channel><title>F</title><link>https://f.example/</link><description>x</description>
+<item><title>{title}</title><link>{link}</link><guid>{guid}</guid><description>Die Meldung.</description></item></channel></rss>"#
+    )
+}
+
+async fn the_same_release_in_feeds_of_two_topics_reaches_the_readers_of_both_once(
+    backend: Backend,
+) {
+    let (app, sink, _db, clock) = common::app_at(backend, "2027-05-03T06:00:00Z", |c| {
+        c.polling.tick = Duration::from_millis(50);
+    })
+    .await;
+    app.create_topic("it", "IT & Telekommunikation").await;
+    let title = "Gemeinsame Meldung von IT und Wirtschaft";
+    let link = "https://presse.example/pm-42";
+    let it = release("pm-42", link, title);
+    let wirtschaft = release("pm-42", link, title);
+    // Another portal: its own guid, the same link and title.
+    let kultur = release("portal-b-7", link, title);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = serve_router(
+        listener,
+        Router::new()
+            .route("/it.xml", get(move || async move { it }))
+            .route("/wirtschaft.xml", get(move || async move { wirtschaft }))
+            .route("/kultur.xml", get(move || async move { kultur })),
+    )
+    .await;
+    let t0 = utc("2027-05-03T06:00:00Z");
+    let berlin = |email: &'static str, topics: &'static [&'static str]| {
+        let app = &app;
+        async move {
+            app.reader(email, topics, "07:00", "Europe/Berlin", "de", t0)
+                .await
+        }
+    };
+    berlin("it@example.org", &["it"]).await;
+    berlin("wirtschaft@example.org", &["wirtschaft"]).await;
+    berlin("beides@example.org", &["it", "wirtschaft"]).await;
+    berlin("kultur@example.org", &["kultur"]).await;
+
+    // The IT feed brings it first; the next pass serves every reader, so the
+    // Wirtschaft reader's watermark moves past the item's id (they got no mail).
+    add_feed(&app, "it", &format!("{base}/it.xml"), "it").await;
+    polled_once(&app, "it").await;
+    assert_eq!(app.run_pass("2027-05-04T05:00:00Z").await, (4, 2));
+    let got = common::delivered(&app, &sink).await;
+    for reader in ["it@example.org", "beides@example.org"] {
+        assert_eq!(got[reader].len(), 1, "{reader}");
+        assert!(text(&got[reader][0]).contains(title), "{reader}");
+    }
+
+    // A day later the Wirtschaft feed and another portal (another guid) carry it too.
+    clock.set(utc("2027-05-04T06:00:00Z"));
+    add_feed(
+        &app,
+        "wirtschaft",
+        &format!("{base}/wirtschaft.xml"),
+        "wirtschaft",
+    )
+    .await;
+    add_feed(&app, "kultur", &format!("{base}/kultur.xml"), "kultur").await;
+    polled_once(&app, "wirtschaft").await;
+    polled_once(&app, "kultur").await;
+    let stored = items(&app).await;
+    assert_eq!(stored.len(), 1, "one item: {stored:#?}");
+    assert_eq!(
+        stored[0]["topics"],
+        serde_json::json!(["it", "kultur", "wirtschaft"])
+    );
+    assert_eq!(app.run_pass("2027-05-05T05:00:00Z").await, (4, 2));
+    assert_eq!(app.run_pass("2027-05-06T05:00:00Z").await, (4, 0));
+    let got = common::delivered(&app, &sink).await;
+    for (reader, digests) in [
+        ("it@example.org", 1),
+        ("beides@example.org", 1),
+        ("wirtschaft@example.org", 1),
+        ("kultur@example.org", 1),
+    ] {
+        let mails = got.get(reader).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(mails.len(), digests, "{reader}: {digests} digest(s)");
+        assert_eq!(text(&mails[0]).matches(title).count(), 1, "{reader}");
+    }
+}
+
+fn text(raw: &[u8]) -> String {
+    parse(raw).body_text(0).unwrap().into_owned()
+}
+
+async fn a_feed_redirect_to_a_private_address_is_refused_and_one_to_its_own_host_followed(
+    backend: Backend,
+) {
+    let landed = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let to = |location: String| {
+        move || {
+            let location = location.clone();
+            async move { (StatusCode::FOUND, [(header::LOCATION, location)]).into_response() }
+        }
+    };
+    let counted = landed.clone();
+    let base = serve_router(
+        listener,
+        Router::new()
+            .route("/rss.xml", get(|| async { RSS }))
+            .route(
+                "/landing.xml",
+                get(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { RSS }
+                }),
+            )
+            .route("/same-host", get(to("/rss.xml".into())))
+            .route(
+                "/metadata",
+                get(to("http://169.254.169.254/latest/meta-data/".into())),
+            )
+            .route("/private", get(to("http://10.255.255.1/feed.xml".into())))
+            .route(
+                "/mapped",
+                get(to("http://[::ffff:10.255.255.1]/feed.xml".into())),
+            )
+            .route("/decimal", get(to("http://167772161/feed.xml".into())))
+            // A name, not an address: it resolves to 127.0.0.1 and ::1.
+            .route(
+                "/by-name",
+                get(to(format!("http://localhost:{port}/landing.xml"))),
+            ),
+    )
+    .await;
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    config.polling.tick = Duration::from_millis(50);
+    config.polling.timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with_clock(
+        config,
+        Arc::new(ManualClock::new(utc("2027-05-03T06:00:00Z"))),
+    )
+    .await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    for name in [
+        "same-host",
+        "metadata",
+        "private",
+        "mapped",
+        "decimal",
+        "by-name",
+    ] {
+        add_feed(&app, name, &format!("{base}/{name}"), "wirtschaft").await;
+    }
+    // A feed the operator configured on a private address is polled as always.
+    let own = polled_once(&app, "same-host").await;
+    assert_eq!(own["failures"], 0, "{own}");
+    assert_eq!(
+        items(&app).await.len(),
+        2,
+        "followed to /rss.xml on its own host"
+    );
+    // Refused by the redirect policy before any connection: a connection attempt
+    // to these unroutable addresses would have ended in a time-out instead.
+    for name in ["metadata", "private", "mapped", "decimal"] {
+        let feed = polled_once(&app, name).await;
+        let error = feed["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("redirect refused") && error.contains("non-public address"),
+            "{name}: {error}"
+        );
+    }
+    // Refused by the resolver: the address the name resolves to is checked.
+    let feed = polled_once(&app, "by-name").await;
+    let error = feed["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("localhost resolves only to non-public addresses"),
+        "{error}"
+    );
+    assert_eq!(landed.load(Ordering::SeqCst), 0, "never connected");
+}
+
+async fn api_items_with_a_long_or_foreign_scheme_url_are_refused_naming_the_url(backend: Backend) {
+    let (app, _sink, _db, _clock) = common::app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
+    let post = |url: String| {
+        let app = &app;
+        async move {
+            app.admin(
+                reqwest::Method::POST,
+                "/items",
+                Some(serde_json::json!({"topics": ["wirtschaft"], "title": "Meldung", "url": url})),
+            )
+            .await
+        }
+    };
+    let prefix = "https://presse.example/";
+    for url in [
+        format!("{prefix}{}", "a".repeat(2_049 - prefix.len())),
+        "javascript:alert(document.cookie)".to_owned(),
+        "data:text/html,<script>x</script>".to_owned(),
+    ] {
+        let r = post(url.clone()).await;
+        assert_eq!(r.status(), 422, "{}", &url[..40.min(url.len())]);
+        let error = r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(error.starts_with("url: "), "{error}");
+    }
+    let longest = format!("{prefix}{}", "ä".repeat(2_048 - prefix.len()));
+    assert_eq!(
+        post(longest).await.status(),
+        201,
+        "2,048 characters are fine"
+    );
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/items",
+            Some(serde_json::json!({"topics": ["wirtschaft"], "title": "Lang", "summary": "x".repeat(2_001)})),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    assert!(
+        r.json::<serde_json::Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("summary: ")
+    );
+    assert_eq!(items(&app).await.len(), 1, "nothing refused was stored");
+}
+
+/// A feed that serves one entry with a 2 MB link and then 4,000 entries with fresh
+/// guids and over-long titles and summaries full of characters that grow when
+/// escaped, in 10 MB.
+fn flood() -> String {
+    use std::fmt::Write;
+    let mut xml = String::with_capacity(12 << 20);
+    xml.push_str(r#"<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>Flut</title><link>https://flut.example/</link><description>x</description>"#);
+    write!(
+        xml,
+        "<item><title>Riesenlink</title><link>https://flut.example/{}</link><guid>flut-link</guid><description>Kurz.</description></item>",
+        "a".repeat(2 << 20)
+    )
+    .unwrap();
+    let text = "<Ä&€> ".repeat(100);
+    for n in 0..4_000 {
+        write!(
+            xml,
+            "<item><title><![CDATA[{n} {text}]]></title><link>https://flut.example/{n}</link><guid>flut-{n}</guid><description><![CDATA[{text}]]></description></item>"
+        )
+        .unwrap();
+    }
+    xml.push_str("</channel></rss>");
+    xml
+}
+
+/// Peak resident memory of a process, from `/proc/<pid>/status`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+async fn a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it(backend: Backend) {
+    let flood = axum::body::Bytes::from(flood());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = serve_router(
+        listener,
+        Router::new().route("/flut.xml", get(move || async move { flood.clone() })),
+    )
+    .await;
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    // The real binary, so that its peak memory can be read; a feed body of up to
+    // 16 MiB is allowed (the default is 5 MiB).
+    let serve = common::Serve::start(
+        &db,
+        &sink.url(),
+        common::free_port(),
+        "[digest]\nrun_scheduler = false\n[polling]\ntick_ms = 50\nmax_bytes = 16777216\n",
+    );
+    let http = reqwest::Client::new();
+    serve.wait_ready(&http).await;
+    let admin = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut request = http
+            .request(method, format!("{}/api/v1{path}", serve.base))
+            .bearer_auth(common::ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let r = admin(
+        reqwest::Method::POST,
+        "/topics",
+        Some(serde_json::json!({"slug": "flut", "name": "Flut"})),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let now = Utc::now();
+    db.store()
+        .await
+        .import_confirmed(
+            &postbote::store::ImportedSubscriber {
+                email: postbote::domain::EmailAddress::parse("leser@example.org").unwrap(),
+                topics: vec![postbote::domain::TopicSlug::parse("flut").unwrap()],
+                schedule: postbote::domain::DeliverySchedule {
+                    time: postbote::domain::DeliveryTime::parse("07:00").unwrap(),
+                    timezone: postbote::domain::TimeZone::parse("Europe/Berlin").unwrap(),
+                    weekdays: postbote::domain::Weekdays::EVERY_DAY,
+                },
+                locale: postbote::domain::Locale::parse("de").unwrap(),
+                consent_at: now,
+                consent_ip: None,
+                source: "tests".into(),
+            },
+            now,
+            chrono::Duration::hours(24),
+        )
+        .await
+        .unwrap()
+        .expect("a new reader");
+    let r = admin(
+        reqwest::Method::POST,
+        "/feeds",
+        Some(serde_json::json!({"name": "flut", "url": format!("{base}/flut.xml"), "topic": "flut", "schedule": "0 0 * * * *"})),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let feed = loop {
+        let all: Vec<serde_json::Value> = admin(reqwest::Method::GET, "/feeds", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !all[0]["last_poll_at"].is_null() {
+            break all[0].clone();
+        }
+        assert!(Instant::now() < deadline, "not polled: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(feed["failures"], 0, "{feed}");
+
+    let listed: serde_json::Value = admin(reqwest::Method::GET, "/items?limit=1000", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored = listed["items"].as_array().unwrap();
+    assert_eq!(stored.len(), 200, "polling.max_new_items per poll");
+    assert_eq!(stored[0]["title"], "Riesenlink");
+    assert!(stored[0]["url"].is_null(), "the 2 MB link is dropped");
+    for item in stored {
+        assert!(item["title"].as_str().unwrap().chars().count() <= 500);
+        assert!(item["summary"].as_str().unwrap().chars().count() <= 501);
+    }
+
+    let at = (now + chrono::Duration::days(2)).to_rfc3339();
+    let pass = serve.run_pass(&http, &at).await;
+    assert_eq!(
+        (pass["due"].as_u64(), pass["enqueued"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let raw = sink.wait_for(1).await.remove(0);
+    assert!(raw.len() < 256 * 1024, "digest of {} bytes", raw.len());
+    let text = text(&raw);
+    assert!(
+        text.contains("weitere Meldungen"),
+        "the rest counted: {text}"
+    );
+
+    let peak = peak_rss(serve.child.id());
+    assert!(
+        peak < 150 * 1024 * 1024,
+        "serve peaked at {} MB",
+        peak >> 20
+    );
+    eprintln!(
+        "{backend:?}: digest {} KB, serve peak {} MB",
+        raw.len() >> 10,
+        peak >> 20
+    );
+}
+
 on_both_backends!(
     mailed_in_items_are_published_only_with_one_authenticated_from,
     feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contained,
     press_releases_mailed_in_from_allowed_senders_become_items,
+    the_same_release_in_feeds_of_two_topics_reaches_the_readers_of_both_once,
+    a_feed_redirect_to_a_private_address_is_refused_and_one_to_its_own_host_followed,
+    api_items_with_a_long_or_foreign_scheme_url_are_refused_naming_the_url,
+    a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it,
 );

@@ -1,20 +1,26 @@
-//! Readers in control and a clean list: preferences, erasure, CSV import and DKIM,
-//! on both backends with the real app and a real SMTP server.
+//! Readers in control and a clean list: preferences and their form tokens, page
+//! language, queued digests withdrawn when a reader leaves, erasure, the subscriber
+//! list, CSV import and DKIM, on both backends with the real app and a real SMTP
+//! server.
 
 mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
 
 use base64::Engine;
-use common::{Backend, SmtpSink, TestApp, TestDb, app_at, digests, drained, find_link, parse, utc};
+use common::{
+    Backend, RefusedPort, SmtpSink, TestApp, TestDb, app_at, delivered, digests, drained,
+    find_link, link_key, parse, recipient, run_to_end_async, signed_id, test_config, utc,
+};
 use mail_auth::DkimResult;
 use mail_auth::common::parse::TxtRecordParser;
+use postbote::clock::ManualClock;
+use postbote::store::EventEffect;
 
 async fn first_digest(app: &TestApp, sink: &SmtpSink, who: &str) -> String {
-    drained(app).await;
-    let raw = &digests(sink)[who][0];
-    sink.wait_for(1).await;
+    let raw = &delivered(app, sink).await[who][0];
     parse(raw).body_text(0).unwrap().into_owned()
 }
 
@@ -243,14 +249,16 @@ async fn bad_preference_input_is_refused_per_field(backend: Backend) {
     );
 }
 
-fn import(db: &TestDb, file: &str, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_postbote"))
-        .args(["import", file])
-        .args(extra)
-        .env("POSTBOTE_DATABASE_URL", &db.url)
-        .env("POSTBOTE_DATA_DIR", db.dir.path().join("data"))
-        .output()
-        .unwrap();
+async fn import(db: &TestDb, file: &str, extra: &[&str]) -> (bool, String) {
+    let out = run_to_end_async(
+        Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .args(["import", file])
+            .args(extra)
+            .env("POSTBOTE_DATABASE_URL", &db.url)
+            .env("POSTBOTE_DATA_DIR", db.dir.path().join("data")),
+        None,
+    )
+    .await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -290,7 +298,7 @@ async fn erasure_leaves_only_a_suppressed_hash_and_import_skips_it(backend: Back
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/import/readers.csv"
     );
-    let (ok, out) = import(&db, file, &[]);
+    let (ok, out) = import(&db, file, &[]).await;
     assert!(ok, "{out}");
     assert!(out.contains("suppressed 1"), "{out}");
     assert_eq!(
@@ -300,7 +308,7 @@ async fn erasure_leaves_only_a_suppressed_hash_and_import_skips_it(backend: Back
     );
     let again = db.dir.path().join("again.csv");
     std::fs::write(&again, "email,topics\nerased@example.org,kultur\n").unwrap();
-    let (ok, out) = import(&db, again.to_str().unwrap(), &["--send-confirmation"]);
+    let (ok, out) = import(&db, again.to_str().unwrap(), &["--send-confirmation"]).await;
     assert!(
         ok && out.contains("suppressed 1"),
         "an import never mails it: {out}"
@@ -326,7 +334,7 @@ async fn import_reports_bad_rows_and_changes_nothing_the_second_time(backend: Ba
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/import/readers.csv"
     );
-    let (ok, out) = import(&db, file, &[]);
+    let (ok, out) = import(&db, file, &[]).await;
     assert!(ok, "{out}");
     for (line, field) in [
         (5, "email"),
@@ -367,7 +375,7 @@ async fn import_reports_bad_rows_and_changes_nothing_the_second_time(backend: Ba
         .await
         .unwrap();
 
-    let (ok, out) = import(&db, file, &[]);
+    let (ok, out) = import(&db, file, &[]).await;
     assert!(ok, "{out}");
     assert!(out.contains("imported 0, already stored 4"), "{out}");
     let after = app
@@ -378,7 +386,7 @@ async fn import_reports_bad_rows_and_changes_nothing_the_second_time(backend: Ba
         .unwrap();
     assert_eq!(before, after, "re-importing changes nothing");
 
-    let (ok, out) = import(&db, "/nonexistent.csv", &[]);
+    let (ok, out) = import(&db, "/nonexistent.csv", &[]).await;
     assert!(!ok && out.contains("/nonexistent.csv"), "{out}");
 }
 
@@ -386,7 +394,7 @@ async fn import_with_confirmation_runs_double_opt_in(backend: Backend) {
     let (app, sink, db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
     let file = db.dir.path().join("doi.csv");
     std::fs::write(&file, "email,topics\nneu@example.org,kultur\n").unwrap();
-    let (ok, out) = import(&db, file.to_str().unwrap(), &["--send-confirmation"]);
+    let (ok, out) = import(&db, file.to_str().unwrap(), &["--send-confirmation"]).await;
     assert!(ok, "{out}");
     assert!(out.contains("imported 1"), "{out}");
     assert_eq!(
@@ -490,12 +498,14 @@ async fn digests_are_dkim_signed_and_verify_against_the_published_keys(backend: 
     // What an operator publishes: the records `postbote check` prints.
     let config = db.dir.path().join("dkim.toml");
     std::fs::write(&config, format!("[dkim]\ndomain = \"example.org\"\nselector = \"postbote\"\nrsa_key = \"{keys}/rsa.pem\"\ned25519_selector = \"postbote-ed\"\ned25519_key = \"{keys}/ed25519.pem\"\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_postbote"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .env("POSTBOTE_DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let out = run_to_end_async(
+        Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("POSTBOTE_DATABASE_URL", &db.url),
+        None,
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -653,6 +663,616 @@ async fn digests_are_dkim_signed_and_verify_against_the_published_keys(backend: 
     }
 }
 
+/// The preferences form of `link`, posted with `csrf` as its token: topic Kultur.
+async fn save_preferences(app: &TestApp, link: &str, csrf: &str) -> reqwest::StatusCode {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("csrf", csrf),
+            ("action", "save"),
+            ("topics", "kultur"),
+            ("delivery_time", "18:30"),
+            ("timezone", "Europe/Berlin"),
+            ("weekdays", "mon"),
+            ("locale", "de"),
+        ])
+        .finish();
+    app.http
+        .post(link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The form token of the preferences page at `link`, as the clock stands.
+async fn form_token(app: &TestApp, link: &str) -> String {
+    let html = app
+        .http
+        .get(link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    hidden(&html, "csrf")
+}
+
+async fn a_preferences_form_token_counts_only_when_signed_fresh_and_for_this_reader(
+    backend: Backend,
+) {
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    for who in ["leser@example.org", "andere@example.org"] {
+        app.reader(
+            who,
+            &["wirtschaft"],
+            "07:00",
+            "Europe/Berlin",
+            "de",
+            utc("2027-05-01T08:00:00Z"),
+        )
+        .await;
+    }
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Erste").await;
+    app.run_pass("2027-05-02T05:00:00Z").await;
+    let got = delivered(&app, &sink).await;
+    let link = |who: &str| {
+        find_link(&parse(&got[who][0]).body_text(0).unwrap(), "preferences")
+            .expect("a preferences link")
+    };
+    let (mine, theirs) = (link("leser@example.org"), link("andere@example.org"));
+
+    let fresh = form_token(&app, &mine).await;
+    let (issued, mac) = fresh.split_once('.').unwrap();
+    assert_eq!(issued, utc("2027-05-01T09:00:00Z").timestamp().to_string());
+    let last = if mac.ends_with('0') { '1' } else { '0' };
+    let wrong_mac = format!("{issued}.{}{last}", &mac[..mac.len() - 1]);
+    let other_readers = form_token(&app, &theirs).await;
+    // Signed for this reader by the server itself, but for another time.
+    clock.set(utc("2027-05-01T10:00:00Z"));
+    let from_the_future = form_token(&app, &mine).await;
+    clock.set(utc("2027-04-30T08:00:00Z"));
+    let a_day_old = form_token(&app, &mine).await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+
+    let before = app.export("leser@example.org").await.unwrap();
+    for (what, csrf) in [
+        ("a fresh token with a wrong MAC", wrong_mac),
+        (
+            "a fresh token with no MAC at all",
+            format!("{issued}.{}", "0".repeat(32)),
+        ),
+        ("another reader's fresh token", other_readers.clone()),
+        ("a token issued an hour from now", from_the_future.clone()),
+        ("a token issued 25 hours ago", a_day_old),
+    ] {
+        assert_eq!(save_preferences(&app, &mine, &csrf).await, 403, "{what}");
+    }
+    assert_eq!(
+        app.export("leser@example.org").await.unwrap(),
+        before,
+        "nothing changed"
+    );
+
+    // The refused tokens were good ones, only not here or not now.
+    assert_eq!(save_preferences(&app, &theirs, &other_readers).await, 200);
+    assert_eq!(
+        app.export("andere@example.org").await.unwrap()["topics"],
+        serde_json::json!(["kultur"])
+    );
+    clock.set(utc("2027-05-01T10:00:00Z"));
+    assert_eq!(save_preferences(&app, &mine, &from_the_future).await, 200);
+    assert_eq!(
+        app.export("leser@example.org").await.unwrap()["topics"],
+        serde_json::json!(["kultur"])
+    );
+}
+
+async fn pages_speak_german_unless_the_reader_asks_for_english(backend: Backend) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let get = |path: &str, accept: Option<&str>| {
+        let mut request = app.http.get(app.url(path));
+        if let Some(a) = accept {
+            request = request.header("accept-language", a);
+        }
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let german =
+        |html: &str| html.contains("<html lang=\"de\">") && html.contains("Newsletter abonnieren");
+    let english = |html: &str| {
+        html.contains("<html lang=\"en\">") && html.contains("Subscribe to the newsletter")
+    };
+    assert!(german(&get("/", None).await), "German is the default");
+    assert!(english(&get("/?lang=en", None).await), "?lang=en");
+    assert!(
+        english(&get("/", Some("en-US,en;q=0.9")).await),
+        "a browser asking for English"
+    );
+    assert!(
+        english(&get("/", Some("fr-FR,fr;q=0.9,en;q=0.8")).await),
+        "English as the first language offered"
+    );
+    assert!(
+        german(&get("/", Some("fr-FR,fr;q=0.9")).await),
+        "neither: the default"
+    );
+    assert!(
+        german(&get("/?lang=de", Some("en-US,en;q=0.9")).await),
+        "?lang= wins over the browser"
+    );
+    // A page with a token, too: an unknown unsubscribe link.
+    let unknown = format!("/unsubscribe/1.{}", "0".repeat(32));
+    let de = get(&unknown, None).await;
+    let en = get(&unknown, Some("en-US,en;q=0.9")).await;
+    assert!(de.contains("Dieser Link ist uns nicht bekannt"), "{de}");
+    assert!(en.contains("We do not know this link"), "{en}");
+}
+
+/// How a reader leaves while their digest waits in the queue.
+#[derive(Debug, Clone, Copy)]
+enum Leaving {
+    /// The one-click POST of the digest's own `List-Unsubscribe` link.
+    OneClick,
+    /// A hard-bounce DSN to the reader's VERP address, through `postbote inbound`.
+    HardBounce,
+}
+
+const BOUNCE_ADDRESS: &str = "bounces+{id}@bounces.example.org";
+
+/// The digest queued for `email`, as postbote built it: (envelope sender, message).
+async fn queued_digest(db: &TestDb, backend: Backend, email: &str) -> (String, String) {
+    let message = match backend {
+        Backend::Sqlite => "CAST(message AS TEXT)",
+        Backend::Postgres => "convert_from(message, 'UTF8')",
+    };
+    let rows = db
+        .text_rows(
+            &format!(
+                "SELECT envelope_from, {message} FROM mail_jobs \
+                 WHERE recipient = $1 AND kind = 'digest' AND status = 'queued'"
+            ),
+            &[email],
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "one digest queued for {email}");
+    (rows[0][0].clone().unwrap(), rows[0][1].clone().unwrap())
+}
+
+/// The digest in a reader's delivery history.
+fn digest_delivery(export: &serde_json::Value) -> serde_json::Value {
+    let deliveries = export["deliveries"].as_array().unwrap();
+    let digests: Vec<&serde_json::Value> = deliveries
+        .iter()
+        .filter(|d| d["kind"] == "digest")
+        .collect();
+    assert_eq!(digests.len(), 1, "{deliveries:?}");
+    digests[0].clone()
+}
+
+async fn withdrawn_when_leaving(backend: Backend, leaving: Leaving) {
+    let db = TestDb::new(backend).await;
+    let relay_down = RefusedPort::new();
+    let sink = SmtpSink::start();
+    let config = |smtp: &str| {
+        let mut c = test_config(&db, smtp);
+        c.digest.run_scheduler = false;
+        c.bounce_address = Some(BOUNCE_ADDRESS.into());
+        c
+    };
+    let clock = ManualClock::new(utc("2027-05-01T08:00:00Z"));
+    let app =
+        TestApp::spawn_with_clock(config(&relay_down.smtp_url()), Arc::new(clock.clone())).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    let mut ids = HashMap::new();
+    for who in ["geht@example.org", "bleibt@example.org"] {
+        let id = app
+            .reader(
+                who,
+                &["wirtschaft"],
+                "07:00",
+                "Europe/Berlin",
+                "de",
+                utc("2027-05-01T08:00:00Z"),
+            )
+            .await;
+        ids.insert(who, id);
+    }
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Wartet in der Schlange")
+        .await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (2, 2));
+
+    // The relay is down: both digests wait in the queue.
+    let (envelope, message) = queued_digest(&db, backend, "geht@example.org").await;
+    queued_digest(&db, backend, "bleibt@example.org").await;
+    let key = link_key(&db).await;
+    let verp = format!(
+        "bounces+{}@bounces.example.org",
+        signed_id(&key, ids["geht@example.org"])
+    );
+    assert_eq!(envelope, verp, "the VERP sender as documented");
+
+    let withdrawn_because = match leaving {
+        Leaving::OneClick => {
+            let header = parse(message.as_bytes())
+                .header_raw("List-Unsubscribe")
+                .unwrap()
+                .trim()
+                .to_owned();
+            let link = &header[1..header.find('>').unwrap()];
+            let r = app
+                .http
+                .post(link)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("List-Unsubscribe=One-Click")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            "unsubscribed before delivery"
+        }
+        Leaving::HardBounce => {
+            let config = db.dir.path().join("inbound.toml");
+            std::fs::write(&config, format!("bounce_address = \"{BOUNCE_ADDRESS}\"\n")).unwrap();
+            let dsn = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/inbound/postfix_hard.eml"
+            ))
+            .unwrap()
+            .replace("{{ADDRESS}}", "geht@example.org")
+            .replace("{{VERP}}", &verp);
+            let out = run_to_end_async(
+                Command::new(env!("CARGO_BIN_EXE_postbote"))
+                    .args(["inbound", "--config"])
+                    .arg(&config)
+                    .env("POSTBOTE_DATABASE_URL", &db.url)
+                    .env("POSTBOTE_DATA_DIR", db.dir.path().join("data")),
+                Some(dsn.into_bytes()),
+            )
+            .await;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.starts_with("hard_bounce"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            "withdrawn after hard_bounce"
+        }
+    };
+    let gone = app.export("geht@example.org").await.unwrap();
+    let digest = digest_delivery(&gone);
+    assert_eq!(
+        (digest["status"].as_str(), digest["last_error"].as_str()),
+        (Some("failed"), Some(withdrawn_because)),
+        "{leaving:?}"
+    );
+    assert_eq!(
+        digest_delivery(&app.export("bleibt@example.org").await.unwrap())["status"],
+        "queued",
+        "the other reader's digest still waits"
+    );
+    app.stop().await;
+
+    // The relay is back (the same database, served by a process that reaches it):
+    // the other reader's digest arrives and the queue empties; the withdrawn one
+    // never goes out.
+    let app = TestApp::spawn_with_clock(config(&sink.url()), Arc::new(clock.clone())).await;
+    let got = delivered(&app, &sink).await;
+    assert_eq!(got.get("bleibt@example.org").map(Vec::len), Some(1));
+    assert!(
+        sink.raw_messages()
+            .iter()
+            .all(|m| recipient(m) != "geht@example.org"),
+        "nothing reached the reader who left"
+    );
+}
+
+async fn a_queued_digest_is_withdrawn_when_the_reader_unsubscribes(backend: Backend) {
+    withdrawn_when_leaving(backend, Leaving::OneClick).await;
+}
+
+async fn a_queued_digest_is_withdrawn_when_the_reader_bounces(backend: Backend) {
+    withdrawn_when_leaving(backend, Leaving::HardBounce).await;
+}
+
+/// `table.column` of every value in the database that contains `needle` (message
+/// bodies included).
+async fn places_holding(db: &TestDb, backend: Backend, needle: &str) -> Vec<String> {
+    let columns = match backend {
+        Backend::Sqlite => {
+            db.text_rows(
+                "SELECT m.name, p.name, lower(p.type) FROM sqlite_master AS m, \
+                 pragma_table_info(m.name) AS p WHERE m.type = 'table'",
+                &[],
+            )
+            .await
+        }
+        Backend::Postgres => {
+            db.text_rows(
+                "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT), \
+                 CAST(data_type AS TEXT) FROM information_schema.columns \
+                 WHERE table_schema = 'public'",
+                &[],
+            )
+            .await
+        }
+    };
+    let mut by_table: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for c in columns {
+        let [table, column, kind] = [0, 1, 2].map(|i| c[i].clone().unwrap_or_default());
+        by_table.entry(table).or_default().push((column, kind));
+    }
+    let mut found = Vec::new();
+    for (table, columns) in by_table {
+        for (column, kind) in columns {
+            let holds = if backend == Backend::Postgres && kind == "bytea" {
+                format!("position(convert_to($1, 'UTF8') in \"{column}\") > 0")
+            } else {
+                format!("CAST(\"{column}\" AS TEXT) LIKE '%' || $1 || '%'")
+            };
+            let n = db
+                .text_rows(
+                    &format!("SELECT CAST(COUNT(*) AS TEXT) FROM \"{table}\" WHERE {holds}"),
+                    &[needle],
+                )
+                .await;
+            if n[0][0].as_deref() != Some("0") {
+                found.push(format!("{table}.{column}"));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// `table` for every table whose `subscriber_id` column names `id`.
+async fn rows_of_reader(db: &TestDb, backend: Backend, id: i64) -> Vec<String> {
+    let tables = match backend {
+        Backend::Sqlite => {
+            db.text_rows(
+                "SELECT m.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p \
+                 WHERE m.type = 'table' AND p.name = 'subscriber_id'",
+                &[],
+            )
+            .await
+        }
+        Backend::Postgres => {
+            db.text_rows(
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.columns \
+                 WHERE table_schema = 'public' AND column_name = 'subscriber_id'",
+                &[],
+            )
+            .await
+        }
+    };
+    let mut found = Vec::new();
+    for row in tables {
+        let table = row[0].clone().unwrap();
+        let n = db
+            .text_rows(
+                &format!(
+                    "SELECT CAST(COUNT(*) AS TEXT) FROM \"{table}\" \
+                     WHERE CAST(subscriber_id AS TEXT) = $1"
+                ),
+                &[&id.to_string()],
+            )
+            .await;
+        if n[0][0].as_deref() != Some("0") {
+            found.push(table);
+        }
+    }
+    found.sort();
+    found
+}
+
+async fn erasing_a_reader_who_got_mail_leaves_only_the_suppressed_hash(backend: Backend) {
+    let (app, sink, db, clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let now = utc("2027-05-01T08:00:00Z");
+    let id = app
+        .reader(
+            "weg@example.org",
+            &["wirtschaft"],
+            "07:00",
+            "Europe/Berlin",
+            "de",
+            now,
+        )
+        .await;
+    app.reader(
+        "bleibt@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    // Two digests on two days; the first one's row folded into the daily history.
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Erste").await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (2, 2));
+    delivered(&app, &sink).await;
+    clock.set(utc("2027-05-02T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Zweite").await;
+    assert_eq!(app.run_pass("2027-05-03T05:00:00Z").await, (2, 2));
+    let got = delivered(&app, &sink).await;
+    assert_eq!(got["weg@example.org"].len(), 2, "the reader got mail");
+    app.store
+        .purge_finished_mail(utc("2027-05-02T00:00:00Z"), 1000)
+        .await
+        .unwrap();
+    // A delay warning, recorded.
+    app.store
+        .record_mail_event(
+            id,
+            "soft_bounce",
+            "4.2.2 mailbox full",
+            Some("<ref@example.org>"),
+            EventEffect::Record,
+            utc("2027-05-02T10:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let export = app.export("weg@example.org").await.unwrap();
+    assert_eq!(export["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(export["delivery_days"].as_array().unwrap().len(), 1);
+    assert_eq!(export["mail_events"].as_array().unwrap().len(), 1);
+    let other = app.export("bleibt@example.org").await.unwrap();
+    let before = places_holding(&db, backend, "weg@example.org").await;
+    assert!(
+        before.contains(&"mail_jobs.recipient".to_owned())
+            && before.contains(&"subscribers.email".to_owned()),
+        "the search finds the address where it is: {before:?}"
+    );
+    assert!(!rows_of_reader(&db, backend, id).await.is_empty());
+
+    let path = "/subscribers/weg@example.org";
+    assert_eq!(
+        app.admin(reqwest::Method::DELETE, path, None)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(app.export("weg@example.org").await, Err(404));
+    assert!(app.store.is_suppressed("weg@example.org").await.unwrap());
+    assert_eq!(
+        places_holding(&db, backend, "weg@example.org").await,
+        Vec::<String>::new(),
+        "the address is nowhere, mail bodies included"
+    );
+    assert_eq!(
+        rows_of_reader(&db, backend, id).await,
+        Vec::<String>::new(),
+        "no mail, delivery history, event or setting of the reader is left"
+    );
+    assert_eq!(
+        app.export("bleibt@example.org").await.unwrap(),
+        other,
+        "the other reader is untouched"
+    );
+}
+
+/// Walks `GET /api/v1/subscribers?{query}` in pages of `limit`; returns the emails in
+/// the order received and each page's length.
+async fn walk(app: &TestApp, query: &str, limit: usize) -> (Vec<String>, Vec<usize>) {
+    let (mut emails, mut pages, mut after) = (Vec::new(), Vec::new(), None::<i64>);
+    let mut last_id = 0;
+    loop {
+        let mut path = format!("/subscribers?limit={limit}&{query}");
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        let r = app.admin(reqwest::Method::GET, &path, None).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let page: serde_json::Value = r.json().await.unwrap();
+        let rows = page["subscribers"].as_array().unwrap();
+        assert!(rows.len() <= limit, "{path}: {}", rows.len());
+        for row in rows {
+            let id = row["id"].as_i64().unwrap();
+            assert!(id > last_id, "in id order");
+            last_id = id;
+            emails.push(row["email"].as_str().unwrap().to_owned());
+        }
+        pages.push(rows.len());
+        match page["next_after"].as_i64() {
+            Some(next) => {
+                assert_eq!(Some(next), rows.last().map(|r| r["id"].as_i64().unwrap()));
+                after = Some(next);
+            }
+            None => {
+                assert!(page["next_after"].is_null());
+                return (emails, pages);
+            }
+        }
+        assert!(pages.len() < 100, "the walk ends");
+    }
+}
+
+async fn the_subscriber_list_pages_through_every_reader_once_and_filters(backend: Backend) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let now = utc("2027-05-01T08:00:00Z");
+    let mut ids = HashMap::new();
+    for (who, topics) in [
+        ("a@example.org", &["wirtschaft"][..]),
+        ("b@example.org", &["kultur"][..]),
+        ("c@example.org", &["wirtschaft", "kultur"][..]),
+        ("d@example.org", &["sport"][..]),
+        ("e@example.org", &["kultur"][..]),
+        ("f@example.org", &["wirtschaft"][..]),
+    ] {
+        let id = app
+            .reader(who, topics, "07:00", "Europe/Berlin", "de", now)
+            .await;
+        ids.insert(who, id);
+    }
+    let r = app
+        .sign_up_json(
+            serde_json::json!({"email": "g@example.org", "topics": ["kultur"], "consent": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    app.store
+        .unsubscribe(ids["b@example.org"], now)
+        .await
+        .unwrap();
+    app.store
+        .record_mail_event(
+            ids["d@example.org"],
+            "hard_bounce",
+            "5.1.1",
+            None,
+            EventEffect::Bounce,
+            now,
+        )
+        .await
+        .unwrap();
+    let all: Vec<String> = "abcdefg"
+        .chars()
+        .map(|c| format!("{c}@example.org"))
+        .collect();
+
+    // 7 readers in pages of 3 (3, 3, 1), and of 7 and 1 (a full last page is
+    // followed by an empty one): each reader once, in id order.
+    for (limit, expected_pages) in [(3, vec![3, 3, 1]), (7, vec![7, 0]), (1, vec![1; 7])] {
+        let (emails, pages) = walk(&app, "", limit).await;
+        assert_eq!(emails, all, "limit {limit}");
+        let mut expected_pages = expected_pages;
+        if limit == 1 {
+            expected_pages.push(0);
+        }
+        assert_eq!(pages, expected_pages, "limit {limit}");
+    }
+    for (query, expected) in [
+        ("status=confirmed", &["a", "c", "e", "f"][..]),
+        ("status=pending", &["g"][..]),
+        ("status=unsubscribed", &["b"][..]),
+        ("status=bounced", &["d"][..]),
+        ("topic=kultur", &["b", "c", "e", "g"][..]),
+        ("topic=kultur&status=confirmed", &["c", "e"][..]),
+        ("topic=wirtschaft", &["a", "c", "f"][..]),
+    ] {
+        let expected: Vec<String> = expected
+            .iter()
+            .map(|c| format!("{c}@example.org"))
+            .collect();
+        assert_eq!(walk(&app, query, 2).await.0, expected, "{query}");
+    }
+    for bad in [
+        "status=gone",
+        "limit=0",
+        "limit=1001",
+        "topic=Nicht%20g%C3%BCltig",
+    ] {
+        let r = app
+            .admin(reqwest::Method::GET, &format!("/subscribers?{bad}"), None)
+            .await;
+        assert_eq!(r.status(), 422, "{bad}");
+    }
+}
+
 on_both_backends!(
     preferences_change_topics_and_time_and_the_next_digest_follows,
     bad_preference_input_is_refused_per_field,
@@ -660,4 +1280,10 @@ on_both_backends!(
     import_reports_bad_rows_and_changes_nothing_the_second_time,
     import_with_confirmation_runs_double_opt_in,
     digests_are_dkim_signed_and_verify_against_the_published_keys,
+    a_preferences_form_token_counts_only_when_signed_fresh_and_for_this_reader,
+    pages_speak_german_unless_the_reader_asks_for_english,
+    a_queued_digest_is_withdrawn_when_the_reader_unsubscribes,
+    a_queued_digest_is_withdrawn_when_the_reader_bounces,
+    erasing_a_reader_who_got_mail_leaves_only_the_suppressed_hash,
+    the_subscriber_list_pages_through_every_reader_once_and_filters,
 );

@@ -6,9 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use common::{Backend, SmtpSink, TestApp, TestDb, find_link, form, parse, test_config};
+use common::{Backend, SmtpSink, TestApp, TestDb, find_link, form, parse, recipient, test_config};
 use mail_parser::MimeHeaders;
 use postbote::clock::ManualClock;
+use postbote::store::EventEffect;
 
 async fn app_with_topics(backend: Backend) -> (TestApp, SmtpSink, TestDb) {
     let db = TestDb::new(backend).await;
@@ -303,6 +304,7 @@ async fn too_many_sign_ups_from_one_client_are_refused(backend: Backend) {
         }
     }
     assert_eq!(last, 429);
+    wait_rate_limited(&app, "client", 1).await;
 }
 
 async fn unknown_and_expired_links_get_helpful_pages(backend: Backend) {
@@ -493,6 +495,562 @@ async fn a_permanent_rejection_is_recorded_as_failed(backend: Backend) {
     );
 }
 
+/// A response as bytes: status, headers (without `date`), body.
+async fn snapshot(r: reqwest::Response) -> (reqwest::StatusCode, Vec<(String, String)>, Vec<u8>) {
+    let status = r.status();
+    let mut headers: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "date")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// Posts the sign-up form with extra request headers, as a browser would.
+async fn post_form(
+    app: &TestApp,
+    fields: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut req = app
+        .http
+        .post(app.url("/subscribe"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(body).send().await.expect("sign-up request")
+}
+
+/// An app with one worker, so mails reach the relay in the order they were queued:
+/// a mail that must not exist would arrive before the one a test waits for.
+async fn ordered_app(
+    backend: Backend,
+    clock: Option<ManualClock>,
+    tweak: impl FnOnce(&mut postbote::config::Config),
+) -> (TestApp, SmtpSink, TestDb) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = test_config(&db, &sink.url());
+    config.delivery.workers = 1;
+    config.rate_limit.per_client_per_minute = 0;
+    tweak(&mut config);
+    let app = match clock {
+        Some(clock) => TestApp::spawn_with_clock(config, Arc::new(clock)).await,
+        None => TestApp::spawn(config).await,
+    };
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    (app, sink, db)
+}
+
+/// Signs `email` up and waits until its mail has arrived (and, with one worker,
+/// every mail queued before it); returns all mails received so far.
+async fn sign_up_and_wait_for_its_mail(
+    app: &TestApp,
+    sink: &SmtpSink,
+    email: &str,
+) -> Vec<Vec<u8>> {
+    let r = app.sign_up_form(&form(email, &["wirtschaft"])).await;
+    assert_eq!(r.status(), 200, "the sign-up of {email}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mails = sink.wait_for(1).await;
+        if mails.iter().any(|m| recipient(m) == email) {
+            return mails;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mail to {email} arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+fn recipients(mails: &[Vec<u8>]) -> Vec<String> {
+    let mut r: Vec<String> = mails.iter().map(|m| recipient(m)).collect();
+    r.sort();
+    r
+}
+
+/// Waits until `/api/v1/stats` counts `n` sign-ups refused by `limit`.
+async fn wait_rate_limited(app: &TestApp, limit: &str, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats: serde_json::Value = app
+            .admin(reqwest::Method::GET, "/stats", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let seen = stats["rate_limited"][limit].as_i64();
+        if seen == Some(n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stats count {seen:?} sign-ups refused by the {limit} limit, expected {n}: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn cross_site_and_foreign_origin_posts_are_refused_and_send_no_mail(backend: Backend) {
+    let (app, sink, _db) = ordered_app(backend, None, |_| {}).await;
+    let victim = form("victim@example.org", &["wirtschaft"]);
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("origin", "https://evil.example")],
+        &[("origin", "null")],
+        // The page's own origin does not help when the browser says cross-site.
+        &[
+            ("origin", app.base.as_str()),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        // Another port of the same host is another origin.
+        &[("origin", "http://127.0.0.1:1")],
+    ] {
+        let r = post_form(&app, &victim, headers).await;
+        assert_eq!(r.status(), 403, "{headers:?}");
+        let page = r.text().await.unwrap();
+        assert!(
+            page.starts_with("<!DOCTYPE html>") && page.contains("<html lang=\"de\""),
+            "a page in the site's layout"
+        );
+        assert!(
+            page.contains("von einer anderen Website aus abgeschickt"),
+            "the page says why: {page}"
+        );
+        assert!(
+            page.contains(&format!("href=\"{}/?lang=de\"", app.base)),
+            "and links to the form on the site itself"
+        );
+    }
+    let english = app
+        .http
+        .post(app.url("/subscribe?lang=en"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site")
+        .body("email=victim%40example.org&topics=wirtschaft&consent=on")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(english.status(), 403);
+    assert!(
+        english
+            .text()
+            .await
+            .unwrap()
+            .contains("sent from another website")
+    );
+    let json = app
+        .http
+        .post(app.url("/subscribe"))
+        .header("origin", "https://evil.example")
+        .json(&serde_json::json!({"email": "victim@example.org", "topics": ["wirtschaft"], "consent": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 403);
+    let body: serde_json::Value = json.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("cross-site"),
+        "{body}"
+    );
+
+    assert_eq!(
+        app.export("victim@example.org").await,
+        Err(404),
+        "nothing stored"
+    );
+    let mails = sign_up_and_wait_for_its_mail(&app, &sink, "reader@example.org").await;
+    assert_eq!(
+        recipients(&mails),
+        ["reader@example.org"],
+        "the refused posts sent no mail"
+    );
+}
+
+async fn same_origin_and_header_less_posts_are_served(backend: Backend) {
+    let (app, sink, _db) = ordered_app(backend, None, |_| {}).await;
+    let mut expected = Vec::new();
+    let upper_case_scheme = app.base.replace("http://", "HTTP://");
+    let headers: [&[(&str, &str)]; 6] = [
+        &[],
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", app.base.as_str()),
+        ],
+        &[("sec-fetch-site", "same-site")],
+        &[("sec-fetch-site", "none")],
+        &[("origin", app.base.as_str())],
+        &[("origin", upper_case_scheme.as_str())],
+    ];
+    for (i, headers) in headers.iter().enumerate() {
+        let email = format!("reader{i}@example.org");
+        let r = post_form(&app, &form(&email, &["wirtschaft"]), headers).await;
+        assert_eq!(r.status(), 200, "{headers:?}");
+        expected.push(email);
+    }
+    let json = app
+        .http
+        .post(app.url("/subscribe"))
+        .header("origin", app.base.as_str())
+        .json(&serde_json::json!({"email": "api@example.org", "topics": ["wirtschaft"], "consent": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 202);
+    expected.push("api@example.org".into());
+    expected.sort();
+    let mails = sink.wait_for(expected.len()).await;
+    assert_eq!(recipients(&mails), expected);
+}
+
+async fn tagged_and_dotted_variants_of_one_mailbox_get_at_most_three_mails(backend: Backend) {
+    let (app, sink, _db) = ordered_app(backend, None, |c| {
+        c.rate_limit.per_address_per_hour = 3;
+    })
+    .await;
+    let tagged: Vec<String> = (1..=7).map(|i| format!("victim+{i}@example.org")).collect();
+    let gmail: Vec<String> = [
+        "v.ictim@gmail.com",
+        "victim+news@googlemail.com",
+        "Vic.Tim+x@GMail.com",
+        "victim@googlemail.com",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // All at once: concurrent sign-ups must not slip past the last slot together.
+    let mut requests = Vec::new();
+    for email in tagged.iter().chain(&gmail) {
+        let http = app.http.clone();
+        let url = app.url("/subscribe");
+        let email = email.clone();
+        requests.push(tokio::spawn(async move {
+            let body: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form(&email, &["wirtschaft"]))
+                .finish();
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (email, r.status().as_u16(), retry_after)
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for r in requests {
+        let (email, status, retry_after) = r.await.unwrap();
+        match status {
+            200 => accepted.push(email),
+            429 => {
+                refused += 1;
+                let wait = retry_after.expect("a 429 says when to come back");
+                assert!((1..=3600).contains(&wait), "Retry-After {wait}");
+            }
+            other => panic!("{email}: {other}"),
+        }
+    }
+    let to = |domain: &str| {
+        accepted
+            .iter()
+            .filter(|e| e.to_lowercase().contains(domain))
+            .count()
+    };
+    assert_eq!(to("@example.org"), 3, "{accepted:?}");
+    assert_eq!(to("mail.com"), 3, "{accepted:?}");
+    assert_eq!(refused, 5);
+    wait_rate_limited(&app, "mailbox", 5).await;
+
+    let mails = sign_up_and_wait_for_its_mail(&app, &sink, "other@example.org").await;
+    let mut expected: Vec<String> = accepted.iter().map(|e| e.to_lowercase()).collect();
+    expected.push("other@example.org".into());
+    expected.sort();
+    assert_eq!(
+        recipients(&mails),
+        expected,
+        "three mails per mailbox, no more"
+    );
+}
+
+async fn the_per_domain_cap_counts_the_ascii_domain(backend: Backend) {
+    let (app, sink, _db) = ordered_app(backend, None, |c| {
+        c.rate_limit.per_domain_per_hour = 2;
+    })
+    .await;
+    for email in ["anna@müller.de", "bert@XN--MLLER-KVA.de"] {
+        let r = app.sign_up_form(&form(email, &["wirtschaft"])).await;
+        assert_eq!(r.status(), 200, "{email}");
+    }
+    let capped = app
+        .sign_up_form(&form("carla@müller.de", &["wirtschaft"]))
+        .await;
+    assert_eq!(
+        capped.status(),
+        429,
+        "the third mail to the domain this hour"
+    );
+    let wait: u64 = capped.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&wait), "Retry-After {wait}");
+    assert!(capped.text().await.unwrap().contains("Zu viele Anfragen"));
+    let json = app
+        .sign_up_json(serde_json::json!({"email": "dora@müller.de", "topics": ["wirtschaft"], "consent": true}))
+        .await;
+    assert_eq!(json.status(), 429);
+    assert!(json.headers().contains_key("retry-after"));
+    assert_eq!(
+        app.export("carla@müller.de").await,
+        Err(404),
+        "nothing stored"
+    );
+    wait_rate_limited(&app, "domain", 2).await;
+
+    let mails = sign_up_and_wait_for_its_mail(&app, &sink, "erika@example.org").await;
+    // (A mail to a non-ASCII domain may be refused by the relay; the limit counts
+    // what was queued.)
+    for (email, queued) in [("anna@müller.de", 1), ("bert@xn--mller-kva.de", 1)] {
+        let export = app.wait_delivered(email).await;
+        assert_eq!(
+            export["deliveries"].as_array().unwrap().len(),
+            queued,
+            "{email}"
+        );
+    }
+    let got = recipients(&mails);
+    assert!(
+        got.contains(&"erika@example.org".to_owned()),
+        "another domain is served"
+    );
+    assert!(
+        got.iter()
+            .all(|r| !r.starts_with("carla@") && !r.starts_with("dora@")),
+        "no mail beyond the cap: {got:?}"
+    );
+}
+
+async fn the_global_cap_holds_under_concurrent_sign_ups(backend: Backend) {
+    let clock = ManualClock::new(Utc::now());
+    let (app, sink, _db) = ordered_app(backend, Some(clock.clone()), |c| {
+        c.rate_limit.global_per_hour = 3;
+    })
+    .await;
+    let mut requests = Vec::new();
+    for i in 0..8 {
+        let http = app.http.clone();
+        let url = app.url("/subscribe");
+        requests.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&serde_json::json!({"email": format!("reader{i}@domain{i}.example"), "topics": ["wirtschaft"], "consent": true}))
+                .send()
+                .await
+                .unwrap()
+        }));
+    }
+    let mut statuses = Vec::new();
+    let mut accepted = Vec::new();
+    for (i, r) in requests.into_iter().enumerate() {
+        let r = r.await.unwrap();
+        if r.status() == 429 {
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((3599..=3600).contains(&wait), "Retry-After {wait}");
+        } else {
+            accepted.push(format!("reader{i}@domain{i}.example"));
+        }
+        statuses.push(r.status().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [202, 202, 202, 429, 429, 429, 429, 429]);
+    let later = app
+        .sign_up_form(&form("late@example.org", &["wirtschaft"]))
+        .await;
+    assert_eq!(later.status(), 429, "the cap holds for the hour");
+    wait_rate_limited(&app, "global", 6).await;
+
+    // An hour later the window has room again.
+    clock.advance(Duration::minutes(61));
+    let mails = sign_up_and_wait_for_its_mail(&app, &sink, "late@example.org").await;
+    accepted.push("late@example.org".into());
+    accepted.sort();
+    assert_eq!(
+        recipients(&mails),
+        accepted,
+        "three mails in the first hour"
+    );
+}
+
+async fn a_complained_or_bounced_address_gets_the_same_answer_and_no_mail_until_its_quiet_period_ends(
+    backend: Backend,
+) {
+    let clock = ManualClock::new(Utc::now());
+    let (app, sink, _db) = ordered_app(backend, Some(clock.clone()), |_| {}).await;
+    let now = clock_now(&clock);
+    let complained = app
+        .reader(
+            "complained@example.org",
+            &["wirtschaft"],
+            "07:00",
+            "Europe/Berlin",
+            "de",
+            now,
+        )
+        .await;
+    let bounced = app
+        .reader(
+            "bounced@example.org",
+            &["wirtschaft"],
+            "07:00",
+            "Europe/Berlin",
+            "de",
+            now,
+        )
+        .await;
+    app.store
+        .record_mail_event(
+            complained,
+            "complaint",
+            "feedback-type abuse",
+            None,
+            EventEffect::UnsubscribeAndSuppress,
+            now,
+        )
+        .await
+        .unwrap();
+    app.store
+        .record_mail_event(
+            bounced,
+            "hard_bounce",
+            "5.1.1",
+            None,
+            EventEffect::Bounce,
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        app.store
+            .is_suppressed("complained@example.org")
+            .await
+            .unwrap()
+    );
+    assert!(
+        app.store
+            .is_suppressed("bounced@example.org")
+            .await
+            .unwrap()
+    );
+
+    // An erased address is no such case: the person may sign up again at once.
+    app.reader(
+        "erased@example.org",
+        &["wirtschaft"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    let erased = app
+        .admin(
+            reqwest::Method::DELETE,
+            "/subscribers/erased@example.org",
+            None,
+        )
+        .await;
+    assert_eq!(erased.status(), 204);
+    assert!(app.store.is_suppressed("erased@example.org").await.unwrap());
+
+    clock.advance(Duration::days(29));
+    let fresh = snapshot(
+        app.sign_up_form(&form("fresh@example.org", &["wirtschaft"]))
+            .await,
+    )
+    .await;
+    for quiet in ["complained@example.org", "bounced@example.org"] {
+        let answer = snapshot(app.sign_up_form(&form(quiet, &["wirtschaft"])).await).await;
+        assert_eq!(
+            answer, fresh,
+            "HTML: {quiet} gets the bytes a fresh address gets"
+        );
+    }
+    let body = |email: &str| serde_json::json!({"email": email, "topics": ["wirtschaft"], "consent": true});
+    let fresh_json = snapshot(app.sign_up_json(body("fresh2@example.org")).await).await;
+    for quiet in ["complained@example.org", "bounced@example.org"] {
+        let answer = snapshot(app.sign_up_json(body(quiet)).await).await;
+        assert_eq!(
+            answer, fresh_json,
+            "JSON: {quiet} gets the bytes a fresh address gets"
+        );
+    }
+    let r = app
+        .sign_up_form(&form("erased@example.org", &["wirtschaft"]))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let mails = sign_up_and_wait_for_its_mail(&app, &sink, "positive@example.org").await;
+    assert_eq!(
+        recipients(&mails),
+        [
+            "erased@example.org",
+            "fresh2@example.org",
+            "fresh@example.org",
+            "positive@example.org"
+        ],
+        "no mail to the complained or bounced address within its quiet period"
+    );
+    for quiet in ["complained@example.org", "bounced@example.org"] {
+        let export = app.export(quiet).await.unwrap();
+        assert!(
+            export["deliveries"].as_array().unwrap().is_empty(),
+            "nothing queued for {quiet}"
+        );
+        assert_eq!(
+            export["consents"].as_array().unwrap().len(),
+            1,
+            "nothing stored for {quiet}"
+        );
+    }
+
+    // After the quiet period a new double opt-in is allowed, and its confirmation
+    // lifts the suppression.
+    clock.advance(Duration::days(1) + Duration::minutes(1));
+    let mut received = mails.len();
+    for quiet in ["complained@example.org", "bounced@example.org"] {
+        let mails = sign_up_and_wait_for_its_mail(&app, &sink, quiet).await;
+        received += 1;
+        assert_eq!(mails.len(), received, "one mail to {quiet}");
+        let mail = mails.iter().find(|m| recipient(m) == quiet).unwrap();
+        let link =
+            find_link(&parse(mail).body_text(0).unwrap(), "confirm").expect("a confirm link");
+        assert_eq!(app.http.post(&link).send().await.unwrap().status(), 200);
+        assert_eq!(app.export(quiet).await.unwrap()["status"], "confirmed");
+        assert!(
+            !app.store.is_suppressed(quiet).await.unwrap(),
+            "{quiet} is welcome again"
+        );
+    }
+}
+
 on_both_backends!(
     sign_up_confirm_and_export_the_proof,
     english_json_sign_up_gets_an_english_mail,
@@ -502,4 +1060,10 @@ on_both_backends!(
     unknown_and_expired_links_get_helpful_pages,
     the_admin_api_manages_topics_behind_the_token,
     a_permanent_rejection_is_recorded_as_failed,
+    cross_site_and_foreign_origin_posts_are_refused_and_send_no_mail,
+    same_origin_and_header_less_posts_are_served,
+    tagged_and_dotted_variants_of_one_mailbox_get_at_most_three_mails,
+    the_per_domain_cap_counts_the_ascii_domain,
+    the_global_cap_holds_under_concurrent_sign_ups,
+    a_complained_or_bounced_address_gets_the_same_answer_and_no_mail_until_its_quiet_period_ends,
 );

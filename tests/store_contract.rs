@@ -6,9 +6,10 @@ use chrono::{DateTime, Duration, TimeZone as _, Utc};
 use common::{Backend, TestDb};
 use postbote::domain::{DeliveryTime, EmailAddress, Locale, TimeZone, Token, TopicSlug};
 use postbote::store::{
-    ConfirmOutcome, ConsentProof, NewMail, SignUp, SignUpKind, SignUpOutcome, Store, StoreError,
-    TokenState, TopicChange,
+    ClaimedMail, ConfirmOutcome, ConsentProof, DeliveryDay, DigestPlan, EventEffect, NewMail,
+    SignUp, SignUpKind, SignUpOutcome, Stats, Store, StoreError, TokenState, TopicChange,
 };
+use std::collections::BTreeMap;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2027, 3, 1, 9, 0, 0).unwrap()
@@ -366,7 +367,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
             .unwrap();
     }
     let lease = t0() + Duration::minutes(5);
-    let claimed = store.claim_mail(t0(), t0(), lease, 10).await.unwrap();
+    let claimed = store.claim_mail(t0(), t0(), lease, 1, 10).await.unwrap();
     assert_eq!(claimed.len(), 2);
     assert!(
         claimed
@@ -375,7 +376,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
     );
     assert!(
         store
-            .claim_mail(t0(), t0(), lease, 10)
+            .claim_mail(t0(), t0(), lease, 2, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -383,7 +384,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
     );
     assert_eq!(
         store
-            .claim_mail(lease, lease, lease + Duration::minutes(5), 10)
+            .claim_mail(lease, lease, lease + Duration::minutes(5), 3, 10)
             .await
             .unwrap()
             .len(),
@@ -394,7 +395,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
     let (first, second) = (claimed[0].id, claimed[1].id);
     store.mails_sent(&[first], t0()).await.unwrap();
     store
-        .mail_retry(second, t0() + Duration::hours(1), "421 busy")
+        .mail_retry(second, 3, t0() + Duration::hours(1), "421 busy")
         .await
         .unwrap();
     assert!(
@@ -403,6 +404,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
                 t0() + Duration::minutes(59),
                 t0() + Duration::minutes(59),
                 t0() + Duration::hours(2),
+                4,
                 10
             )
             .await
@@ -414,6 +416,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
             t0() + Duration::hours(1),
             t0() + Duration::hours(1),
             t0() + Duration::hours(2),
+            5,
             10,
         )
         .await
@@ -423,7 +426,7 @@ async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
         [(second, 3)]
     );
     store
-        .mail_release(second, Some("relay unavailable"))
+        .mail_release(second, 5, Some("relay unavailable"))
         .await
         .unwrap();
     store
@@ -506,7 +509,514 @@ async fn an_unconfirmed_return_does_not_erase_a_former_readers_history(backend: 
     assert_eq!(export.consents.len(), 2, "the history is kept");
 }
 
+async fn a_lease_is_renewed_only_by_its_holder_and_a_lost_one_is_noticed(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    for who in ["one@example.org", "two@example.org"] {
+        let req = sign_up(who, &["wirtschaft"], t0(), &Token::generate());
+        store
+            .sign_up(&req, |_, _| Ok(mail("confirm", who)))
+            .await
+            .unwrap();
+    }
+    let s = |secs: i64| t0() + Duration::seconds(secs);
+    let (a, b, c) = (11, 22, 33);
+    let claimed = store.claim_mail(t0(), s(0), s(30), a, 10).await.unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 2);
+
+    // The holder's heartbeat keeps the mail its own past the first lease.
+    assert_eq!(
+        store.renew_mail_leases(a, &ids, s(50)).await.unwrap().len(),
+        2
+    );
+    assert!(
+        store
+            .claim_mail(t0(), s(40), s(70), b, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a renewed lease holds"
+    );
+    assert!(
+        store
+            .renew_mail_leases(b, &ids, s(90))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nobody else can renew it"
+    );
+
+    // The holder stalls past its lease: another worker claims the mail, and the
+    // stalled one learns it has lost it instead of sending.
+    let taken = store.claim_mail(t0(), s(51), s(81), b, 10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(
+        store
+            .renew_mail_leases(a, &ids, s(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .mail_release(ids[0], a, Some("shutdown"))
+        .await
+        .unwrap();
+    store
+        .mail_retry(ids[1], a, s(60), "421 busy")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_mail(s(61), s(61), s(91), c, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a lost holder can neither release nor reschedule the new holder's mail"
+    );
+
+    // A mail withdrawn while claimed is no longer renewed: its holder drops it.
+    let withdrawn = taken
+        .iter()
+        .find(|m| m.recipient == "one@example.org")
+        .unwrap()
+        .id;
+    store
+        .mail_failed(withdrawn, s(60), "withdrawn")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.renew_mail_leases(b, &ids, s(120)).await.unwrap(),
+        ids.iter()
+            .copied()
+            .filter(|id| *id != withdrawn)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// What `/api/v1/stats` shows, or what a recount of the rows says it should.
+#[derive(Debug, PartialEq, Eq)]
+struct Counts {
+    subscribers: BTreeMap<String, i64>,
+    mails: BTreeMap<String, BTreeMap<String, i64>>,
+    queue_depth: i64,
+    retried: i64,
+    mail_events: BTreeMap<String, i64>,
+}
+
+fn counted(stats: &Stats) -> Counts {
+    let digest = |status: &str| {
+        stats
+            .mails
+            .get("digest")
+            .and_then(|m| m.get(status))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (stats.digests_sent, stats.digests_failed),
+        (digest("sent"), digest("failed"))
+    );
+    Counts {
+        subscribers: stats.subscribers.clone(),
+        mails: stats.mails.clone(),
+        queue_depth: stats.queue_depth,
+        retried: stats.retried,
+        mail_events: stats.mail_events.clone(),
+    }
+}
+
+/// The same numbers counted from the rows, the way `stats` did before it had counters.
+async fn recount(store: &Store) -> Counts {
+    macro_rules! count {
+        ($pool:expr) => {{
+            let pool = $pool;
+            let mut subscribers: BTreeMap<String, i64> =
+                ["pending", "confirmed", "unsubscribed", "bounced"]
+                    .into_iter()
+                    .map(|s| (s.to_owned(), 0))
+                    .collect();
+            let by_status: Vec<(String, i64)> =
+                sqlx::query_as("SELECT status, COUNT(*) FROM subscribers GROUP BY status")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+            subscribers.extend(by_status);
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT kind, status, COUNT(*) FROM mail_jobs GROUP BY kind, status",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            let mut mails: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+            let mut queue_depth = 0;
+            for (kind, status, n) in rows {
+                if status == "queued" {
+                    queue_depth += n;
+                }
+                mails.entry(kind).or_default().insert(status, n);
+            }
+            let retried: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM mail_jobs WHERE attempts > 1")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            let events: Vec<(String, i64)> =
+                sqlx::query_as("SELECT kind, COUNT(*) FROM mail_events GROUP BY kind")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap();
+            Counts {
+                subscribers,
+                mails,
+                queue_depth,
+                retried,
+                mail_events: events.into_iter().collect(),
+            }
+        }};
+    }
+    match store {
+        Store::Postgres(pool) => count!(pool),
+        Store::Sqlite(pool) => count!(pool),
+    }
+}
+
+/// Signs `who` up at `at`; returns the confirmation token.
+async fn signed_up(store: &Store, who: &'static str, at: DateTime<Utc>) -> Token {
+    let token = Token::generate();
+    let req = sign_up(who, &["wirtschaft"], at, &token);
+    store
+        .sign_up(&req, |_, _| Ok(mail("confirm", who)))
+        .await
+        .unwrap();
+    token
+}
+
+fn to(mails: &[ClaimedMail], who: &str) -> i64 {
+    mails.iter().find(|m| m.recipient == who).unwrap().id
+}
+
+async fn reader(store: &Store, who: &str) -> i64 {
+    store.subscriber_id(who).await.unwrap().unwrap()
+}
+
+/// Every kind of change the counters follow: sign-ups (new, returning), confirmations,
+/// sent, retried, released and failed mail, digests, bounces, a complaint, an
+/// unsubscribe, an erasure and the purge of unconfirmed sign-ups.
+async fn a_month_of_traffic(store: &Store) {
+    let day = |d: i64| t0() + Duration::days(d);
+    let mut tokens = Vec::new();
+    for who in [
+        "anna@example.org",
+        "ben@example.org",
+        "cora@example.org",
+        "emil@example.org",
+    ] {
+        tokens.push(signed_up(store, who, t0()).await);
+    }
+    let first = store.claim_mail(t0(), t0(), day(1), 1, 10).await.unwrap();
+    assert_eq!(first.len(), 4);
+    for who in ["anna@example.org", "ben@example.org", "cora@example.org"] {
+        store.mails_sent(&[to(&first, who)], t0()).await.unwrap();
+    }
+    let emil = to(&first, "emil@example.org");
+    store
+        .mail_retry(emil, 1, t0() + Duration::hours(1), "421 busy")
+        .await
+        .unwrap();
+    let again = store
+        .claim_mail(t0() + Duration::hours(1), t0(), day(1), 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|m| (m.id, m.attempts)).collect::<Vec<_>>(),
+        [(emil, 2)]
+    );
+    store
+        .mail_failed(emil, t0() + Duration::hours(1), "550 no such user")
+        .await
+        .unwrap();
+    for token in &tokens {
+        store
+            .confirm(
+                &token.hash(),
+                t0() + Duration::minutes(1),
+                None,
+                Duration::hours(24),
+            )
+            .await
+            .unwrap();
+    }
+
+    signed_up(store, "dora@example.org", day(1)).await;
+    let queued = store
+        .digest_batch(day(2), 0, 500, 51, day(2), |batch| {
+            Ok(batch
+                .readers
+                .iter()
+                .map(|r| DigestPlan {
+                    subscriber_id: r.id,
+                    slot_at: r.next_slot_at,
+                    next_slot_at: day(3),
+                    last_item_id: 0,
+                    mail: Some((
+                        NewMail {
+                            kind: "digest",
+                            ..mail("digest", &r.email)
+                        },
+                        1,
+                    )),
+                })
+                .collect())
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.enqueued, 4);
+    let digests = store
+        .claim_mail(day(2), day(2), day(3), 3, 10)
+        .await
+        .unwrap();
+    assert_eq!(digests.len(), 5, "four digests and dora's confirmation");
+    store
+        .mail_release(to(&digests, "dora@example.org"), 3, Some("shutdown"))
+        .await
+        .unwrap();
+    store
+        .mails_sent(&[to(&digests, "anna@example.org")], day(2))
+        .await
+        .unwrap();
+    let anna = reader(store, "anna@example.org").await;
+    let soft = EventEffect::Count {
+        threshold: 3,
+        since: day(-14),
+    };
+    store
+        .record_mail_event(anna, "soft_bounce", "4.2.2", Some("<m1@x>"), soft, day(2))
+        .await
+        .unwrap();
+    let ben = reader(store, "ben@example.org").await;
+    store
+        .record_mail_event(
+            ben,
+            "hard_bounce",
+            "5.1.1",
+            None,
+            EventEffect::Bounce,
+            day(2),
+        )
+        .await
+        .unwrap();
+    let cora = reader(store, "cora@example.org").await;
+    store
+        .record_mail_event(
+            cora,
+            "complaint",
+            "abuse",
+            None,
+            EventEffect::UnsubscribeAndSuppress,
+            day(2),
+        )
+        .await
+        .unwrap();
+    let emil = reader(store, "emil@example.org").await;
+    store.unsubscribe(emil, day(2)).await.unwrap();
+    store.unsubscribe(emil, day(2)).await.unwrap();
+
+    signed_up(store, "emil@example.org", day(3)).await;
+    signed_up(store, "fritz@example.org", day(3)).await;
+    assert!(
+        store
+            .erase(&EmailAddress::parse("fritz@example.org").unwrap(), day(3))
+            .await
+            .unwrap()
+    );
+    store.purge_pending(day(10)).await.unwrap();
+
+    signed_up(store, "gina@example.org", day(40)).await;
+    signed_up(store, "hans@example.org", day(40)).await;
+    let late = store
+        .claim_mail(day(100), day(100), day(101), 5, 10)
+        .await
+        .unwrap();
+    store
+        .mails_sent(&[to(&late, "gina@example.org")], day(100))
+        .await
+        .unwrap();
+    for m in late.iter().filter(|m| m.recipient != "gina@example.org") {
+        store.mail_release(m.id, 5, None).await.unwrap();
+    }
+}
+
+async fn counters_equal_a_recount_after_every_kind_of_change(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    assert_eq!(
+        counted(&store.stats().await.unwrap()),
+        recount(&store).await
+    );
+    a_month_of_traffic(&store).await;
+    let stats = counted(&store.stats().await.unwrap());
+    assert_eq!(stats, recount(&store).await);
+    // The story above, in numbers, so that a recount that is wrong in the same way
+    // as the counters cannot pass.
+    let n = |v: &[(&str, i64)]| {
+        v.iter()
+            .map(|(k, n)| ((*k).to_owned(), *n))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        stats.subscribers,
+        n(&[
+            ("bounced", 1),
+            ("confirmed", 1),
+            ("pending", 2),
+            ("unsubscribed", 2)
+        ])
+    );
+    assert_eq!(
+        stats.mails["confirm"],
+        n(&[("failed", 1), ("queued", 2), ("sent", 4)])
+    );
+    assert_eq!(stats.mails["digest"], n(&[("failed", 3), ("sent", 1)]));
+    assert_eq!((stats.queue_depth, stats.retried), (2, 1));
+    assert_eq!(
+        stats.mail_events,
+        n(&[("complaint", 1), ("hard_bounce", 1), ("soft_bounce", 1)])
+    );
+
+    // The migration that introduced the counters filled them from the rows: its
+    // statements, run again on empty counters, give the same numbers.
+    let migration = match store {
+        Store::Postgres(_) => include_str!("../migrations/postgres/0007_leases_and_counters.sql"),
+        Store::Sqlite(_) => include_str!("../migrations/sqlite/0007_leases_and_counters.sql"),
+    };
+    let fill: String = migration
+        .split(';')
+        .filter(|statement| statement.contains("INSERT INTO counters"))
+        .map(|statement| format!("{statement};"))
+        .collect();
+    assert_eq!(fill.matches("INSERT INTO counters").count(), 4);
+    let fill = format!("DELETE FROM counters;{fill}");
+    match &store {
+        Store::Postgres(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(fill))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Store::Sqlite(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(fill))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(counted(&store.stats().await.unwrap()), stats);
+}
+
+async fn the_retention_purge_deletes_old_finished_mail_and_keeps_the_history(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    a_month_of_traffic(&store).await;
+    let anna = EmailAddress::parse("anna@example.org").unwrap();
+    let before = store.export_subscriber(&anna).await.unwrap().unwrap();
+    assert_eq!(before.deliveries.len(), 2);
+    assert!(before.delivery_days.is_empty());
+    let stats = counted(&store.stats().await.unwrap());
+
+    // keep_days = 90 on day 91: everything finished on days 0 to 2 goes, in batches.
+    let cutoff = t0() + Duration::days(91);
+    let mut deleted = 0;
+    loop {
+        let n = store.purge_finished_mail(cutoff, 2).await.unwrap();
+        deleted += n;
+        if n < 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        deleted, 8,
+        "4 confirmations and 4 digests, finished before the cutoff"
+    );
+    assert_eq!(store.purge_finished_mail(cutoff, 2).await.unwrap(), 0);
+
+    let left = recount(&store).await;
+    assert_eq!(
+        left.mails,
+        BTreeMap::from([(
+            "confirm".to_owned(),
+            BTreeMap::from([("queued".to_owned(), 2), ("sent".to_owned(), 1)])
+        )]),
+        "queued mail and mail finished after the cutoff stay"
+    );
+    assert_eq!(
+        counted(&store.stats().await.unwrap()),
+        stats,
+        "the counters are totals: the purge leaves them alone"
+    );
+    assert_eq!(
+        (left.subscribers, left.queue_depth),
+        (stats.subscribers, stats.queue_depth)
+    );
+
+    let after = store.export_subscriber(&anna).await.unwrap().unwrap();
+    assert!(after.deliveries.is_empty());
+    let day0 = t0().date_naive();
+    let day2 = (t0() + Duration::days(2)).date_naive();
+    assert_eq!(
+        after.delivery_days,
+        [
+            DeliveryDay {
+                day: day0,
+                kind: "confirm".into(),
+                sent: 1,
+                failed: 0,
+                last_error: None
+            },
+            DeliveryDay {
+                day: day2,
+                kind: "digest".into(),
+                sent: 1,
+                failed: 0,
+                last_error: None
+            },
+        ]
+    );
+    let emil = store
+        .export_subscriber(&EmailAddress::parse("emil@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        emil.delivery_days,
+        [
+            DeliveryDay {
+                day: day0,
+                kind: "confirm".into(),
+                sent: 0,
+                failed: 1,
+                last_error: Some("550 no such user".into())
+            },
+            DeliveryDay {
+                day: day2,
+                kind: "digest".into(),
+                sent: 0,
+                failed: 1,
+                last_error: Some("unsubscribed before delivery".into())
+            },
+        ]
+    );
+    assert_eq!(
+        emil.deliveries
+            .iter()
+            .map(|d| d.status.as_str())
+            .collect::<Vec<_>>(),
+        ["queued"],
+        "the new confirmation mail is still waiting"
+    );
+}
+
 on_both_backends!(
+    a_lease_is_renewed_only_by_its_holder_and_a_lost_one_is_noticed,
+    counters_equal_a_recount_after_every_kind_of_change,
+    the_retention_purge_deletes_old_finished_mail_and_keeps_the_history,
     an_unconfirmed_return_does_not_erase_a_former_readers_history,
     topics_are_created_renamed_retired_and_upserted,
     a_sign_up_moves_through_its_states,

@@ -4,9 +4,13 @@
 //!
 //! `serve` runs a pass every `digest.pass_interval_secs`; `POST /api/v1/digests/run`
 //! runs one as of any instant. Which items a digest lists is decided by arrival
-//! order (item ids up to the pass's watermark), never by a clock.
+//! order (arrival numbers up to the pass's watermark), never by a clock.
+//!
+//! Whatever arrived, a digest stays small: a batch loads at most
+//! `digest.max_items + 1` items per topic, and a digest whose mail would exceed
+//! [`MAX_DIGEST_BYTES`] lists fewer items and counts the rest in "… and N more".
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::DigestSettings;
 use crate::mail::compose::{Composer, DigestBody, DigestEntry, DigestGroup};
-use crate::store::{BoxError, DigestBatch, DigestPlan, DueReader, Store, StoreError};
+use crate::store::{BoxError, DigestBatch, DigestPlan, DueReader, NewMail, Store, StoreError};
 
 /// Readers claimed per transaction: large enough to share rendered bodies and
 /// amortise round trips, small enough to keep memory flat and locks short.
@@ -25,8 +29,27 @@ const BATCH: u32 = 500;
 /// Batches served side by side on PostgreSQL.
 const PASS_LANES: usize = 2;
 
+/// Largest digest mail, in bytes as queued. The product promises less than 256 KiB;
+/// the rest is room for DKIM signatures and for readers of the same content whose
+/// address or links are longer than those of the reader the size was measured with.
+pub const MAX_DIGEST_BYTES: usize = 240 * 1024;
+
+/// Address the size of a digest is measured with when the reader's own does not
+/// build (that reader is then skipped, others with the same content are not).
+const SIZE_PROBE: &str = "digest-size-probe@example.org";
+
 /// What makes two readers' digests identical: language, topics, watermark, date.
 type BodyKey = (crate::domain::Locale, Vec<i64>, i64, chrono::NaiveDate);
+
+/// A digest's shared content, once per [`BodyKey`].
+struct Rendered {
+    /// The content.
+    body: DigestBody,
+    /// New items in all, shown or counted.
+    count: i32,
+    /// The mail of the reader it was measured with, so it is not built twice.
+    first: Option<NewMail>,
+}
 
 /// What a pass did.
 
@@ -113,7 +136,14 @@ impl Digester {
             let now = self.clock.now();
             let batch = self
                 .store
-                .digest_batch(at, watermark, BATCH, now, |batch| self.plan(batch, at, now))
+                .digest_batch(
+                    at,
+                    watermark,
+                    BATCH,
+                    self.settings.max_items + 1,
+                    now,
+                    |batch| self.plan(batch, at, now),
+                )
                 .await?;
             if batch.due == 0 {
                 return Ok(total);
@@ -133,11 +163,12 @@ impl Digester {
         now: DateTime<Utc>,
     ) -> Result<Vec<DigestPlan>, BoxError> {
         // Readers with the same language, topics, watermark and local date get the
-        // same digest: it is rendered once.
-        let mut bodies: HashMap<BodyKey, (DigestBody, i32)> = HashMap::new();
+        // same digest: it is rendered once (`None`: nothing new for them).
+        let mut bodies: HashMap<BodyKey, Option<Rendered>> = HashMap::new();
         let mut plans = Vec::with_capacity(batch.readers.len());
         for reader in &batch.readers {
-            let next_slot_at = match reader.schedule() {
+            let schedule = reader.schedule();
+            let next_slot_at = match &schedule {
                 Some(schedule) => schedule.next_after(at),
                 None => {
                     tracing::error!(
@@ -156,22 +187,28 @@ impl Digester {
             };
             let mut topics = reader.topic_ids.clone();
             topics.sort_unstable();
-            let fresh = batch.items.iter().any(|i| {
-                i.id > reader.last_item_id && i.topic_ids.iter().any(|t| topics.contains(t))
-            });
-            if fresh {
-                let date = match reader.schedule() {
-                    Some(s) => at.with_timezone(&s.timezone.tz()).date_naive(),
-                    None => at.date_naive(),
-                };
-                let key = (reader.locale(), topics, reader.last_item_id, date);
-                if !bodies.contains_key(&key) {
-                    let body = self.render(batch, reader, &key.1, date)?;
-                    bodies.insert(key.clone(), body);
+            topics.dedup();
+            let date = match &schedule {
+                Some(s) => at.with_timezone(&s.timezone.tz()).date_naive(),
+                None => at.date_naive(),
+            };
+            let key = (reader.locale(), topics, reader.last_item_id, date);
+            let rendered = match bodies.entry(key) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    let made = self.render(batch, reader, &new.key().1, date, now)?;
+                    new.insert(made)
                 }
-                let (body, count) = &bodies[&key];
-                match self.composer.digest(body, &reader.email, reader.id, now) {
-                    Ok(mail) => plan.mail = Some((mail, *count)),
+            };
+            if let Some(rendered) = rendered {
+                let mail = match rendered.first.take() {
+                    Some(mail) => Ok(mail),
+                    None => self
+                        .composer
+                        .digest(&rendered.body, &reader.email, reader.id, now),
+                };
+                match mail {
+                    Ok(mail) => plan.mail = Some((mail, rendered.count)),
                     // One unsendable reader must not hold up the batch: their slot
                     // passes without a mail, and the watermark stays for the next.
                     Err(e) => {
@@ -185,56 +222,75 @@ impl Digester {
         Ok(plans)
     }
 
-    /// Renders the digest for a reader's topics and watermark.
+    /// Renders the digest for a reader's topics (sorted) and watermark, or `None`
+    /// when nothing is new to them. Lists the newest `digest.max_items` of their new
+    /// items, or fewer when the mail would exceed [`MAX_DIGEST_BYTES`] (measured by
+    /// building it for this reader); the rest are counted in "… and N more".
     fn render(
         &self,
         batch: &DigestBatch,
         reader: &DueReader,
         topics: &[i64],
         date: chrono::NaiveDate,
-    ) -> Result<(DigestBody, i32), BoxError> {
+        now: DateTime<Utc>,
+    ) -> Result<Option<Rendered>, BoxError> {
+        let (fresh, total) = batch.items.fresh(topics, reader.last_item_id);
+        if total == 0 {
+            return Ok(None);
+        }
         let mut chosen: Vec<(&str, i64)> = topics
             .iter()
             .filter_map(|id| batch.topics.get(id).map(|t| (t.name.as_str(), *id)))
             .collect();
         chosen.sort();
-        // Newest first (the pool is ordered so); an item in two chosen topics once.
-        let fresh: Vec<_> = batch
-            .items
-            .iter()
-            .filter(|i| {
-                i.id > reader.last_item_id && i.topic_ids.iter().any(|t| topics.contains(t))
-            })
-            .collect();
-        let total = fresh.len();
-        let shown = &fresh[..total.min(self.settings.max_items)];
-        let mut placed = HashSet::new();
-        let mut groups = Vec::new();
-        for (name, topic) in &chosen {
-            let items: Vec<DigestEntry> = shown
-                .iter()
-                .filter(|i| i.topic_ids.contains(topic) && placed.insert(i.id))
-                .map(|i| DigestEntry {
-                    title: i.title.clone(),
-                    // Items without their own page (mailed-in ones) get ours.
-                    url: Some(i.url.clone().unwrap_or_else(|| {
-                        format!("{}/items/{}", self.composer.public_url(), i.id)
-                    })),
-                    summary: i.summary.clone(),
-                })
-                .collect();
-            if !items.is_empty() {
-                groups.push(DigestGroup {
-                    topic: (*name).to_owned(),
-                    items,
-                });
-            }
-        }
         let names: Vec<String> = chosen.iter().map(|(n, _)| (*n).to_owned()).collect();
-        let body = self
-            .composer
-            .digest_body(reader.locale(), date, &groups, total, &names)?;
-        Ok((body, i32::try_from(total).unwrap_or(i32::MAX)))
+        let count = i32::try_from(total).unwrap_or(i32::MAX);
+        let mut shown = fresh.len().min(self.settings.max_items);
+        loop {
+            // Newest first; an item in two chosen topics once, under the first.
+            let mut placed = HashSet::new();
+            let mut groups = Vec::new();
+            for (name, topic) in &chosen {
+                let items: Vec<DigestEntry> = fresh[..shown]
+                    .iter()
+                    .filter(|i| i.in_topic(*topic) && placed.insert(i.id))
+                    .map(|i| DigestEntry {
+                        title: i.title.clone(),
+                        // Items without their own page (mailed-in ones) get ours.
+                        url: Some(i.url.clone().unwrap_or_else(|| {
+                            format!("{}/items/{}", self.composer.public_url(), i.id)
+                        })),
+                        summary: i.summary.clone(),
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    groups.push(DigestGroup {
+                        topic: (*name).to_owned(),
+                        items,
+                    });
+                }
+            }
+            let body = self
+                .composer
+                .digest_body(reader.locale(), date, &groups, total, &names)?;
+            let (size, first) = match self.composer.digest(&body, &reader.email, reader.id, now) {
+                Ok(mail) => (mail.message.len(), Some(mail)),
+                Err(_) => (
+                    self.composer
+                        .digest(&body, SIZE_PROBE, reader.id, now)?
+                        .message
+                        .len(),
+                    None,
+                ),
+            };
+            if size <= MAX_DIGEST_BYTES || shown == 0 {
+                return Ok(Some(Rendered { body, count, first }));
+            }
+            // Fewer items, in proportion and a tenth more, at least one fewer.
+            let fits = shown * MAX_DIGEST_BYTES / size * 9 / 10;
+            tracing::debug!(shown, fits, size, "digest too large; listing fewer items");
+            shown = fits.min(shown - 1);
+        }
     }
 
     /// Runs a pass every `pass_interval` until `stop` fires.

@@ -81,6 +81,60 @@ impl EmailAddress {
     pub fn domain(&self) -> &str {
         self.0.rsplit('@').next().unwrap_or_default()
     }
+
+    /// The mailbox the address delivers to, as the sign-up limits count it:
+    /// `anna.muster+news@GoogleMail.com` and `annamuster@gmail.com` are one mailbox.
+    ///
+    /// A subaddress tag (`+tag`) is dropped, the domain is put into its ASCII
+    /// (IDNA, punycode) form, and for Gmail (`gmail.com`, `googlemail.com`, which
+    /// are one) dots in the local part are ignored. The stored address stays as the
+    /// reader typed it; this key only decides what counts as "the same mailbox".
+    pub fn mailbox_key(&self) -> String {
+        mailbox_key(&self.0)
+    }
+}
+
+/// Domains whose mailboxes ignore dots in the local part, and the name they share.
+const GMAIL: &str = "gmail.com";
+const GMAIL_ALIASES: [&str; 2] = [GMAIL, "googlemail.com"];
+
+/// [`EmailAddress::mailbox_key`] for any text: total (never fails) and idempotent,
+/// so it can be applied to stored or already normalised values too.
+fn mailbox_key(address: &str) -> String {
+    let lowered = address.to_lowercase();
+    let Some((local, domain)) = lowered.rsplit_once('@') else {
+        return lowered;
+    };
+    let mut domain = ascii_domain(domain);
+    // `+tag` is a subaddress of the mailbox before it; a local part that starts
+    // with `+` has no mailbox before it and stays whole.
+    let mut local = match local.split_once('+') {
+        Some((mailbox, _)) if !mailbox.is_empty() => mailbox.to_owned(),
+        _ => local.to_owned(),
+    };
+    if GMAIL_ALIASES.contains(&domain.as_str()) {
+        domain = GMAIL.to_owned();
+        let undotted = local.replace('.', "");
+        if !undotted.is_empty() {
+            local = undotted;
+        }
+    }
+    format!("{local}@{domain}")
+}
+
+/// The ASCII (IDNA) form of a domain; the domain itself (lower-cased) when it is
+/// not one IDNA can convert. Only what [`EmailAddress::parse`] accepts in a domain
+/// is handed to the converter, which would otherwise also percent-decode and read
+/// numbers as IPv4 addresses.
+fn ascii_domain(domain: &str) -> String {
+    let convertible = !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c == '.' || c == '-' || c.is_alphanumeric());
+    if convertible && let Ok(url::Host::Domain(ascii)) = url::Host::parse(domain) {
+        return ascii;
+    }
+    domain.to_lowercase()
 }
 
 fn valid_local(local: &str) -> bool {
@@ -189,6 +243,104 @@ mod tests {
         // Valid before lower-casing, too long after it (Ⱥ is 2 bytes, ⱥ 3).
         let grows = format!("{}@example.org", "Ⱥ".repeat(32));
         assert_eq!(EmailAddress::parse(&grows), Err(EmailError::BadLocalPart));
+    }
+
+    fn key(s: &str) -> String {
+        EmailAddress::parse(s).unwrap().mailbox_key()
+    }
+
+    #[test]
+    fn subaddress_tags_do_not_make_a_new_mailbox() {
+        assert_eq!(key("victim@example.org"), "victim@example.org");
+        for tagged in [
+            "victim+1@example.org",
+            "Victim+News@Example.ORG",
+            "victim+a+b@example.org",
+            "victim+@example.org",
+        ] {
+            assert_eq!(key(tagged), "victim@example.org", "{tagged}");
+        }
+        // Dots count outside Gmail: they are different mailboxes there.
+        assert_eq!(key("vic.tim@example.org"), "vic.tim@example.org");
+        // Nothing before the tag: the whole local part is the mailbox.
+        assert_eq!(key("+x@example.org"), "+x@example.org");
+    }
+
+    #[test]
+    fn gmail_ignores_dots_and_googlemail_is_gmail() {
+        for variant in [
+            "victim@gmail.com",
+            "v.i.c.t.i.m@gmail.com",
+            "Vic.Tim+list@GMail.com",
+            "victim@googlemail.com",
+            "vic.tim+x@googlemail.com",
+        ] {
+            assert_eq!(key(variant), "victim@gmail.com", "{variant}");
+        }
+    }
+
+    #[test]
+    fn the_domain_is_counted_in_its_ascii_form() {
+        assert_eq!(key("jürgen@müller.de"), "jürgen@xn--mller-kva.de");
+        assert_eq!(key("jürgen@XN--MLLER-KVA.de"), "jürgen@xn--mller-kva.de");
+        // The address itself is kept as typed.
+        assert_eq!(
+            EmailAddress::parse("jürgen@müller.de").unwrap().as_str(),
+            "jürgen@müller.de"
+        );
+    }
+
+    #[test]
+    fn text_that_is_no_address_still_gets_a_key() {
+        assert_eq!(mailbox_key("No Address"), "no address");
+        assert_eq!(mailbox_key("a+b@"), "a@");
+        assert_eq!(mailbox_key("a@b@1.2.3.4"), "a@b@1.2.3.4");
+        assert_eq!(mailbox_key("x@a%41.org"), "x@a%41.org");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Local parts and domains from the characters that matter: tags, dots,
+        /// case, non-ASCII letters, Gmail's names.
+        fn address() -> impl Strategy<Value = String> {
+            let local = "[a-zA-Z0-9.+_äÄß-]{1,20}";
+            let domain = prop_oneof![
+                Just("gmail.com".to_owned()),
+                Just("GoogleMail.com".to_owned()),
+                Just("müller.de".to_owned()),
+                Just("xn--mller-kva.de".to_owned()),
+                "[a-zA-Z0-9äöüßİ-]{1,12}\\.[a-z]{2,5}",
+            ];
+            (local, domain).prop_map(|(l, d)| format!("{l}@{d}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_key_of_any_text_is_total_and_idempotent(s in any::<String>()) {
+                let once = mailbox_key(&s);
+                prop_assert_eq!(mailbox_key(&once), once);
+            }
+
+            #[test]
+            fn the_key_of_an_address_is_idempotent_and_ignores_tags(s in address(), tag in "[a-z0-9]{0,8}") {
+                let once = mailbox_key(&s);
+                prop_assert_eq!(mailbox_key(&once), once.clone());
+                if let Ok(e) = EmailAddress::parse(&s) {
+                    prop_assert_eq!(e.mailbox_key(), once.clone());
+                    let (local, domain) = s.rsplit_once('@').unwrap();
+                    if !local.starts_with('+') {
+                        let tagged = format!("{local}+{tag}@{domain}");
+                        if let Ok(t) = EmailAddress::parse(&tagged) {
+                            prop_assert_eq!(t.mailbox_key(), once);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

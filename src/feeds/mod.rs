@@ -1,16 +1,19 @@
 //! Feed polling: RSS 2.0, Atom and JSON Feed (feed-rs) over HTTP (reqwest with
 //! rustls). Each feed is fetched on its cron schedule with conditional GET; each
-//! entry becomes an item once (guid, else link); entry HTML is reduced to plain
-//! text. A feed that fails — timeout, 4xx/5xx, redirect loop, oversized or garbage
+//! entry becomes an item once (guid, else link; the same release in a feed of
+//! another topic adds that topic); entry HTML is reduced to plain text and cut to
+//! the item limits. A poll stores at most `polling.max_new_items` new items; a
+//! redirect may not lead to a non-public address ([`destinations`]). A feed that
+//! fails — timeout, 4xx/5xx, redirect loop or refused redirect, oversized or garbage
 //! body — is logged with its name, counted, retried with back-off, and never stops
 //! the daemon or the other feeds.
 
+pub mod destinations;
 pub mod text;
 
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -65,6 +68,9 @@ pub enum Polled {
         entries: usize,
         /// Items stored now.
         new: usize,
+        /// Entries left for the next poll because `polling.max_new_items` was
+        /// reached.
+        deferred: usize,
     },
 }
 
@@ -75,8 +81,8 @@ pub struct Poller {
     pub store: Store,
     /// Time source: decides which feeds are due.
     pub clock: Arc<dyn Clock>,
-    /// HTTP client (timeouts, redirects, user agent).
-    http: reqwest::Client,
+    /// The `User-Agent` of every fetch.
+    user_agent: String,
     /// Limits.
     pub settings: PollingSettings,
 }
@@ -92,19 +98,15 @@ impl Poller {
         settings: PollingSettings,
         public_url: &str,
     ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(format!(
-                "postbote/{} (+{public_url})",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()?;
+        let user_agent = format!("postbote/{} (+{public_url})", env!("CARGO_PKG_VERSION"));
+        // Each poll builds its own client (it knows the feed's host, see
+        // `destinations`); building one now shows at start that TLS can be set up.
+        let example = url::Url::parse("https://feed.example/").expect("a valid URL");
+        destinations::client(&example, &settings, &user_agent)?;
         Ok(Self {
             store,
             clock,
-            http,
+            user_agent,
             settings,
         })
     }
@@ -145,7 +147,22 @@ impl Poller {
             Ok((polled, etag, modified)) => {
                 match polled {
                     Polled::Unchanged => tracing::debug!("feed unchanged"),
-                    Polled::Read { entries, new } => tracing::info!(entries, new, "feed read"),
+                    Polled::Read {
+                        entries,
+                        new,
+                        deferred: 0,
+                    } => tracing::info!(entries, new, "feed read"),
+                    Polled::Read {
+                        entries,
+                        new,
+                        deferred,
+                    } => tracing::warn!(
+                        entries,
+                        new,
+                        deferred,
+                        max_new_items = self.settings.max_new_items,
+                        "feed read; more new entries than a poll stores, the rest waits for the next poll"
+                    ),
                 }
                 self.store
                     .feed_polled(feed.id, now, next, etag.as_deref(), modified.as_deref())
@@ -173,7 +190,10 @@ impl Poller {
         &self,
         feed: &Feed,
     ) -> Result<(Polled, Option<String>, Option<String>), String> {
-        let mut request = self.http.get(&feed.url);
+        let feed_url = url::Url::parse(&feed.url).map_err(|e| format!("not a URL: {e}"))?;
+        let http = destinations::client(&feed_url, &self.settings, &self.user_agent)
+            .map_err(|e| describe(&e))?;
+        let mut request = http.get(feed_url);
         if let Some(etag) = &feed.etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
@@ -231,23 +251,57 @@ impl Poller {
         let parsed = parser
             .parse(body.as_slice())
             .map_err(|e| format!("not a feed: {e}"))?;
+        drop(body);
         let topic = TopicSlug::parse(&feed.topic).map_err(|e| e.to_string())?;
         let now = self.clock.now();
-        let mut new = 0;
-        for entry in &parsed.entries {
+        let (mut new, mut cut, mut links_dropped, mut without_id) = (0, 0, 0, 0);
+        let mut deferred = 0;
+        for (n, entry) in parsed.entries.iter().enumerate() {
+            if new >= self.settings.max_new_items {
+                // Not even read: the next poll reads the feed in full again (no
+                // validators are kept below) and goes on where this one stopped.
+                deferred = parsed.entries.len() - n;
+                break;
+            }
             let Some(item) = to_item(entry, &topic, &feed.name) else {
                 continue;
             };
+            let (item, changed) = item.fitted();
+            cut += usize::from(changed.iter().any(|f| *f != "url"));
+            if changed.contains(&"url") {
+                links_dropped += 1;
+            }
+            // A link refused by the item limits was the entry's only identity.
+            if item.guid.is_none() && item.url.is_none() || item.title.trim().is_empty() {
+                without_id += 1;
+                continue;
+            }
             match self.store.add_item(&item, now).await {
                 Ok(ItemOutcome::Created(_)) => new += 1,
                 Ok(ItemOutcome::Existing(_)) => {}
                 Err(e) => return Err(format!("storing an entry failed: {e}")),
             }
         }
+        if cut + links_dropped + without_id > 0 {
+            // A link that is too long or not http(s) is dropped: the item is stored
+            // without it and digests link to its page on this site instead.
+            tracing::info!(
+                cut,
+                links_dropped,
+                skipped = without_id,
+                "entries cut to the item limits; links over 2048 characters or not http(s) dropped; entries left without guid or link skipped"
+            );
+        }
+        let (etag, modified) = if deferred > 0 {
+            (None, None)
+        } else {
+            (etag, modified)
+        };
         Ok((
             Polled::Read {
                 entries: parsed.entries.len(),
                 new,
+                deferred,
             },
             etag,
             modified,
@@ -269,12 +323,13 @@ impl Poller {
     }
 }
 
-/// A reqwest error with its cause, e.g. "timed out" or "too many redirects".
+/// A reqwest error with its cause, e.g. "timed out" or "redirect refused: more
+/// than 5 redirects".
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_redirect() {
-        "too many redirects"
+        "redirect refused"
     } else if e.is_connect() {
         "cannot connect"
     } else {
@@ -290,7 +345,8 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-/// An entry as an item: text only, a link only when it is http(s).
+/// An entry as an item: text only, a link only when it is http(s). Not yet cut to
+/// the item limits ([`NewItem::fitted`]).
 fn to_item(entry: &feed_rs::model::Entry, topic: &TopicSlug, feed: &str) -> Option<NewItem> {
     let title = text::html_to_text(&entry.title.as_ref()?.content);
     if title.is_empty() {
@@ -312,8 +368,7 @@ fn to_item(entry: &feed_rs::model::Entry, topic: &TopicSlug, feed: &str) -> Opti
         .filter(|s| !s.is_empty());
     let body = content
         .map(|h| text::html_to_text(&h))
-        .filter(|b| !b.is_empty())
-        .map(|b| b.chars().take(100_000).collect());
+        .filter(|b| !b.is_empty());
     let (guid, url) = match entry.id.strip_prefix("link:") {
         Some(_) => (None, url),
         None if entry.id.is_empty() => (None, url),
@@ -324,7 +379,7 @@ fn to_item(entry: &feed_rs::model::Entry, topic: &TopicSlug, feed: &str) -> Opti
     }
     Some(NewItem {
         topics: vec![topic.clone()],
-        title: title.chars().take(500).collect(),
+        title,
         url,
         summary,
         body,
@@ -336,7 +391,76 @@ fn to_item(entry: &feed_rs::model::Entry, topic: &TopicSlug, feed: &str) -> Opti
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// One JSON Feed entry with these fields, read by feed-rs and turned into an item
+    /// cut to the item limits, as a poll does.
+    fn entry_as_item(
+        id: &str,
+        url: &str,
+        title: &str,
+        summary: &str,
+        html: &str,
+    ) -> Option<(NewItem, Vec<&'static str>)> {
+        let feed = serde_json::json!({
+            "version": "https://jsonfeed.org/version/1.1",
+            "title": "Feed",
+            "items": [{"id": id, "url": url, "title": title, "summary": summary, "content_html": html}],
+        });
+        let parsed = feed_rs::parser::parse(feed.to_string().as_bytes()).ok()?;
+        let topic = TopicSlug::parse("wirtschaft").unwrap();
+        to_item(parsed.entries.first()?, &topic, "feed").map(NewItem::fitted)
+    }
+
+    proptest! {
+        #[test]
+        fn whatever_an_entry_holds_its_item_fits_the_limits(
+            id in any::<String>(),
+            url in prop_oneof![any::<String>(), Just("https://presse.example/1".to_owned()), "https://[a-z]{1,8}\\.example/[ -~]{0,40}"],
+            title in prop_oneof![any::<String>(), "[<>&;a-z ]{0,2000}"],
+            summary in prop_oneof![any::<String>(), "[<>&;#xa-z\n ]{0,3000}"],
+            html in prop_oneof![any::<String>(), "[<>&;#xa-z/!\n -]{0,3000}"],
+        ) {
+            let Some((item, _)) = entry_as_item(&id, &url, &title, &summary, &html) else {
+                return Ok(());
+            };
+            prop_assert!(item.title.chars().count() <= crate::store::MAX_TITLE);
+            prop_assert!(item.summary.as_ref().is_none_or(|s| s.chars().count() <= 501));
+            prop_assert!(item.body.as_ref().is_none_or(|b| b.len() <= html.len()));
+            prop_assert!(item.url.as_ref().is_none_or(|u| u.chars().count() <= crate::store::MAX_URL));
+            if !item.title.trim().is_empty() {
+                prop_assert_eq!(item.validate(), Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_two_megabyte_link_is_dropped_and_long_texts_are_cut() {
+        let link = format!("https://presse.example/{}", "a".repeat(2 * 1024 * 1024));
+        let title = "<b>Titel</b> ".repeat(1_000);
+        let (item, changed) =
+            entry_as_item("pm-1", &link, &title, &"Absatz ".repeat(2_000), "<p>x</p>").unwrap();
+        assert_eq!(
+            item.url, None,
+            "refused link dropped; the item page stands in"
+        );
+        assert_eq!(item.guid.as_deref(), Some("pm-1"));
+        assert_eq!(item.title.chars().count(), crate::store::MAX_TITLE);
+        assert!(item.summary.unwrap().ends_with('…'));
+        assert!(
+            changed.contains(&"url") && changed.contains(&"title"),
+            "{changed:?}"
+        );
+        assert_eq!(
+            entry_as_item("pm-2", "javascript:alert(1)", "Titel", "", "")
+                .unwrap()
+                .0
+                .url,
+            None
+        );
+    }
 
     #[test]
     fn schedules_take_five_or_six_fields() {

@@ -185,3 +185,119 @@ mod tests {
         assert_eq!(first_paragraph("Eins zwei drei", 8), "Eins…");
     }
 }
+
+/// Hostile HTML, in any amount: no panic, output never longer than the input (so
+/// the work done is linear in it), no NUL, and a first paragraph within its cap.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The pieces the reducer treats specially.
+    const PIECES: [&str; 32] = [
+        "<",
+        ">",
+        "&",
+        ";",
+        "#",
+        "x",
+        "<p>",
+        "<br/>",
+        "</p>",
+        "<div",
+        "</",
+        "<!",
+        "<!--",
+        "-->",
+        "<script>",
+        "</script",
+        "<STYLE x=1>",
+        "</style>",
+        "&amp;",
+        "&#x",
+        "&#",
+        "&#1114111;",
+        "&#x110000;",
+        "&nbsp;",
+        "&hellip;",
+        "ü",
+        "€",
+        "\0",
+        "\n\n",
+        " ",
+        "\t",
+        "Text",
+    ];
+
+    /// Strings made of those pieces, so that tags, unclosed tags, comments, dropped
+    /// elements and entities meet in every order.
+    fn markup() -> impl Strategy<Value = String> {
+        prop::collection::vec(0..PIECES.len(), 0..300)
+            .prop_map(|picks| picks.into_iter().map(|i| PIECES[i]).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn markup_is_reduced_to_no_more_text_than_it_had(html in markup()) {
+            let text = html_to_text(&html);
+            prop_assert!(text.len() <= html.len(), "{} > {}", text.len(), html.len());
+            prop_assert!(!text.contains('\0'));
+            prop_assert!(!text.contains("\n\n\n"));
+        }
+
+        #[test]
+        fn any_string_is_reduced_to_no_more_text_than_it_had(html in any::<String>()) {
+            prop_assert!(html_to_text(&html).len() <= html.len());
+        }
+
+        #[test]
+        fn a_first_paragraph_stays_within_its_cap(
+            text in prop_oneof![markup(), any::<String>()],
+            max in 0usize..700,
+        ) {
+            let para = first_paragraph(&html_to_text(&text), max);
+            // The cap, and "…" when cut.
+            prop_assert!(para.chars().count() <= max + 1);
+            prop_assert!(!para.contains("\n\n"));
+            let raw = first_paragraph(&text, max);
+            prop_assert!(raw.chars().count() <= max + 1);
+        }
+    }
+
+    /// A megabyte of each kind of nesting and non-closing that could make a naive
+    /// reducer quadratic: these finish (the suite would time out otherwise) and
+    /// shrink.
+    #[test]
+    fn a_megabyte_of_adversarial_markup_is_reduced() {
+        const MB: usize = 1 << 20;
+        let fill = |unit: &str| unit.repeat(MB / unit.len());
+        let cases = [
+            fill("<a"),
+            fill("<a "),
+            format!("{}>", fill("<b")),
+            fill("<div><span>"),
+            fill("<!--"),
+            fill("<!-- -- >"),
+            fill("<script>"),
+            fill("<script></script"),
+            format!("<script>{}", fill("</scrip")),
+            fill("<style><script>"),
+            fill("&"),
+            fill("&#"),
+            fill("&#x1F600"),
+            fill("&amp;&lt;"),
+            fill("&&&&&&&&&&&;"),
+            fill("<p>"),
+            fill("< "),
+            fill("\n\n \n"),
+            fill("ü€😀"),
+        ];
+        for html in cases {
+            let text = html_to_text(&html);
+            assert!(text.len() <= html.len());
+            let para = first_paragraph(&text, 500);
+            assert!(para.chars().count() <= 501);
+        }
+    }
+}

@@ -1,9 +1,13 @@
-//! Delivery workers: claim due mails from the queue, send them, record the outcome.
+//! Delivery workers: claim due mails from the queue, send them, record the outcome;
+//! and the retention task that purges finished mail after `delivery.keep_days`.
 //!
 //! Each worker owns one [`Sender`] (one SMTP connection), so `delivery.workers`
-//! bounds the concurrency towards the relay. Mails are claimed with a lease; a
-//! worker that dies leaves the lease to run out and the mail is claimed again.
-//! Shutdown is checked between mails: a send in progress is always finished.
+//! bounds the concurrency towards the relay. Mails are claimed with a short
+//! [`LEASE`] that a heartbeat renews every [`HEARTBEAT`] while the worker holds
+//! them; a worker that dies stops renewing and its mails are claimed again within
+//! the lease. Every delivery is recorded before the next mail is sent, so a crash
+//! repeats at most the one mail per worker that was in flight. Shutdown is checked
+//! between mails: a send in progress is always finished.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,25 +82,137 @@ impl Pace {
     }
 }
 
+/// How long a claimed mail stays leased without a renewal: the longest a dead
+/// process's mail waits before another worker (of any process) claims it.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a worker renews the lease of the mails it still holds.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A worker sends the next mail only while its lease is known to hold at least this
+/// long; otherwise it renews first and learns whether the mails are still its own.
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
+/// How often the retention task looks for finished mail past `delivery.keep_days`.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// Finished mails the retention task deletes per transaction.
+const RETENTION_BATCH: u32 = 1000;
+
+/// The lease on one claimed batch, shared by the worker and its heartbeat.
+struct Lease {
+    /// The random token the claim wrote into `mail_jobs.lease_owner`: renewals
+    /// touch only rows that still carry it.
+    owner: i64,
+    /// What the heartbeat renews, and until when.
+    held: std::sync::Mutex<Held>,
+}
+
+/// The mails a lease still covers.
+struct Held {
+    /// Claimed mails whose outcome is not recorded yet (delivered but unrecorded
+    /// ones included: letting their lease run out would send them again).
+    ids: Vec<i64>,
+    /// Until when the lease on them is known to hold, on this process's monotonic
+    /// clock: the start of the last successful claim or renewal plus [`LEASE`].
+    until: tokio::time::Instant,
+}
+
+impl Lease {
+    fn new(owner: i64, ids: Vec<i64>, until: tokio::time::Instant) -> Self {
+        Self {
+            owner,
+            held: std::sync::Mutex::new(Held { ids, until }),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // A panic while holding this lock cannot leave it inconsistent.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Extends the lease on the mails still held; those the database no longer
+    /// shows as ours (claimed by another worker after a stall, or withdrawn) are
+    /// dropped from the batch.
+    async fn renew(&self, store: &Store) -> StoreResult<()> {
+        let ids = self.held().ids.clone();
+        let started = tokio::time::Instant::now();
+        let until = chrono::Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let kept = store.renew_mail_leases(self.owner, &ids, until).await?;
+        let mut held = self.held();
+        let lost = held.ids.iter().filter(|id| !kept.contains(id)).count();
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "claimed mails are no longer ours; they are not sent by this worker"
+            );
+        }
+        held.ids.retain(|id| kept.contains(id));
+        held.until = started + LEASE;
+        Ok(())
+    }
+
+    /// Whether mail `id` may be sent now: the lease holds for a while yet, or a
+    /// renewal just showed that it does. `None` when that cannot be known (the
+    /// database does not answer).
+    async fn may_send(&self, store: &Store, id: i64) -> Option<bool> {
+        let fresh = self.held().until > tokio::time::Instant::now() + LEASE_MARGIN;
+        if !fresh && let Err(e) = self.renew(store).await {
+            tracing::warn!(error = %e, "renewing the lease failed; the rest of the batch is left to its lease");
+            return None;
+        }
+        Some(self.holds(id))
+    }
+
+    /// Whether mail `id` is still covered, as far as this process knows.
+    fn holds(&self, id: i64) -> bool {
+        self.held().ids.contains(&id)
+    }
+
+    /// The mail's outcome is recorded: the lease no longer needs to cover it.
+    fn done(&self, id: i64) {
+        self.held().ids.retain(|held| *held != id);
+    }
+}
+
+/// Renews a batch's lease every [`HEARTBEAT`], also while a slow SMTP transaction
+/// is in progress; aborted when dropped, i.e. when the batch is done.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(store: Store, lease: Arc<Lease>) -> Self {
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if let Err(e) = lease.renew(&store).await {
+                    tracing::warn!(error = %e, "renewing the lease on claimed mail failed");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs one worker until `cancel` fires.
 pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
     let mut sender = Sender::new(ctx.transport.clone(), ctx.settings.smtp_timeout);
-    // A claimed batch must be done well within its lease, or another worker takes
-    // it. Worst case per mail: a failed send on a kept connection, a new connection
-    // and a second send, each bounded by the timeout.
-    let lease = chrono::Duration::from_std(ctx.settings.smtp_timeout * (BATCH * 4 + 4))
-        .unwrap_or(chrono::Duration::minutes(30));
+    let lease_length = chrono::Duration::from_std(LEASE).unwrap_or_default();
     let mut relay_failures: i32 = 0;
     while !cancel.is_cancelled() {
         let wake = ctx.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
 
+        let owner: i64 = rand::random();
+        let claimed_at = tokio::time::Instant::now();
         let now = ctx.clock.now();
         let real_now = chrono::Utc::now();
         let batch = match ctx
             .store
-            .claim_mail(now, real_now, real_now + lease, BATCH)
+            .claim_mail(now, real_now, real_now + lease_length, owner, BATCH)
             .await
         {
             Ok(batch) => batch,
@@ -113,48 +229,73 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
             wait(&cancel, ctx.settings.poll_interval, Some(wake)).await;
             continue;
         }
-        let mut mails = batch.into_iter().peekable();
-        let mut sent = Vec::with_capacity(BATCH as usize);
+        let lease = Arc::new(Lease::new(
+            owner,
+            batch.iter().map(|m| m.id).collect(),
+            claimed_at + LEASE,
+        ));
+        let heartbeat = Heartbeat::start(ctx.store.clone(), lease.clone());
         let mut relay_down = None;
-        let mut recorded_at = std::time::Instant::now();
-        while let Some(mail) = mails.peek() {
-            // A slow batch records what it delivered as it goes, so that a shutdown
-            // or crash during a slow send repeats as little as possible.
-            if !sent.is_empty() && recorded_at.elapsed() > Duration::from_secs(1) {
-                if let Err(e) = ctx.store.mails_sent(&sent, ctx.clock.now()).await {
-                    tracing::warn!(error = %e, "recording deliveries failed; retried with the batch");
-                } else {
-                    sent.clear();
-                }
-                recorded_at = std::time::Instant::now();
+        let mut unrecorded = Vec::new();
+        for mail in &batch {
+            if !lease.holds(mail.id) {
+                // Lost or withdrawn: no send slot is spent on it.
+                continue;
             }
-            match deliver(&ctx, &mut sender, mail).await {
-                Delivered::Sent => sent.push(mail.id),
-                Delivered::Recorded => {}
+            ctx.pace.wait().await;
+            // Sent only while the lease is ours: a worker that stalled past its
+            // lease learns here that another may have claimed the rest.
+            match lease.may_send(&ctx.store, mail.id).await {
+                Some(true) => {}
+                Some(false) => continue,
+                None => break,
+            }
+            match deliver(&ctx, &mut sender, mail, owner).await {
+                // Recorded before the next mail goes out: a crash repeats at most
+                // the one mail per worker whose record had not committed.
+                Delivered::Sent => match ctx.store.mails_sent(&[mail.id], ctx.clock.now()).await {
+                    Ok(()) => lease.done(mail.id),
+                    Err(e) => {
+                        tracing::warn!(mail.id, error = %e, "recording a delivery failed; retried after the batch");
+                        unrecorded.push(mail.id);
+                    }
+                },
+                Delivered::Recorded => lease.done(mail.id),
                 Delivered::RelayDown(reason) => {
                     // This mail and the rest of the batch go back untouched.
                     relay_down = Some(reason);
                     break;
                 }
             }
-            mails.next();
             if cancel.is_cancelled() {
                 break;
             }
         }
-        // One statement for the whole batch: at 2,000 mails/s a round trip per mail
-        // would cost more than the SMTP transaction. Until it commits, the batch's
-        // mails are in flight: a crash now may send them again (the documented bound).
-        if let Err(e) = ctx.store.mails_sent(&sent, ctx.clock.now()).await {
-            tracing::error!(error = %e, count = sent.len(), "recording deliveries failed; the mails will be sent again");
+        if !unrecorded.is_empty() {
+            match ctx.store.mails_sent(&unrecorded, ctx.clock.now()).await {
+                Ok(()) => unrecorded.iter().for_each(|id| lease.done(*id)),
+                Err(e) => {
+                    tracing::error!(error = %e, count = unrecorded.len(), "recording deliveries failed; the mails will be sent again");
+                }
+            }
         }
-        for unsent in mails {
+        drop(heartbeat);
+        // What is still held and was not delivered goes back at once; delivered
+        // mails that could not be recorded wait for their lease to end.
+        let unsent: Vec<i64> = lease
+            .held()
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !unrecorded.contains(id))
+            .collect();
+        for id in unsent {
             if let Err(e) = ctx
                 .store
-                .mail_release(unsent.id, relay_down.as_deref())
+                .mail_release(id, owner, relay_down.as_deref())
                 .await
             {
-                tracing::warn!(mail.id = unsent.id, error = %e, "releasing mail failed; its lease will run out");
+                tracing::warn!(mail.id = id, error = %e, "releasing mail failed; its lease will run out");
             }
         }
         match relay_down {
@@ -170,6 +311,43 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
         }
     }
     sender.close().await;
+}
+
+/// Deletes finished mail older than `delivery.keep_days` at start and then every
+/// hour, in batches, keeping each reader's delivery history as daily counts
+/// (`Store::purge_finished_mail`), until `cancel` fires.
+pub async fn run_retention(ctx: DeliveryContext, cancel: CancellationToken) {
+    let keep = chrono::Duration::days(i64::from(ctx.settings.keep_days));
+    loop {
+        let cutoff = ctx.clock.now() - keep;
+        let mut deleted = 0;
+        loop {
+            match ctx.store.purge_finished_mail(cutoff, RETENTION_BATCH).await {
+                Ok(n) => {
+                    deleted += n;
+                    if n < u64::from(RETENTION_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging finished mail failed; retried later");
+                    break;
+                }
+            }
+            // Other work goes first between batches.
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "purged finished mail past delivery.keep_days");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
 }
 
 async fn wait(
@@ -202,8 +380,12 @@ enum Delivered {
 
 /// Sends one mail and records a failure of the mail itself.
 #[tracing::instrument(skip_all, fields(mail.id = mail.id, attempt = mail.attempts))]
-async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail) -> Delivered {
-    ctx.pace.wait().await;
+async fn deliver(
+    ctx: &DeliveryContext,
+    sender: &mut Sender,
+    mail: &ClaimedMail,
+    owner: i64,
+) -> Delivered {
     let result = match sign(ctx, mail).await {
         Ok(Some(signed)) => sender.send(&signed).await,
         Ok(None) => sender.send(mail).await,
@@ -243,7 +425,7 @@ async fn deliver(ctx: &DeliveryContext, sender: &mut Sender, mail: &ClaimedMail)
             tracing::info!(%reason, retry_in = ?delay, "delivery failed; will retry");
             let next =
                 now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-            ctx.store.mail_retry(mail.id, next, reason).await
+            ctx.store.mail_retry(mail.id, owner, next, reason).await
         }
     };
     if let Err(e) = recorded {
@@ -344,6 +526,7 @@ mod tests {
             max_attempts: 10,
             smtp_timeout: Duration::from_secs(30),
             max_per_second: 0,
+            keep_days: 90,
         };
         assert_eq!(backoff(&s, 1), Duration::from_secs(30));
         assert_eq!(backoff(&s, 2), Duration::from_secs(60));

@@ -7,8 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::counters::{Tally, flush_tally};
+use super::items::load_digest_items;
 use super::mail_queue::NewMail;
-use super::{BoxError, Store, StoreError, StoreResult, on_pool};
+use super::{BoxError, DigestItems, Store, StoreError, StoreResult, on_pool};
 use crate::domain::{DeliverySchedule, DeliveryTime, LinkKey, Locale, TimeZone, Weekdays, hex};
 
 /// A reader whose slot has come, claimed for this pass.
@@ -51,21 +53,6 @@ impl DueReader {
     }
 }
 
-/// An item that may go into this batch's digests.
-#[derive(Debug, Clone)]
-pub struct PoolItem {
-    /// Arrival order.
-    pub id: i64,
-    /// Headline.
-    pub title: String,
-    /// Link, if it has one.
-    pub url: Option<String>,
-    /// Teaser.
-    pub summary: Option<String>,
-    /// Topics it is in.
-    pub topic_ids: Vec<i64>,
-}
-
 /// A topic's display data.
 #[derive(Debug, Clone, FromRow)]
 pub struct TopicName {
@@ -82,10 +69,11 @@ pub struct TopicName {
 pub struct DigestBatch {
     /// The readers, oldest slot first.
     pub readers: Vec<DueReader>,
-    /// Items newer than the oldest reader's watermark, up to the pass's watermark,
-    /// newest first.
-    pub items: Vec<PoolItem>,
-    /// Every topic by id.
+    /// What the readers' digests may list: per topic of theirs at most
+    /// `per_topic` of the newest arrivals up to the pass's watermark (see
+    /// [`DigestItems`]).
+    pub items: DigestItems,
+    /// The readers' topics by id.
     pub topics: HashMap<i64, TopicName>,
     /// The pass's watermark.
     pub watermark: i64,
@@ -134,6 +122,8 @@ pub struct Stats {
     pub feeds: FeedStats,
     /// Bounces, complaints and unsubscribe replies, by kind.
     pub mail_events: BTreeMap<String, i64>,
+    /// Sign-ups refused by each limit: `client`, `mailbox`, `domain`, `global`.
+    pub rate_limited: BTreeMap<String, i64>,
 }
 
 /// Feed health.
@@ -147,9 +137,6 @@ pub struct FeedStats {
     pub failures: BTreeMap<String, i64>,
 }
 
-/// An item with one of its topics: id, title, url, summary, topic id.
-type ItemTopicRow = (i64, String, Option<String>, Option<String>, i64);
-
 const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2 \
     FOR UPDATE SKIP LOCKED";
@@ -157,7 +144,8 @@ const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, wee
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2";
 
 impl Store {
-    /// Claims up to `limit` readers due at `at`, lets `plan` decide their digests,
+    /// Claims up to `limit` readers due at `at`, loads at most `per_topic` items per
+    /// topic of theirs (the newest arrivals up to `watermark`), lets `plan` decide their digests,
     /// and records everything in the same transaction: next slots, watermarks,
     /// digest log rows and queued mails. Two instances never claim the same reader
     /// (`FOR UPDATE SKIP LOCKED`); once committed, a reader is not due again before
@@ -171,6 +159,7 @@ impl Store {
         at: DateTime<Utc>,
         watermark: i64,
         limit: u32,
+        per_topic: usize,
         now: DateTime<Utc>,
         plan: impl FnOnce(&DigestBatch) -> Result<Vec<DigestPlan>, BoxError>,
     ) -> StoreResult<BatchOutcome> {
@@ -201,23 +190,16 @@ impl Store {
                 r.topic_ids = topics_of.remove(&r.id).unwrap_or_default();
             }
 
-            let oldest = readers.iter().map(|r| r.last_item_id).min().unwrap_or(watermark);
-            let rows: Vec<ItemTopicRow> = sqlx::query_as(
-                "SELECT i.id, i.title, i.url, i.summary, it.topic_id FROM items i \
-                 JOIN item_topics it ON it.item_id = i.id WHERE i.id > $1 AND i.id <= $2 ORDER BY i.id DESC",
-            )
-            .bind(oldest)
-            .bind(watermark)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut items: Vec<PoolItem> = Vec::new();
-            for (id, title, url, summary, topic) in rows {
-                match items.last_mut() {
-                    Some(last) if last.id == id => last.topic_ids.push(topic),
-                    _ => items.push(PoolItem { id, title, url, summary, topic_ids: vec![topic] }),
-                }
+            let items = load_digest_items!(tx, &readers, watermark, per_topic)?;
+            let mut names = sqlx::QueryBuilder::new("SELECT id, slug, name FROM topics WHERE id IN (");
+            let mut list = names.separated(", ");
+            for topic in DigestItems::windows(&readers).into_keys() {
+                list.push_bind(topic);
             }
-            let topics: Vec<TopicName> = sqlx::query_as("SELECT id, slug, name FROM topics").fetch_all(&mut *tx).await?;
+            // No topics at all: `IN (NULL)` matches nothing and is valid SQL.
+            list.push("NULL");
+            list.push_unseparated(")");
+            let topics: Vec<TopicName> = names.build_query_as().fetch_all(&mut *tx).await?;
             let batch = DigestBatch {
                 readers,
                 items,
@@ -283,6 +265,9 @@ impl Store {
                 update.push(") AS v WHERE subscribers.id = v.column1");
                 update.build().execute(&mut *tx).await?;
             }
+            let mut tally = Tally::default();
+            tally.mails("digest", None, Some("queued"), enqueued as i64);
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(BatchOutcome { due, enqueued })
         })
@@ -299,16 +284,24 @@ impl Store {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Locale>> {
+        let lock_sql = if self.is_postgres() {
+            "SELECT locale, status FROM subscribers WHERE id = $1 FOR UPDATE"
+        } else {
+            "SELECT locale, status FROM subscribers WHERE id = $1"
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let locale: Option<String> = sqlx::query_scalar("SELECT locale FROM subscribers WHERE id = $1")
+            // Locked, so that the status counted as left is the one changed.
+            let row: Option<(String, String)> = sqlx::query_as(lock_sql)
                 .bind(subscriber_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some(locale) = locale else {
+            let Some((locale, status)) = row else {
                 tx.rollback().await?;
                 return Ok(None);
             };
+            let mut tally = Tally::default();
+            tally.subscribers(Some(&status), Some("unsubscribed"), 1);
             sqlx::query(
                 "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = $2, updated_at = $2, \
                  next_slot_at = NULL WHERE id = $1 AND status <> 'unsubscribed'",
@@ -321,14 +314,17 @@ impl Store {
                 .bind(subscriber_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
+            let withdrawn = sqlx::query(
                 "UPDATE mail_jobs SET status = 'failed', message = NULL, last_error = 'unsubscribed before delivery', \
                  finished_at = $2 WHERE subscriber_id = $1 AND status = 'queued' AND kind = 'digest'",
             )
             .bind(subscriber_id)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            tally.mails("digest", Some("queued"), Some("failed"), withdrawn as i64);
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(Some(Locale::parse(&locale).unwrap_or_default()))
         })
@@ -349,42 +345,54 @@ impl Store {
         Ok(row.map(|(status, locale)| (status, Locale::parse(&locale).unwrap_or_default())))
     }
 
-    /// Counters for monitoring.
+    /// Counters for monitoring: read from table `counters` (a few rows per counter)
+    /// and the feeds, so the cost does not grow with readers or mail history.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn stats(&self) -> StoreResult<Stats> {
         on_pool!(self, pool => {
             let mut stats = Stats::default();
-            let by_status: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM subscribers GROUP BY status")
-                .fetch_all(pool)
-                .await?;
             for status in ["pending", "confirmed", "unsubscribed", "bounced"] {
                 stats.subscribers.insert(status.to_owned(), 0);
             }
-            stats.subscribers.extend(by_status);
-            let mails: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                "SELECT kind, status, COUNT(*), SUM(CASE WHEN attempts > 1 THEN 1 ELSE 0 END) FROM mail_jobs GROUP BY kind, status",
+            for limit in super::LimitScope::ALL {
+                stats.rate_limited.insert(limit.as_str().to_owned(), 0);
+            }
+            let counters: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT name, CAST(SUM(value) AS BIGINT) FROM counters GROUP BY name",
             )
             .fetch_all(pool)
             .await?;
-            for (kind, status, count, retried) in mails {
-                if status == "queued" {
-                    stats.queue_depth += count;
+            for (name, value) in counters {
+                let mut parts = name.splitn(3, ':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("subscribers"), Some(status), None) => {
+                        stats.subscribers.insert(status.to_owned(), value);
+                    }
+                    (Some("mails_retried"), None, None) => stats.retried = value,
+                    // As before the counters: kinds and statuses without mail are left out.
+                    (Some("mails"), Some(kind), Some(status)) if value != 0 => {
+                        if status == "queued" {
+                            stats.queue_depth += value;
+                        }
+                        if kind == "digest" && status == "sent" {
+                            stats.digests_sent = value;
+                        }
+                        if kind == "digest" && status == "failed" {
+                            stats.digests_failed = value;
+                        }
+                        stats.mails.entry(kind.to_owned()).or_default().insert(status.to_owned(), value);
+                    }
+                    (Some("mail_events"), Some(kind), None) if value != 0 => {
+                        stats.mail_events.insert(kind.to_owned(), value);
+                    }
+                    (Some("rate_limited"), Some(limit), None) => {
+                        stats.rate_limited.insert(limit.to_owned(), value);
+                    }
+                    _ => {}
                 }
-                if kind == "digest" && status == "sent" {
-                    stats.digests_sent = count;
-                }
-                if kind == "digest" && status == "failed" {
-                    stats.digests_failed = count;
-                }
-                stats.retried += retried;
-                stats.mails.entry(kind).or_default().insert(status, count);
             }
-            let events: Vec<(String, i64)> = sqlx::query_as("SELECT kind, COUNT(*) FROM mail_events GROUP BY kind")
-                .fetch_all(pool)
-                .await?;
-            stats.mail_events.extend(events);
             let feeds: Vec<(String, i32, i64)> = sqlx::query_as("SELECT name, failures, failures_total FROM feeds")
                 .fetch_all(pool)
                 .await?;

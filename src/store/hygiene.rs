@@ -6,6 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 
+use super::counters::{Tally, flush_tally};
 use super::{Store, StoreResult, on_pool};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale, TopicSlug};
 
@@ -207,24 +208,35 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn erase(&self, email: &EmailAddress, now: DateTime<Utc>) -> StoreResult<bool> {
+        let find = if self.is_postgres() {
+            "SELECT id, status FROM subscribers WHERE email = $1 FOR UPDATE"
+        } else {
+            "SELECT id, status FROM subscribers WHERE email = $1"
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM subscribers WHERE email = $1")
+            let row: Option<(i64, String)> = sqlx::query_as(find)
                 .bind(email.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some(id) = id else {
+            let Some((id, status)) = row else {
                 tx.rollback().await?;
                 return Ok(false);
             };
+            let mut tally = Tally::default();
+            tally.subscribers(Some(&status), None, 1);
             // Token hashes would otherwise outlive the row (see purge_pending).
             sqlx::query("DELETE FROM tokens WHERE subscriber_id = $1").bind(id).execute(&mut *tx).await?;
             // Queued and past mails hold the address; they go with everything else.
-            sqlx::query("DELETE FROM mail_jobs WHERE subscriber_id = $1 OR recipient = $2")
-                .bind(id)
-                .bind(email.as_str())
-                .execute(&mut *tx)
-                .await?;
+            let mails: Vec<(String, String)> =
+                sqlx::query_as("DELETE FROM mail_jobs WHERE subscriber_id = $1 OR recipient = $2 RETURNING kind, status")
+                    .bind(id)
+                    .bind(email.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for (kind, status) in &mails {
+                tally.mails(kind, Some(status), None, 1);
+            }
             sqlx::query("DELETE FROM subscribers WHERE id = $1").bind(id).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, 'erased', $2) \
@@ -234,6 +246,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(true)
         })
@@ -263,16 +276,24 @@ impl Store {
         effect: EventEffect,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<String>> {
+        // Locked, so that the status counted as left is the one changed.
+        let find = if self.is_postgres() {
+            "SELECT email, status FROM subscribers WHERE id = $1 FOR UPDATE"
+        } else {
+            "SELECT email, status FROM subscribers WHERE id = $1"
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let email: Option<String> = sqlx::query_scalar("SELECT email FROM subscribers WHERE id = $1")
+            let row: Option<(String, String)> = sqlx::query_as(find)
                 .bind(subscriber_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some(email) = email else {
+            let Some((email, before)) = row else {
                 tx.rollback().await?;
                 return Ok(None);
             };
+            let mut tally = Tally::default();
+            tally.event(kind);
             sqlx::query("INSERT INTO mail_events (subscriber_id, at, kind, detail, message_ref) VALUES ($1, $2, $3, $4, $5)")
                 .bind(subscriber_id)
                 .bind(now)
@@ -330,7 +351,7 @@ impl Store {
             }
             if effect != EventEffect::Record {
                 // Mail still waiting for this reader is withdrawn.
-                sqlx::query(
+                let withdrawn = sqlx::query(
                     "UPDATE mail_jobs SET status = 'failed', message = NULL, last_error = $3, finished_at = $2 \
                      WHERE subscriber_id = $1 AND status = 'queued' AND kind = 'digest' \
                      AND EXISTS (SELECT 1 FROM subscribers WHERE id = $1 AND status <> 'confirmed')",
@@ -339,12 +360,16 @@ impl Store {
                 .bind(now)
                 .bind(format!("withdrawn after {kind}"))
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                tally.mails("digest", Some("queued"), Some("failed"), withdrawn as i64);
             }
             let status: String = sqlx::query_scalar("SELECT status FROM subscribers WHERE id = $1")
                 .bind(subscriber_id)
                 .fetch_one(&mut *tx)
                 .await?;
+            tally.subscribers(Some(&before), Some(&status), 1);
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(Some(status))
         })

@@ -1,11 +1,16 @@
 //! The durable mail queue. A mail is a row written in the same transaction as the
-//! change that causes it; workers claim due rows with a lease, deliver them and
-//! record the outcome. A worker that dies leaves its lease to expire, and the mail
-//! is claimed again: at most the mails in flight at a crash can be sent twice.
+//! change that causes it; workers claim due rows with a short lease that they renew
+//! while they work (see `mail::delivery`), deliver them and record each outcome as
+//! it happens. A worker that dies stops renewing: its lease runs out within
+//! [`crate::mail::delivery::LEASE`] and the mail is claimed again, so at most the
+//! mails in flight at a crash (one per worker) can be sent twice. Finished rows are
+//! aggregated into `delivery_days` and deleted after `delivery.keep_days`.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
 use sqlx::FromRow;
 
+use super::counters::{Tally, flush_tally};
 use super::{Store, StoreResult, on_pool};
 
 /// A rendered mail to queue.
@@ -28,6 +33,8 @@ pub struct ClaimedMail {
     pub id: i64,
     /// The reader it is for, if any: a relay refusing their address bounces them.
     pub subscriber_id: Option<i64>,
+    /// `confirm`, `digest`, …: which counters its outcome moves.
+    pub kind: String,
     /// Envelope recipient.
     pub recipient: String,
     /// Envelope sender.
@@ -38,26 +45,81 @@ pub struct ClaimedMail {
     pub attempts: i32,
 }
 
+/// Finished mail of one reader, day and kind whose rows the retention purge
+/// deleted: the compact delivery history the export keeps showing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct DeliveryDay {
+    /// The day (UTC) the mails were finished.
+    pub day: NaiveDate,
+    /// `confirm`, `digest`, …
+    pub kind: String,
+    /// How many were delivered.
+    pub sent: i64,
+    /// How many were given up.
+    pub failed: i64,
+    /// The last error of a failed one, if any.
+    pub last_error: Option<String>,
+}
+
 /// Queues one mail; bind subscriber id, kind, recipient, envelope sender, message, now.
+/// Whoever runs it adds `Tally::mails(kind, None, Some("queued"), 1)`.
 pub(super) const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
     envelope_from, message, status, next_attempt_at, created_at) \
     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6)";
 
-const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, attempts = attempts + 1 \
+const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3 \
     FOR UPDATE SKIP LOCKED) \
-    RETURNING id, subscriber_id, recipient, envelope_from, message, attempts";
-const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, attempts = attempts + 1 \
+    RETURNING id, subscriber_id, kind, recipient, envelope_from, message, attempts";
+const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
-    RETURNING id, subscriber_id, recipient, envelope_from, message, attempts";
+    RETURNING id, subscriber_id, kind, recipient, envelope_from, message, attempts";
+
+/// Marks mails sent and moves their counters in ONE statement: a worker records
+/// every delivery on its own, so this is the hot path of a fan-out.
+const SENT_PG: &str = "WITH done AS ( \
+    UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, lease_owner = NULL, \
+    last_error = NULL, finished_at = $1 WHERE status = 'queued' AND id = ANY($2) RETURNING kind), \
+    moved AS (SELECT 'mails:' || kind || ':queued' AS name, -COUNT(*) AS delta FROM done GROUP BY kind \
+    UNION ALL SELECT 'mails:' || kind || ':sent', COUNT(*) FROM done GROUP BY kind) \
+    INSERT INTO counters (name, shard, value) SELECT name, $3, delta FROM moved ORDER BY name \
+    ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value";
+
+/// Finished mail past the retention cutoff, oldest first; on PostgreSQL rows that
+/// another instance's purge holds are skipped.
+const PURGE_PG: &str = "DELETE FROM mail_jobs WHERE id IN (SELECT id FROM mail_jobs \
+    WHERE status <> 'queued' AND finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+    RETURNING subscriber_id, kind, status, finished_at, last_error";
+const PURGE_SQLITE: &str = "DELETE FROM mail_jobs WHERE id IN (SELECT id FROM mail_jobs \
+    WHERE status <> 'queued' AND finished_at < $1 ORDER BY finished_at LIMIT $2) \
+    RETURNING subscriber_id, kind, status, finished_at, last_error";
+
+/// One reader's purged mail of one day and kind.
+#[derive(Default)]
+struct DayTotals {
+    sent: i64,
+    failed: i64,
+    /// The error of the latest failure, with its time.
+    last_error: Option<(DateTime<Utc>, String)>,
+}
+
+/// A purged row: reader, kind, status, finished at, last error.
+type PurgedRow = (
+    Option<i64>,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
 
 impl Store {
-    /// Claims up to `limit` mails due at `due_at` until `lease_until`; nobody else
-    /// gets them before the lease runs out. Leases are measured on the system clock
-    /// (`lease_now`): they are about how long a worker may take, not about the
-    /// schedule, which may follow another clock.
+    /// Claims up to `limit` mails due at `due_at` for the lease holder `owner` until
+    /// `lease_until`; nobody else gets them before the lease runs out, and only the
+    /// holder can renew it ([`Store::renew_mail_leases`]). Leases are measured on the
+    /// system clock (`lease_now`): they are about how long a worker may take, not
+    /// about the schedule, which may follow another clock.
     ///
     /// # Errors
     /// When the database fails.
@@ -66,6 +128,7 @@ impl Store {
         due_at: DateTime<Utc>,
         lease_now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
+        owner: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedMail>> {
         let sql = if self.is_postgres() {
@@ -73,19 +136,62 @@ impl Store {
         } else {
             CLAIM_SQLITE
         };
-        let mut mails: Vec<ClaimedMail> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(due_at)
-            .bind(lease_until)
-            .bind(i64::from(limit))
-            .bind(lease_now)
-            .fetch_all(pool)
-            .await)?;
+        let mut mails: Vec<ClaimedMail> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mails: Vec<ClaimedMail> = sqlx::query_as(sql)
+                .bind(due_at)
+                .bind(lease_until)
+                .bind(i64::from(limit))
+                .bind(lease_now)
+                .bind(owner)
+                .fetch_all(&mut *tx)
+                .await?;
+            // `mails_retried` counts mails attempted more than once.
+            let mut tally = Tally::default();
+            tally.add("mails_retried".to_owned(), mails.iter().filter(|m| m.attempts == 2).count() as i64);
+            flush_tally!(tally, &mut *tx);
+            tx.commit().await?;
+            mails
+        });
         mails.sort_by_key(|m| m.id);
         Ok(mails)
     }
 
-    /// Records the delivery of mails in one statement and drops their bodies: they
-    /// may hold a link token, and only the history is needed from now on.
+    /// Extends the lease of those of `ids` that `owner` still holds and that are
+    /// still queued, in one statement, and returns them. A mail missing from the
+    /// answer was claimed by another worker after the lease ran out, or withdrawn
+    /// (an unsubscribe): the holder must not send it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn renew_mail_leases(
+        &self,
+        owner: i64,
+        ids: &[i64],
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kept: Vec<i64> = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new("UPDATE mail_jobs SET locked_until = ");
+            q.push_bind(lease_until)
+                .push(" WHERE status = 'queued' AND lease_owner = ")
+                .push_bind(owner)
+                .push(" AND id IN (");
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            list.push_unseparated(") RETURNING id");
+            q.build_query_scalar().fetch_all(pool).await
+        })?;
+        Ok(kept)
+    }
+
+    /// Records the delivery of mails and drops their bodies: they may hold a link
+    /// token, and only the history is needed from now on. A mail withdrawn
+    /// meanwhile (unsubscribe, bounce) keeps that status.
     ///
     /// # Errors
     /// When the database fails.
@@ -93,62 +199,123 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        on_pool!(self, pool => {
-            let mut q = sqlx::QueryBuilder::new(
-                "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, last_error = NULL, finished_at = ",
-            );
-            // A mail withdrawn meanwhile (unsubscribe, bounce) keeps that status.
-            q.push_bind(now).push(" WHERE status = 'queued' AND id IN (");
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
+        match self {
+            Self::Postgres(pool) => {
+                let shard = i64::from(rand::random::<u8>()) % super::counters::SHARDS;
+                sqlx::query(SENT_PG)
+                    .bind(now)
+                    .bind(ids)
+                    .bind(shard)
+                    .execute(pool)
+                    .await?;
             }
-            list.push_unseparated(")");
-            q.build().execute(pool).await.map(|_| ())
-        })?;
+            Self::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut q = sqlx::QueryBuilder::new(
+                    "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, \
+                     lease_owner = NULL, last_error = NULL, finished_at = ",
+                );
+                q.push_bind(now)
+                    .push(" WHERE status = 'queued' AND id IN (");
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(") RETURNING kind");
+                let kinds: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+                let mut tally = Tally::default();
+                for kind in &kinds {
+                    tally.mails(kind, Some("queued"), Some("sent"), 1);
+                }
+                flush_tally!(tally, &mut *tx);
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
-    /// Puts a mail back for another attempt at `next_at`.
+    /// Puts a mail that `owner` holds back for another attempt at `next_at`.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn mail_retry(
         &self,
         id: i64,
+        owner: i64,
         next_at: DateTime<Utc>,
         error: &str,
     ) -> StoreResult<()> {
-        let sql = "UPDATE mail_jobs SET next_attempt_at = $2, locked_until = NULL, last_error = $3 \
-                   WHERE id = $1";
-        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(next_at).bind(error).execute(pool).await.map(|r| r.rows_affected()))?;
+        let sql = "UPDATE mail_jobs SET next_attempt_at = $2, locked_until = NULL, lease_owner = NULL, \
+                   last_error = $3 WHERE id = $1 AND lease_owner = $4 AND status = 'queued'";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(id)
+            .bind(next_at)
+            .bind(error)
+            .bind(owner)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
-    /// Gives a mail up for good (a 5xx, or too many attempts).
+    /// Gives a queued mail up for good (a 5xx, or too many attempts).
     ///
     /// # Errors
     /// When the database fails.
     pub async fn mail_failed(&self, id: i64, now: DateTime<Utc>, error: &str) -> StoreResult<()> {
         let sql = "UPDATE mail_jobs SET status = 'failed', message = NULL, locked_until = NULL, \
-                   last_error = $3, finished_at = $2 WHERE id = $1";
-        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(now).bind(error).execute(pool).await.map(|r| r.rows_affected()))?;
+                   lease_owner = NULL, last_error = $3, finished_at = $2 \
+                   WHERE id = $1 AND status = 'queued' RETURNING kind";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let kind: Option<String> = sqlx::query_scalar(sql)
+                .bind(id)
+                .bind(now)
+                .bind(error)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let mut tally = Tally::default();
+            if let Some(kind) = kind {
+                tally.mails(&kind, Some("queued"), Some("failed"), 1);
+            }
+            flush_tally!(tally, &mut *tx);
+            tx.commit().await?;
+        });
         Ok(())
     }
 
-    /// Hands a claimed mail back without counting the attempt (at shutdown, or
-    /// when the relay is unavailable), noting why if there is a reason.
+    /// Hands a claimed mail that `owner` holds back without counting the attempt
+    /// (at shutdown, or when the relay is unavailable), noting why if there is a
+    /// reason.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn mail_release(&self, id: i64, reason: Option<&str>) -> StoreResult<()> {
-        let sql = "UPDATE mail_jobs SET locked_until = NULL, attempts = attempts - 1, \
-                   last_error = COALESCE($2, last_error) WHERE id = $1 AND status = 'queued'";
-        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(reason).execute(pool).await.map(|r| r.rows_affected()))?;
+    pub async fn mail_release(&self, id: i64, owner: i64, reason: Option<&str>) -> StoreResult<()> {
+        let sql = "UPDATE mail_jobs SET locked_until = NULL, lease_owner = NULL, attempts = attempts - 1, \
+                   last_error = COALESCE($2, last_error) \
+                   WHERE id = $1 AND lease_owner = $3 AND status = 'queued' RETURNING attempts";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let attempts: Option<i32> = sqlx::query_scalar(sql)
+                .bind(id)
+                .bind(reason)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+            // Back to one attempt: it no longer counts as retried.
+            let mut tally = Tally::default();
+            if attempts == Some(1) {
+                tally.add("mails_retried".to_owned(), -1);
+            }
+            flush_tally!(tally, &mut *tx);
+            tx.commit().await?;
+        });
         Ok(())
     }
 
-    /// Mails waiting to be delivered (queued, including those being sent).
+    /// Mails waiting to be delivered (queued, including those being sent): a count
+    /// over the queued rows' partial index, bounded by what is queued, not by the
+    /// history.
     ///
     /// # Errors
     /// When the database fails.
@@ -156,5 +323,72 @@ impl Store {
         let sql = "SELECT COUNT(*) FROM mail_jobs WHERE status = 'queued'";
         let n = on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await)?;
         Ok(n)
+    }
+
+    /// Deletes up to `limit` finished (sent or failed) mails that finished before
+    /// `cutoff`, oldest first, and adds them to their readers' `delivery_days` in
+    /// the same transaction. Returns how many rows were deleted; call again until
+    /// it returns less than `limit`. The counters are totals and stay as they are.
+    /// Several instances may purge at once: on PostgreSQL each takes other rows.
+    ///
+    /// # Errors
+    /// When the database fails; nothing is deleted then.
+    pub async fn purge_finished_mail(&self, cutoff: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+        use std::collections::BTreeMap;
+        let sql = if self.is_postgres() {
+            PURGE_PG
+        } else {
+            PURGE_SQLITE
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<PurgedRow> = sqlx::query_as(sql)
+                .bind(cutoff)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+            let deleted = rows.len() as u64;
+            // Sorted by (reader, day, kind), so that two purges lock the rows they
+            // share in the same order.
+            let mut days: BTreeMap<(i64, NaiveDate, String), DayTotals> = BTreeMap::new();
+            for (subscriber, kind, status, finished_at, last_error) in rows {
+                let (Some(subscriber), Some(finished_at)) = (subscriber, finished_at) else {
+                    continue;
+                };
+                let day = days.entry((subscriber, finished_at.date_naive(), kind)).or_default();
+                if status == "sent" {
+                    day.sent += 1;
+                } else {
+                    day.failed += 1;
+                    if let Some(error) = last_error
+                        && day.last_error.as_ref().is_none_or(|(at, _)| *at <= finished_at)
+                    {
+                        day.last_error = Some((finished_at, error));
+                    }
+                }
+            }
+            let days: Vec<_> = days.into_iter().collect();
+            for chunk in days.chunks(1000) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO delivery_days (subscriber_id, day, kind, sent, failed, last_error) ",
+                );
+                q.push_values(chunk, |mut row, ((subscriber, day, kind), totals)| {
+                    row.push_bind(*subscriber)
+                        .push_bind(*day)
+                        .push_bind(kind.clone())
+                        .push_bind(totals.sent)
+                        .push_bind(totals.failed)
+                        .push_bind(totals.last_error.as_ref().map(|(_, e)| e.clone()));
+                });
+                q.push(
+                    " ON CONFLICT (subscriber_id, day, kind) DO UPDATE SET sent = delivery_days.sent + excluded.sent, \
+                     failed = delivery_days.failed + excluded.failed, \
+                     last_error = COALESCE(excluded.last_error, delivery_days.last_error)",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })
     }
 }

@@ -37,6 +37,24 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0005_inbound_trust.sql"),
         include_str!("../../migrations/sqlite/0005_inbound_trust.sql"),
     ),
+    (
+        6,
+        "signup limits",
+        include_str!("../../migrations/postgres/0006_signup_limits.sql"),
+        include_str!("../../migrations/sqlite/0006_signup_limits.sql"),
+    ),
+    (
+        7,
+        "leases and counters",
+        include_str!("../../migrations/postgres/0007_leases_and_counters.sql"),
+        include_str!("../../migrations/sqlite/0007_leases_and_counters.sql"),
+    ),
+    (
+        8,
+        "item arrivals",
+        include_str!("../../migrations/postgres/0008_item_arrivals.sql"),
+        include_str!("../../migrations/sqlite/0008_item_arrivals.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

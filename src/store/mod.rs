@@ -11,6 +11,7 @@
 //! every query is type-checked against both drivers. The contract test suite
 //! (`tests/store_contract.rs`) runs the same cases against both backends.
 
+mod counters;
 mod digests;
 mod feeds;
 mod hygiene;
@@ -32,19 +33,22 @@ use sqlx::sqlite::{
 
 use crate::config::DatabaseUrl;
 
-pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, PoolItem, Stats, TopicName};
+pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, Stats, TopicName};
 pub use feeds::{Feed, FeedSpec};
 pub use hygiene::{
     EventEffect, MailEvent, PreferenceChange, Preferences, SubscriberSummary, address_hash,
 };
 
-pub use items::{Item, ItemOutcome, NewItem};
+pub use items::{
+    DigestItems, Item, ItemError, ItemOutcome, MAX_BODY, MAX_SUMMARY, MAX_TITLE, MAX_URL, NewItem,
+    PoolItem,
+};
 
-pub use mail_queue::{ClaimedMail, NewMail};
+pub use mail_queue::{ClaimedMail, DeliveryDay, NewMail};
 pub use submissions::{Decided, NewSubmission, Submission, SubmissionStatus};
 pub use subscribers::{
     ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult, ImportedSubscriber,
-    SignUp, SignUpKind, SignUpOutcome, SubscriberExport, TokenState,
+    LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, SubscriberExport, TokenState,
 };
 pub use topics::{Topic, TopicChange};
 
@@ -77,6 +81,9 @@ pub enum StoreError {
     /// Code the caller ran inside a transaction failed (e.g. rendering a mail).
     #[error("preparing the change failed")]
     Callback(#[source] BoxError),
+    /// An item over the limits every source shares (HTTP 422 naming the field).
+    #[error("invalid item: {0}")]
+    InvalidItem(ItemError),
 }
 
 /// An error from caller-supplied code run inside a store transaction.

@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 
+use super::counters::{Tally, flush_tally};
 use super::mail_queue::{INSERT_MAIL, NewMail};
 use super::{BoxError, Store, StoreError, StoreResult, on_pool};
 use crate::domain::{
@@ -29,8 +31,80 @@ pub struct SignUp {
     pub confirm_token: TokenHash,
     /// When that token stops working.
     pub confirm_expires_at: DateTime<Utc>,
-    /// At most this many sign-up mails to the address since the given instant.
+    /// At most this many sign-up mails to the address's mailbox since the given
+    /// instant. Read by [`Store::sign_up`] only; [`Store::sign_up_limited`] takes
+    /// all its limits from its [`SignUpLimits`].
     pub mail_limit: Option<(u32, DateTime<Utc>)>,
+}
+
+/// The public form's abuse limits. They are checked inside the sign-up's
+/// transaction, against counts in the database, so they hold across instances and
+/// two concurrent sign-ups cannot both take the last slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SignUpLimits {
+    /// Start of the counting window (an hour before the request).
+    pub since: DateTime<Utc>,
+    /// Sign-up mails per mailbox ([`EmailAddress::mailbox_key`]) in the window;
+    /// 0: no limit.
+    pub per_mailbox: u32,
+    /// Sign-up mails per ASCII domain (that of the mailbox key) in the window;
+    /// 0: no cap.
+    pub per_domain: u32,
+    /// Sign-up mails in total in the window; 0: no cap.
+    pub global: u32,
+    /// An address suppressed for a hard bounce or a complaint after this instant
+    /// gets no mail, and nothing about it changes; `None`: no quiet period.
+    pub quiet_since: Option<DateTime<Utc>>,
+}
+
+impl SignUpLimits {
+    /// No limit at all (imports, the store's own tests).
+    pub fn none(now: DateTime<Utc>) -> Self {
+        Self {
+            since: now,
+            per_mailbox: 0,
+            per_domain: 0,
+            global: 0,
+            quiet_since: None,
+        }
+    }
+
+    fn counted(&self) -> bool {
+        self.per_mailbox > 0 || self.per_domain > 0 || self.global > 0
+    }
+}
+
+/// Which limit refused a sign-up, as `/api/v1/stats` counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Requests per client IP (`rate_limit.per_client_per_minute`).
+    Client = 0,
+    /// Mails per mailbox (`rate_limit.per_address_per_hour`).
+    Mailbox = 1,
+    /// Mails per domain (`rate_limit.per_domain_per_hour`).
+    Domain = 2,
+    /// Mails in total (`rate_limit.global_per_hour`).
+    Global = 3,
+}
+
+impl LimitScope {
+    /// Every scope, in index order.
+    pub const ALL: [Self; 4] = [Self::Client, Self::Mailbox, Self::Domain, Self::Global];
+
+    /// The name in stats and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Mailbox => "mailbox",
+            Self::Domain => "domain",
+            Self::Global => "global",
+        }
+    }
+
+    /// A dense index (0..4), for per-scope arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Who consented, when, from where, to what.
@@ -59,6 +133,10 @@ pub enum SignUpKind {
     Returning,
     /// Already confirmed: nothing changes, a notice with a preferences link is sent.
     Confirmed,
+    /// Suppressed for a hard bounce or a complaint within the quiet period: nothing
+    /// changes and no mail is sent, but the request counts against the limits like
+    /// any other, so neither the answer nor the limits tell it apart.
+    Suppressed,
 }
 
 /// The result of [`Store::sign_up`].
@@ -66,8 +144,15 @@ pub enum SignUpKind {
 pub enum SignUpOutcome {
     /// Stored; the mail is queued.
     Accepted(SignUpKind),
-    /// The address had its share of mails; nothing was stored.
+    /// The address's mailbox had its share of mails; nothing was stored.
     Limited {
+        /// When the oldest counted mail leaves the window.
+        retry_at: DateTime<Utc>,
+    },
+    /// The domain's or the global cap is reached; nothing was stored.
+    Capped {
+        /// [`LimitScope::Domain`] or [`LimitScope::Global`].
+        limit: LimitScope,
         /// When the oldest counted mail leaves the window.
         retry_at: DateTime<Utc>,
     },
@@ -118,8 +203,11 @@ pub struct SubscriberExport {
     pub unsubscribed_at: Option<DateTime<Utc>>,
     /// Every sign-up request's consent proof, oldest first.
     pub consents: Vec<ConsentRecord>,
-    /// Every mail queued for the address, oldest first.
+    /// Every mail queued for the address, oldest first, while its row is kept.
     pub deliveries: Vec<DeliveryRecord>,
+    /// Older mail whose rows the retention purge deleted (`delivery.keep_days`),
+    /// counted per day and kind, oldest first.
+    pub delivery_days: Vec<super::DeliveryDay>,
     /// Every change of settings, oldest first.
     pub preference_changes: Vec<super::PreferenceChange>,
     /// Bounces, complaints and unsubscribe replies, oldest first.
@@ -230,12 +318,24 @@ impl TokenRow {
 const LOCK_SUBSCRIBER_PG: &str = "SELECT id, status FROM subscribers WHERE email = $1 FOR UPDATE";
 const LOCK_SUBSCRIBER_SQLITE: &str = "SELECT id, status FROM subscribers WHERE email = $1";
 
+/// A PostgreSQL advisory lock key for one limit's counter: the first 8 bytes of
+/// SHA-256 over the scope and the counted key. Two keys sharing a lock by chance
+/// only queue up behind each other.
+fn limit_lock(scope: LimitScope, key: &[u8]) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(b"postbote sign-up limit ")
+        .chain_update(scope.as_str())
+        .chain_update([0])
+        .chain_update(key)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
 impl Store {
-    /// Records a sign-up in one transaction: the subscriber (new, or updated while
-    /// still pending), its topics, the consent proof, the confirmation token (unless
-    /// already confirmed) and the mail. `mail` renders that mail for what was found
-    /// and the subscriber's id. Confirmed readers' topics are never changed by an
-    /// unauthenticated sign-up.
+    /// [`Store::sign_up_limited`] with only the per-mailbox limit of
+    /// `req.mail_limit` (imports and the store's own callers).
     ///
     /// # Errors
     /// When the database fails or `mail` does; nothing is stored then.
@@ -244,131 +344,268 @@ impl Store {
         req: &SignUp,
         mail: impl FnOnce(SignUpKind, i64) -> Result<NewMail, BoxError>,
     ) -> StoreResult<SignUpOutcome> {
+        let limits = match req.mail_limit {
+            Some((per_mailbox, since)) => SignUpLimits {
+                since,
+                per_mailbox,
+                ..SignUpLimits::none(req.proof.at)
+            },
+            None => SignUpLimits::none(req.proof.at),
+        };
+        self.sign_up_limited(req, &limits, mail).await
+    }
+
+    /// Records a sign-up in one transaction: the subscriber (new, or updated while
+    /// still pending), its topics, the consent proof, the confirmation token (unless
+    /// already confirmed) and the mail. `mail` renders that mail for what was found
+    /// and the subscriber's id. Confirmed readers' topics are never changed by an
+    /// unauthenticated sign-up.
+    ///
+    /// The `limits` are checked in the same transaction, each behind a lock on
+    /// PostgreSQL (SQLite has one connection, so its transactions are serial): the
+    /// mailbox's count first, then the domain's and the global one, taken last and
+    /// in this order so that no two sign-ups wait for each other in a cycle and the
+    /// global lock is held only for the final inserts. A limit reached rolls
+    /// everything back. An address in its quiet period after a bounce or complaint
+    /// is counted like any other, but nothing is stored and no mail is rendered.
+    ///
+    /// # Errors
+    /// When the database fails or `mail` does; nothing is stored then.
+    #[tracing::instrument(skip_all)]
+    pub async fn sign_up_limited(
+        &self,
+        req: &SignUp,
+        limits: &SignUpLimits,
+        mail: impl FnOnce(SignUpKind, i64) -> Result<NewMail, BoxError>,
+    ) -> StoreResult<SignUpOutcome> {
         let now = req.proof.at;
-        let lock_sql = if self.is_postgres() {
+        let postgres = self.is_postgres();
+        let lock_sql = if postgres {
             LOCK_SUBSCRIBER_PG
         } else {
             LOCK_SUBSCRIBER_SQLITE
         };
+        let mailbox = req.email.mailbox_key();
+        let domain = mailbox.rsplit_once('@').map_or("", |(_, d)| d);
+        let mailbox_hash = Sha256::digest(mailbox.as_bytes()).to_vec();
+        let domain_hash = Sha256::digest(domain.as_bytes()).to_vec();
+        // When the oldest of the counted mails leaves the window.
+        let window = now - limits.since;
+        let retry_at = |oldest: Option<DateTime<Utc>>| oldest.map_or(now, |o| o + window);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            // Insert-or-find, then lock the row: concurrent sign-ups for one address
-            // queue up here, so the mail limit below cannot be raced past.
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, created_at, updated_at) \
-                 VALUES ($1, 'pending', $2, $3, $4, $5, $5) ON CONFLICT (email) DO NOTHING RETURNING id",
-            )
-            .bind(req.email.as_str())
-            .bind(req.locale.as_str())
-            .bind(req.delivery_time.to_string())
-            .bind(req.timezone.to_string())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (id, kind) = match inserted {
-                Some(id) => (id, SignUpKind::New),
-                None => {
-                    let (id, status): (i64, String) = sqlx::query_as(lock_sql)
-                        .bind(req.email.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let kind = match status.as_str() {
-                        "confirmed" => SignUpKind::Confirmed,
-                        "unsubscribed" => SignUpKind::Returning,
-                        _ => SignUpKind::Pending,
-                    };
-                    (id, kind)
-                }
+            let mut tally = Tally::default();
+            let lock = |scope: LimitScope, key: &[u8]| {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(limit_lock(scope, key))
             };
 
-            if let Some((max, since)) = req.mail_limit {
+            if limits.per_mailbox > 0 {
+                // Different strings of one mailbox (`+tags`) are different
+                // subscriber rows: the row lock below does not order them, this does.
+                if postgres {
+                    lock(LimitScope::Mailbox, &mailbox_hash).execute(&mut *tx).await?;
+                }
                 let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-                    "SELECT COUNT(*), MIN(created_at) FROM mail_jobs \
-                     WHERE recipient = $1 AND created_at > $2 AND kind IN ('confirm', 'already-subscribed')",
+                    "SELECT COUNT(*), MIN(created_at) FROM signup_mails WHERE mailbox = $1 AND created_at > $2",
                 )
-                .bind(req.email.as_str())
-                .bind(since)
+                .bind(&mailbox_hash)
+                .bind(limits.since)
                 .fetch_one(&mut *tx)
                 .await?;
-                if count >= i64::from(max) {
+                if count >= i64::from(limits.per_mailbox) {
                     tx.rollback().await?;
-                    let retry_at = oldest.map_or(now, |o| o + (now - since));
-                    return Ok(SignUpOutcome::Limited { retry_at });
+                    return Ok(SignUpOutcome::Limited { retry_at: retry_at(oldest) });
                 }
             }
 
-            if kind != SignUpKind::Confirmed {
-                sqlx::query(
-                    "UPDATE subscribers SET status = 'pending', locale = $2, delivery_time = $3, \
-                     timezone = $4, updated_at = $5 WHERE id = $1",
+            let quiet = match limits.quiet_since {
+                Some(since) => {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM suppressions WHERE email_hash = $1 \
+                         AND reason IN ('bounced', 'complaint') AND created_at > $2",
+                    )
+                    .bind(super::address_hash(req.email.as_str()))
+                    .bind(since)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    n > 0
+                }
+                None => false,
+            };
+
+            let (kind, mail) = if quiet {
+                (SignUpKind::Suppressed, None)
+            } else {
+                // Insert-or-find, then lock the row: concurrent sign-ups for one
+                // address queue up here.
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, created_at, updated_at) \
+                     VALUES ($1, 'pending', $2, $3, $4, $5, $5) ON CONFLICT (email) DO NOTHING RETURNING id",
                 )
-                .bind(id)
+                .bind(req.email.as_str())
                 .bind(req.locale.as_str())
                 .bind(req.delivery_time.to_string())
                 .bind(req.timezone.to_string())
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM subscriber_topics WHERE subscriber_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                for slug in &req.topics {
+                let (id, kind) = match inserted {
+                    Some(id) => {
+                        tally.subscribers(None, Some("pending"), 1);
+                        (id, SignUpKind::New)
+                    }
+                    None => {
+                        let (id, status): (i64, String) = sqlx::query_as(lock_sql)
+                            .bind(req.email.as_str())
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        let kind = match status.as_str() {
+                            "confirmed" => SignUpKind::Confirmed,
+                            "unsubscribed" => SignUpKind::Returning,
+                            _ => SignUpKind::Pending,
+                        };
+                        if kind != SignUpKind::Confirmed {
+                            tally.subscribers(Some(&status), Some("pending"), 1);
+                        }
+                        (id, kind)
+                    }
+                };
+
+                if kind != SignUpKind::Confirmed {
                     sqlx::query(
-                        "INSERT INTO subscriber_topics (subscriber_id, topic_id) \
-                         SELECT $1, id FROM topics WHERE slug = $2 ON CONFLICT DO NOTHING",
+                        "UPDATE subscribers SET status = 'pending', locale = $2, delivery_time = $3, \
+                         timezone = $4, updated_at = $5 WHERE id = $1",
                     )
                     .bind(id)
-                    .bind(slug.as_str())
+                    .bind(req.locale.as_str())
+                    .bind(req.delivery_time.to_string())
+                    .bind(req.timezone.to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM subscriber_topics WHERE subscriber_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    for slug in &req.topics {
+                        sqlx::query(
+                            "INSERT INTO subscriber_topics (subscriber_id, topic_id) \
+                             SELECT $1, id FROM topics WHERE slug = $2 ON CONFLICT DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(slug.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+
+                let topics = req.topics.iter().map(TopicSlug::as_str).collect::<Vec<_>>().join(",");
+                sqlx::query(
+                    "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
+                     consent_text, topics, delivery_time, timezone, locale) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(req.proof.ip.as_deref())
+                .bind(req.proof.user_agent.as_deref())
+                .bind(&req.proof.consent_version)
+                .bind(&req.proof.consent_text)
+                .bind(topics)
+                .bind(req.delivery_time.to_string())
+                .bind(req.timezone.to_string())
+                .bind(req.locale.as_str())
+                .execute(&mut *tx)
+                .await?;
+
+                if kind != SignUpKind::Confirmed {
+                    sqlx::query(
+                        "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) \
+                         VALUES ($1, $2, 'confirm', $3, $4)",
+                    )
+                    .bind(&req.confirm_token.0[..])
+                    .bind(id)
+                    .bind(now)
+                    .bind(req.confirm_expires_at)
                     .execute(&mut *tx)
                     .await?;
                 }
+                let mail = mail(kind, id).map_err(StoreError::Callback)?;
+                (kind, Some((id, mail)))
+            };
+
+            for (scope, max) in [(LimitScope::Domain, limits.per_domain), (LimitScope::Global, limits.global)] {
+                if max == 0 {
+                    continue;
+                }
+                let counted = if scope == LimitScope::Domain {
+                    if postgres {
+                        lock(scope, &domain_hash).execute(&mut *tx).await?;
+                    }
+                    sqlx::query_as::<_, (i64, Option<DateTime<Utc>>)>(
+                        "SELECT COUNT(*), MIN(created_at) FROM signup_mails WHERE domain = $1 AND created_at > $2",
+                    )
+                    .bind(&domain_hash)
+                    .bind(limits.since)
+                    .fetch_one(&mut *tx)
+                    .await?
+                } else {
+                    if postgres {
+                        lock(scope, &[]).execute(&mut *tx).await?;
+                    }
+                    sqlx::query_as::<_, (i64, Option<DateTime<Utc>>)>(
+                        "SELECT COUNT(*), MIN(created_at) FROM signup_mails WHERE created_at > $1",
+                    )
+                    .bind(limits.since)
+                    .fetch_one(&mut *tx)
+                    .await?
+                };
+                let (count, oldest) = counted;
+                if count >= i64::from(max) {
+                    tx.rollback().await?;
+                    return Ok(SignUpOutcome::Capped { limit: scope, retry_at: retry_at(oldest) });
+                }
             }
 
-            let topics = req.topics.iter().map(TopicSlug::as_str).collect::<Vec<_>>().join(",");
-            sqlx::query(
-                "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
-                 consent_text, topics, delivery_time, timezone, locale) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(req.proof.ip.as_deref())
-            .bind(req.proof.user_agent.as_deref())
-            .bind(&req.proof.consent_version)
-            .bind(&req.proof.consent_text)
-            .bind(topics)
-            .bind(req.delivery_time.to_string())
-            .bind(req.timezone.to_string())
-            .bind(req.locale.as_str())
-            .execute(&mut *tx)
-            .await?;
-
-            if kind != SignUpKind::Confirmed {
-                sqlx::query(
-                    "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) \
-                     VALUES ($1, $2, 'confirm', $3, $4)",
-                )
-                .bind(&req.confirm_token.0[..])
-                .bind(id)
-                .bind(now)
-                .bind(req.confirm_expires_at)
-                .execute(&mut *tx)
-                .await?;
+            if limits.counted() {
+                sqlx::query("INSERT INTO signup_mails (mailbox, domain, created_at) VALUES ($1, $2, $3)")
+                    .bind(&mailbox_hash)
+                    .bind(&domain_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
-
-            let mail = mail(kind, id).map_err(StoreError::Callback)?;
-            sqlx::query(INSERT_MAIL)
-                .bind(id)
-                .bind(mail.kind)
-                .bind(&mail.recipient)
-                .bind(&mail.envelope_from)
-                .bind(&mail.message)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            if let Some((id, mail)) = mail {
+                sqlx::query(INSERT_MAIL)
+                    .bind(id)
+                    .bind(mail.kind)
+                    .bind(&mail.recipient)
+                    .bind(&mail.envelope_from)
+                    .bind(&mail.message)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tally.mails(mail.kind, None, Some("queued"), 1);
+            }
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(SignUpOutcome::Accepted(kind))
+        })
+    }
+
+    /// Adds to the counters of refused sign-ups, per limit (`rate_limited:<scope>`
+    /// in the `counters` table, see `store::counters`).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn add_rate_limit_hits(&self, hits: &[(LimitScope, u64)]) -> StoreResult<()> {
+        let mut tally = Tally::default();
+        for (scope, n) in hits {
+            tally.add(format!("rate_limited:{}", scope.as_str()), i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        on_pool!(self, pool => {
+            flush_tally!(tally, pool);
+            Ok(())
         })
     }
 
@@ -443,14 +680,23 @@ impl Store {
                    updated_at = $2, unsubscribed_at = NULL, next_slot_at = $4, \
                    last_item_id = COALESCE((SELECT MAX(id) FROM items WHERE created_at < $5), 0) \
                    WHERE id = $1 AND status = 'pending'";
-        let done = on_pool!(self, pool => sqlx::query(sql)
-            .bind(subscriber_id)
-            .bind(now)
-            .bind(ip)
-            .bind(next_slot)
-            .bind(now - lookback)
-            .execute(pool)
-            .await.map(|r| r.rows_affected()))?;
+        let done = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(sql)
+                .bind(subscriber_id)
+                .bind(now)
+                .bind(ip)
+                .bind(next_slot)
+                .bind(now - lookback)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let mut tally = Tally::default();
+            tally.subscribers(Some("pending"), Some("confirmed"), done as i64);
+            flush_tally!(tally, &mut *tx);
+            tx.commit().await?;
+            done
+        });
         if done == 1 {
             // A reader on the suppression list who came back through double opt-in
             // is welcome again.
@@ -509,6 +755,13 @@ impl Store {
             .bind(s.id)
             .fetch_all(pool)
             .await?;
+            let delivery_days: Vec<super::DeliveryDay> = sqlx::query_as(
+                "SELECT day, kind, sent, failed, last_error FROM delivery_days WHERE subscriber_id = $1 \
+                 ORDER BY day, kind",
+            )
+            .bind(s.id)
+            .fetch_all(pool)
+            .await?;
             let preference_changes: Vec<super::PreferenceChange> = sqlx::query_as(
                 "SELECT changed_at, topics, delivery_time, timezone, weekdays, locale FROM preference_changes \
                  WHERE subscriber_id = $1 ORDER BY id",
@@ -539,6 +792,7 @@ impl Store {
                 unsubscribed_at: s.unsubscribed_at,
                 consents,
                 deliveries,
+                delivery_days,
                 preference_changes,
                 mail_events,
             }))
@@ -548,13 +802,26 @@ impl Store {
 
     /// Deletes pending sign-ups not confirmed since `cutoff`, with everything
     /// attached to them except their token hashes, which answer "expired" for
-    /// another 30 days. Returns how many sign-ups were deleted.
+    /// another 30 days, and the sign-up limits' counts older than `cutoff`.
+    /// Returns how many sign-ups were deleted.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn purge_pending(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            let mut tally = Tally::default();
+            // Their queued mail goes first, so that the queue counters see it go.
+            let dropped: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM mail_jobs WHERE status = 'queued' AND subscriber_id IN (SELECT id FROM subscribers \
+                 WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1) RETURNING kind",
+            )
+            .bind(cutoff)
+            .fetch_all(&mut *tx)
+            .await?;
+            for kind in &dropped {
+                tally.mails(kind, Some("queued"), None, 1);
+            }
             let purged = sqlx::query(
                 "DELETE FROM subscribers WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1",
             )
@@ -562,19 +829,28 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            tally.subscribers(Some("pending"), None, purged as i64);
             // A former reader who signed up again and never confirmed goes back to
             // unsubscribed: an unconfirmed form must not erase their history.
-            sqlx::query(
+            let returned = sqlx::query(
                 "UPDATE subscribers SET status = 'unsubscribed' WHERE status = 'pending' \
                  AND confirmed_at IS NOT NULL AND updated_at < $1",
             )
             .bind(cutoff)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            tally.subscribers(Some("pending"), Some("unsubscribed"), returned as i64);
             sqlx::query("DELETE FROM tokens WHERE subscriber_id IS NULL AND expires_at < $1")
                 .bind(cutoff - chrono::Duration::days(30))
                 .execute(&mut *tx)
                 .await?;
+            // The sign-up limits count the last hour; the lifetime is at least one.
+            sqlx::query("DELETE FROM signup_mails WHERE created_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(purged)
         })
@@ -733,6 +1009,9 @@ impl Store {
                 });
                 q.build().execute(&mut *tx).await?;
             }
+            let mut tally = Tally::default();
+            tally.subscribers(None, Some("confirmed"), inserted.len() as i64);
+            flush_tally!(tally, &mut *tx);
             tx.commit().await?;
             Ok(rows
                 .iter()

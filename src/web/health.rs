@@ -1,12 +1,15 @@
 //! `GET /healthz` (the process answers), `GET /readyz` (the database answers) and
-//! `GET /metrics` (Prometheus text format).
+//! `GET /metrics` (Prometheus text format, behind the admin token or
+//! `metrics_token`: the numbers are the operator's, and computing them costs
+//! database time).
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::AppState;
+use super::{AppState, bearer_token, token_matches};
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -26,10 +29,29 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// Whether the request carries the admin token or the metrics token.
+fn may_read_metrics(state: &AppState, headers: &HeaderMap) -> bool {
+    let presented = bearer_token(headers).unwrap_or_default();
+    let admin = token_matches(presented, &state.admin_token);
+    let metrics = state
+        .config
+        .metrics_token
+        .as_ref()
+        .is_some_and(|t| token_matches(presented, t.expose()));
+    admin | metrics
+}
+
 /// Prometheus text format, from the same counters as `/api/v1/stats`.
-async fn metrics(State(state): State<AppState>) -> axum::response::Response {
-    use axum::response::IntoResponse;
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     use std::fmt::Write;
+    if !may_read_metrics(&state, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            "missing or wrong bearer token\n",
+        )
+            .into_response();
+    }
     let stats = match state.store.stats().await {
         Ok(s) => s,
         Err(e) => {

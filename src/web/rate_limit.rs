@@ -36,8 +36,10 @@ impl ClientLimiter {
         if self.per_window == 0 {
             return Ok(());
         }
-        // An IPv6 client usually has a whole /64: counted as one.
-        let ip = match ip {
+        // An IPv4 client reaching a dual-stack socket shows as ::ffff:a.b.c.d: it is
+        // that IPv4 address, not a member of the /64 all such clients share. An IPv6
+        // client usually has a whole /64: counted as one.
+        let ip = match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let mut segments = v6.segments();
                 segments[4..].fill(0);
@@ -87,5 +89,19 @@ mod tests {
         );
         let off = ClientLimiter::new(0);
         assert!((0..100).all(|_| off.check(ip).is_ok()));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_client_is_limited_together_with_its_ipv4_form() {
+        let l = ClientLimiter::new(2);
+        assert!(l.check("192.0.2.1".parse().unwrap()).is_ok());
+        assert!(l.check("::ffff:192.0.2.1".parse().unwrap()).is_ok());
+        assert!(l.check("::ffff:192.0.2.1".parse().unwrap()).is_err());
+        assert!(l.check("192.0.2.1".parse().unwrap()).is_err());
+        assert!(
+            l.check("::ffff:192.0.2.2".parse().unwrap()).is_ok(),
+            "another IPv4 client is not in the same bucket"
+        );
+        assert!(l.check("::ffff:192.0.2.3".parse().unwrap()).is_ok());
     }
 }

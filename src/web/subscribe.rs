@@ -1,10 +1,18 @@
 //! `GET /` (the sign-up page) and `POST /subscribe` (form or JSON).
 //!
 //! The response to an accepted sign-up is the same, byte for byte, whether the
-//! address is new, pending or confirmed: nobody can learn from it who subscribes.
+//! address is new, pending, confirmed or suppressed after a bounce or complaint:
+//! nobody can learn from it who subscribes.
+//!
+//! The form is no mail cannon: a post another site makes a visitor's browser send
+//! is refused (403), and the limits per client, per mailbox, per domain and in total
+//! answer 429 (see [`crate::store::SignUpLimits`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
@@ -17,7 +25,22 @@ use serde_json::{Value, json};
 use super::pages::{LangQuery, negotiate, render};
 use super::{AppState, BODY_LIMIT, client_ip};
 use crate::domain::{DeliveryTime, EmailAddress, EmailError, Locale, TimeZone, Token, TopicSlug};
-use crate::store::{ConsentProof, SignUp, SignUpKind, SignUpOutcome, Topic};
+use crate::store::{
+    ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Store, Topic,
+};
+
+/// Longest value kept of a text field (email, time, zone, language): longer than any
+/// valid value, so a cut value is still refused, and short enough to show again.
+const MAX_FIELD_CHARS: usize = 1024;
+/// Longest `topics` value kept (a valid slug has at most 64 characters).
+const MAX_TOPIC_CHARS: usize = 128;
+/// Most `topics` values kept; more is a field error.
+const MAX_TOPICS: usize = 256;
+/// Most unknown topics named in the error message.
+const MAX_UNKNOWN_SHOWN: usize = 10;
+/// How long refused requests are summed in memory before they are added to the
+/// database's counters.
+const TALLY_FLUSH: Duration = Duration::from_millis(500);
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -37,6 +60,8 @@ struct Submitted {
     /// The language of the page the form was on: the consent text the reader saw.
     page_locale: Option<String>,
     consent: bool,
+    /// More than [`MAX_TOPICS`] topics were sent; only the first are kept.
+    too_many_topics: bool,
 }
 
 /// A submission whose every field parsed.
@@ -162,8 +187,15 @@ async fn subscribe(
         }
     };
 
+    if let Some(why) = cross_site(&headers, state.composer.public_url()) {
+        tracing::warn!(why = %why, "sign-up refused: the browser says it comes from another site");
+        return forbidden(&state, format, page_locale);
+    }
+
     let ip = client_ip(&state, &headers, &peer);
     if let Err(wait) = state.client_limiter.check(ip) {
+        tracing::info!("sign-up refused: client over its limit");
+        state.limit_tally.count(LimitScope::Client, &state.store);
         return too_many(&state, format, page_locale, wait.as_secs().max(1));
     }
 
@@ -213,7 +245,15 @@ async fn subscribe(
         .unwrap_or(page_locale);
     let now = state.clock.now();
     let confirm_token = Token::generate();
-    let per_hour = state.config.rate_limit.per_address_per_hour;
+    let rl = state.config.rate_limit;
+    let limits = SignUpLimits {
+        since: now - chrono::Duration::hours(1),
+        per_mailbox: rl.per_address_per_hour,
+        per_domain: rl.per_domain_per_hour,
+        global: rl.global_per_hour,
+        quiet_since: (rl.suppressed_quiet_days > 0)
+            .then(|| now - chrono::Duration::days(i64::from(rl.suppressed_quiet_days))),
+    };
     let signup = SignUp {
         email: valid.email,
         topics: valid.topics,
@@ -232,7 +272,7 @@ async fn subscribe(
         },
         confirm_token: confirm_token.hash(),
         confirm_expires_at: now + state.config.confirmation_lifetime,
-        mail_limit: (per_hour > 0).then(|| (per_hour, now - chrono::Duration::hours(1))),
+        mail_limit: None,
     };
     let locale = signup.locale;
 
@@ -241,7 +281,7 @@ async fn subscribe(
     let composer = &state.composer;
     let outcome = state
         .store
-        .sign_up(&signup, |kind, id| {
+        .sign_up_limited(&signup, &limits, |kind, id| {
             let mail = if kind == SignUpKind::Confirmed {
                 composer.already_subscribed(&signup.email, locale, id, now)
             } else {
@@ -270,6 +310,23 @@ async fn subscribe(
             }
         }
         Ok(SignUpOutcome::Limited { retry_at }) => {
+            tracing::info!("sign-up refused: the mailbox had its share of mails this hour");
+            state.limit_tally.count(LimitScope::Mailbox, &state.store);
+            let wait = (retry_at - now).num_seconds().max(1) as u64;
+            too_many(&state, format, locale, wait)
+        }
+        Ok(SignUpOutcome::Capped { limit, retry_at }) => {
+            if limit == LimitScope::Domain {
+                tracing::warn!(
+                    domain = %signup.email.domain(),
+                    "sign-up refused: the domain had its share of confirmation mails this hour"
+                );
+            } else {
+                tracing::warn!(
+                    "sign-up refused: the global cap of confirmation mails per hour is reached"
+                );
+            }
+            state.limit_tally.count(limit, &state.store);
             let wait = (retry_at - now).num_seconds().max(1) as u64;
             too_many(&state, format, locale, wait)
         }
@@ -282,17 +339,39 @@ fn thanks(state: &AppState, locale: Locale) -> Value {
     json!({"heading": t["thanks_heading"], "text": t["thanks_text"]})
 }
 
+/// At most `max` characters of `value`.
+fn capped(value: &str, max: usize) -> String {
+    match value.char_indices().nth(max) {
+        Some((end, _)) => value[..end].to_owned(),
+        None => value.to_owned(),
+    }
+}
+
+impl Submitted {
+    /// Keeps one more `topics` value, up to [`MAX_TOPICS`].
+    fn push_topic(&mut self, slug: &str) {
+        if self.topics.len() < MAX_TOPICS {
+            self.topics.push(capped(slug, MAX_TOPIC_CHARS));
+        } else {
+            self.too_many_topics = true;
+        }
+    }
+}
+
 /// Parses `application/x-www-form-urlencoded`, keeping repeated `topics` fields.
+/// Linear in the input; values are cut to [`MAX_FIELD_CHARS`] and
+/// [`MAX_TOPIC_CHARS`], topics to [`MAX_TOPICS`].
 fn parse_form(bytes: &[u8]) -> Submitted {
     let mut s = Submitted::default();
     for (key, value) in form_urlencoded::parse(bytes) {
+        let text = || capped(&value, MAX_FIELD_CHARS);
         match key.as_ref() {
-            "email" => s.email = value.into_owned(),
-            "topics" => s.topics.push(value.into_owned()),
-            "delivery_time" => s.delivery_time = value.into_owned(),
-            "timezone" => s.timezone = Some(value.into_owned()),
-            "locale" => s.locale = value.into_owned(),
-            "form_locale" => s.page_locale = Some(value.into_owned()),
+            "email" => s.email = text(),
+            "topics" => s.push_topic(&value),
+            "delivery_time" => s.delivery_time = text(),
+            "timezone" => s.timezone = Some(text()),
+            "locale" => s.locale = text(),
+            "form_locale" => s.page_locale = Some(text()),
             "consent" => s.consent = matches!(value.as_ref(), "on" | "true" | "1" | "yes"),
             _ => {}
         }
@@ -304,6 +383,8 @@ fn parse_form(bytes: &[u8]) -> Submitted {
 }
 
 /// Parses the JSON body; wrong field types are field errors, broken JSON is `Err`.
+/// Linear in the input (serde_json also refuses nesting deeper than 128); values
+/// are cut as in [`parse_form`].
 fn parse_json(bytes: &[u8]) -> Result<(Submitted, FieldErrors), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Object(map) = value else {
@@ -313,7 +394,7 @@ fn parse_json(bytes: &[u8]) -> Result<(Submitted, FieldErrors), String> {
     let mut errors = FieldErrors::new();
     let text = |key: &'static str, errors: &mut FieldErrors| match map.get(key) {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(v)) => v.clone(),
+        Some(Value::String(v)) => capped(v, MAX_FIELD_CHARS),
         Some(_) => {
             errors.insert(key, "must be a string".into());
             String::new()
@@ -329,7 +410,7 @@ fn parse_json(bytes: &[u8]) -> Result<(Submitted, FieldErrors), String> {
         Some(Value::Array(items)) => {
             for item in items {
                 match item {
-                    Value::String(slug) => s.topics.push(slug.clone()),
+                    Value::String(slug) => s.push_topic(slug),
                     _ => {
                         errors.insert("topics", "must be an array of topic slugs (strings)".into());
                     }
@@ -379,22 +460,29 @@ fn validate(
 
     let offered_slugs: HashSet<&str> = offered.iter().map(|t| t.slug.as_str()).collect();
     let mut topics: Vec<TopicSlug> = Vec::new();
+    let mut chosen: HashSet<&str> = HashSet::new();
     let mut unknown: Vec<&str> = Vec::new();
     for slug in &s.topics {
         match TopicSlug::parse(slug) {
             Ok(parsed) if offered_slugs.contains(slug.as_str()) => {
-                if !topics.contains(&parsed) {
+                if chosen.insert(slug.as_str()) {
                     topics.push(parsed);
                 }
             }
             _ => unknown.push(slug),
         }
     }
-    if !unknown.is_empty() {
-        let list: Vec<String> = unknown
+    if s.too_many_topics {
+        flag(errors, "topics", t("err_topics_too_many"));
+    } else if !unknown.is_empty() {
+        let mut list: Vec<String> = unknown
             .iter()
+            .take(MAX_UNKNOWN_SHOWN)
             .map(|u| u.chars().take(64).collect())
             .collect();
+        if unknown.len() > MAX_UNKNOWN_SHOWN {
+            list.push("…".into());
+        }
         flag(
             errors,
             "topics",
@@ -442,6 +530,114 @@ fn problem(format: Format, status: StatusCode, field: &str, msg: &str) -> Respon
     match format {
         Format::Json => (status, Json(json!({"errors": {field: msg}}))).into_response(),
         Format::Html => (status, format!("{field}: {msg}\n")).into_response(),
+    }
+}
+
+/// Why a request is a cross-site post a browser was made to send, or `None`.
+///
+/// A browser tells where a request comes from: `Sec-Fetch-Site: cross-site`, or an
+/// `Origin` other than the origin (scheme, host, port) of `public_url` (`null`
+/// included). `same-origin`, `same-site` and `none` are fine, and so is a request
+/// with neither header: curl and API clients send none, and they cannot be made to
+/// post by a web page.
+fn cross_site(headers: &HeaderMap, public_url: &str) -> Option<String> {
+    if headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Some("Sec-Fetch-Site: cross-site".into());
+    }
+    let own = url::Url::parse(public_url)
+        .ok()?
+        .origin()
+        .ascii_serialization();
+    headers
+        .get_all(header::ORIGIN)
+        .iter()
+        .find(|v| {
+            let origin = v.to_str().ok().and_then(|v| url::Url::parse(v).ok());
+            origin.is_none_or(|o| o.origin().ascii_serialization() != own)
+        })
+        .map(|v| {
+            let shown: String = String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect();
+            format!("Origin: {shown:?}, not {own}")
+        })
+}
+
+/// The 403 answer to a cross-site post: a page that says why and links to the
+/// form on the site itself, or `{"error": …}`.
+fn forbidden(state: &AppState, format: Format, locale: Locale) -> Response {
+    let public_url = state.composer.public_url();
+    match format {
+        Format::Json => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": format!("cross-site sign-up refused: send the form from {public_url}/")})),
+        )
+            .into_response(),
+        Format::Html => {
+            let t = state.templates.strings(locale);
+            let data = json!({
+                "heading": t["cross_site_heading"],
+                "text": t["cross_site_text"],
+                "link_href": format!("{public_url}/?lang={locale}"),
+                "link_text": t["subscribe_again"],
+            });
+            render(
+                state,
+                StatusCode::FORBIDDEN,
+                locale,
+                "message",
+                "cross_site_heading",
+                data,
+                "/",
+            )
+        }
+    }
+}
+
+/// How often the sign-up limits refused a request, summed in memory and added to
+/// the database's counters (`Store::add_rate_limit_hits`) at most once per
+/// [`TALLY_FLUSH`]: a flood of refused requests costs one small write now and
+/// then, not one per request. Counts of the last half second are lost when the
+/// process dies.
+#[derive(Debug, Default)]
+pub struct LimitTally {
+    /// Refusals not yet written, by [`LimitScope::index`].
+    pending: [AtomicU64; 4],
+    /// A flush is waiting to run.
+    flush_scheduled: AtomicBool,
+}
+
+impl LimitTally {
+    /// Counts one refusal by `scope`; the count reaches the database shortly.
+    pub fn count(self: &Arc<Self>, scope: LimitScope, store: &Store) {
+        self.pending[scope.index()].fetch_add(1, Ordering::Relaxed);
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tally = Arc::clone(self);
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TALLY_FLUSH).await;
+            // Cleared before taking the counts: a refusal counted after this
+            // either lands in this flush or schedules the next one.
+            tally.flush_scheduled.store(false, Ordering::Release);
+            let hits: Vec<(LimitScope, u64)> = LimitScope::ALL
+                .into_iter()
+                .map(|s| (s, tally.pending[s.index()].swap(0, Ordering::AcqRel)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            if let Err(e) = store.add_rate_limit_hits(&hits).await {
+                tracing::warn!(error = %e, "counting refused sign-ups failed; kept for the next try");
+                for (s, n) in hits {
+                    tally.pending[s.index()].fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        });
     }
 }
 
@@ -500,4 +696,240 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Everything a parser hands on is within the caps.
+    fn bounded(s: &Submitted) -> Result<(), TestCaseError> {
+        for field in [&s.email, &s.delivery_time, &s.locale]
+            .into_iter()
+            .chain(s.timezone.as_ref())
+            .chain(s.page_locale.as_ref())
+        {
+            prop_assert!(field.chars().count() <= MAX_FIELD_CHARS);
+        }
+        prop_assert!(s.topics.len() <= MAX_TOPICS);
+        prop_assert!(
+            s.topics
+                .iter()
+                .all(|t| t.chars().count() <= MAX_TOPIC_CHARS)
+        );
+        Ok(())
+    }
+
+    /// One field, repeated until the input is about `size` bytes.
+    fn repeated(field: &str, size: usize) -> Vec<u8> {
+        field.repeat(size / field.len() + 1).into_bytes()
+    }
+
+    #[test]
+    fn a_form_keeps_repeated_topics_and_every_field() {
+        let s = parse_form(
+            b"email=a%40example.org&topics=wirtschaft&topics=kultur&delivery_time=07%3A30\
+              &timezone=Europe%2FBerlin&locale=en&form_locale=de&consent=on",
+        );
+        assert_eq!(s.email, "a@example.org");
+        assert_eq!(s.topics, ["wirtschaft", "kultur"]);
+        assert_eq!(
+            (s.delivery_time.as_str(), s.timezone.as_deref()),
+            ("07:30", Some("Europe/Berlin"))
+        );
+        assert_eq!(
+            (s.locale.as_str(), s.page_locale.as_deref()),
+            ("en", Some("de"))
+        );
+        assert!(s.consent && !s.too_many_topics);
+    }
+
+    #[test]
+    fn over_long_values_are_cut_but_stay_invalid() {
+        let long = format!("email={}%40example.org", "a".repeat(5000));
+        let s = parse_form(long.as_bytes());
+        assert_eq!(s.email.chars().count(), MAX_FIELD_CHARS);
+        assert!(EmailAddress::parse(&s.email).is_err());
+        assert_eq!(capped("äöü", 2), "äö");
+        assert_eq!(capped("äöü", 3), "äöü");
+    }
+
+    #[test]
+    fn a_megabyte_in_one_field_is_cut_to_the_cap() {
+        let size = 1 << 20;
+        for key in [
+            "email",
+            "topics",
+            "delivery_time",
+            "timezone",
+            "locale",
+            "form_locale",
+        ] {
+            let one = format!("{key}={}", "x".repeat(size));
+            bounded(&parse_form(one.as_bytes())).unwrap();
+            let json = format!(r#"{{"{key}":"{}"}}"#, "x".repeat(size));
+            let (s, _) = parse_json(json.as_bytes()).unwrap();
+            bounded(&s).unwrap();
+        }
+    }
+
+    #[test]
+    fn more_topics_than_the_cap_are_flagged() {
+        let s = parse_form(&repeated("topics=kultur&", 20 * MAX_TOPICS));
+        assert_eq!(s.topics.len(), MAX_TOPICS);
+        assert!(s.too_many_topics);
+        let json = format!(r#"{{"topics":[{}"x"]}}"#, r#""kultur","#.repeat(MAX_TOPICS));
+        let (s, errors) = parse_json(json.as_bytes()).unwrap();
+        assert!(s.too_many_topics && errors.is_empty());
+    }
+
+    #[test]
+    fn browsers_posting_from_another_site_are_told_apart() {
+        let own = "https://news.example.org/base";
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            cross_site(&h, own)
+        };
+        for fine in [
+            &[][..],
+            &[("sec-fetch-site", "same-origin")],
+            &[("sec-fetch-site", "same-site")],
+            &[("sec-fetch-site", "none")],
+            &[("origin", "https://news.example.org")],
+            &[("origin", "https://NEWS.example.org:443")],
+            &[
+                ("origin", "https://news.example.org"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ] {
+            assert_eq!(check(fine), None, "{fine:?}");
+        }
+        for refused in [
+            &[("sec-fetch-site", "cross-site")][..],
+            &[("sec-fetch-site", "Cross-Site")],
+            &[("origin", "https://evil.example")],
+            &[("origin", "http://news.example.org")],
+            &[("origin", "https://news.example.org:8443")],
+            &[("origin", "null")],
+            &[("origin", "")],
+            &[
+                ("origin", "https://news.example.org"),
+                ("origin", "https://evil.example"),
+            ],
+            &[
+                ("origin", "https://news.example.org"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        ] {
+            assert!(check(refused).is_some(), "{refused:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_form_parser_takes_any_bytes_and_stays_bounded(
+            raw in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            bounded(&parse_form(&raw))?;
+        }
+
+        #[test]
+        fn the_form_parser_takes_any_fields_and_stays_bounded(
+            fields in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("email".to_owned()),
+                        Just("topics".to_owned()),
+                        Just("timezone".to_owned()),
+                        Just("consent".to_owned()),
+                        Just("form_locale".to_owned()),
+                        any::<String>(),
+                    ],
+                    any::<String>(),
+                ),
+                0..64,
+            ),
+        ) {
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&fields)
+                .finish();
+            bounded(&parse_form(body.as_bytes()))?;
+        }
+
+        #[test]
+        fn the_json_parser_takes_any_bytes_and_stays_bounded(
+            raw in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            if let Ok((s, errors)) = parse_json(&raw) {
+                bounded(&s)?;
+                prop_assert!(errors.len() <= 6);
+            }
+        }
+
+        #[test]
+        fn the_json_parser_takes_any_json_and_stays_bounded(
+            email in any::<String>(),
+            topics in proptest::collection::vec(any::<String>(), 0..40),
+            repeats in 0usize..300,
+            odd in prop_oneof![
+                Just(Value::Null),
+                Just(json!(7)),
+                Just(json!([[[[]]]])),
+                Just(json!({"a": {"b": true}})),
+                any::<String>().prop_map(Value::String),
+            ],
+        ) {
+            let mut topics = topics;
+            topics.extend(std::iter::repeat_n("kultur".to_owned(), repeats));
+            for body in [
+                json!({"email": email, "topics": topics, "consent": true}),
+                json!({"email": odd, "topics": [odd, email], "timezone": odd, "consent": odd}),
+                json!({"topics": odd}),
+                json!([email]),
+            ] {
+                let raw = serde_json::to_vec(&body).unwrap();
+                if let Ok((s, errors)) = parse_json(&raw) {
+                    bounded(&s)?;
+                    prop_assert!(errors.len() <= 6);
+                }
+            }
+        }
+
+    }
+
+    proptest! {
+        // Each case parses up to three megabyte-sized bodies.
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// A 1 MB body of one field repeated, at sizes up to 1 MB: a parser that
+        /// were quadratic in the input would not return from the largest (about
+        /// 10^11 steps); this one does, with bounded output.
+        #[test]
+        fn repeated_fields_up_to_a_megabyte_are_parsed_in_one_pass(
+            size in prop_oneof![Just(1usize << 20), 1usize..(1 << 20)],
+            field in prop_oneof![
+                Just("topics=wirtschaft&"),
+                Just("email=a%40example.org&"),
+                Just("&&&&"),
+                Just("%%%%"),
+                Just("consent=on&"),
+            ],
+        ) {
+            let raw = repeated(field, size);
+            bounded(&parse_form(&raw))?;
+            let items = size / 8;
+            let json = format!(r#"{{"topics":[{}"x"],"email":"{}"}}"#, r#""a-b-c","#.repeat(items), "e".repeat(size));
+            let (s, _) = parse_json(json.as_bytes()).unwrap();
+            bounded(&s)?;
+            let keys = format!("{{{}\"email\":\"x\"}}", r#""email":"x","#.repeat(items / 2));
+            let (s, _) = parse_json(keys.as_bytes()).unwrap();
+            bounded(&s)?;
+        }
+    }
 }

@@ -98,6 +98,47 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The rows `sql` selects, each column as text (the query casts what is not), with
+    /// `params` bound as text: for looking at what a command left in the database.
+    pub async fn text_rows(&self, sql: &str, params: &[&str]) -> Vec<Vec<Option<String>>> {
+        use sqlx::Row;
+        fn texts<R: Row>(rows: Vec<R>) -> Vec<Vec<Option<String>>>
+        where
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            usize: sqlx::ColumnIndex<R>,
+        {
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.try_get(i).expect("a text column"))
+                        .collect()
+                })
+                .collect()
+        }
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.url.starts_with("sqlite://") {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
+            let mut query = sqlx::query(sql);
+            for p in params {
+                query = query.bind(*p);
+            }
+            let rows = query.fetch_all(&pool).await.expect("query");
+            pool.close().await;
+            texts(rows)
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+            let mut query = sqlx::query(sql);
+            for p in params {
+                query = query.bind(*p);
+            }
+            let rows = query.fetch_all(&pool).await.expect("query");
+            pool.close().await;
+            texts(rows)
+        }
+    }
+}
+
 pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut b);
@@ -111,6 +152,33 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// A loopback port that refuses every connection for as long as this value lives:
+/// its socket is bound but never listens, so a client gets "connection refused"
+/// and nothing else can take the port meanwhile.
+pub struct RefusedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a loopback port");
+        let port = socket.local_addr().expect("its address").port();
+        Self {
+            port,
+            _socket: socket,
+        }
+    }
+
+    /// `smtp://` to this port: a relay that is down.
+    pub fn smtp_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
 }
 
 /// Postfix's `smtp-sink`, writing every received message to its own file.
@@ -159,8 +227,8 @@ impl SmtpSink {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
-    /// The raw messages received so far, oldest first.
-    pub fn raw_messages(&self) -> Vec<Vec<u8>> {
+    /// Every file smtp-sink has written so far, oldest first, whole or not.
+    fn files(&self) -> Vec<Vec<u8>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
@@ -168,12 +236,24 @@ impl SmtpSink {
         files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
     }
 
-    /// Waits until at least `n` complete messages have arrived; returns all of them.
+    /// The messages received whole so far, oldest first. smtp-sink writes a
+    /// message's file while its DATA arrives, so a file still being written (or one
+    /// left behind by a cut-off transaction) is not a message yet: see [`is_complete`].
+    pub fn raw_messages(&self) -> Vec<Vec<u8>> {
+        self.files()
+            .into_iter()
+            .filter(|m| is_complete(m))
+            .collect()
+    }
+
+    /// Waits until at least `n` messages have arrived whole and none is still being
+    /// written; returns all of them.
     pub async fn wait_for(&self, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let msgs = self.raw_messages();
-            if msgs.len() >= n && msgs.iter().all(|m| is_complete(m)) {
+            let files = self.files();
+            let msgs: Vec<Vec<u8>> = files.iter().filter(|m| is_complete(m)).cloned().collect();
+            if msgs.len() >= n && msgs.len() == files.len() {
                 return msgs;
             }
             assert!(
@@ -205,11 +285,17 @@ fn smtp_sink_path() -> &'static str {
     }
 }
 
-/// A multipart message is complete once its closing boundary is in.
-fn is_complete(raw: &[u8]) -> bool {
+/// Whether a file of smtp-sink holds a whole message. smtp-sink writes the file in
+/// 8 KiB blocks while the DATA arrives and, at its end, adds an empty line after the
+/// message's last line; a multipart message must also have its closing boundary
+/// (a transaction cut off by a kill may leave part of one behind).
+pub fn is_complete(raw: &[u8]) -> bool {
+    if !raw.ends_with(b"\n\n") {
+        return false;
+    }
     let text = String::from_utf8_lossy(raw);
     let Some(start) = text.find("boundary=\"") else {
-        return !raw.is_empty();
+        return true;
     };
     let rest = &text[start + 10..];
     let boundary = &rest[..rest.find('"').unwrap_or(0)];
@@ -482,6 +568,204 @@ pub fn recipient(raw: &[u8]) -> String {
                 .to_owned()
         })
         .unwrap_or_default()
+}
+
+/// How long a `postbote` command in a test may take before it is killed and the
+/// test fails with what it printed.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A child process whose stdout and stderr are collected while it runs, so a test
+/// can wait for a line it prints, and one that hangs is killed at a deadline and
+/// shown with what it said so far. Killed when dropped.
+pub struct Spawned {
+    child: Child,
+    stdout: Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Spawned {
+    /// Starts `command` with its output piped; `stdin`, when given, is written to it
+    /// and closed (the end of the input), else stdin is empty.
+    pub fn start(command: &mut Command, stdin: Option<Vec<u8>>) -> Self {
+        command
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the child process");
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A child that stops reading early must not block the test.
+            std::thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut pipe, &input);
+            });
+        }
+        let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), stdout.clone()),
+            collect(child.stderr.take().expect("stderr"), stderr.clone()),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process printed so far, for a failure message.
+    pub fn output_so_far(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&self.stdout.lock().unwrap()),
+            String::from_utf8_lossy(&self.stderr.lock().unwrap())
+        )
+    }
+
+    /// Waits until stderr (the log) holds a line containing `needle` and returns that
+    /// line; fails the test at `timeout` or when the process exits first.
+    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let line = String::from_utf8_lossy(&self.stderr.lock().unwrap())
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned);
+            if let Some(line) = line {
+                return line;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the process exited ({status}) before logging {needle:?}\n{}",
+                    self.output_so_far()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no log line with {needle:?} within {timeout:?}\n{}",
+                    self.output_so_far()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the process to exit; at `timeout` it is killed and the test fails
+    /// with its output so far.
+    pub fn wait(mut self, timeout: Duration) -> std::process::Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the process did not exit within {timeout:?}; killed\n{}",
+                    self.output_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The pipes close with the process: the readers have everything.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        std::process::Output {
+            status,
+            stdout: std::mem::take(&mut *self.stdout.lock().unwrap()),
+            stderr: std::mem::take(&mut *self.stderr.lock().unwrap()),
+        }
+    }
+
+    /// [`Spawned::wait`] off the async runtime, so the app in the test keeps running.
+    pub async fn wait_async(self, timeout: Duration) -> std::process::Output {
+        tokio::task::spawn_blocking(move || self.wait(timeout))
+            .await
+            .expect("waiting for the child")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+    into: Arc<std::sync::Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+/// Runs `command` to its end within [`PROCESS_DEADLINE`] (killed and failing the
+/// test after it), with `stdin` as its input.
+pub fn run_to_end(command: &mut Command, stdin: Option<Vec<u8>>) -> std::process::Output {
+    Spawned::start(command, stdin).wait(PROCESS_DEADLINE)
+}
+
+/// [`run_to_end`] off the async runtime, so the app in the test keeps running.
+pub async fn run_to_end_async(
+    command: &mut Command,
+    stdin: Option<Vec<u8>>,
+) -> std::process::Output {
+    Spawned::start(command, stdin)
+        .wait_async(PROCESS_DEADLINE)
+        .await
+}
+
+/// The installation's link key as `postbote` keeps it (table `settings`), made on
+/// first use.
+pub async fn link_key(db: &TestDb) -> Vec<u8> {
+    db.store().await.link_key().await.expect("link key");
+    let sql = "SELECT value FROM settings WHERE key = 'link_key'";
+    let key: String = if db.url.starts_with("sqlite://") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        let key = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        key
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let key = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        key
+    };
+    key.into_bytes()
+}
+
+/// `<id>-<MAC>`, the signed part of a reader's VERP and `mailto:` unsubscribe
+/// addresses, written out from the documented scheme (HMAC-SHA256 under the link
+/// key over `verp:<id>`, its first 64 bits as hex), not with the code that checks it.
+pub fn signed_id(key: &[u8], id: i64) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("verp:{id}").as_bytes());
+    let hex: String = mac.finalize().into_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{id}-{hex}")
 }
 
 /// `postbote serve` as a child process, with test-friendly delivery settings.

@@ -1,0 +1,140 @@
+//! Counters for `/api/v1/stats` and `/metrics`, kept in table `counters` so that
+//! reading them costs a few dozen rows, never a scan of `mail_jobs` or `subscribers`.
+//!
+//! A transaction that changes counted state (a reader's status, a mail's status, a
+//! mail's second attempt, a mail event) collects its changes in a [`Tally`] and
+//! writes them with [`flush_tally!`] as its LAST statement before the commit, so a
+//! counter moves exactly when the state it counts does.
+//!
+//! Each counter is split over [`SHARDS`] rows (`name`, `shard`); a transaction
+//! writes to one shard picked at random, and a reader sums the shards. Concurrent
+//! sign-ups or deliveries therefore rarely wait for each other's counter row, and
+//! because every transaction takes its counter rows last and in name order, two of
+//! them can never deadlock over counters.
+//!
+//! Names: `subscribers:<status>` (current count), `mails:<kind>:queued` (current
+//! count), `mails:<kind>:sent` and `mails:<kind>:failed` (totals, kept when the
+//! retention purge deletes the rows), `mails_retried` (mails that were attempted a
+//! second time), `mail_events:<kind>` (totals).
+
+use std::collections::BTreeMap;
+
+/// Rows each counter is spread over.
+pub(super) const SHARDS: i64 = 8;
+
+/// The upsert that adds a tally to the counters; rows are bound after it.
+pub(super) const UPSERT_HEAD: &str = "INSERT INTO counters (name, shard, value) ";
+/// Its conflict clause.
+pub(super) const UPSERT_TAIL: &str =
+    " ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value";
+
+/// Counter changes a transaction makes, by counter name (sorted, see the module doc).
+#[derive(Debug, Default)]
+pub(super) struct Tally(BTreeMap<String, i64>);
+
+impl Tally {
+    /// Adds `delta` to counter `name`.
+    pub(super) fn add(&mut self, name: String, delta: i64) {
+        if delta != 0 {
+            *self.0.entry(name).or_insert(0) += delta;
+        }
+    }
+
+    /// `n` readers moved from status `from` to status `to` (`None`: created or deleted).
+    pub(super) fn subscribers(&mut self, from: Option<&str>, to: Option<&str>, n: i64) {
+        if from == to {
+            return;
+        }
+        if let Some(from) = from {
+            self.add(format!("subscribers:{from}"), -n);
+        }
+        if let Some(to) = to {
+            self.add(format!("subscribers:{to}"), n);
+        }
+    }
+
+    /// `n` mails of `kind` moved from status `from` to status `to` (`None`: queued
+    /// anew, or deleted). Sent and failed are totals: deleting such rows (the
+    /// retention purge, an erasure) leaves them alone.
+    pub(super) fn mails(&mut self, kind: &str, from: Option<&str>, to: Option<&str>, n: i64) {
+        if from == to {
+            return;
+        }
+        match (from, to) {
+            (Some("queued"), _) => self.add(format!("mails:{kind}:queued"), -n),
+            (Some(_), None) => return,
+            _ => {}
+        }
+        if let Some(to) = to {
+            self.add(format!("mails:{kind}:{to}"), n);
+        }
+    }
+
+    /// A mail event of `kind` was recorded.
+    pub(super) fn event(&mut self, kind: &str) {
+        self.add(format!("mail_events:{kind}"), 1);
+    }
+
+    /// The rows to upsert, in name order, on one random shard; empty when nothing
+    /// changed.
+    pub(super) fn rows(&self) -> Vec<(&str, i64, i64)> {
+        let shard = i64::from(rand::random::<u8>()) % SHARDS;
+        self.0
+            .iter()
+            .filter(|(_, delta)| **delta != 0)
+            .map(|(name, delta)| (name.as_str(), shard, *delta))
+            .collect()
+    }
+}
+
+/// Writes a [`Tally`] inside the open transaction `$tx` (an executor such as
+/// `&mut *tx`), as the last statement before the commit. Expands in place so that
+/// it compiles against either backend's connection inside `on_pool!`.
+macro_rules! flush_tally {
+    ($tally:expr, $tx:expr) => {{
+        let rows = $tally.rows();
+        if !rows.is_empty() {
+            let mut q = sqlx::QueryBuilder::new($crate::store::counters::UPSERT_HEAD);
+            q.push_values(rows, |mut row, (name, shard, delta)| {
+                row.push_bind(name.to_owned())
+                    .push_bind(shard)
+                    .push_bind(delta);
+            });
+            q.push($crate::store::counters::UPSERT_TAIL);
+            q.build().execute($tx).await?;
+        }
+    }};
+}
+pub(super) use flush_tally;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_moves_gauges_and_keeps_totals() {
+        let mut t = Tally::default();
+        t.subscribers(None, Some("pending"), 1);
+        t.subscribers(Some("pending"), Some("confirmed"), 1);
+        t.mails("digest", None, Some("queued"), 3);
+        t.mails("digest", Some("queued"), Some("sent"), 2);
+        t.mails("digest", Some("sent"), None, 2);
+        t.mails("digest", Some("queued"), None, 1);
+        t.event("hard_bounce");
+        let rows: Vec<(&str, i64)> = t.rows().into_iter().map(|(n, _, d)| (n, d)).collect();
+        assert_eq!(
+            rows,
+            [
+                ("mail_events:hard_bounce", 1),
+                ("mails:digest:sent", 2),
+                ("subscribers:confirmed", 1),
+            ],
+            "queued: +3 -2 -1 = 0, pending: +1 -1 = 0; deleting sent rows keeps the total"
+        );
+        assert!(
+            t.rows()
+                .iter()
+                .all(|(_, shard, _)| (0..SHARDS).contains(shard))
+        );
+    }
+}
