@@ -1136,7 +1136,11 @@ mod tests {
         assert!(c.admin_token.is_none());
         let r = c.rate_limit;
         assert_eq!(
-            (r.per_address_per_hour, r.per_domain_per_hour, r.global_per_hour),
+            (
+                r.per_address_per_hour,
+                r.per_domain_per_hour,
+                r.global_per_hour
+            ),
             (3, 50, 1000)
         );
         assert_eq!(r.suppressed_quiet_days, 30);

@@ -893,7 +893,7 @@ async fn counters_equal_a_recount_after_every_kind_of_change(backend: Backend) {
         .filter(|statement| statement.contains("INSERT INTO counters"))
         .map(|statement| format!("{statement};"))
         .collect();
-    assert_eq!(fill.matches("INSERT INTO counters").count(), 4);
+    assert_eq!(fill.matches("INSERT INTO counters").count(), 5);
     let fill = format!("DELETE FROM counters;{fill}");
     match &store {
         Store::Postgres(pool) => {

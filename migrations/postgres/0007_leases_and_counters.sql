@@ -20,7 +20,10 @@ CREATE TABLE counters (
 INSERT INTO counters (name, shard, value)
     SELECT 'subscribers:' || status, 0, COUNT(*) FROM subscribers GROUP BY status;
 INSERT INTO counters (name, shard, value)
-    SELECT 'mails:' || kind || ':' || status, 0, COUNT(*) FROM mail_jobs GROUP BY kind, status;
+    SELECT 'mails:' || kind || ':enqueued', 0, COUNT(*) FROM mail_jobs GROUP BY kind;
+INSERT INTO counters (name, shard, value)
+    SELECT 'mails:' || kind || ':' || status, 0, COUNT(*) FROM mail_jobs
+    WHERE status <> 'queued' GROUP BY kind, status;
 INSERT INTO counters (name, shard, value)
     SELECT 'mails_retried', 0, COUNT(*) FROM mail_jobs WHERE attempts > 1;
 INSERT INTO counters (name, shard, value)

@@ -364,6 +364,8 @@ impl Store {
             )
             .fetch_all(pool)
             .await?;
+            // Per kind: enqueued, sent, failed, dropped (see `store::counters`).
+            let mut mail_totals: BTreeMap<String, [i64; 4]> = BTreeMap::new();
             for (name, value) in counters {
                 let mut parts = name.splitn(3, ':');
                 match (parts.next(), parts.next(), parts.next()) {
@@ -371,18 +373,15 @@ impl Store {
                         stats.subscribers.insert(status.to_owned(), value);
                     }
                     (Some("mails_retried"), None, None) => stats.retried = value,
-                    // As before the counters: kinds and statuses without mail are left out.
-                    (Some("mails"), Some(kind), Some(status)) if value != 0 => {
-                        if status == "queued" {
-                            stats.queue_depth += value;
+                    (Some("mails"), Some(kind), Some(status)) => {
+                        let totals = mail_totals.entry(kind.to_owned()).or_insert([0; 4]);
+                        match status {
+                            "enqueued" => totals[0] = value,
+                            "sent" => totals[1] = value,
+                            "failed" => totals[2] = value,
+                            "dropped" => totals[3] = value,
+                            _ => {}
                         }
-                        if kind == "digest" && status == "sent" {
-                            stats.digests_sent = value;
-                        }
-                        if kind == "digest" && status == "failed" {
-                            stats.digests_failed = value;
-                        }
-                        stats.mails.entry(kind.to_owned()).or_default().insert(status.to_owned(), value);
                     }
                     (Some("mail_events"), Some(kind), None) if value != 0 => {
                         stats.mail_events.insert(kind.to_owned(), value);
@@ -391,6 +390,22 @@ impl Store {
                         stats.rate_limited.insert(limit.to_owned(), value);
                     }
                     _ => {}
+                }
+            }
+            for (kind, [enqueued, sent, failed, dropped]) in mail_totals {
+                let queued = enqueued - sent - failed - dropped;
+                stats.queue_depth += queued;
+                if kind == "digest" {
+                    (stats.digests_sent, stats.digests_failed) = (sent, failed);
+                }
+                // As before the counters: statuses without mail are left out.
+                let by_status: BTreeMap<String, i64> = [("queued", queued), ("sent", sent), ("failed", failed)]
+                    .into_iter()
+                    .filter(|(_, n)| *n != 0)
+                    .map(|(status, n)| (status.to_owned(), n))
+                    .collect();
+                if !by_status.is_empty() {
+                    stats.mails.insert(kind, by_status);
                 }
             }
             let feeds: Vec<(String, i32, i64)> = sqlx::query_as("SELECT name, failures, failures_total FROM feeds")

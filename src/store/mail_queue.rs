@@ -77,14 +77,14 @@ const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner 
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
     RETURNING id, subscriber_id, kind, recipient, envelope_from, message, attempts";
 
-/// Marks mails sent and moves their counters in ONE statement: a worker records
-/// every delivery on its own, so this is the hot path of a fan-out.
+/// Marks mails sent and counts them in ONE statement: a worker records every
+/// delivery on its own, so this is the hot path of a fan-out (what `Tally::mails`
+/// does for queued → sent, written out).
 const SENT_PG: &str = "WITH done AS ( \
     UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, lease_owner = NULL, \
-    last_error = NULL, finished_at = $1 WHERE status = 'queued' AND id = ANY($2) RETURNING kind), \
-    moved AS (SELECT 'mails:' || kind || ':queued' AS name, -COUNT(*) AS delta FROM done GROUP BY kind \
-    UNION ALL SELECT 'mails:' || kind || ':sent', COUNT(*) FROM done GROUP BY kind) \
-    INSERT INTO counters (name, shard, value) SELECT name, $3, delta FROM moved ORDER BY name \
+    last_error = NULL, finished_at = $1 WHERE status = 'queued' AND id = ANY($2) RETURNING kind) \
+    INSERT INTO counters (name, shard, value) \
+    SELECT 'mails:' || kind || ':sent', $3, COUNT(*) FROM done GROUP BY kind ORDER BY 1 \
     ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value";
 
 /// Finished mail past the retention cutoff, oldest first; on PostgreSQL rows that

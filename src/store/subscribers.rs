@@ -601,7 +601,10 @@ impl Store {
     pub async fn add_rate_limit_hits(&self, hits: &[(LimitScope, u64)]) -> StoreResult<()> {
         let mut tally = Tally::default();
         for (scope, n) in hits {
-            tally.add(format!("rate_limited:{}", scope.as_str()), i64::try_from(*n).unwrap_or(i64::MAX));
+            tally.add(
+                format!("rate_limited:{}", scope.as_str()),
+                i64::try_from(*n).unwrap_or(i64::MAX),
+            );
         }
         on_pool!(self, pool => {
             flush_tally!(tally, pool);
