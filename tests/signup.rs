@@ -1051,7 +1051,23 @@ async fn a_complained_or_bounced_address_gets_the_same_answer_and_no_mail_until_
     }
 }
 
+async fn an_address_with_an_internationalised_domain_gets_its_mail(backend: Backend) {
+    let (app, sink, _db) = app_with_topics(backend).await;
+    let r = app
+        .sign_up_json(serde_json::json!({
+            "email": "anna@müller.example", "topics": ["wirtschaft"], "consent": true
+        }))
+        .await;
+    assert_eq!(r.status(), 202);
+    // smtp-sink offers no SMTPUTF8: the domain travels in its ASCII form.
+    let raw = sink.wait_for(1).await;
+    assert_eq!(recipient(&raw[0]), "anna@xn--mller-kva.example");
+    let mail = parse(&raw[0]);
+    assert!(find_link(&mail.body_text(0).unwrap(), "confirm").is_some());
+}
+
 on_both_backends!(
+    an_address_with_an_internationalised_domain_gets_its_mail,
     sign_up_confirm_and_export_the_proof,
     english_json_sign_up_gets_an_english_mail,
     responses_do_not_reveal_whether_an_address_is_subscribed,

@@ -122,6 +122,16 @@ fn mailbox_key(address: &str) -> String {
     format!("{local}@{domain}")
 }
 
+/// The address with its domain in ASCII (IDNA) form, as SMTP needs it from a relay
+/// without SMTPUTF8: `anna@müller.example` → `anna@xn--mller-kva.example`. The
+/// local part is left as it is.
+pub fn ascii_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) if !domain.is_ascii() => format!("{local}@{}", ascii_domain(domain)),
+        _ => address.to_owned(),
+    }
+}
+
 /// The ASCII (IDNA) form of a domain; the domain itself (lower-cased) when it is
 /// not one IDNA can convert. Only what [`EmailAddress::parse`] accepts in a domain
 /// is handed to the converter, which would otherwise also percent-decode and read

@@ -6,7 +6,7 @@ mod schedule;
 mod token;
 mod topic;
 
-pub use email::{EmailAddress, EmailError};
+pub use email::{EmailAddress, EmailError, ascii_address};
 pub use schedule::{
     DeliverySchedule, DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone,
     TimeZoneError, Weekdays,

@@ -209,7 +209,10 @@ impl Composer {
         let domain = self.from.email.domain().to_owned();
         let mut builder = Message::builder()
             .from(self.from.clone())
-            .to(Mailbox::new(None, to.as_str().parse()?))
+            .to(Mailbox::new(
+                None,
+                crate::domain::ascii_address(to.as_str()).parse()?,
+            ))
             .subject(mail.subject)
             .date(now.into())
             .message_id(Some(format!("<{}@{domain}>", hex(&id))));

@@ -96,8 +96,9 @@ impl Sender {
             .envelope_from
             .parse()
             .map_err(|e| SendError::Permanent(format!("sender: {e}")))?;
-        let to: Address = mail
-            .recipient
+        // A relay without SMTPUTF8 still takes an internationalised domain in its
+        // ASCII form.
+        let to: Address = crate::domain::ascii_address(&mail.recipient)
             .parse()
             .map_err(|e| SendError::Permanent(format!("recipient: {e}")))?;
 
