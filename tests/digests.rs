@@ -805,12 +805,12 @@ fn check_refuses_a_digest_template_that_uses_the_readers_data() {
     )
     .unwrap();
     std::fs::write(dir.path().join("p.toml"), "templates_dir = \"tpl\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
-        .current_dir(dir.path())
-        .args(["check", "--config", "p.toml"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::run_to_end(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .current_dir(dir.path())
+            .args(["check", "--config", "p.toml"]),
+        None,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(

@@ -21,6 +21,7 @@ use postbote::clock::ManualClock;
 #[derive(Default)]
 struct Seen {
     rss_requests: AtomicUsize,
+    atom_requests: AtomicUsize,
     rss_not_modified: AtomicUsize,
     rewritten_requests: AtomicUsize,
 }
@@ -39,6 +40,9 @@ const ATOM: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 
 const JSON_FEED: &str = r#"{"version":"https://jsonfeed.org/version/1.1","title":"JSON Presse","items":[
 {"id":"json-1","url":"https://json.example/1","title":"JSON-Meldung","content_text":"Text aus JSON Feed"}]}"#;
+
+/// A feed without entries, for probes.
+const EMPTY: &str = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Leer</title><link>https://leer.example/</link><description>x</description></channel></rss>"#;
 
 const EVIL: &str = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Evil</title><link>https://evil.example/</link><description>x</description>
 <item><title>Harmlos &lt;script&gt;alert(1)&lt;/script&gt;</title><link>https://evil.example/1</link><guid>evil-1</guid>
@@ -98,7 +102,14 @@ async fn fixture_server() -> (String, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let app = Router::new()
         .route("/rss.xml", get(rss))
-        .route("/atom.xml", get(|| async { ATOM }))
+        .route(
+            "/atom.xml",
+            get(|State(seen): State<Arc<Seen>>| async move {
+                seen.atom_requests.fetch_add(1, Ordering::SeqCst);
+                ATOM
+            }),
+        )
+        .route("/empty.xml", get(|| async { EMPTY }))
         .route("/feed.json", get(|| async { JSON_FEED }))
         .route("/rewritten.xml", get(rewritten))
         .route("/evil.xml", get(|| async { EVIL }))
@@ -144,6 +155,24 @@ async fn polled(app: &TestApp, since: DateTime<Utc>) -> Vec<serde_json::Value> {
     }
 }
 
+/// Lets two poll rounds go by, the second beginning after the first finished every
+/// poll it took on: two probe feeds are added one after the other, each waited for,
+/// then deleted. A round takes every feed that is due, so a feed due by now has
+/// been fetched by the end.
+async fn two_poll_rounds(app: &TestApp, base: &str) {
+    for probe in ["probe-1", "probe-2"] {
+        add_feed(app, probe, &format!("{base}/empty.xml"), "wirtschaft").await;
+        let polled = polled_once(app, probe).await;
+        assert_eq!(polled["failures"], 0, "{polled}");
+    }
+    for probe in ["probe-1", "probe-2"] {
+        let r = app
+            .admin(reqwest::Method::DELETE, &format!("/feeds/{probe}"), None)
+            .await;
+        assert_eq!(r.status(), 204, "{probe}");
+    }
+}
+
 async fn items(app: &TestApp) -> Vec<serde_json::Value> {
     let v: serde_json::Value = app
         .admin(reqwest::Method::GET, "/items?limit=1000", None)
@@ -159,7 +188,7 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
 ) {
     let (base, seen) = fixture_server().await;
     let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
+    let sink = SmtpSink::start_with(&[]);
     let mut config = test_config(&db, &sink.url());
     config.digest.run_scheduler = false;
     config.polling.tick = Duration::from_millis(50);
@@ -287,7 +316,7 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
     // Before the schedule comes round nothing is polled again; after it, the RSS feed
     // answers 304 and the rewritten dates make no duplicates.
     clock.set(t0 + chrono::Duration::minutes(10));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    two_poll_rounds(&app, &base).await;
     assert_eq!(
         seen.rss_requests.load(Ordering::SeqCst),
         1,
@@ -303,10 +332,19 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
     );
     assert_eq!(seen.rewritten_requests.load(Ordering::SeqCst), 2);
     assert_eq!(items(&app).await.len(), first.len(), "nothing stored twice");
+    // The hanging feed was retried at its next scheduled time (its back-off of one
+    // minute ended before that), and failed again the same way.
     let hang = all.iter().find(|f| f["name"] == "hang").unwrap();
+    assert_eq!(
+        (&hang["failures"], &hang["failures_total"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "{hang}"
+    );
     assert!(
-        hang["failures"].as_i64().unwrap() >= 1,
-        "a failing feed is still retried: {hang}"
+        hang["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{hang}"
     );
 
     // The entries reach the next digest, once, as text.
@@ -335,25 +373,18 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
     assert!(!html.contains("<script") && !html.contains("pixel.gif") && !text.contains("steal()"));
 }
 
-fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str) -> (i32, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
-        .args(["inbound", "--config"])
-        .arg(config)
-        .args(["--recipient", to])
-        .env("POSTBOTE_DATABASE_URL", &db.url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+/// Runs `postbote inbound` on `message` for `to`, killed and failing the test
+/// after [`common::PROCESS_DEADLINE`]; returns its exit code and stdout.
+async fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str) -> (i32, String) {
+    let out = common::run_to_end_async(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
+            .args(["inbound", "--config"])
+            .arg(config)
+            .args(["--recipient", to])
+            .env("POSTBOTE_DATABASE_URL", &db.url),
+        Some(message.as_bytes().to_vec()),
+    )
+    .await;
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -366,7 +397,7 @@ const SUBMISSIONS: &str = "[submissions]\naddress = \"presse+{topic}@news.exampl
 
 async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
+    let sink = SmtpSink::start_with(&[]);
     let mut config = test_config(&db, &sink.url());
     config.digest.run_scheduler = false;
     let t0 = utc("2027-05-03T06:00:00Z");
@@ -388,10 +419,10 @@ async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Bac
 
     // Our MTA checked DMARC and said so under its own authserv-id.
     let plain = "Authentication-Results: mx.news.example.org; dkim=pass header.d=agentur.example; dmarc=pass header.from=agentur.example\r\nFrom: PR <pr@agentur.example>\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Neues Werk in Görlitz <script>x</script>\r\nMessage-ID: <pm-1@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nDie Firma eröffnet ein Werk.\r\n\r\nWeitere Details folgen.\r\n";
-    let (code, out) = inbound(&db, &file, to, plain);
+    let (code, out) = inbound(&db, &file, to, plain).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("item "), "{out}");
-    let (code, out) = inbound(&db, &file, to, plain);
+    let (code, out) = inbound(&db, &file, to, plain).await;
     assert_eq!(
         (code, out.contains("stored before")),
         (0, true),
@@ -401,15 +432,15 @@ async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Bac
     let stranger = plain
         .replace("pr@agentur.example", "spam@elsewhere.example")
         .replace("pm-1@", "pm-2@");
-    let (code, out) = inbound(&db, &file, to, &stranger);
+    let (code, out) = inbound(&db, &file, to, &stranger).await;
     assert_eq!(code, 0);
     assert!(out.contains("not allowed"), "{out}");
 
     let html_only = "Authentication-Results: mx.news.example.org; dkim=pass header.d=trusted.example\r\nFrom: news@trusted.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Nur HTML\r\nMessage-ID: <pm-3@trusted.example>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Erster <b>Absatz</b>.</p><img src=\"https://t.example/p.gif\"><p>Zweiter.</p></body></html>\r\n";
-    assert_eq!(inbound(&db, &file, to, html_only).0, 0);
+    assert_eq!(inbound(&db, &file, to, html_only).await.0, 0);
 
     let with_attachment = "Authentication-Results: mx.news.example.org; dmarc=pass header.from=agentur.example\r\nFrom: pr@agentur.example\r\nTo: presse+wirtschaft@news.example.org\r\nSubject: Mit Anhang\r\nMessage-ID: <pm-4@agentur.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText der Meldung.\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"pm.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n";
-    assert_eq!(inbound(&db, &file, to, with_attachment).0, 0);
+    assert_eq!(inbound(&db, &file, to, with_attachment).await.0, 0);
 
     let all = items(&app).await;
     assert_eq!(all.len(), 3, "{all:#?}");
@@ -495,7 +526,7 @@ async fn submissions(app: &TestApp, status: &str) -> Vec<serde_json::Value> {
 
 async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
+    let sink = SmtpSink::start_with(&[]);
     let mut config = test_config(&db, &sink.url());
     config.digest.run_scheduler = false;
     let t0 = utc("2027-05-03T06:00:00Z");
@@ -526,16 +557,21 @@ async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend:
         "two",
         "Zwei Absender",
     );
-    let (code, out) = inbound(&db, &file, to, &two_froms);
+    let (code, out) = inbound(&db, &file, to, &two_froms).await;
     assert_eq!((code, out.starts_with("refused")), (0, true), "{out}");
     // The MTA delivering it again records it once.
-    assert!(inbound(&db, &file, to, &two_froms).1.starts_with("refused"));
+    assert!(
+        inbound(&db, &file, to, &two_froms)
+            .await
+            .1
+            .starts_with("refused")
+    );
     let both_in_one = message(
         "From: a@attacker.example, pr@agentur.example\r\n",
         "one-header",
         "Zwei in einem",
     );
-    let (_, out) = inbound(&db, &file, to, &both_in_one);
+    let (_, out) = inbound(&db, &file, to, &both_in_one).await;
     assert!(out.starts_with("refused"), "{out}");
     let refused = submissions(&app, "refused").await;
     assert_eq!(refused.len(), 2, "{refused:#?}");
@@ -552,13 +588,13 @@ async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend:
         "foreign",
         "Fremde Prüfung",
     );
-    let (_, out) = inbound(&db, &file, to, &foreign);
+    let (_, out) = inbound(&db, &file, to, &foreign).await;
     assert!(out.starts_with("held"), "{out}");
     // An allowed sender with no authentication at all: held as well.
     let bare = message("From: pr@agentur.example\r\n", "bare", "Ohne Prüfung");
-    let (_, out) = inbound(&db, &file, to, &bare);
+    let (_, out) = inbound(&db, &file, to, &bare).await;
     assert!(out.starts_with("held"), "{out}");
-    let (_, again) = inbound(&db, &file, to, &bare);
+    let (_, again) = inbound(&db, &file, to, &bare).await;
     assert!(again.contains("stored before"), "{again}");
     // A DKIM pass of another domain is not aligned with the From domain.
     let unaligned = message(
@@ -566,14 +602,24 @@ async fn mailed_in_items_are_published_only_with_one_authenticated_from(backend:
         "unaligned",
         "Fremde Signatur",
     );
-    assert!(inbound(&db, &file, to, &unaligned).1.starts_with("held"));
+    assert!(
+        inbound(&db, &file, to, &unaligned)
+            .await
+            .1
+            .starts_with("held")
+    );
     // Our MTA's aligned DKIM pass: published at once.
     let aligned = message(
         "Authentication-Results: mx.news.example.org; dkim=pass header.d=agentur.example header.s=2027\r\nFrom: PR <pr@agentur.example>\r\n",
         "aligned",
         "Geprüfte Meldung",
     );
-    assert!(inbound(&db, &file, to, &aligned).1.starts_with("item "));
+    assert!(
+        inbound(&db, &file, to, &aligned)
+            .await
+            .1
+            .starts_with("item ")
+    );
 
     let titles = |items: &[serde_json::Value]| -> Vec<String> {
         items
@@ -804,7 +850,7 @@ async fn a_feed_redirect_to_a_private_address_is_refused_and_one_to_its_own_host
     )
     .await;
     let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
+    let sink = SmtpSink::start_with(&[]);
     let mut config = test_config(&db, &sink.url());
     config.digest.run_scheduler = false;
     config.polling.tick = Duration::from_millis(50);
@@ -948,15 +994,15 @@ async fn a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it
     )
     .await;
     let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
+    let sink = SmtpSink::start_with(&[]);
     // The real binary, so that its peak memory can be read; a feed body of up to
     // 16 MiB is allowed (the default is 5 MiB).
-    let serve = common::Serve::start(
+    let serve = common::Serve::start_on_own_port(
         &db,
         &sink.url(),
-        common::free_port(),
         "[digest]\nrun_scheduler = false\n[polling]\ntick_ms = 50\nmax_bytes = 16777216\n",
-    );
+    )
+    .await;
     let http = reqwest::Client::new();
     serve.wait_ready(&http).await;
     let admin = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
@@ -1061,6 +1107,239 @@ async fn a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it
     );
 }
 
+/// Posts a feed through the API.
+async fn post_feed(app: &TestApp, name: &str, url: &str) -> reqwest::Response {
+    let body = serde_json::json!({"name": name, "url": url, "topic": "wirtschaft", "schedule": "0 0 * * * *"});
+    app.admin(reqwest::Method::POST, "/feeds", Some(body)).await
+}
+
+async fn delete_feed(app: &TestApp, name: &str) -> u16 {
+    app.admin(reqwest::Method::DELETE, &format!("/feeds/{name}"), None)
+        .await
+        .status()
+        .as_u16()
+}
+
+async fn a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_start_after_a_delete(
+    backend: Backend,
+) {
+    let (base, seen) = fixture_server().await;
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start_with(&[]);
+    let mut config = test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    config.polling.tick = Duration::from_millis(50);
+    let wirtschaft = postbote::domain::TopicSlug::parse("wirtschaft").unwrap();
+    config.topics = vec![postbote::config::TopicSeed {
+        slug: wirtschaft.clone(),
+        name: "Wirtschaft".into(),
+        description: None,
+    }];
+    config.feeds = vec![postbote::config::FeedSeed {
+        name: "presse".into(),
+        url: format!("{base}/rss.xml"),
+        topic: wirtschaft,
+        schedule: "0 0 * * * *".into(),
+    }];
+    let t0 = utc("2027-05-03T06:00:00Z");
+    let clock = ManualClock::new(t0);
+    let app = TestApp::spawn_with_clock(config.clone(), Arc::new(clock.clone())).await;
+
+    // There after the start, from the configuration, and polled at once.
+    let feed = polled_once(&app, "presse").await;
+    assert_eq!(
+        (
+            &feed["origin"],
+            &feed["url"],
+            &feed["topic"],
+            &feed["schedule"],
+            &feed["failures"]
+        ),
+        (
+            &serde_json::json!("config"),
+            &serde_json::json!(format!("{base}/rss.xml")),
+            &serde_json::json!("wirtschaft"),
+            &serde_json::json!("0 0 * * * *"),
+            &serde_json::json!(0)
+        ),
+        "{feed}"
+    );
+    assert_eq!(seen.rss_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(items(&app).await.len(), 2);
+
+    // A name is taken once: the API can take neither the configured feed's name
+    // nor that of a feed it made itself, and the feed keeps what it had.
+    let taken = post_feed(&app, "presse", &format!("{base}/atom.xml")).await;
+    assert_eq!(taken.status(), 409);
+    assert!(taken.json::<serde_json::Value>().await.unwrap()["error"].is_string());
+    let r = post_feed(&app, "atom", &format!("{base}/atom.xml")).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["origin"],
+        "api"
+    );
+    let r = post_feed(&app, "atom", &format!("{base}/feed.json")).await;
+    assert_eq!(r.status(), 409);
+    polled_once(&app, "atom").await;
+    let listed: Vec<(String, String, String)> = feeds(&app)
+        .await
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["url"].as_str().unwrap().to_owned(),
+                f["origin"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("atom".into(), format!("{base}/atom.xml"), "api".into()),
+            ("presse".into(), format!("{base}/rss.xml"), "config".into()),
+        ]
+    );
+    assert_eq!(items(&app).await.len(), 3);
+
+    // Deleted through the API: gone, a second delete finds nothing, the items stay.
+    assert_eq!(delete_feed(&app, "presse").await, 204);
+    assert_eq!(delete_feed(&app, "presse").await, 404);
+    assert_eq!(delete_feed(&app, "atom").await, 204);
+    assert_eq!(feeds(&app).await, Vec::<serde_json::Value>::new());
+    assert_eq!(items(&app).await.len(), 3);
+
+    // And no longer polled: once both would have been due again, two poll rounds
+    // go by without fetching them.
+    clock.set(t0 + chrono::Duration::minutes(61));
+    two_poll_rounds(&app, &base).await;
+    assert_eq!(seen.rss_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.atom_requests.load(Ordering::SeqCst), 1);
+
+    // At the next start the configured feed is back, and polled again (in full:
+    // it is a new feed) without storing anything twice; the API's stays deleted.
+    app.stop().await;
+    let app = TestApp::spawn_with_clock(config, Arc::new(clock.clone())).await;
+    let feed = polled_once(&app, "presse").await;
+    assert_eq!(feed["origin"], "config");
+    assert_eq!(feed["failures"], 0);
+    let names: Vec<serde_json::Value> = feeds(&app)
+        .await
+        .iter()
+        .map(|f| f["name"].clone())
+        .collect();
+    assert_eq!(names, ["presse"]);
+    assert_eq!(seen.rss_not_modified.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.rss_requests.load(Ordering::SeqCst), 2);
+    assert_eq!(items(&app).await.len(), 3);
+}
+
+async fn the_items_api_pages_through_every_item_once_and_filters_by_the_exact_topic(
+    backend: Backend,
+) {
+    let (app, _sink, _db, _clock) = common::app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
+    // A slug that starts like another one: the filter must not take one for the other.
+    app.create_topic("wirtschaft-international", "Wirtschaft international")
+        .await;
+    let mut stored: Vec<(i64, &[&str])> = Vec::new();
+    for n in 0..23 {
+        let topics: &[&str] = match n % 4 {
+            0 => &["wirtschaft"],
+            1 => &["kultur"],
+            2 => &["wirtschaft-international"],
+            _ => &["wirtschaft", "kultur"],
+        };
+        stored.push((app.post_item(topics, &format!("Meldung {n}")).await, topics));
+    }
+    let page = |query: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .admin(reqwest::Method::GET, &format!("/items?{query}"), None)
+                .await;
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+
+    for topic in [
+        None,
+        Some("wirtschaft"),
+        Some("kultur"),
+        Some("wirtschaft-international"),
+        Some("sport"),
+    ] {
+        let mut walked: Vec<i64> = Vec::new();
+        let mut after: Option<i64> = None;
+        for pages in 1.. {
+            assert!(pages <= 10, "{topic:?}: the paging does not end");
+            let mut query = "limit=5".to_owned();
+            if let Some(topic) = topic {
+                query.push_str(&format!("&topic={topic}"));
+            }
+            if let Some(after) = after {
+                query.push_str(&format!("&after={after}"));
+            }
+            let (status, v) = page(query).await;
+            assert_eq!(status, 200, "{v}");
+            let items = v["items"].as_array().unwrap();
+            assert!(items.len() <= 5);
+            for item in items {
+                if let Some(topic) = topic {
+                    assert!(
+                        item["topics"].as_array().unwrap().contains(&topic.into()),
+                        "{topic}: {item}"
+                    );
+                }
+                walked.push(item["id"].as_i64().unwrap());
+            }
+            // A full page points past its last item; a short one ends the walk.
+            match v["next_after"].as_i64() {
+                Some(next) => {
+                    assert_eq!(items.len(), 5, "{v}");
+                    assert_eq!(Some(next), walked.last().copied());
+                    after = Some(next);
+                }
+                None => {
+                    assert!(items.len() < 5, "{v}");
+                    break;
+                }
+            }
+        }
+        let expected: Vec<i64> = stored
+            .iter()
+            .filter(|(_, topics)| topic.is_none_or(|t| topics.contains(&t)))
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(
+            walked, expected,
+            "{topic:?}: every item once, in arrival order"
+        );
+    }
+
+    // A cursor in the middle starts right after it.
+    let (_, v) = page(format!("limit=3&after={}", stored[10].0)).await;
+    let ids: Vec<i64> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [stored[11].0, stored[12].0, stored[13].0]);
+    // Out of range or malformed: refused, naming the parameter.
+    for (query, status) in [
+        ("limit=0", 422),
+        ("limit=1001", 422),
+        ("topic=Nicht%20g%C3%BCltig", 422),
+        ("after=zwei", 400),
+    ] {
+        let (got, v) = page(query.into()).await;
+        assert_eq!(got, status, "{query}: {v}");
+        assert!(v["error"].is_string(), "{query}: {v}");
+    }
+}
+
 on_both_backends!(
     mailed_in_items_are_published_only_with_one_authenticated_from,
     feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contained,
@@ -1069,4 +1348,6 @@ on_both_backends!(
     a_feed_redirect_to_a_private_address_is_refused_and_one_to_its_own_host_followed,
     api_items_with_a_long_or_foreign_scheme_url_are_refused_naming_the_url,
     a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it,
+    a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_start_after_a_delete,
+    the_items_api_pages_through_every_item_once_and_filters_by_the_exact_topic,
 );

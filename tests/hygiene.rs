@@ -406,6 +406,56 @@ async fn import_with_confirmation_runs_double_opt_in(backend: Backend) {
     assert!(find_link(&parse(&raw[0]).body_text(0).unwrap(), "confirm").is_some());
 }
 
+/// SQLite: `postbote import` runs as a process of its own beside `serve`, which
+/// takes the write lock for a moment many times a second. Its transactions must
+/// wait for the lock, not fail with "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_waits_for_a_busy_sqlite_database_instead_of_failing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    store
+        .upsert_topic(
+            &postbote::domain::TopicSlug::parse("wirtschaft").unwrap(),
+            "Wirtschaft",
+            None,
+            utc("2027-05-01T08:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let writer = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let busy = tokio::spawn({
+        let (writer, stop) = (writer.clone(), stop.clone());
+        async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                sqlx::query(
+                    "INSERT INTO settings (key, value) VALUES ('busy', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(n.to_string())
+                .execute(&writer)
+                .await
+                .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            n
+        }
+    });
+    for round in 0..10 {
+        let file = db.dir.path().join(format!("round{round}.csv"));
+        let rows: String = (0..5)
+            .map(|i| format!("r{round}x{i}@example.org,wirtschaft\n"))
+            .collect();
+        std::fs::write(&file, format!("email,topics\n{rows}")).unwrap();
+        let (ok, out) = import(&db, file.to_str().unwrap(), &[]).await;
+        assert!(ok && out.contains("imported 5"), "round {round}: {out}");
+    }
+    stop.cancel();
+    assert!(busy.await.unwrap() > 10, "the other writer kept writing");
+}
+
 /// A TXT-record cache for mail-auth's verifier, filled with what `postbote check` printed.
 struct Published(std::sync::Mutex<HashMap<Box<str>, mail_auth::Txt>>);
 

@@ -127,10 +127,18 @@ fn internet_address(value: &str) -> Option<String> {
 /// The status code a text states: the first enhanced code (`5.1.1`, `#5.1.1`,
 /// `(5.1.10)`), else the first SMTP reply code (`553` → `5.5.3`).
 pub fn status_code(text: &str) -> Option<String> {
+    // Whole words only: digits inside an address, a host name or a signed id
+    // (`bounces+5-4a552f…`) are no status code.
     let words = || {
-        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .map(|w| w.trim_matches('.'))
-            .filter(|w| !w.is_empty())
+        text.split(|c: char| {
+            c.is_whitespace()
+                || matches!(
+                    c,
+                    ';' | ',' | '(' | ')' | '[' | ']' | '<' | '>' | '"' | '-' | '/' | '=' | ':'
+                )
+        })
+        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
     };
     let enhanced = words().find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
@@ -196,6 +204,18 @@ Recipient address rejected\r\n";
             Some("5.1.1")
         );
         assert_eq!(status_code("no code here, version 1.2.3.4"), None);
+        assert_eq!(
+            status_code("550-5.1.1 The email account does not exist").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(
+            status_code("to <bounces+5-4a552f1e9@b.example> at mx452.example:"),
+            None
+        );
+        assert_eq!(
+            status_code("Diagnostic-Code: smtp;550 mailbox unavailable").as_deref(),
+            Some("5.5.0")
+        );
         assert_eq!(internet_address("x400; /G=Leser/S=Muster/O=Contoso/"), None);
         assert_eq!(
             internet_address("rfc822;<Leser@Example.org>").as_deref(),

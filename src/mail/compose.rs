@@ -121,7 +121,12 @@ impl Composer {
     pub fn verify_verp_id(&self, id: &str) -> Option<i64> {
         let (subscriber, mac) = id.split_once('-')?;
         let subscriber_id: i64 = subscriber.parse().ok()?;
-        (mac.len() == 16 && self.verp_id(subscriber_id) == id).then_some(subscriber_id)
+        use subtle::ConstantTimeEq;
+        let expected = self.verp_id(subscriber_id);
+        (mac.len() == 16
+            && expected.len() == id.len()
+            && bool::from(expected.as_bytes().ct_eq(id.as_bytes())))
+        .then_some(subscriber_id)
     }
 
     /// The addresses inbound mail is recognised by.

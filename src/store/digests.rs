@@ -10,7 +10,7 @@ use sqlx::FromRow;
 use super::counters::{Tally, flush_tally};
 use super::items::load_digest_items;
 use super::mail_queue::NewMail;
-use super::{BoxError, DigestItems, Store, StoreError, StoreResult, on_pool};
+use super::{BeginWrite, BoxError, DigestItems, Store, StoreError, StoreResult, on_pool};
 use crate::domain::{DeliverySchedule, DeliveryTime, LinkKey, Locale, TimeZone, Weekdays, hex};
 
 /// A reader whose slot has come, claimed for this pass.
@@ -165,7 +165,7 @@ impl Store {
     ) -> StoreResult<BatchOutcome> {
         let postgres = self.is_postgres();
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut readers: Vec<DueReader> = sqlx::query_as(if postgres { DUE_PG } else { DUE_SQLITE })
                 .bind(at)
                 .bind(i64::from(limit))
@@ -290,7 +290,7 @@ impl Store {
             "SELECT locale, status FROM subscribers WHERE id = $1"
         };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // Locked, so that the status counted as left is the one changed.
             let row: Option<(String, String)> = sqlx::query_as(lock_sql)
                 .bind(subscriber_id)

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use sqlx::FromRow;
 
 use super::counters::{Tally, flush_tally};
-use super::{Store, StoreResult, on_pool};
+use super::{BeginWrite, Store, StoreResult, on_pool};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale, TopicSlug};
 
 /// A reader's current settings, for the preferences page.
@@ -131,7 +131,7 @@ impl Store {
             .join(",");
         let postgres = self.is_postgres();
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if postgres {
                 // A pass serving this reader right now finishes first, so its digest
                 // is seen below.
@@ -214,7 +214,7 @@ impl Store {
             "SELECT id, status FROM subscribers WHERE email = $1"
         };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let row: Option<(i64, String)> = sqlx::query_as(find)
                 .bind(email.as_str())
                 .fetch_optional(&mut *tx)
@@ -283,7 +283,7 @@ impl Store {
             "SELECT email, status FROM subscribers WHERE id = $1"
         };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let row: Option<(String, String)> = sqlx::query_as(find)
                 .bind(subscriber_id)
                 .fetch_optional(&mut *tx)

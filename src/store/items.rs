@@ -20,7 +20,7 @@ use serde::Serialize;
 use sha2::Digest;
 use sqlx::FromRow;
 
-use super::{DueReader, Store, StoreError, StoreResult, on_pool};
+use super::{BeginWrite, DueReader, Store, StoreError, StoreResult, on_pool};
 use crate::domain::TopicSlug;
 
 /// Key of the PostgreSQL advisory lock that orders item inserts against the
@@ -439,7 +439,7 @@ impl Store {
     pub async fn item_watermark(&self) -> StoreResult<i64> {
         let watermark = match self {
             Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(ARRIVAL_LOCK)
                     .execute(&mut *tx)

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::counters::{Tally, flush_tally};
-use super::{Store, StoreResult, on_pool};
+use super::{BeginWrite, Store, StoreResult, on_pool};
 
 /// A rendered mail to queue.
 #[derive(Debug, Clone)]
@@ -137,7 +137,7 @@ impl Store {
             CLAIM_SQLITE
         };
         let mut mails: Vec<ClaimedMail> = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mails: Vec<ClaimedMail> = sqlx::query_as(sql)
                 .bind(due_at)
                 .bind(lease_until)
@@ -210,7 +210,7 @@ impl Store {
                     .await?;
             }
             Self::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let mut q = sqlx::QueryBuilder::new(
                     "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, \
                      lease_owner = NULL, last_error = NULL, finished_at = ",
@@ -267,7 +267,7 @@ impl Store {
                    lease_owner = NULL, last_error = $3, finished_at = $2 \
                    WHERE id = $1 AND status = 'queued' RETURNING kind";
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let kind: Option<String> = sqlx::query_scalar(sql)
                 .bind(id)
                 .bind(now)
@@ -295,7 +295,7 @@ impl Store {
                    last_error = COALESCE($2, last_error) \
                    WHERE id = $1 AND lease_owner = $3 AND status = 'queued' RETURNING attempts";
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let attempts: Option<i32> = sqlx::query_scalar(sql)
                 .bind(id)
                 .bind(reason)
@@ -341,7 +341,7 @@ impl Store {
             PURGE_SQLITE
         };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let rows: Vec<PurgedRow> = sqlx::query_as(sql)
                 .bind(cutoff)
                 .bind(i64::from(limit))

@@ -3,7 +3,9 @@
 //! - **PostgreSQL**, the reference: several `postbote serve` processes may share one
 //!   database; work is claimed with `FOR UPDATE SKIP LOCKED`.
 //! - **SQLite**, the zero-setup default (`data/postbote.db`, WAL): one process, one
-//!   writer connection, so transactions never race.
+//!   writer connection, so transactions never race; `import` and `inbound` run beside
+//!   it as processes of their own, so write transactions start with `BEGIN IMMEDIATE`
+//!   ([`BeginWrite`]) and wait for the write lock instead of failing.
 //!
 //! The SQL is written once, in the dialect both understand (`$1` placeholders,
 //! `RETURNING`, `ON CONFLICT`); the few statements that differ are picked by
@@ -62,6 +64,30 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Starts a transaction that may write. On SQLite that is `BEGIN IMMEDIATE`, which
+/// takes the write lock at once and waits for it under the busy timeout: a deferred
+/// `BEGIN` that has read and then writes fails at once with "database is locked"
+/// (SQLite does not wait then) whenever another process, `postbote import` or
+/// `inbound` beside `serve`, holds or has just taken the write lock.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
 
 /// A store failure, sorted by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]

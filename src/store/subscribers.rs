@@ -7,7 +7,7 @@ use sqlx::FromRow;
 
 use super::counters::{Tally, flush_tally};
 use super::mail_queue::{INSERT_MAIL, NewMail};
-use super::{BoxError, Store, StoreError, StoreResult, on_pool};
+use super::{BeginWrite, BoxError, Store, StoreError, StoreResult, on_pool};
 use crate::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TokenHash, TopicSlug, Weekdays,
 };
@@ -393,7 +393,7 @@ impl Store {
         let window = now - limits.since;
         let retry_at = |oldest: Option<DateTime<Utc>>| oldest.map_or(now, |o| o + window);
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut tally = Tally::default();
             let lock = |scope: LimitScope, key: &[u8]| {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(limit_lock(scope, key))
@@ -684,7 +684,7 @@ impl Store {
                    last_item_id = COALESCE((SELECT MAX(id) FROM items WHERE created_at < $5), 0) \
                    WHERE id = $1 AND status = 'pending'";
         let done = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let done = sqlx::query(sql)
                 .bind(subscriber_id)
                 .bind(now)
@@ -812,7 +812,7 @@ impl Store {
     /// When the database fails.
     pub async fn purge_pending(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut tally = Tally::default();
             // Their queued mail goes first, so that the queue counters see it go.
             let dropped: Vec<String> = sqlx::query_scalar(
@@ -931,7 +931,7 @@ impl Store {
             return Ok(Vec::new());
         }
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let topic_ids: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>("SELECT slug, id FROM topics")
                 .fetch_all(&mut *tx)
                 .await?

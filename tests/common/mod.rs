@@ -179,6 +179,67 @@ impl RefusedPort {
     pub fn smtp_url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)
     }
+
+    /// Reserves `port` again after the relay on it was stopped, so it stays down
+    /// and nothing else takes it. The stopped relay's connections linger in
+    /// TIME_WAIT, so the socket needs `SO_REUSEADDR`; it still never listens.
+    pub fn again(port: u16) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .unwrap_or_else(|e| panic!("reserve port {port} again: {e}"));
+        Self {
+            port,
+            _socket: socket,
+        }
+    }
+}
+
+/// Whether process `pid` itself listens on `127.0.0.1:port`: its open files hold
+/// the listening socket that `/proc/net/tcp` shows for that address. A port found
+/// by connecting may belong to someone else who took it first.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state (0A = LISTEN), inode.
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| format!("socket:[{}]", fields.get(9).unwrap_or(&"")))
+        })
+        .collect();
+    !inodes.is_empty()
+        && std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(Result::ok)
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            })
+            .unwrap_or(false)
+}
+
+/// Waits until `child` listens on `port` (true) or exits (false, e.g. because the
+/// port was taken between choosing and binding it); fails the test at `timeout`.
+pub fn wait_listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if listens_on(child.id(), port) {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {} did not listen on {port} within {timeout:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Postfix's `smtp-sink`, writing every received message to its own file.
@@ -221,6 +282,73 @@ impl SmtpSink {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { port, dir, child }
+    }
+
+    /// Starts with `extra` flags on a port of its own: a port chosen by the OS is
+    /// free only until someone binds it, so when this sink cannot bind the one it
+    /// was given, it is started again on another (at most five times).
+    pub fn start_with(extra: &[&str]) -> Self {
+        for _ in 0..5 {
+            if let Some(sink) = Self::try_start_on(free_port(), extra) {
+                return sink;
+            }
+        }
+        panic!("smtp-sink could not bind a port in five tries");
+    }
+
+    /// Starts on the port `down` kept refusing: the relay comes back where the
+    /// application looks for it. The port is let go only right before.
+    pub fn start_in_place_of(down: RefusedPort, extra: &[&str]) -> Self {
+        let port = down.port;
+        drop(down);
+        Self::try_start_on(port, extra)
+            .unwrap_or_else(|| panic!("smtp-sink could not bind port {port} again"))
+    }
+
+    /// Starts on `port` and waits until this very process listens there; `None`
+    /// when it exited instead (the port was taken).
+    fn try_start_on(port: u16, extra: &[&str]) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // smtp-sink drops root privileges to nobody, who must be able to write here.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let template = format!("{}/%Y%m%d%H%M%S.", dir.path().display());
+        let mut child = Command::new(smtp_sink_path())
+            .args(["-u", "nobody", "-d", &template])
+            .args(extra)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp-sink (Debian package postfix; scripts/test installs it)");
+        wait_listening(&mut child, port, Duration::from_secs(10)).then_some(Self {
+            port,
+            dir,
+            child,
+        })
+    }
+
+    /// The transactions in progress, as the time since each last wrote: smtp-sink
+    /// opens a message's file at `MAIL FROM`, so these are files of messages that
+    /// have not arrived whole (yet, or ever, when cut off).
+    pub fn in_progress(&self) -> Vec<Duration> {
+        std::fs::read_dir(self.dir.path())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| {
+                let modified = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+                let raw = std::fs::read(p).ok()?;
+                (!is_complete(&raw)).then(|| modified.elapsed().unwrap_or_default())
+            })
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -800,6 +928,29 @@ impl Serve {
             child,
             base: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Starts serve on a port of its own and waits until this very process listens
+    /// there: a port chosen by the OS is free only until someone binds it, so when
+    /// serve exits instead (the port was taken), it is started again on another
+    /// (at most five times).
+    pub async fn start_on_own_port(db: &TestDb, smtp_url: &str, extra: &str) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut serve = Self::start(db, smtp_url, port, extra);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if listens_on(serve.child.id(), port) {
+                    return serve;
+                }
+                if let Ok(Some(_)) = serve.child.try_wait() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "serve did not listen on {port}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("serve exited before listening, five times");
     }
 
     pub async fn wait_ready(&self, http: &reqwest::Client) {
