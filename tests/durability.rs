@@ -669,19 +669,65 @@ fn digest_items(raw: &[u8]) -> (String, BTreeSet<usize>) {
     (date, items)
 }
 
-/// On PostgreSQL ids become visible at commit, in any order, so only the watermark
-/// under the arrival lock keeps a pass from skipping an item that commits late.
-/// Items are posted through the API by four tasks at once while a pass serves 1,000
-/// readers; a second pass follows. Each item is in exactly one of the two digests
-/// of every reader of its topics.
+/// Posts item number `n` with `topics` (and the title `Meldung {n}`), and records
+/// when the request went out and when it was answered.
+async fn post_numbered_item(
+    http: &reqwest::Client,
+    url: &str,
+    n: usize,
+    topics: &'static [&'static str],
+    extra_topics: &[&str],
+) -> Inserted {
+    let all: Vec<&str> = topics.iter().chain(extra_topics).copied().collect();
+    let sent = Instant::now();
+    let r = http
+        .post(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"topics": all, "title": format!("Meldung {n}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "item {n}");
+    Inserted {
+        n,
+        topics,
+        sent,
+        answered: Instant::now(),
+    }
+}
+
+/// How many sessions of the test database wait for a lock.
+async fn waiting_for_locks(monitor: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(monitor)
+    .await
+    .unwrap()
+}
+
+/// On PostgreSQL ids are drawn at insert time but become visible at commit, in any
+/// order: a pass that took the largest committed id as its watermark while an item
+/// with a smaller id was still being stored would skip that item for good. Here,
+/// while four tasks post items through the API, one item's transaction is held up
+/// right after its id was drawn (a row lock on its third topic, which nobody
+/// reads, stalls the foreign-key check of that topic's link), items after it
+/// commit, and a pass for 1,000 readers starts; the hold is let go when the pass
+/// finishes or when another session waits for a lock (the watermark waiting for
+/// the stalled item). Posting goes on during the pass and after it; a second pass
+/// follows. Every item is in exactly one of the two digests of every reader of its
+/// topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_postgres() {
+    use sqlx::Connection;
     const READERS: usize = 1000;
     const MOST_ITEMS: usize = 800;
-    let (app, sink, _db, clock) = common::app_at(Backend::Postgres, "2027-05-03T06:00:00Z", |c| {
+    let (app, sink, db, clock) = common::app_at(Backend::Postgres, "2027-05-03T06:00:00Z", |c| {
         c.digest.max_items = 1000;
     })
     .await;
+    app.create_topic("stau", "Stau").await;
     let now = postbote::clock::Clock::now(&clock);
     let readers: Vec<postbote::store::ImportedSubscriber> = (0..READERS)
         .map(|i| {
@@ -709,36 +755,22 @@ async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_p
         .await
         .unwrap();
 
+    let items_url = app.url("/api/v1/items");
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let inserted = Arc::new(std::sync::Mutex::new(Vec::<Inserted>::new()));
     let mut inserters = Vec::new();
     for _ in 0..4 {
         let (next, stop, inserted) = (next.clone(), stop.clone(), inserted.clone());
-        let (http, url) = (app.http.clone(), app.url("/api/v1/items"));
+        let (http, url) = (app.http.clone(), items_url.clone());
         inserters.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let n = next.fetch_add(1, Ordering::SeqCst);
                 if n >= MOST_ITEMS {
                     break;
                 }
-                let topics = item_topics(n);
-                let sent = Instant::now();
-                let r = http
-                    .post(&url)
-                    .bearer_auth(ADMIN_TOKEN)
-                    .json(&serde_json::json!({"topics": topics, "title": format!("Meldung {n}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
-                let answered = Instant::now();
-                inserted.lock().unwrap().push(Inserted {
-                    n,
-                    topics,
-                    sent,
-                    answered,
-                });
+                let item = post_numbered_item(&http, &url, n, item_topics(n), &[]).await;
+                inserted.lock().unwrap().push(item);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));
@@ -747,16 +779,76 @@ async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_p
         inserted.lock().unwrap().iter().filter(|i| pred(i)).count()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&|_| true) < 20 {
-        assert!(Instant::now() < deadline, "no items stored before the pass");
+    let wait_for_items = |n: usize, what: &str| {
+        let what = what.to_owned();
+        let count = &count;
+        async move {
+            while count(&|_| true) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {} items",
+                    count(&|_| true)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for_items(10, "items before the stalled one").await;
+
+    // The stalled item: its id is drawn, its Wirtschaft and Kultur links are
+    // written, and its link to Stau waits for the row lock held here.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query("SELECT id FROM topics WHERE slug = 'stau' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let stalled_n = next.fetch_add(1, Ordering::SeqCst);
+    let stalled = {
+        let (http, url) = (app.http.clone(), items_url.clone());
+        tokio::spawn(async move {
+            post_numbered_item(&http, &url, stalled_n, &["wirtschaft", "kultur"], &["stau"]).await
+        })
+    };
+    let mut monitor = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    while waiting_for_locks(&mut monitor).await < 1 {
+        assert!(Instant::now() < deadline, "the item did not stall");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let before_stall = count(&|_| true);
+    wait_for_items(before_stall + 10, "items committed after the stalled one").await;
+
     let pass_started = Instant::now();
+    let first_pass = {
+        let (http, url) = (app.http.clone(), app.url("/api/v1/digests/run"));
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&serde_json::json!({"at": "2027-05-04T05:00:00Z"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let answer = r.json::<serde_json::Value>().await.unwrap();
+            (answer, Instant::now())
+        })
+    };
+    // Let the stalled item go once the pass is done or waits for it.
+    let release_deadline = Instant::now() + Duration::from_secs(10);
+    while !first_pass.is_finished()
+        && waiting_for_locks(&mut monitor).await < 2
+        && Instant::now() < release_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    hold.commit().await.unwrap();
+    let (answer, pass_ended) = first_pass.await.unwrap();
     assert_eq!(
-        app.run_pass("2027-05-04T05:00:00Z").await,
-        (READERS as u64, READERS as u64)
+        (answer["due"].as_u64(), answer["enqueued"].as_u64()),
+        (Some(READERS as u64), Some(READERS as u64))
     );
-    let pass_ended = Instant::now();
+    inserted.lock().unwrap().push(stalled.await.unwrap());
     while count(&|i| i.sent > pass_ended) < 20 {
         assert!(
             Instant::now() < deadline,
@@ -820,7 +912,7 @@ async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_p
         assert_eq!(
             listed,
             expected,
-            "{email}: skipped {:?}, foreign {:?}",
+            "{email}: skipped {:?}, foreign {:?} (the stalled item is {stalled_n})",
             expected.difference(&listed).collect::<Vec<_>>(),
             listed.difference(&expected).collect::<Vec<_>>()
         );
