@@ -848,7 +848,8 @@ async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_p
         (answer["due"].as_u64(), answer["enqueued"].as_u64()),
         (Some(READERS as u64), Some(READERS as u64))
     );
-    inserted.lock().unwrap().push(stalled.await.unwrap());
+    let last = stalled.await.unwrap();
+    inserted.lock().unwrap().push(last);
     while count(&|i| i.sent > pass_ended) < 20 {
         assert!(
             Instant::now() < deadline,
