@@ -138,10 +138,11 @@ pub fn classify(raw: &[u8]) -> Result<Inbound, Unparseable> {
         .map(report::address);
     let content = content_of(&message);
     let signals = signals_of(&message, content.text.as_deref());
+    let returned = returned_of(&message);
     Ok(Inbound {
-        kind: kind_of(&message),
+        kind: kind_of(&message, &returned),
         delivered_to,
-        returned: returned_of(&message),
+        returned,
         signals,
         content,
         raw: raw.to_vec(),
@@ -274,7 +275,7 @@ fn part_of<'a, 'x>(
     })
 }
 
-fn kind_of(message: &Message<'_>) -> Kind {
+fn kind_of(message: &Message<'_>, returned: &Returned) -> Kind {
     let report_type = message
         .content_type()
         .filter(|ct| {
@@ -298,8 +299,9 @@ fn kind_of(message: &Message<'_>) -> Kind {
                 feedback_type: report::field(&fields, "feedback-type")
                     .unwrap_or("abuse")
                     .to_ascii_lowercase(),
-                original_to: returned_of(message)
+                original_to: returned
                     .to
+                    .clone()
                     .or_else(|| report::field(&fields, "original-rcpt-to").map(report::address)),
             }
         }
