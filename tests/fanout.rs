@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, free_port, is_complete, recipient};
+use common::{ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, is_complete, recipient};
 use postbote::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TopicSlug, Weekdays,
 };
@@ -162,22 +162,64 @@ fn duplicates(by: &HashMap<String, usize>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_database_send_every_reader_exactly_one_digest() {
     let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
     let sink = SmtpSink::start();
     let http = reqwest::Client::new();
     let extra = "[digest]\nrun_scheduler = false\n";
-    let a = Serve::start(&db, &sink.url(), free_port(), extra);
+    // Each process names itself, so the test sees in pg_stat_activity which one
+    // is where.
+    let named = |name: &str| format!("{}?application_name={name}", db.url);
+    let a = Serve::start_on_own_port_with_url(&db, &named("serve-a"), &sink.url(), extra).await;
     a.wait_ready(&http).await;
-    let b = Serve::start(&db, &sink.url(), free_port(), extra);
+    let b = Serve::start_on_own_port_with_url(&db, &named("serve-b"), &sink.url(), extra).await;
     b.wait_ready(&http).await;
     setup(&http, &a, &db, READERS).await;
 
-    // Both instances run a pass for the same instant at the same time.
+    // Both instances run a pass for the same instant. The digest log is locked,
+    // so each pass stops with its first claimed batches in hand, right before
+    // recording them; the lock is let go only once both processes wait there.
+    // So the passes provably overlap: both hold claimed readers at one moment.
+    let Store::Postgres(pool) = &store else {
+        unreachable!("a PostgreSQL test")
+    };
+    let mut gate = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE digests IN EXCLUSIVE MODE")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
     let at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
-    let (ra, rb) = tokio::join!(a.run_pass(&http, &at), b.run_pass(&http, &at));
-    let due = ra["due"].as_u64().unwrap() + rb["due"].as_u64().unwrap();
-    let enqueued = ra["enqueued"].as_u64().unwrap() + rb["enqueued"].as_u64().unwrap();
+    let release = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT application_name FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO digests%' ORDER BY 1",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            if waiting == ["serve-a", "serve-b"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "both passes never held claimed readers at once (waiting: {waiting:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gate.rollback().await.unwrap();
+    };
+    let (ra, rb, ()) = tokio::join!(a.run_pass(&http, &at), b.run_pass(&http, &at), release);
+    let count = |r: &serde_json::Value, key: &str| r[key].as_u64().unwrap();
+    assert!(
+        count(&ra, "enqueued") > 0 && count(&rb, "enqueued") > 0,
+        "both passes served readers: {ra} {rb}"
+    );
     assert_eq!(
-        (due, enqueued),
+        (
+            count(&ra, "due") + count(&rb, "due"),
+            count(&ra, "enqueued") + count(&rb, "enqueued")
+        ),
         (READERS as u64, READERS as u64),
         "{ra} {rb}"
     );
@@ -194,7 +236,7 @@ async fn two_instances_on_one_database_send_every_reader_exactly_one_digest() {
         "from two instances",
     )
     .await;
-    let by = settled(&sink, &db.store().await).await;
+    let by = settled(&sink, &store).await;
     assert_eq!(by.len(), READERS);
     let twice: Vec<_> = by.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
@@ -222,14 +264,13 @@ async fn a_kill_mid_fan_out_is_made_good_within_a_minute_of_the_restart() {
     let store = db.store().await;
     let sink = SmtpSink::start();
     let http = reqwest::Client::new();
-    let port = free_port();
     // The default SMTP timeout (30 s): claimed mail must not wait for anything
     // derived from it. A slowed relay (100 mails/s) keeps the fan-out going for
     // 20 s, so the kill lands while every worker holds a claimed batch.
     let config = |rate: u32| {
         format!("workers = {WORKERS}\nmax_per_second = {rate}\n[digest]\nrun_scheduler = false\n")
     };
-    let first = Serve::start(&db, &sink.url(), port, &config(100));
+    let first = Serve::start_on_own_port(&db, &sink.url(), &config(100)).await;
     first.wait_ready(&http).await;
     setup(&http, &first, &db, READERS).await;
 
@@ -247,7 +288,7 @@ async fn a_kill_mid_fan_out_is_made_good_within_a_minute_of_the_restart() {
     );
 
     let restarted = Instant::now();
-    let second = Serve::start(&db, &sink.url(), port, &config(0));
+    let second = Serve::start_on_own_port(&db, &sink.url(), &config(0)).await;
     second.wait_ready(&http).await;
     // Readers the killed pass had not reached yet are still due.
     second.run_pass(&http, &at).await;
@@ -284,9 +325,9 @@ async fn a_surviving_instance_sends_a_killed_ones_claimed_mail_within_a_minute()
     };
     // The one to die sends 10 mails/s: its claimed batches (16 per worker) take
     // seconds, while the survivor, unpaced, takes everything else at once.
-    let doomed = Serve::start(&db, &sink.url(), free_port(), &config(10));
+    let doomed = Serve::start_on_own_port(&db, &sink.url(), &config(10)).await;
     doomed.wait_ready(&http).await;
-    let survivor = Serve::start(&db, &sink.url(), free_port(), &config(0));
+    let survivor = Serve::start_on_own_port(&db, &sink.url(), &config(0)).await;
     survivor.wait_ready(&http).await;
     setup(&http, &doomed, &db, READERS).await;
 
@@ -337,12 +378,12 @@ async fn a_worker_that_stalled_past_its_lease_sends_none_of_the_mail_taken_over(
     let http = reqwest::Client::new();
     // One worker sending one mail a second: it claims 16 of the 20 digests and
     // spends nearly all its time waiting for the next slot, not in SMTP.
-    let stalled = Serve::start(
+    let stalled = Serve::start_on_own_port(
         &db,
         &sink.url(),
-        free_port(),
         "workers = 1\nmax_per_second = 1\n[digest]\nrun_scheduler = false\n",
-    );
+    )
+    .await;
     stalled.wait_ready(&http).await;
     setup(&http, &stalled, &db, FEW).await;
     let at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
@@ -355,12 +396,12 @@ async fn a_worker_that_stalled_past_its_lease_sends_none_of_the_mail_taken_over(
     // The process stops (a frozen VM, a swap storm) for longer than the lease;
     // meanwhile another instance takes its claimed mail over and sends it.
     stalled.signal("-STOP");
-    let mut other = Serve::start(
+    let mut other = Serve::start_on_own_port(
         &db,
         &sink.url(),
-        free_port(),
         "workers = 4\n[digest]\nrun_scheduler = false\n",
-    );
+    )
+    .await;
     other.wait_ready(&http).await;
     wait_for_readers(
         &sink,

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{ADMIN_TOKEN, Backend, TestApp, TestDb, drained, free_port, test_config, utc};
+use common::{
+    ADMIN_TOKEN, Backend, TestApp, TestDb, drained, free_port, listens_on, test_config, utc,
+    wait_listening,
+};
 use postbote::clock::ManualClock;
 use postbote::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TopicSlug, Weekdays,
@@ -70,6 +73,38 @@ struct Postfix {
     port: u16,
 }
 
+/// Postfix's master.cf: smtpd on `port`, the services a queue needs, and the
+/// pipe to `postbote inbound` (`pipe_argv`, run as `nobody`).
+fn master_cf(port: u16, pipe_argv: &str) -> String {
+    format!(
+        "127.0.0.1:{port} inet n - n - - smtpd
+pickup     unix  n - n 60    1 pickup
+cleanup    unix  n - n -     0 cleanup
+qmgr       unix  n - n 300   1 qmgr
+rewrite    unix  - - n -     - trivial-rewrite
+bounce     unix  - - n -     0 bounce
+defer      unix  - - n -     0 bounce
+trace      unix  - - n -     0 bounce
+verify     unix  - - n -     1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -     - proxymap
+proxywrite unix  - - n -     1 proxymap
+smtp       unix  - - n -     - smtp
+relay      unix  - - n -     - smtp
+showq      unix  n - n -     - showq
+error      unix  - - n -     - error
+retry      unix  - - n -     - error
+discard    unix  - - n -     - discard
+local      unix  - n n -     - local
+anvil      unix  - - n -     1 anvil
+scache     unix  - - n -     1 scache
+postlog    unix-dgram n - n - 1 postlogd
+postbote   unix  - n n -     - pipe
+  flags=Rq user=nobody argv={pipe_argv}
+"
+    )
+}
+
 impl Postfix {
     /// Writes main.cf and master.cf and starts the instance. `pipe_argv` is the
     /// `argv=` of the pipe service, run as `nobody`.
@@ -85,7 +120,6 @@ impl Postfix {
             Command::new("chown").arg("postfix").arg(&data),
             "chown postfix data",
         );
-        let port = free_port();
         let d = root.display();
         std::fs::write(
             etc.join("main.cf"),
@@ -134,50 +168,45 @@ postbote_destination_recipient_limit = 1
             ),
         )
         .unwrap();
-        std::fs::write(
-            etc.join("master.cf"),
-            format!(
-                "127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-proxywrite unix  - - n -     1 proxymap
-smtp       unix  - - n -     - smtp
-relay      unix  - - n -     - smtp
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-local      unix  - n n -     - local
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
-postbote   unix  - n n -     - pipe
-  flags=Rq user=nobody argv={pipe_argv}
-"
-            ),
-        )
-        .unwrap();
-        let pf = Self { dir, port };
-        run(&mut pf.postfix(&["check"]), "postfix check");
-        run(&mut pf.postfix(&["start"]), "postfix start");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // A port chosen by the OS is free only until someone binds it: when Postfix
+        // cannot bind it, its master exits and the instance starts again on another.
+        let mut pf = Self { dir, port: 0 };
+        for _ in 0..5 {
+            pf.port = free_port();
+            std::fs::write(etc.join("master.cf"), master_cf(pf.port, pipe_argv)).unwrap();
+            run(&mut pf.postfix(&["check"]), "postfix check");
+            run(&mut pf.postfix(&["start"]), "postfix start");
+            if pf.master_listens(Instant::now() + Duration::from_secs(20)) {
+                return pf;
+            }
+        }
+        panic!("Postfix could not bind a port in five tries");
+    }
+
+    /// Whether Postfix's master process itself listens on this instance's port
+    /// (false when it exited instead, e.g. because the port was taken).
+    fn master_listens(&self, deadline: Instant) -> bool {
+        let pid_file = self.dir.path().join("queue/pid/master.pid");
+        loop {
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if listens_on(pid, self.port) {
+                    return true;
+                }
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return false;
+                }
+            }
             assert!(
                 Instant::now() < deadline,
-                "Postfix does not listen on {port}\n{}",
-                pf.maillog()
+                "Postfix does not listen on {}\n{}",
+                self.port,
+                self.maillog()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        pf
     }
 
     fn postfix(&self, args: &[&str]) -> Command {
@@ -302,7 +331,6 @@ async fn postfix_bounces_a_digest_and_its_pipe_marks_the_reader_bounced() {
     let dir = postfix_dir();
     let binary = binary_for_nobody(dir.path());
     let config = dir.path().join("postbote.toml");
-    let listen = free_port();
 
     // postbote inbound, as nobody, reads this config file and nothing else.
     let pipe_argv = format!(
@@ -315,7 +343,6 @@ async fn postfix_bounces_a_digest_and_its_pipe_marks_the_reader_bounced() {
         &config,
         format!(
             r#"database_url = "{db_url}"
-listen = "127.0.0.1:{listen}"
 smtp_url = "{smtp}"
 admin_token = "{ADMIN_TOKEN}"
 data_dir = "{data}"
@@ -355,15 +382,24 @@ run_scheduler = false
         String::from_utf8_lossy(&probe.stderr)
     );
 
-    let serve = Killed(
-        Command::new(&binary)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postbote serve"),
-    );
+    // serve binds the port it is given; when someone took it first, serve exits
+    // and is started again on another.
+    let (serve, listen) = (0..5)
+        .find_map(|_| {
+            let listen = free_port();
+            let mut serve = Killed(
+                Command::new(&binary)
+                    .args(["serve", "--config"])
+                    .arg(&config)
+                    .env("POSTBOTE_LISTEN", format!("127.0.0.1:{listen}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start postbote serve"),
+            );
+            wait_listening(&mut serve.0, listen, Duration::from_secs(30)).then_some((serve, listen))
+        })
+        .expect("serve could not bind a port in five tries");
     let base = format!("http://127.0.0.1:{listen}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);

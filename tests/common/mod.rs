@@ -250,38 +250,9 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
+    /// Starts on a port of its own (see [`SmtpSink::start_with`]).
     pub fn start() -> Self {
-        Self::start_on(free_port(), &[])
-    }
-
-    /// Starts on `port`; `extra` are smtp-sink flags such as `["-f", "RCPT"]`.
-    pub fn start_on(port: u16, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // smtp-sink drops root privileges to nobody, who must be able to write here.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
-        let template = format!("{}/%Y%m%d%H%M%S.", dir.path().display());
-        let child = Command::new(smtp_sink_path())
-            .args(["-u", "nobody", "-d", &template])
-            .args(extra)
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("256")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smtp-sink (Debian package postfix; scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "smtp-sink did not start listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, dir, child }
+        Self::start_with(&[])
     }
 
     /// Starts with `extra` flags on a port of its own: a port chosen by the OS is
@@ -905,6 +876,19 @@ pub struct Serve {
 impl Serve {
     /// Starts serve on `port`; `extra` is appended to its TOML config file.
     pub fn start(db: &TestDb, smtp_url: &str, port: u16, extra: &str) -> Self {
+        Self::start_with_url(db, &db.url, smtp_url, port, extra)
+    }
+
+    /// Starts serve on `port` with `database_url` instead of the test database's
+    /// own URL (e.g. with an `application_name`, to tell two processes apart in
+    /// `pg_stat_activity`).
+    pub fn start_with_url(
+        db: &TestDb,
+        database_url: &str,
+        smtp_url: &str,
+        port: u16,
+        extra: &str,
+    ) -> Self {
         let config = db.dir.path().join(format!("postbote-{port}.toml"));
         std::fs::write(
             &config,
@@ -914,7 +898,7 @@ impl Serve {
         let child = Command::new(env!("CARGO_BIN_EXE_postbote"))
             .args(["serve", "--config"])
             .arg(&config)
-            .env("POSTBOTE_DATABASE_URL", &db.url)
+            .env("POSTBOTE_DATABASE_URL", database_url)
             .env("POSTBOTE_LISTEN", format!("127.0.0.1:{port}"))
             .env("POSTBOTE_SMTP_URL", smtp_url)
             .env("POSTBOTE_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -935,9 +919,19 @@ impl Serve {
     /// serve exits instead (the port was taken), it is started again on another
     /// (at most five times).
     pub async fn start_on_own_port(db: &TestDb, smtp_url: &str, extra: &str) -> Self {
+        Self::start_on_own_port_with_url(db, &db.url, smtp_url, extra).await
+    }
+
+    /// [`Serve::start_on_own_port`] with `database_url` (see [`Serve::start_with_url`]).
+    pub async fn start_on_own_port_with_url(
+        db: &TestDb,
+        database_url: &str,
+        smtp_url: &str,
+        extra: &str,
+    ) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut serve = Self::start(db, smtp_url, port, extra);
+            let mut serve = Self::start_with_url(db, database_url, smtp_url, port, extra);
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if listens_on(serve.child.id(), port) {
