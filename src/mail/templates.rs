@@ -267,6 +267,7 @@ impl Templates {
                 })?;
             strings.insert(*locale, serde_json::to_value(table).unwrap_or_default());
         }
+        check_same_keys(&strings)?;
         let templates = Self {
             html,
             text,
@@ -284,84 +285,9 @@ impl Templates {
         let (mut html, mut text) = (self.html.clone(), self.text.clone());
         html.set_strict_mode(true);
         text.set_strict_mode(true);
-        let (html, text) = (&html, &text);
-        let item = serde_json::json!({"title": "Titel", "url": "https://example.org/a", "summary": "Text"});
-        let bare = serde_json::json!({"title": "Titel", "url": null, "summary": null});
-        let content = serde_json::json!({
-            "date": "01.01.2027",
-            "count": 3,
-            "groups": [{"topic": "Thema", "items": [item, bare]}],
-            "more": 1,
-            "more_url": "https://example.org",
-            "topics": "Thema",
-        });
-        let (unsubscribe, preferences) = (
-            "https://example.org/unsubscribe/1.check",
-            "https://example.org/preferences/1.check",
-        );
-        let footer = serde_json::json!({
-            "email": "leser@example.org",
-            "topics": "Thema",
-            "unsubscribe_url": unsubscribe,
-            "preferences_url": preferences,
-        });
         for locale in Locale::ALL {
-            let file = |name: &str, part: &str| format!("mail/{locale}/{name}/{part}.hbs");
-            let contract =
-                |file: String, message: String| TemplateError::Contract { file, message };
-            let mut content_html = String::new();
-            for (reg, part) in [(text, "subject"), (text, "body.txt"), (html, "body.html")] {
-                let name = format!("mail/{locale}/digest/{part}");
-                let rendered = reg.render(&name, &content).map_err(|e| {
-                    let message = match e.reason() {
-                        handlebars::RenderErrorReason::MissingVariable(Some(path))
-                            if READER_FIELDS.iter().any(|f| {
-                                path.trim_start_matches("../").trim_start_matches("@root.") == *f
-                            }) =>
-                        {
-                            let belongs = match part {
-                                "subject" => {
-                                    "a digest's subject is the same for all of them".to_owned()
-                                }
-                                _ => format!("they belong in {}", file("digest-footer", part)),
-                            };
-                            format!(
-                                "uses `{path}`, but the digest content is rendered once for all \
-                                 readers and has no reader's address or links; {belongs}"
-                            )
-                        }
-                        _ => e.to_string(),
-                    };
-                    contract(file("digest", part), message)
-                })?;
-                if part == "body.html" {
-                    content_html = rendered;
-                }
-            }
-            if content_html.to_ascii_lowercase().contains("</body") {
-                return Err(contract(
-                    file("digest", "body.html"),
-                    format!(
-                        "closes the HTML document; the reader's part follows the content, \
-                         and {} closes it",
-                        file("digest-footer", "body.html")
-                    ),
-                ));
-            }
-            for (reg, part) in [(text, "body.txt"), (html, "body.html")] {
-                let name = format!("mail/{locale}/digest-footer/{part}");
-                let rendered = reg
-                    .render(&name, &footer)
-                    .map_err(|e| contract(file("digest-footer", part), e.to_string()))?;
-                if !(rendered.contains(unsubscribe) && rendered.contains(preferences)) {
-                    return Err(contract(
-                        file("digest-footer", part),
-                        "must show {{unsubscribe_url}} and {{preferences_url}}: \
-                         every digest carries both links"
-                            .to_owned(),
-                    ));
-                }
-            }
+            check_digest_content(&html, &text, locale)?;
+            check_digest_footer(&html, &text, locale)?;
         }
         Ok(())
     }
@@ -438,6 +364,141 @@ impl Templates {
             html: render(&self.html, "body.html")?,
         })
     }
+}
+
+/// `mail/<locale>/<name>/<part>.hbs`: the file a template came from.
+fn mail_file(locale: Locale, name: &str, part: &str) -> String {
+    format!("mail/{locale}/{name}/{part}.hbs")
+}
+
+/// The digest content of `locale` renders with sample data, uses no reader's
+/// data (saying where it belongs when it does) and leaves the HTML document open.
+fn check_digest_content(
+    html: &Handlebars<'static>,
+    text: &Handlebars<'static>,
+    locale: Locale,
+) -> Result<(), TemplateError> {
+    let item =
+        serde_json::json!({"title": "Titel", "url": "https://example.org/a", "summary": "Text"});
+    let bare = serde_json::json!({"title": "Titel", "url": null, "summary": null});
+    let content = serde_json::json!({
+        "date": "01.01.2027",
+        "count": 3,
+        "groups": [{"topic": "Thema", "items": [item, bare]}],
+        "more": 1,
+        "more_url": "https://example.org",
+        "topics": "Thema",
+    });
+    let contract = |part: &str, message: String| TemplateError::Contract {
+        file: mail_file(locale, "digest", part),
+        message,
+    };
+    let mut content_html = String::new();
+    for (reg, part) in [(text, "subject"), (text, "body.txt"), (html, "body.html")] {
+        let rendered = reg
+            .render(&format!("mail/{locale}/digest/{part}"), &content)
+            .map_err(|e| contract(part, reader_data_message(&e, locale, part)))?;
+        if part == "body.html" {
+            content_html = rendered;
+        }
+    }
+    if content_html.to_ascii_lowercase().contains("</body") {
+        return Err(contract(
+            "body.html",
+            format!(
+                "closes the HTML document; the reader's part follows the content, \
+                 and {} closes it",
+                mail_file(locale, "digest-footer", "body.html")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why rendering a digest content part failed: when it uses a reader's field, that
+/// this is not allowed and where the field belongs; otherwise the renderer's text.
+fn reader_data_message(e: &handlebars::RenderError, locale: Locale, part: &str) -> String {
+    match e.reason() {
+        handlebars::RenderErrorReason::MissingVariable(Some(path))
+            if READER_FIELDS
+                .iter()
+                .any(|f| path.trim_start_matches("../").trim_start_matches("@root.") == *f) =>
+        {
+            let belongs = match part {
+                "subject" => "a digest's subject is the same for all of them".to_owned(),
+                _ => format!(
+                    "they belong in {}",
+                    mail_file(locale, "digest-footer", part)
+                ),
+            };
+            format!(
+                "uses `{path}`, but the digest content is rendered once for all \
+                 readers and has no reader's address or links; {belongs}"
+            )
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The digest footer of `locale` renders with sample data and shows both of the
+/// reader's links in both parts.
+fn check_digest_footer(
+    html: &Handlebars<'static>,
+    text: &Handlebars<'static>,
+    locale: Locale,
+) -> Result<(), TemplateError> {
+    let (unsubscribe, preferences) = (
+        "https://example.org/unsubscribe/1.check",
+        "https://example.org/preferences/1.check",
+    );
+    let footer = serde_json::json!({
+        "email": "leser@example.org",
+        "topics": "Thema",
+        "unsubscribe_url": unsubscribe,
+        "preferences_url": preferences,
+    });
+    for (reg, part) in [(text, "body.txt"), (html, "body.html")] {
+        let contract = |message: String| TemplateError::Contract {
+            file: mail_file(locale, "digest-footer", part),
+            message,
+        };
+        let rendered = reg
+            .render(&format!("mail/{locale}/digest-footer/{part}"), &footer)
+            .map_err(|e| contract(e.to_string()))?;
+        if !(rendered.contains(unsubscribe) && rendered.contains(preferences)) {
+            return Err(contract(
+                "must show {{unsubscribe_url}} and {{preferences_url}}: \
+                 every digest carries both links"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every language has the same page texts: a key one file lacks would show an
+/// empty text on that language's pages. Names the file and the keys it lacks.
+fn check_same_keys(strings: &HashMap<Locale, Value>) -> Result<(), TemplateError> {
+    let keys = |locale: &Locale| -> std::collections::BTreeSet<String> {
+        strings[locale]
+            .as_object()
+            .map(|table| table.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let all: std::collections::BTreeSet<String> = LOCALES
+        .iter()
+        .flat_map(|(locale, _, _)| keys(locale))
+        .collect();
+    for (locale, file, _) in LOCALES {
+        let lacking: Vec<String> = all.difference(&keys(locale)).cloned().collect();
+        if !lacking.is_empty() {
+            return Err(TemplateError::Contract {
+                file: (*file).to_owned(),
+                message: format!("lacks {}, which another language has", lacking.join(", ")),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -549,6 +610,25 @@ mod tests {
             ),
             None,
             "a footer of one's own is fine"
+        );
+    }
+
+    #[test]
+    fn every_language_has_the_same_page_texts_and_a_missing_one_is_named() {
+        let t = Templates::load(None).expect("the built-in languages agree");
+        let de = t.strings(Locale::De).as_object().unwrap();
+        let en = t.strings(Locale::En).as_object().unwrap();
+        assert_eq!(de.keys().collect::<Vec<_>>(), en.keys().collect::<Vec<_>>());
+        let mut lacking = include_str!("../../templates/locales/en.toml")
+            .lines()
+            .filter(|line| !line.starts_with("consent_text"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        lacking.push('\n');
+        let err = load_with("locales/en.toml", &lacking).expect("refused");
+        assert!(
+            err.contains("locales/en.toml") && err.contains("consent_text"),
+            "{err}"
         );
     }
 }

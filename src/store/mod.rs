@@ -11,7 +11,7 @@
 //! `RETURNING`, `ON CONFLICT`); the few statements that differ are picked by
 //! backend. [`on_pool!`] runs one body against whichever pool is configured, so
 //! every query is type-checked against both drivers. The contract test suite
-//! (`tests/store_contract.rs`) runs the same cases against both backends.
+//! (`tests/it/store_contract.rs`) runs the same cases against both backends.
 
 mod counters;
 mod digests;

@@ -3,13 +3,11 @@
 //! restart or taken over by a second process: either way the dead process's claimed
 //! mail goes out within a minute, and at most one mail per worker goes out twice.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::harness::{ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, is_complete, recipient};
 use chrono::Utc;
-use common::{ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, is_complete, recipient};
 use postbote::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TopicSlug, Weekdays,
 };

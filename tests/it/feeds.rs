@@ -2,19 +2,17 @@
 //! a schedule driven by the injectable clock, hostile feeds contained, and press
 //! releases mailed in through `postbote inbound`.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::harness::{Backend, SmtpSink, TestApp, TestDb, parse, recipient, test_config, utc};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use common::{Backend, SmtpSink, TestApp, TestDb, parse, recipient, test_config, utc};
 use postbote::clock::ManualClock;
 
 /// What the fixture server has seen.
@@ -275,7 +273,7 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
     let metrics = app
         .http
         .get(app.url("/metrics"))
-        .bearer_auth(common::ADMIN_TOKEN)
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -374,9 +372,9 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
 }
 
 /// Runs `postbote inbound` on `message` for `to`, killed and failing the test
-/// after [`common::PROCESS_DEADLINE`]; returns its exit code and stdout.
+/// after [`crate::harness::PROCESS_DEADLINE`]; returns its exit code and stdout.
 async fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str) -> (i32, String) {
-    let out = common::run_to_end_async(
+    let out = crate::harness::run_to_end_async(
         std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
             .args(["inbound", "--config"])
             .arg(config)
@@ -726,7 +724,7 @@ fn release(guid: &str, link: &str, title: &str) -> String {
 async fn the_same_release_in_feeds_of_two_topics_reaches_the_readers_of_both_once(
     backend: Backend,
 ) {
-    let (app, sink, _db, clock) = common::app_at(backend, "2027-05-03T06:00:00Z", |c| {
+    let (app, sink, _db, clock) = crate::harness::app_at(backend, "2027-05-03T06:00:00Z", |c| {
         c.polling.tick = Duration::from_millis(50);
     })
     .await;
@@ -764,7 +762,7 @@ async fn the_same_release_in_feeds_of_two_topics_reaches_the_readers_of_both_onc
     add_feed(&app, "it", &format!("{base}/it.xml"), "it").await;
     polled_once(&app, "it").await;
     assert_eq!(app.run_pass("2027-05-04T05:00:00Z").await, (4, 2));
-    let got = common::delivered(&app, &sink).await;
+    let got = crate::harness::delivered(&app, &sink).await;
     for reader in ["it@example.org", "beides@example.org"] {
         assert_eq!(got[reader].len(), 1, "{reader}");
         assert!(text(&got[reader][0]).contains(title), "{reader}");
@@ -790,7 +788,7 @@ async fn the_same_release_in_feeds_of_two_topics_reaches_the_readers_of_both_onc
     );
     assert_eq!(app.run_pass("2027-05-05T05:00:00Z").await, (4, 2));
     assert_eq!(app.run_pass("2027-05-06T05:00:00Z").await, (4, 0));
-    let got = common::delivered(&app, &sink).await;
+    let got = crate::harness::delivered(&app, &sink).await;
     for (reader, digests) in [
         ("it@example.org", 1),
         ("beides@example.org", 1),
@@ -900,7 +898,8 @@ async fn a_feed_redirect_to_a_private_address_is_refused_and_one_to_its_own_host
 }
 
 async fn api_items_with_a_long_or_foreign_scheme_url_are_refused_naming_the_url(backend: Backend) {
-    let (app, _sink, _db, _clock) = common::app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
+    let (app, _sink, _db, _clock) =
+        crate::harness::app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
     let post = |url: String| {
         let app = &app;
         async move {
@@ -997,7 +996,7 @@ async fn a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it
     let sink = SmtpSink::start_with(&[]);
     // The real binary, so that its peak memory can be read; a feed body of up to
     // 16 MiB is allowed (the default is 5 MiB).
-    let serve = common::Serve::start_on_own_port(
+    let serve = crate::harness::Serve::start_on_own_port(
         &db,
         &sink.url(),
         "[digest]\nrun_scheduler = false\n[polling]\ntick_ms = 50\nmax_bytes = 16777216\n",
@@ -1008,7 +1007,7 @@ async fn a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it
     let admin = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
         let mut request = http
             .request(method, format!("{}/api/v1{path}", serve.base))
-            .bearer_auth(common::ADMIN_TOKEN);
+            .bearer_auth(crate::harness::ADMIN_TOKEN);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -1236,7 +1235,8 @@ async fn a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_s
 async fn the_items_api_pages_through_every_item_once_and_filters_by_the_exact_topic(
     backend: Backend,
 ) {
-    let (app, _sink, _db, _clock) = common::app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
+    let (app, _sink, _db, _clock) =
+        crate::harness::app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
     // A slug that starts like another one: the filter must not take one for the other.
     app.create_topic("wirtschaft-international", "Wirtschaft international")
         .await;

@@ -2,9 +2,7 @@
 //! and no mail is queued or sent. [`open_internet`]: the HTTP surface as an attacker
 //! meets it (tokens, headers, slow clients, forged `X-Forwarded-For`).
 
-mod common;
-
-use common::{Backend, SmtpSink, TestApp, TestDb, form, test_config};
+use crate::harness::{Backend, SmtpSink, TestApp, TestDb, form, test_config};
 use serde_json::{Value, json};
 
 async fn app(backend: Backend) -> (TestApp, SmtpSink, TestDb) {
@@ -215,10 +213,9 @@ mod open_internet {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    use crate::common::{
+    use crate::harness::{
         ADMIN_TOKEN, Backend, SmtpSink, TestApp, TestDb, find_link, form, parse, test_config,
     };
-    use crate::on_both_backends;
 
     const METRICS_TOKEN: &str = "metrics-token-0123456789";
 

@@ -4,18 +4,16 @@
 //! every mail is one whole file in the outbox; and no item is skipped or repeated
 //! when items arrive while a digest pass runs.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use common::{
+use crate::harness::{
     ADMIN_TOKEN, Backend, RefusedPort, Serve, SmtpSink, TestApp, TestDb, find_link, form, parse,
     recipient, test_config, utc,
 };
+use chrono::{DateTime, Utc};
 use postbote::clock::ManualClock;
 
 /// A row of the mail queue, as these tests look at it.
@@ -733,10 +731,11 @@ async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_p
     use sqlx::Connection;
     const READERS: usize = 1000;
     const MOST_ITEMS: usize = 800;
-    let (app, sink, db, clock) = common::app_at(Backend::Postgres, "2027-05-03T06:00:00Z", |c| {
-        c.digest.max_items = 1000;
-    })
-    .await;
+    let (app, sink, db, clock) =
+        crate::harness::app_at(Backend::Postgres, "2027-05-03T06:00:00Z", |c| {
+            c.digest.max_items = 1000;
+        })
+        .await;
     app.create_topic("stau", "Stau").await;
     let now = postbote::clock::Clock::now(&clock);
     let readers: Vec<postbote::store::ImportedSubscriber> = (0..READERS)
@@ -889,7 +888,7 @@ async fn no_item_is_skipped_or_repeated_when_items_arrive_while_a_pass_runs_on_p
         app.run_pass("2027-05-05T05:00:00Z").await,
         (READERS as u64, READERS as u64)
     );
-    let got = common::delivered(&app, &sink).await;
+    let got = crate::harness::delivered(&app, &sink).await;
     let stored = inserted.lock().unwrap();
     for (i, subscriber) in readers.iter().enumerate() {
         let email = subscriber.email.as_str();

@@ -1,12 +1,12 @@
 //! Double opt-in end to end: the real app, a real database of each backend and a
 //! real SMTP server; mails are read with mail-parser and their links followed.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::harness::{
+    Backend, SmtpSink, TestApp, TestDb, find_link, form, parse, recipient, test_config,
+};
 use chrono::{Duration, Utc};
-use common::{Backend, SmtpSink, TestApp, TestDb, find_link, form, parse, recipient, test_config};
 use mail_parser::MimeHeaders;
 use postbote::clock::ManualClock;
 use postbote::store::EventEffect;

@@ -3,14 +3,12 @@
 //! the admin token made on first start. Every process gets a deadline: one that
 //! hangs is killed and the test fails with what it printed.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Backend, RefusedPort, Spawned, TestApp, TestDb, run_to_end, test_config};
+use crate::harness::{Backend, RefusedPort, Spawned, TestApp, TestDb, run_to_end, test_config};
 
 fn postbote(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_postbote"));

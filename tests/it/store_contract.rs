@@ -1,9 +1,7 @@
 //! The store's contract, run unchanged against PostgreSQL and SQLite.
 
-mod common;
-
+use crate::harness::{Backend, TestDb};
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
-use common::{Backend, TestDb};
 use postbote::domain::{DeliveryTime, EmailAddress, Locale, TimeZone, Token, TopicSlug};
 use postbote::store::{
     ClaimedMail, ConfirmOutcome, ConsentProof, DeliveryDay, DigestPlan, EventEffect, NewMail,
@@ -885,8 +883,10 @@ async fn counters_equal_a_recount_after_every_kind_of_change(backend: Backend) {
     // The migration that introduced the counters filled them from the rows: its
     // statements, run again on empty counters, give the same numbers.
     let migration = match store {
-        Store::Postgres(_) => include_str!("../migrations/postgres/0007_leases_and_counters.sql"),
-        Store::Sqlite(_) => include_str!("../migrations/sqlite/0007_leases_and_counters.sql"),
+        Store::Postgres(_) => {
+            include_str!("../../migrations/postgres/0007_leases_and_counters.sql")
+        }
+        Store::Sqlite(_) => include_str!("../../migrations/sqlite/0007_leases_and_counters.sql"),
     };
     let fill: String = migration
         .split(';')

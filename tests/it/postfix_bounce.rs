@@ -12,18 +12,16 @@
 //! (`POSTBOTE_TEST_PG_URL`), because the inbound process runs as `nobody` and must
 //! reach the database; the relay's refusals run on both backends.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use common::{
+use crate::harness::{
     ADMIN_TOKEN, Backend, TestApp, TestDb, drained, free_port, listens_on, test_config, utc,
     wait_listening,
 };
+use chrono::Utc;
 use postbote::clock::ManualClock;
 use postbote::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, TopicSlug, Weekdays,

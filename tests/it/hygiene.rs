@@ -3,17 +3,15 @@
 //! list, CSV import and DKIM, on both backends with the real app and a real SMTP
 //! server.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 
-use base64::Engine;
-use common::{
+use crate::harness::{
     Backend, RefusedPort, SmtpSink, TestApp, TestDb, app_at, delivered, digests, drained,
     find_link, link_key, parse, recipient, run_to_end_async, signed_id, test_config, utc,
 };
+use base64::Engine;
 use mail_auth::DkimResult;
 use mail_auth::common::parse::TxtRecordParser;
 use postbote::clock::ManualClock;

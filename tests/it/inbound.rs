@@ -4,15 +4,13 @@
 //! (`tests/fixtures/inbound/`); `{{ADDRESS}}` (the reader), `{{VERP}}` (the envelope
 //! sender postbote used), `{{FORWARD}}` and `{{UNSUBSCRIBE}}` are filled in per test.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::harness::{Backend, TestDb, free_port};
 use chrono::Utc;
-use common::{Backend, TestDb, free_port};
 use postbote::config::Config;
 use postbote::domain::{DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, Weekdays};
 use postbote::store::{ImportedSubscriber, Store};

@@ -1,9 +1,7 @@
 //! Daily digests at each reader's local time, exactly once, on both backends and
 //! through a real SMTP server, with passes run at chosen instants.
 
-mod common;
-
-use common::{
+use crate::harness::{
     Backend, SmtpSink, TestApp, app_at as app_with, delivered, digests, find_link, parse, utc,
 };
 use mail_parser::Message;
@@ -565,7 +563,7 @@ async fn stats_count_readers_queue_and_digests(backend: Backend) {
     let metrics = app
         .http
         .get(app.url("/metrics"))
-        .bearer_auth(common::ADMIN_TOKEN)
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -651,7 +649,7 @@ async fn a_digest_offers_a_mailto_unsubscribe_that_works(backend: Backend) {
     // The address, signed as documented (not with the code that checks it).
     let address = format!(
         "unsubscribe+{}@bounces.example.org",
-        common::signed_id(&common::link_key(&db).await, id)
+        crate::harness::signed_id(&crate::harness::link_key(&db).await, id)
     );
     assert_eq!(
         header,
@@ -677,7 +675,7 @@ async fn a_digest_offers_a_mailto_unsubscribe_that_works(backend: Backend) {
     .unwrap()
     .replace("{{ADDRESS}}", "leser@example.org")
     .replace("{{UNSUBSCRIBE}}", &address);
-    let out = common::run_to_end_async(
+    let out = crate::harness::run_to_end_async(
         std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
             .args(["inbound", "--config"])
             .arg(&config)
@@ -805,7 +803,7 @@ fn check_refuses_a_digest_template_that_uses_the_readers_data() {
     )
     .unwrap();
     std::fs::write(dir.path().join("p.toml"), "templates_dir = \"tpl\"\n").unwrap();
-    let out = common::run_to_end(
+    let out = crate::harness::run_to_end(
         std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
             .current_dir(dir.path())
             .args(["check", "--config", "p.toml"]),

@@ -1,0 +1,21 @@
+//! The integration tests: one binary (linking the crate once, not once per file),
+//! one module per area. Each test starts what it needs against real parts: its own
+//! PostgreSQL or SQLite database, Postfix's `smtp-sink` or a private Postfix, a feed
+//! server, the `postbote` binary. `harness` holds what they share.
+//!
+//! Run one area with `cargo test --test it signup::`, one test by its name.
+
+#[macro_use]
+mod harness;
+
+mod bad_input;
+mod cli;
+mod digests;
+mod durability;
+mod fanout;
+mod feeds;
+mod hygiene;
+mod inbound;
+mod postfix_bounce;
+mod signup;
+mod store_contract;
