@@ -104,6 +104,8 @@ pub enum SmtpTls {
     Implicit,
 }
 
+/// Parses `smtp://` or `smtps://` with optional `user:password@` and `?tls=`;
+/// a password goes only over TLS, or in plain text to a relay on loopback.
 fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
     let url = url::Url::parse(v).map_err(|e| format!("{e}: expected smtp://host:port"))?;
     let implicit = match url.scheme() {

@@ -81,6 +81,7 @@ pub(super) fn trusted_proxies(list: Option<Vec<String>>) -> Result<Vec<IpNetwork
     }
 }
 
+/// An http(s) URL with a host, without its trailing slash.
 fn parse_public_url(v: &str) -> Result<String, String> {
     let url =
         url::Url::parse(v).map_err(|e| format!("{e}: expected e.g. https://news.example.org"))?;
