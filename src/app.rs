@@ -70,7 +70,7 @@ impl App {
                 name: feed.name.clone(),
                 url: feed.url.clone(),
                 topic: feed.topic.clone(),
-                schedule: feed.schedule.clone(),
+                schedule: feed.schedule.to_string(),
                 next_poll_at: clock.now(),
             };
             // The configured topics are stored above, so the store knows them all.

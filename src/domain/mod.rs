@@ -2,11 +2,13 @@
 //! CSV, config), carried as types everywhere after that.
 
 mod email;
+mod feed_schedule;
 mod schedule;
 mod token;
 mod topic;
 
 pub use email::{EmailAddress, EmailError, ascii_address};
+pub use feed_schedule::{FeedSchedule, FeedScheduleError};
 pub use schedule::{
     DeliverySchedule, DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone,
     TimeZoneError, Weekdays,

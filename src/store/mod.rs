@@ -14,6 +14,7 @@
 //! (`tests/it/store_contract.rs`) runs the same cases against both backends.
 
 mod counters;
+mod database_url;
 mod digests;
 mod feeds;
 mod hygiene;
@@ -33,8 +34,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::config::DatabaseUrl;
-
+pub use database_url::DatabaseUrl;
 pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, Stats, TopicName};
 pub use feeds::{Feed, FeedSpec};
 pub use hygiene::{

@@ -534,7 +534,8 @@ async fn create_feed(State(state): State<AppState>, body: Bytes) -> Result<Respo
             format!("unknown topic {:?}", b.topic),
         ));
     }
-    crate::feeds::parse_schedule(&b.schedule).map_err(|e| unprocessable("schedule", e))?;
+    let schedule = crate::domain::FeedSchedule::parse(&b.schedule)
+        .map_err(|e| unprocessable("schedule", e))?;
     let name = text_field("name", b.name, 200)?
         .unwrap_or_else(|| format!("{}{}", url.host_str().unwrap_or_default(), url.path()));
     let now = state.clock.now();
@@ -542,7 +543,7 @@ async fn create_feed(State(state): State<AppState>, body: Bytes) -> Result<Respo
         name,
         url: url.to_string(),
         topic,
-        schedule: b.schedule.trim().to_owned(),
+        schedule: schedule.to_string(),
         next_poll_at: now,
     };
     let feed = state.store.put_feed(&spec, "api", now).await?;

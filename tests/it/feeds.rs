@@ -1138,7 +1138,7 @@ async fn a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_s
         name: "presse".into(),
         url: format!("{base}/rss.xml"),
         topic: wirtschaft,
-        schedule: "0 0 * * * *".into(),
+        schedule: postbote::domain::FeedSchedule::parse("0 0 * * * *").unwrap(),
     }];
     let t0 = utc("2027-05-03T06:00:00Z");
     let clock = ManualClock::new(t0);
