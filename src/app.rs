@@ -25,6 +25,7 @@ use crate::mail::delivery::{DeliveryContext, Pace, run_retention, run_worker};
 use crate::mail::dkim::Signer;
 use crate::services::{Schema, Services};
 use crate::store::Store;
+use crate::web::error::ErrorChain;
 use crate::web::{self, AppState};
 
 /// How long in-flight HTTP requests may run on after shutdown was asked for.
@@ -191,7 +192,9 @@ async fn purge_loop(state: AppState, stop: CancellationToken) {
         match state.store.purge_pending(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "deleted sign-ups that were never confirmed"),
-            Err(e) => tracing::warn!(error = %e, "purging unconfirmed sign-ups failed"),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "purging unconfirmed sign-ups failed")
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
