@@ -1,5 +1,6 @@
-//! Building and running the whole service. [`App::build`] connects, migrates and
-//! binds its own listener (port 0 works: tests start the real thing);
+//! Building and running the whole service. [`App::build`] opens the services
+//! ([`crate::services`]: templates, database migrated, composer) and binds its own
+//! listener (port 0 works: tests start the real thing);
 //! [`App::run`] serves until the cancellation token fires, then stops taking work,
 //! lets in-flight deliveries finish and joins every task.
 
@@ -20,11 +21,11 @@ use crate::config::Config;
 use crate::digest::Digester;
 use crate::domain::hex;
 use crate::feeds::Poller;
-use crate::mail::compose::Composer;
-use crate::mail::delivery::{DeliveryContext, run_retention, run_worker};
+use crate::mail::delivery::{DeliveryContext, Pace, run_retention, run_worker};
 use crate::mail::dkim::Signer;
-use crate::mail::templates::Templates;
+use crate::services::{Schema, Services};
 use crate::store::Store;
+use crate::web::error::ErrorChain;
 use crate::web::{self, AppState};
 
 /// How long in-flight HTTP requests may run on after shutdown was asked for.
@@ -43,51 +44,22 @@ pub struct App {
     state: AppState,
     /// Shared by every delivery worker.
     delivery: DeliveryContext,
+    /// Polls the feeds; no handler needs it, so it lives beside the state.
+    poller: Poller,
 }
 
 impl App {
-    /// Loads templates, connects and migrates the database, seeds the configured
-    /// topics, settles the admin token and binds the listener.
+    /// Opens the services (templates, database migrated), seeds the configured
+    /// topics and feeds, settles the admin token, binds the listener and builds
+    /// the composer, the delivery context, the `Digester` and the `Poller`.
     ///
     /// # Errors
     /// Any of those steps failing, with context saying which.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let templates = Arc::new(
-            Templates::load(config.templates_dir.as_deref())
-                .context("Failed to load the templates")?,
-        );
-        let store = Store::connect(&config.database)
-            .await
-            .context("Failed to connect to the database")?;
-        store
-            .migrate()
-            .await
-            .context("Failed to apply the database migrations")?;
+        let services = Services::open(&config, Schema::Migrate).await?;
+        let store = services.store.clone();
         seed_topics(&store, &config, clock.now()).await?;
-        let topics = store.list_topics(true).await?;
-        for feed in &config.feeds {
-            let spec = crate::store::FeedSpec {
-                name: feed.name.clone(),
-                url: feed.url.clone(),
-                topic: feed.topic.clone(),
-                schedule: feed.schedule.to_string(),
-                next_poll_at: clock.now(),
-            };
-            // The configured topics are stored above, so the store knows them all.
-            if !topics.iter().any(|t| t.slug == feed.topic.as_str()) {
-                anyhow::bail!(
-                    "configuration: feeds: feed {:?} names topic {:?}, which does not exist",
-                    feed.name,
-                    feed.topic.as_str()
-                );
-            }
-            store
-                .put_feed(&spec, "config", clock.now())
-                .await
-                .with_context(|| {
-                    format!("Failed to store feed {} from the configuration", feed.name)
-                })?;
-        }
+        seed_feeds(&store, &config, clock.now()).await?;
         let admin_token = match &config.admin_token {
             Some(token) => token.expose().to_owned(),
             None => admin_token_file(&config.data_dir.join("admin-token"))?,
@@ -96,28 +68,9 @@ impl App {
             .await
             .with_context(|| format!("Failed to listen on {}", config.listen))?;
         let public_url = config.public_url_for(listener.local_addr()?);
-        let link_key = store
-            .link_key()
-            .await
-            .context("Failed to read the link key")?;
-        let composer = Composer::from_config(&config, templates.clone(), link_key, public_url);
+        let composer = services.composer(&config, public_url).await?;
         let wake = Arc::new(Notify::new());
-        let delivery = DeliveryContext {
-            store: store.clone(),
-            clock: clock.clone(),
-            settings: config.delivery,
-            transport: config.transport.clone(),
-            wake: wake.clone(),
-            pace: Arc::new(crate::mail::delivery::Pace::new(
-                config.delivery.max_per_second,
-            )),
-            signer: match &config.dkim {
-                Some(dkim) => Some(Arc::new(
-                    Signer::load(dkim).context("Failed to load the DKIM keys")?,
-                )),
-                None => None,
-            },
-        };
+        let delivery = delivery_context(&config, &store, &clock, &wake)?;
         let digester = Digester {
             store: store.clone(),
             composer: composer.clone(),
@@ -129,11 +82,10 @@ impl App {
             store.clone(),
             clock.clone(),
             config.polling,
-            composer.public_url(),
+            composer.links().public_url(),
         )
         .context("Failed to set up the feed client")?;
         let state = AppState {
-            poller,
             digester,
             store,
             client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
@@ -142,7 +94,8 @@ impl App {
             limit_tally: Arc::default(),
             config: Arc::new(config),
             clock,
-            templates,
+            templates: services.templates,
+            links: composer.links().clone(),
             composer,
             admin_token: admin_token.into(),
             mail_wake: wake,
@@ -151,6 +104,7 @@ impl App {
             listener,
             state,
             delivery,
+            poller,
         })
     }
 
@@ -181,9 +135,10 @@ impl App {
             listener,
             state,
             delivery,
+            poller,
         } = self;
         let store = state.store.clone();
-        tracing::info!(address = %listener.local_addr()?, public_url = %state.composer.public_url(), "postbote is serving");
+        tracing::info!(address = %listener.local_addr()?, public_url = %state.links.public_url(), "postbote is serving");
         let mut tasks = JoinSet::new();
 
         // Workers get their own token: they stop only after the HTTP server has
@@ -195,7 +150,7 @@ impl App {
         }
         tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
         tasks.spawn(run_retention(delivery.clone(), workers_stop.clone()));
-        tasks.spawn(state.poller.clone().run(workers_stop.clone()));
+        tasks.spawn(poller.run(workers_stop.clone()));
         if state.config.digest.run_scheduler {
             tasks.spawn(state.digester.clone().run_schedule(workers_stop.clone()));
         }
@@ -237,7 +192,9 @@ async fn purge_loop(state: AppState, stop: CancellationToken) {
         match state.store.purge_pending(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "deleted sign-ups that were never confirmed"),
-            Err(e) => tracing::warn!(error = %e, "purging unconfirmed sign-ups failed"),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "purging unconfirmed sign-ups failed")
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -267,6 +224,68 @@ pub async fn seed_topics(
             })?;
     }
     Ok(())
+}
+
+/// Creates or updates the feeds declared in the configuration file; a feed naming
+/// a topic that does not exist stops the start.
+///
+/// # Errors
+/// Such a feed, or the database failing.
+async fn seed_feeds(
+    store: &Store,
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let topics = store.list_topics(true).await?;
+    for feed in &config.feeds {
+        let spec = crate::store::FeedSpec {
+            name: feed.name.clone(),
+            url: feed.url.clone(),
+            topic: feed.topic.clone(),
+            schedule: feed.schedule.to_string(),
+            next_poll_at: now,
+        };
+        // The configured topics are stored first, so the store knows them all.
+        if !topics.iter().any(|t| t.slug == feed.topic.as_str()) {
+            anyhow::bail!(
+                "configuration: feeds: feed {:?} names topic {:?}, which does not exist",
+                feed.name,
+                feed.topic.as_str()
+            );
+        }
+        store
+            .put_feed(&spec, "config", now)
+            .await
+            .with_context(|| {
+                format!("Failed to store feed {} from the configuration", feed.name)
+            })?;
+    }
+    Ok(())
+}
+
+/// What the delivery workers share: the queue, the transport, the pace and the
+/// DKIM signer (loaded now, so a bad key stops the start).
+fn delivery_context(
+    config: &Config,
+    store: &Store,
+    clock: &Arc<dyn Clock>,
+    wake: &Arc<Notify>,
+) -> anyhow::Result<DeliveryContext> {
+    let signer = match &config.dkim {
+        Some(dkim) => Some(Arc::new(
+            Signer::load(dkim).context("Failed to load the DKIM keys")?,
+        )),
+        None => None,
+    };
+    Ok(DeliveryContext {
+        store: store.clone(),
+        clock: clock.clone(),
+        settings: config.delivery,
+        transport: config.transport.clone(),
+        wake: wake.clone(),
+        pace: Arc::new(Pace::new(config.delivery.max_per_second)),
+        signer,
+    })
 }
 
 /// Reads the admin token from `path`, or makes one there (mode 0600) on first start.

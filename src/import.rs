@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -20,7 +19,6 @@ use crate::domain::{
     DeliverySchedule, DeliveryTime, EmailAddress, Locale, TimeZone, Token, TopicSlug, Weekdays,
 };
 use crate::mail::compose::Composer;
-use crate::mail::templates::Templates;
 use crate::store::{ConsentProof, ImportResult, ImportedSubscriber, SignUp, SignUpOutcome, Store};
 
 /// Rows per transaction.
@@ -176,7 +174,8 @@ fn parse_row(
     })
 }
 
-/// Imports a file.
+/// Imports a file: as confirmed readers, or, given a `composer`
+/// (`--send-confirmation`), through double opt-in with a confirmation mail each.
 ///
 /// # Errors
 /// When the file cannot be read as CSV with a header row naming `email`, or the
@@ -185,7 +184,7 @@ pub async fn run(
     config: &Config,
     store: &Store,
     path: &Path,
-    send_confirmation: bool,
+    composer: Option<&Composer>,
 ) -> anyhow::Result<Report> {
     let mut reader = csv_reader()
         .from_path(path)
@@ -228,17 +227,6 @@ pub async fn run(
             .unwrap_or_default()
     );
     let now = Utc::now();
-    let composer = if send_confirmation {
-        let templates = Arc::new(Templates::load(config.templates_dir.as_deref())?);
-        Some(Composer::from_config(
-            config,
-            templates,
-            store.link_key().await?,
-            config.public_url_for(config.listen),
-        ))
-    } else {
-        None
-    };
 
     let mut report = Report::default();
     let mut batch: Vec<ImportedSubscriber> = Vec::with_capacity(BATCH);
@@ -254,29 +242,13 @@ pub async fn run(
             Ok(row) => {
                 batch.push(row);
                 if batch.len() == BATCH {
-                    store_batch(
-                        config,
-                        store,
-                        composer.as_ref(),
-                        &mut batch,
-                        &mut report,
-                        now,
-                    )
-                    .await?;
+                    store_batch(config, store, composer, &mut batch, &mut report, now).await?;
                 }
             }
             Err(reason) => report.rejected.push((line, reason)),
         }
     }
-    store_batch(
-        config,
-        store,
-        composer.as_ref(),
-        &mut batch,
-        &mut report,
-        now,
-    )
-    .await?;
+    store_batch(config, store, composer, &mut batch, &mut report, now).await?;
     Ok(report)
 }
 

@@ -12,6 +12,9 @@
 //!   mailed-in press releases.
 //! - [`feeds`]: polling RSS, Atom and JSON Feed sources into items.
 //! - [`import`]: `postbote import`: bringing an existing list.
+//! - [`links`]: the public links (confirm, unsubscribe, preferences, item pages)
+//!   and the key that signs them, shared by `web` and `mail`.
+//! - [`services`]: opening templates, database and composer, once for every command.
 //! - [`app`]: wires it all together; [`app::App`] binds its own listener so tests run
 //!   the real thing on port 0.
 //! - [`clock`]: where "now" comes from, so tests can move time.
@@ -31,6 +34,11 @@ pub mod import;
 
 pub mod inbound;
 
+pub mod links;
+
 pub mod mail;
+
+pub mod services;
+
 pub mod store;
 pub mod web;

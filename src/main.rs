@@ -9,8 +9,7 @@ use clap::{Parser, Subcommand};
 use postbote::app::App;
 use postbote::clock::SystemClock;
 use postbote::config::Config;
-use postbote::mail::templates::Templates;
-use postbote::store::Store;
+use postbote::services::{Schema, Services};
 use tokio_util::sync::CancellationToken;
 
 /// Self-hosted topic newsletter: double opt-in sign-up and daily digests.
@@ -101,7 +100,6 @@ fn main() -> ExitCode {
 
 /// `postbote inbound`, with the exit codes an MTA understands.
 async fn inbound(config: Option<&std::path::Path>, recipient: Option<&str>) -> ExitCode {
-    use postbote::inbound::{Handler, Outcome, classify};
     use std::io::Read;
     // The configuration is ours to fix; the MTA keeps the message meanwhile.
     let config = match Config::load(config) {
@@ -119,72 +117,72 @@ async fn inbound(config: Option<&std::path::Path>, recipient: Option<&str>) -> E
         eprintln!("error: reading the message: {e}");
         return ExitCode::from(EX_TEMPFAIL);
     }
-    let message = match classify(&raw) {
+    let message = match postbote::inbound::classify(&raw) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, bytes = raw.len(), "inbound message refused");
             return ExitCode::from(EX_DATAERR);
         }
     };
-    let handled = async {
-        let store = Store::connect(&config.database).await?;
-        let link_key = store.link_key().await?;
-        let templates = std::sync::Arc::new(
-            Templates::load(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
-        );
-        let composer = postbote::mail::compose::Composer::from_config(
-            &config,
-            templates,
-            link_key,
-            config.public_url_for(config.listen),
-        );
-        let handler = Handler {
-            store: &store,
-            composer: &composer,
-            bounces: config.bounces,
-            submissions: config.submissions.clone(),
-            now: chrono::Utc::now(),
-        };
-        let outcome = handler.handle(&message, recipient).await?;
-        store.close().await;
-        anyhow::Ok(outcome)
-    };
-    match handled.await {
-        Ok(Outcome::Recorded { event, status }) => {
-            tracing::info!(event, status, "inbound message handled");
-            println!("{event}: reader is now {status}");
-            ExitCode::SUCCESS
-        }
-        Ok(Outcome::Item { id, new }) => {
-            tracing::info!(item.id = id, new, "submission stored as an item");
-            println!("item {id}{}", if new { "" } else { " (stored before)" });
-            ExitCode::SUCCESS
-        }
-        Ok(Outcome::Unverified { claimed }) => {
-            println!("unverified: {claimed} without signed evidence recorded; nobody changed");
-            ExitCode::SUCCESS
-        }
-        Ok(Outcome::Held { id, new }) => {
-            println!(
-                "held: submission {id}{} waits for approval (sender not authenticated)",
-                if new { "" } else { " (stored before)" }
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Outcome::Refused(why)) => {
-            println!("refused: {why}");
-            ExitCode::SUCCESS
-        }
-        Ok(Outcome::Ignored(why)) => {
-            tracing::info!(why, "inbound message ignored");
-            println!("ignored: {why}");
-            ExitCode::SUCCESS
-        }
+    match handle_inbound(&config, &message, recipient).await {
+        Ok(outcome) => report_inbound(outcome),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EX_TEMPFAIL)
         }
     }
+}
+
+/// Acts on one classified message, with the database as it is (`serve` migrates).
+async fn handle_inbound(
+    config: &Config,
+    message: &postbote::inbound::Inbound,
+    recipient: Option<&str>,
+) -> anyhow::Result<postbote::inbound::Outcome> {
+    let services = Services::open(config, Schema::AsIs).await?;
+    let composer = services
+        .composer(config, config.public_url_for(config.listen))
+        .await?;
+    let handler = postbote::inbound::Handler {
+        store: &services.store,
+        composer: &composer,
+        bounces: config.bounces,
+        submissions: config.submissions.clone(),
+        now: chrono::Utc::now(),
+    };
+    let outcome = handler.handle(message, recipient).await?;
+    services.store.close().await;
+    Ok(outcome)
+}
+
+/// Says what became of a handled message; every outcome is handled for the MTA.
+fn report_inbound(outcome: postbote::inbound::Outcome) -> ExitCode {
+    use postbote::inbound::Outcome;
+    match outcome {
+        Outcome::Recorded { event, status } => {
+            tracing::info!(event, status, "inbound message handled");
+            println!("{event}: reader is now {status}");
+        }
+        Outcome::Item { id, new } => {
+            tracing::info!(item.id = id, new, "submission stored as an item");
+            println!("item {id}{}", if new { "" } else { " (stored before)" });
+        }
+        Outcome::Unverified { claimed } => {
+            println!("unverified: {claimed} without signed evidence recorded; nobody changed");
+        }
+        Outcome::Held { id, new } => {
+            println!(
+                "held: submission {id}{} waits for approval (sender not authenticated)",
+                if new { "" } else { " (stored before)" }
+            );
+        }
+        Outcome::Refused(why) => println!("refused: {why}"),
+        Outcome::Ignored(why) => {
+            tracing::info!(why, "inbound message ignored");
+            println!("ignored: {why}");
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -203,51 +201,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run(shutdown).await
         }
         Command::Migrate => {
-            let store = Store::connect(&config.database)
-                .await
-                .context("Failed to connect to the database")?;
-            store
-                .migrate()
-                .await
-                .context("Failed to apply the migrations")?;
+            Services::database(&config, Schema::Migrate).await?;
             println!("migrations applied");
             Ok(())
         }
-        Command::Check => {
-            println!("configuration: ok");
-            Templates::load(config.templates_dir.as_deref()).context("templates")?;
-            println!("templates: ok");
-            let store = Store::connect(&config.database)
-                .await
-                .context("database: cannot connect")?;
-            store.ping().await.context("database: does not answer")?;
-            println!("database: ok");
-            if let Some(dkim) = &config.dkim {
-                let signer = postbote::mail::dkim::Signer::load(dkim).context("dkim")?;
-                for (name, value) in signer.dns_records() {
-                    println!("dkim: ok; publish this TXT record:\n{name} IN TXT \"{value}\"");
-                }
-            }
-            Ok(())
-        }
+        Command::Check => check(&config).await,
         Command::Import {
             file,
             send_confirmation,
-        } => {
-            let store = Store::connect(&config.database)
-                .await
-                .context("Failed to connect to the database")?;
-            store
-                .migrate()
-                .await
-                .context("Failed to apply the migrations")?;
-            postbote::app::seed_topics(&store, &config, chrono::Utc::now()).await?;
-            let report = postbote::import::run(&config, &store, &file, send_confirmation).await?;
-            println!("{report}");
-            Ok(())
-        }
+        } => import(&config, &file, send_confirmation).await,
         Command::Inbound { .. } => unreachable!("handled before"),
     }
+}
+
+/// `postbote check`: says what is fine, step by step, and stops at the first
+/// problem. Changes nothing in the database.
+async fn check(config: &Config) -> anyhow::Result<()> {
+    println!("configuration: ok");
+    Services::templates(config)?;
+    println!("templates: ok");
+    let store = Services::database(config, Schema::AsIs).await?;
+    store.ping().await.context("database: does not answer")?;
+    println!("database: ok");
+    if let Some(dkim) = &config.dkim {
+        let signer = postbote::mail::dkim::Signer::load(dkim).context("dkim")?;
+        for (name, value) in signer.dns_records() {
+            println!("dkim: ok; publish this TXT record:\n{name} IN TXT \"{value}\"");
+        }
+    }
+    Ok(())
+}
+
+/// `postbote import`: the database migrated and the configured topics stored
+/// first; with `--send-confirmation` also the templates and the composer.
+async fn import(
+    config: &Config,
+    file: &std::path::Path,
+    send_confirmation: bool,
+) -> anyhow::Result<()> {
+    let (store, composer) = if send_confirmation {
+        let services = Services::open(config, Schema::Migrate).await?;
+        let composer = services
+            .composer(config, config.public_url_for(config.listen))
+            .await?;
+        (services.store, Some(composer))
+    } else {
+        (Services::database(config, Schema::Migrate).await?, None)
+    };
+    postbote::app::seed_topics(&store, config, chrono::Utc::now()).await?;
+    let report = postbote::import::run(config, &store, file, composer.as_ref()).await?;
+    println!("{report}");
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

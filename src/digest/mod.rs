@@ -257,9 +257,11 @@ impl Digester {
                     .map(|i| DigestEntry {
                         title: i.title.clone(),
                         // Items without their own page (mailed-in ones) get ours.
-                        url: Some(i.url.clone().unwrap_or_else(|| {
-                            format!("{}/items/{}", self.composer.public_url(), i.id)
-                        })),
+                        url: Some(
+                            i.url
+                                .clone()
+                                .unwrap_or_else(|| self.composer.links().item(i.id)),
+                        ),
                         summary: i.summary.clone(),
                     })
                     .collect();

@@ -30,7 +30,7 @@ pub fn signed_reader(
     original_mail_from: Option<&str>,
     composer: &Composer,
 ) -> Signed {
-    let key = composer.link_key();
+    let key = composer.links().key();
     let by_token = texts.iter().flat_map(|text| {
         ["/unsubscribe/", "/preferences/"]
             .into_iter()

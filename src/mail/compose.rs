@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::templates::{RenderedMail, TemplateError, Templates};
 use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
+use crate::links::Links;
 use crate::store::NewMail;
 
 /// Why a mail could not be built.
@@ -35,12 +36,10 @@ pub struct Composer {
     templates: Arc<Templates>,
     /// The `From:` of every mail.
     from: Mailbox,
-    /// Base of every link.
-    public_url: String,
+    /// Builds every link a mail carries, and signs VERP ids.
+    links: Links,
     /// How long confirmation links live, shown in the mail.
     lifetime_days: i64,
-    /// Signs the unsubscribe and preferences links.
-    link_key: LinkKey,
     /// The `List-Id` of digests.
     list_id: String,
     /// VERP bounce and mailto unsubscribe address templates.
@@ -71,28 +70,26 @@ impl Composer {
         Self {
             templates,
             from,
-            public_url,
+            links: Links::new(public_url, link_key),
             // Rounded down: the mail never promises more time than the link has.
             lifetime_days: lifetime.num_days().max(1),
-            link_key,
             list_id,
             addresses,
         }
     }
 
-    /// A composer as the configuration says.
+    /// A composer as the configuration says, building its links with `links`.
     pub fn from_config(
         config: &crate::config::Config,
         templates: Arc<Templates>,
-        link_key: LinkKey,
-        public_url: String,
+        links: Links,
     ) -> Self {
         Self::new(
             templates,
             config.mail_from.clone(),
-            public_url,
+            links.public_url().to_owned(),
             config.confirmation_lifetime,
-            link_key,
+            links.key().clone(),
             config.digest.list_id.clone(),
             ReturnAddresses {
                 bounce: config.bounce_address.clone(),
@@ -113,7 +110,7 @@ impl Composer {
 
     /// `<subscriber id>-<MAC>`: the part of a VERP or mailto address naming a reader.
     pub fn verp_id(&self, subscriber_id: i64) -> String {
-        let mac = self.link_key.sign("verp", &subscriber_id.to_string());
+        let mac = self.links.key().sign("verp", &subscriber_id.to_string());
         format!("{subscriber_id}-{}", &mac[..16])
     }
 
@@ -134,14 +131,9 @@ impl Composer {
         &self.addresses
     }
 
-    /// The key that signs unsubscribe and preferences links.
-    pub fn link_key(&self) -> &LinkKey {
-        &self.link_key
-    }
-
-    /// The base of every link.
-    pub fn public_url(&self) -> &str {
-        &self.public_url
+    /// The links this composer puts into mails (and whose key signs VERP ids).
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     /// The double opt-in mail with the confirmation link.
@@ -158,7 +150,7 @@ impl Composer {
     ) -> Result<NewMail, ComposeError> {
         let data = json!({
             "email": to.as_str(),
-            "confirm_url": format!("{}/confirm/{}", self.public_url, token.as_str()),
+            "confirm_url": self.links.confirm(token),
             "lifetime_days": self.lifetime_days,
         });
         let rendered = self.templates.mail(locale, "confirm", &data)?;
@@ -184,10 +176,9 @@ impl Composer {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
-        let token = self.link_key.manage_token(subscriber_id);
         let data = json!({
             "email": to.as_str(),
-            "preferences_url": format!("{}/preferences/{}", self.public_url, token.as_str()),
+            "preferences_url": self.links.preferences(subscriber_id),
         });
         let rendered = self.templates.mail(locale, "already-subscribed", &data)?;
         self.build(
@@ -319,7 +310,7 @@ impl Composer {
             "count": total,
             "groups": groups,
             "more": total.saturating_sub(shown),
-            "more_url": self.public_url,
+            "more_url": self.links.public_url(),
             "topics": topics,
         });
         let rendered = self.templates.mail(locale, "digest", &data)?;
@@ -344,13 +335,12 @@ impl Composer {
         to: &EmailAddress,
         subscriber_id: i64,
     ) -> Result<ReaderPart, ComposeError> {
-        let token = self.link_key.manage_token(subscriber_id);
-        let unsubscribe = format!("{}/unsubscribe/{}", self.public_url, token.as_str());
+        let unsubscribe = self.links.unsubscribe(subscriber_id);
         let data = json!({
             "email": to.as_str(),
             "topics": body.topics,
             "unsubscribe_url": unsubscribe,
-            "preferences_url": format!("{}/preferences/{}", self.public_url, token.as_str()),
+            "preferences_url": self.links.preferences(subscriber_id),
         });
         let footer = self
             .templates

@@ -89,13 +89,17 @@ impl BeginWrite for SqlitePool {
     }
 }
 
-/// A store failure, sorted by what the caller can do about it.
+/// A store failure, sorted by what the caller can do about it. The driver's error
+/// stays attached as the source: log it with its cause chain (e.g.
+/// `web::error::ErrorChain`), not with `Display` alone.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique key already exists (e.g. a topic slug).
     #[error("{0} already exists")]
     Conflict(&'static str),
-    /// The database cannot be reached right now: retry later (HTTP 503, exit 75).
+    /// The database cannot be reached right now (pool timeout, connection refused
+    /// or cut, server shutting down or full, SQLite still locked after the busy
+    /// timeout): retry later (HTTP 503 with `Retry-After`, exit 75).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// Anything else: a bug or a broken database.
@@ -117,12 +121,34 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(e)
+        let unavailable = match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+                db.code().is_some_and(|code| temporary(&code, sqlite))
             }
-            other => Self::Database(other),
+            _ => false,
+        };
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Database(e)
         }
+    }
+}
+
+/// Whether a database error code says "not now" rather than "never": PostgreSQL's
+/// connection exceptions (class 08), a server shutting down or starting
+/// (57P01–57P03) or out of connections (53300); SQLite's `SQLITE_BUSY` (5, and
+/// its extended codes) once the busy timeout has passed.
+fn temporary(code: &str, sqlite: bool) -> bool {
+    if sqlite {
+        code.parse::<u32>().is_ok_and(|c| c & 0xff == 5)
+    } else {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
     }
 }
 

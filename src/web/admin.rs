@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::AppState;
+use super::error::ErrorChain;
 use crate::domain::{EmailAddress, TopicSlug};
 use crate::store::{Decided, ItemOutcome, NewItem, StoreError, SubmissionStatus, TopicChange};
 
@@ -40,14 +41,14 @@ impl From<StoreError> for ApiError {
             }
             StoreError::InvalidItem(e) => unprocessable(e.field, e.problem),
             StoreError::Unavailable(_) => {
-                tracing::error!(error = %super::subscribe::error_chain(&e), "admin API: database unavailable");
+                tracing::error!(error = %ErrorChain(&e), "admin API: database unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database unavailable; try again later",
                 )
             }
             other => {
-                tracing::error!(error = %super::subscribe::error_chain(&other), "admin API failed");
+                tracing::error!(error = %ErrorChain(&other), "admin API failed");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
             }
         }

@@ -3,13 +3,17 @@
 //! `metrics_token`: the numbers are the operator's, and computing them costs
 //! database time).
 
+use std::fmt::Write;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use super::error::ErrorChain;
 use super::{AppState, bearer_token, token_matches};
+use crate::store::Stats;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -23,7 +27,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
+            tracing::warn!(error = %ErrorChain(&e), "readiness check: database unreachable");
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
         }
     }
@@ -43,7 +47,6 @@ fn may_read_metrics(state: &AppState, headers: &HeaderMap) -> bool {
 
 /// Prometheus text format, from the same counters as `/api/v1/stats`.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    use std::fmt::Write;
     if !may_read_metrics(&state, &headers) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -55,66 +58,85 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let stats = match state.store.stats().await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "metrics: database unreachable");
+            tracing::warn!(error = %ErrorChain(&e), "metrics: database unreachable");
             return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response();
         }
     };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP postbote_subscribers Subscribers by status.\n# TYPE postbote_subscribers gauge"
-    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        exposition(&stats),
+    )
+        .into_response()
+}
+
+/// The counters in Prometheus' text format.
+fn exposition(stats: &Stats) -> String {
+    let mut out = Exposition::default();
+    out.family("postbote_subscribers", "Subscribers by status.", "gauge");
     for (status, n) in &stats.subscribers {
-        let _ = writeln!(out, "postbote_subscribers{{status=\"{status}\"}} {n}");
+        out.sample("postbote_subscribers", &[("status", status)], n);
     }
-    let _ = writeln!(
-        out,
-        "# HELP postbote_mail_queue_depth Mails waiting for delivery.\n# TYPE postbote_mail_queue_depth gauge"
+    out.family(
+        "postbote_mail_queue_depth",
+        "Mails waiting for delivery.",
+        "gauge",
     );
-    let _ = writeln!(out, "postbote_mail_queue_depth {}", stats.queue_depth);
-    let _ = writeln!(
-        out,
-        "# HELP postbote_mails Mails by kind and status.\n# TYPE postbote_mails gauge"
-    );
+    out.sample("postbote_mail_queue_depth", &[], stats.queue_depth);
+    out.family("postbote_mails", "Mails by kind and status.", "gauge");
     for (kind, by_status) in &stats.mails {
         for (status, n) in by_status {
-            let _ = writeln!(
-                out,
-                "postbote_mails{{kind=\"{kind}\",status=\"{status}\"}} {n}"
-            );
+            out.sample("postbote_mails", &[("kind", kind), ("status", status)], n);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP postbote_mails_retried Mails that needed more than one attempt.\n# TYPE postbote_mails_retried gauge"
+    out.family(
+        "postbote_mails_retried",
+        "Mails that needed more than one attempt.",
+        "gauge",
     );
-    let _ = writeln!(out, "postbote_mails_retried {}", stats.retried);
-    let _ = writeln!(
-        out,
-        "# HELP postbote_mail_events Bounces, complaints and unsubscribe replies by kind.\n# TYPE postbote_mail_events counter"
+    out.sample("postbote_mails_retried", &[], stats.retried);
+    out.family(
+        "postbote_mail_events",
+        "Bounces, complaints and unsubscribe replies by kind.",
+        "counter",
     );
     for (kind, n) in &stats.mail_events {
-        let _ = writeln!(out, "postbote_mail_events{{kind=\"{kind}\"}} {n}");
+        out.sample("postbote_mail_events", &[("kind", kind)], n);
     }
-    let _ = writeln!(
-        out,
-        "# HELP postbote_feeds_failing Feeds whose last poll failed.\n# TYPE postbote_feeds_failing gauge"
+    out.family(
+        "postbote_feeds_failing",
+        "Feeds whose last poll failed.",
+        "gauge",
     );
-    let _ = writeln!(out, "postbote_feeds_failing {}", stats.feeds.failing);
-    let _ = writeln!(
-        out,
-        "# HELP postbote_feed_failures_total Failed polls per feed.\n# TYPE postbote_feed_failures_total counter"
+    out.sample("postbote_feeds_failing", &[], stats.feeds.failing);
+    out.family(
+        "postbote_feed_failures_total",
+        "Failed polls per feed.",
+        "counter",
     );
     for (feed, n) in &stats.feeds.failures {
         let name = feed.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(out, "postbote_feed_failures_total{{feed=\"{name}\"}} {n}");
+        out.sample("postbote_feed_failures_total", &[("feed", &name)], n);
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response()
+    out.0
+}
+
+/// Prometheus text being written: metric families, each with its samples.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// A family's `# HELP` and `# TYPE` lines.
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values are written as given (escape them first).
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! HTTP: the public pages ([`subscribe`], [`confirm`], [`preferences`],
 //! [`unsubscribe`], [`items`]), the admin API ([`admin`]), health checks and
 //! metrics ([`health`]). Each module exports a `router()`; [`router`] merges
-//! them. Handlers parse input into domain types at the edge and call the store.
+//! them. Handlers parse input into domain types at the edge (the page language
+//! and link tokens through the extractors in [`pages`] and [`tokens`]) and call
+//! the store; the pages' errors take one path ([`error`]).
 //! [`harden`] puts the security headers on every response and a deadline on every
 //! request body; [`server`] accepts the connections (cap, header timeout, graceful
 //! shutdown).
@@ -9,6 +11,7 @@
 pub mod admin;
 pub mod assets;
 pub mod confirm;
+pub mod error;
 pub mod health;
 pub mod items;
 pub mod pages;
@@ -16,6 +19,7 @@ pub mod preferences;
 pub mod rate_limit;
 pub mod server;
 pub mod subscribe;
+pub mod tokens;
 pub mod unsubscribe;
 
 use std::future::Future;
@@ -38,6 +42,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::config::{Config, IpNetwork};
 use crate::digest::Digester;
+use crate::links::Links;
 use crate::mail::compose::Composer;
 use crate::mail::templates::Templates;
 use crate::store::Store;
@@ -90,6 +95,8 @@ pub struct AppState {
     pub templates: Arc<Templates>,
     /// Builds the mails.
     pub composer: Composer,
+    /// Builds public links and checks the reader tokens in them.
+    pub links: Links,
     /// The admin bearer token.
     pub admin_token: Arc<str>,
     /// Sign-up requests per client.
@@ -100,8 +107,6 @@ pub struct AppState {
     pub mail_wake: Arc<Notify>,
     /// Runs digest passes (for `POST /api/v1/digests/run`).
     pub digester: Digester,
-    /// Polls feeds.
-    pub poller: crate::feeds::Poller,
 }
 
 /// The whole HTTP surface.
@@ -117,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .merge(assets::router())
         .nest("/api/v1", admin::router(state.clone()))
         .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            error::error_pages,
+        ))
         .with_state(state)
         // Last, so it wraps everything: pages, API, 404s, 405s and 413s alike.
         .layer(middleware::from_fn_with_state(body_timeout, harden))

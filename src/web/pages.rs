@@ -1,12 +1,17 @@
-//! Rendering pages: language choice, the shared page data, and the error pages.
+//! Rendering pages: language choice ([`PageLang`]), the shared page data, the
+//! message pages (the error pages among them, see [`super::error`]) and the 404
+//! fallback.
 
-use axum::extract::{Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::error::{PageError, Problem};
 use crate::domain::Locale;
 
 /// `?lang=` on any page.
@@ -14,6 +19,40 @@ use crate::domain::Locale;
 pub struct LangQuery {
     /// Requested page language.
     pub lang: Option<String>,
+}
+
+/// The page language a request asks for, as an extractor: `?lang=`, else the
+/// browser's first supported language, else the configured default. A `?lang=`
+/// that does not parse is refused as axum's `Query` refuses it (400).
+#[derive(Debug, Clone, Copy)]
+pub struct PageLang {
+    /// The negotiated language.
+    pub locale: Locale,
+    /// Whether the request named one with `?lang=` (even one we do not speak).
+    asked: bool,
+}
+
+impl PageLang {
+    /// The language of a page about a reader whose own language is `theirs`:
+    /// the one the request named with `?lang=`, else theirs.
+    pub fn or_theirs(self, theirs: Locale) -> Locale {
+        if self.asked { self.locale } else { theirs }
+    }
+}
+
+impl FromRequestParts<AppState> for PageLang {
+    type Rejection = QueryRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(q) = Query::<LangQuery>::from_request_parts(parts, state).await?;
+        Ok(Self {
+            locale: negotiate(state, q.lang.as_deref(), &parts.headers),
+            asked: q.lang.is_some(),
+        })
+    }
 }
 
 /// The page language: `?lang=`, else the browser's first supported language, else
@@ -75,11 +114,24 @@ pub fn message(
     key: &str,
     link_home: bool,
 ) -> Response {
+    let link = link_home.then(|| format!("/?lang={locale}"));
+    message_linking(state, status, locale, key, link)
+}
+
+/// A page with the heading and text of `key` (`{key}_heading`, `{key}_text`) and
+/// an optional link under them, labelled "subscribe again".
+pub fn message_linking(
+    state: &AppState,
+    status: StatusCode,
+    locale: Locale,
+    key: &str,
+    link: Option<String>,
+) -> Response {
     let t = state.templates.strings(locale);
     let data = json!({
         "heading": t[format!("{key}_heading")],
         "text": t[format!("{key}_text")],
-        "link_href": link_home.then(|| format!("/?lang={locale}")),
+        "link_href": link,
         "link_text": t["subscribe_again"],
     });
     render(
@@ -93,23 +145,29 @@ pub fn message(
     )
 }
 
-/// The 500 page; the cause has been logged by the caller.
-pub fn internal_error(state: &AppState, locale: Locale) -> Response {
-    message(
-        state,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        locale,
-        "error",
-        false,
-    )
+/// The page saying that a reader is unsubscribed (after one-click, after "unsubscribe
+/// from everything", or when their link is used again).
+pub fn unsubscribed(state: &AppState, locale: Locale) -> Response {
+    message(state, StatusCode::OK, locale, "unsubscribed", true)
+}
+
+/// The answer to unsubscribing `subscriber_id`, given what the store's
+/// `unsubscribe` returned: the page saying so in the reader's language, or the
+/// unknown-link page when the link named nobody.
+///
+/// # Errors
+/// [`Problem::UnknownLink`] when `theirs` is `None`.
+pub fn after_unsubscribe(
+    state: &AppState,
+    subscriber_id: i64,
+    theirs: Option<Locale>,
+) -> Result<Response, PageError> {
+    let theirs = theirs.ok_or(Problem::UnknownLink)?;
+    tracing::info!(subscriber.id = subscriber_id, "unsubscribed");
+    Ok(unsubscribed(state, theirs))
 }
 
 /// Fallback for unknown routes.
-pub async fn not_found(
-    State(state): State<AppState>,
-    Query(q): Query<LangQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let locale = negotiate(&state, q.lang.as_deref(), &headers);
-    message(&state, StatusCode::NOT_FOUND, locale, "not_found", true)
+pub async fn not_found(_lang: PageLang) -> PageError {
+    Problem::NotFound.into()
 }

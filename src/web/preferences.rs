@@ -7,22 +7,27 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::pages::{LangQuery, internal_error, message, negotiate, render};
+use super::error::{InLocale, PageError, Problem};
+use super::pages::{PageLang, after_unsubscribe, render, unsubscribed};
+use super::tokens::ManageLink;
 use crate::domain::{
     DeliverySchedule, DeliveryTime, Locale, ManageToken, TimeZone, TopicSlug, Weekdays,
 };
-use crate::store::Preferences;
+use crate::store::{Preferences, Topic};
 
 /// How long a shown form can be submitted.
 const FORM_LIFETIME_SECS: i64 = 24 * 3600;
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Per-field problems, keyed by form field name.
+type FieldErrors = BTreeMap<&'static str, String>;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -34,8 +39,8 @@ fn form_token(state: &AppState, subscriber_id: i64) -> String {
     format!(
         "{ts}.{}",
         state
-            .composer
-            .link_key()
+            .links
+            .key()
             .sign("preferences-form", &format!("{subscriber_id}:{ts}"))
     )
 }
@@ -49,61 +54,28 @@ fn form_token_ok(state: &AppState, subscriber_id: i64, token: &str) -> bool {
     };
     let age = state.clock.now().timestamp() - issued;
     (-60..FORM_LIFETIME_SECS).contains(&age)
-        && state.composer.link_key().check(
+        && state.links.key().check(
             "preferences-form",
             &format!("{subscriber_id}:{issued}"),
             mac,
         )
 }
 
-async fn reader(
-    state: &AppState,
-    token: &str,
-    page_locale: Locale,
-) -> Result<(ManageToken, Preferences), Response> {
-    let Some(token) = state.composer.link_key().verify(token) else {
-        return Err(message(
-            state,
-            StatusCode::NOT_FOUND,
-            page_locale,
-            "unknown_link",
-            true,
-        ));
-    };
-    match state.store.preferences(token.subscriber_id).await {
-        Ok(Some(p)) => Ok((token, p)),
-        Ok(None) => Err(message(
-            state,
-            StatusCode::NOT_FOUND,
-            page_locale,
-            "unknown_link",
-            true,
-        )),
-        Err(e) => {
-            tracing::error!(error = %e, "loading preferences failed");
-            Err(internal_error(state, page_locale))
-        }
-    }
+/// The settings of the reader the link names.
+async fn reader(state: &AppState, token: &ManageToken) -> Result<Preferences, PageError> {
+    let prefs = state.store.preferences(token.subscriber_id).await?;
+    Ok(prefs.ok_or(Problem::UnknownLink)?)
 }
 
 async fn show(
     State(state): State<AppState>,
-    Path(token): Path<String>,
-    Query(q): Query<LangQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let page_locale = negotiate(&state, q.lang.as_deref(), &headers);
-    let (token, prefs) = match reader(&state, &token, page_locale).await {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let locale = if q.lang.is_some() {
-        page_locale
-    } else {
-        Locale::parse(&prefs.locale).unwrap_or(page_locale)
-    };
+    lang: PageLang,
+    ManageLink(token): ManageLink,
+) -> Result<Response, PageError> {
+    let prefs = reader(&state, &token).await?;
+    let locale = lang.or_theirs(Locale::parse(&prefs.locale).unwrap_or(lang.locale));
     if prefs.status == "unsubscribed" || prefs.status == "bounced" {
-        return message(&state, StatusCode::OK, locale, "unsubscribed", true);
+        return Ok(unsubscribed(&state, locale));
     }
     page(
         &state,
@@ -111,7 +83,7 @@ async fn show(
         locale,
         &token,
         &prefs,
-        &BTreeMap::new(),
+        &FieldErrors::new(),
         false,
     )
     .await
@@ -123,16 +95,10 @@ async fn page(
     locale: Locale,
     token: &ManageToken,
     prefs: &Preferences,
-    errors: &BTreeMap<&'static str, String>,
+    errors: &FieldErrors,
     saved: bool,
-) -> Response {
-    let topics = match state.store.list_topics(false).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "listing topics failed");
-            return internal_error(state, locale);
-        }
-    };
+) -> Result<Response, PageError> {
+    let topics = state.store.list_topics(false).await.in_locale(locale)?;
     let t = state.templates.strings(locale);
     let days = Weekdays::from_bits(prefs.weekdays)
         .unwrap_or_default()
@@ -177,68 +143,136 @@ async fn page(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    response
+    Ok(response)
 }
 
 async fn change(
     State(state): State<AppState>,
-    Path(token): Path<String>,
-    Query(q): Query<LangQuery>,
+    lang: PageLang,
+    ManageLink(token): ManageLink,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let page_locale = negotiate(&state, q.lang.as_deref(), &headers);
-    let (token, mut prefs) = match reader(&state, &token, page_locale).await {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (k, v) in form_urlencoded::parse(&body) {
-        fields
-            .entry(k.into_owned())
-            .or_default()
-            .push(v.into_owned());
+) -> Result<Response, PageError> {
+    let mut prefs = reader(&state, &token).await?;
+    let form = Form::parse(&body);
+    check_form_token(&state, &headers, token.subscriber_id, form.one("csrf"))?;
+    let now = state.clock.now();
+    if form.one("action") == "unsubscribe" {
+        let theirs = state.store.unsubscribe(token.subscriber_id, now).await?;
+        return after_unsubscribe(&state, token.subscriber_id, theirs);
     }
-    let one = |k: &str| {
-        fields
-            .get(k)
+    let locale = Locale::parse(form.one("locale")).unwrap_or(lang.locale);
+    let offered = state.store.list_topics(false).await.in_locale(locale)?;
+    let (topics, schedule) = match read_change(&state, locale, &form, &offered) {
+        Ok(change) => change,
+        Err(errors) => {
+            // Show the form again with what the reader chose.
+            form.fill(&mut prefs);
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            return page(&state, status, locale, &token, &prefs, &errors, false).await;
+        }
+    };
+    let id = token.subscriber_id;
+    let store = &state.store;
+    let found = store
+        .update_preferences(id, &topics, schedule, locale, now)
+        .await;
+    if !found.in_locale(locale)? {
+        return Err(Problem::UnknownLink.in_locale(locale));
+    }
+    tracing::info!(subscriber.id = id, "preferences changed");
+    let saved = store.preferences(id).await.in_locale(locale)?;
+    let saved = saved.ok_or(Problem::UnknownLink).in_locale(locale)?;
+    page(
+        &state,
+        StatusCode::OK,
+        locale,
+        &token,
+        &saved,
+        &FieldErrors::new(),
+        true,
+    )
+    .await
+}
+
+/// Refuses a post without this reader's valid form token, and any post a browser
+/// says comes from another site.
+fn check_form_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    subscriber_id: i64,
+    token: &str,
+) -> Result<(), PageError> {
+    let cross_site =
+        headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
+    if cross_site || !form_token_ok(state, subscriber_id, token) {
+        tracing::warn!(
+            subscriber.id = subscriber_id,
+            "preferences form refused: missing or invalid form token"
+        );
+        return Err(Problem::Forbidden.into());
+    }
+    Ok(())
+}
+
+/// The posted form: every field with all its values, in order.
+struct Form(BTreeMap<String, Vec<String>>);
+
+impl Form {
+    fn parse(body: &[u8]) -> Self {
+        let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in form_urlencoded::parse(body) {
+            fields
+                .entry(k.into_owned())
+                .or_default()
+                .push(v.into_owned());
+        }
+        Self(fields)
+    }
+
+    /// A field's first value, or `""`.
+    fn one(&self, key: &str) -> &str {
+        self.0
+            .get(key)
             .and_then(|v| v.first())
             .map(String::as_str)
             .unwrap_or_default()
-    };
-    let cross_site =
-        headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
-    if cross_site || !form_token_ok(&state, token.subscriber_id, one("csrf")) {
-        tracing::warn!(
-            subscriber.id = token.subscriber_id,
-            "preferences form refused: missing or invalid form token"
-        );
-        return message(
-            &state,
-            StatusCode::FORBIDDEN,
-            page_locale,
-            "forbidden",
-            false,
-        );
-    }
-    let now = state.clock.now();
-    if one("action") == "unsubscribe" {
-        return super::unsubscribe::unsubscribe_now(&state, token.subscriber_id, page_locale).await;
     }
 
-    let locale = Locale::parse(one("locale")).unwrap_or(page_locale);
+    /// A field's values.
+    fn all(&self, key: &str) -> &[String] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The ticked weekdays as bits (bit 0 = Monday); unknown values are ignored.
+    fn weekday_bits(&self) -> i64 {
+        self.all("weekdays")
+            .iter()
+            .filter_map(|d| WEEKDAYS.iter().position(|w| w == d))
+            .fold(0i64, |b, i| b | (1 << i))
+    }
+
+    /// Puts what the reader chose into `prefs`, for showing the form again.
+    fn fill(&self, prefs: &mut Preferences) {
+        prefs.topics = self.all("topics").to_vec();
+        prefs.delivery_time = self.one("delivery_time").to_owned();
+        prefs.timezone = self.one("timezone").to_owned();
+        prefs.weekdays = self.weekday_bits();
+    }
+}
+
+/// The new topics and schedule, or every field's problem in the reader's language.
+fn read_change(
+    state: &AppState,
+    locale: Locale,
+    form: &Form,
+    offered: &[Topic],
+) -> Result<(Vec<TopicSlug>, DeliverySchedule), FieldErrors> {
     let t = |key: &str| state.templates.string(locale, key);
-    let mut errors: BTreeMap<&'static str, String> = BTreeMap::new();
-    let offered = match state.store.list_topics(false).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(error = %e, "listing topics failed");
-            return internal_error(&state, locale);
-        }
-    };
-    let chosen: Vec<String> = fields.get("topics").cloned().unwrap_or_default();
+    let mut errors = FieldErrors::new();
+    let chosen = form.all("topics");
     let mut topics = Vec::new();
-    for slug in &chosen {
+    for slug in chosen {
         match TopicSlug::parse(slug) {
             Ok(s) if offered.iter().any(|o| o.slug == *slug) => topics.push(s),
             _ => {
@@ -249,76 +283,27 @@ async fn change(
     if chosen.is_empty() {
         errors.insert("topics", t("err_topics_missing"));
     }
-    let time = DeliveryTime::parse(one("delivery_time"));
+    let time = DeliveryTime::parse(form.one("delivery_time"));
     if time.is_err() {
         errors.insert("delivery_time", t("err_delivery_time"));
     }
-    let zone = TimeZone::parse(one("timezone"));
+    let zone = TimeZone::parse(form.one("timezone"));
     if zone.is_err() {
         errors.insert("timezone", t("err_timezone"));
     }
-    let bits = fields
-        .get("weekdays")
-        .map(|days| {
-            days.iter()
-                .filter_map(|d| WEEKDAYS.iter().position(|w| w == d))
-                .fold(0i64, |b, i| b | (1 << i))
-        })
-        .unwrap_or(0);
-    let weekdays = Weekdays::from_bits(bits);
+    let weekdays = Weekdays::from_bits(form.weekday_bits());
     if weekdays.is_none() {
         errors.insert("weekdays", t("err_weekdays"));
     }
-    let (Ok(time), Ok(timezone), Some(weekdays), true) = (time, zone, weekdays, errors.is_empty())
-    else {
-        // Show the form again with what the reader chose.
-        prefs.topics = chosen;
-        prefs.delivery_time = one("delivery_time").to_owned();
-        prefs.timezone = one("timezone").to_owned();
-        prefs.weekdays = bits;
-        return page(
-            &state,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            locale,
-            &token,
-            &prefs,
-            &errors,
-            false,
-        )
-        .await;
-    };
-    let schedule = DeliverySchedule {
-        time,
-        timezone,
-        weekdays,
-    };
-    match state
-        .store
-        .update_preferences(token.subscriber_id, &topics, schedule, locale, now)
-        .await
-    {
-        Ok(true) => {
-            tracing::info!(subscriber.id = token.subscriber_id, "preferences changed");
-            match state.store.preferences(token.subscriber_id).await {
-                Ok(Some(p)) => {
-                    page(
-                        &state,
-                        StatusCode::OK,
-                        locale,
-                        &token,
-                        &p,
-                        &BTreeMap::new(),
-                        true,
-                    )
-                    .await
-                }
-                _ => message(&state, StatusCode::NOT_FOUND, locale, "unknown_link", true),
-            }
-        }
-        Ok(false) => message(&state, StatusCode::NOT_FOUND, locale, "unknown_link", true),
-        Err(e) => {
-            tracing::error!(error = %e, "saving preferences failed");
-            internal_error(&state, locale)
-        }
+    match (time, zone, weekdays) {
+        (Ok(time), Ok(timezone), Some(weekdays)) if errors.is_empty() => Ok((
+            topics,
+            DeliverySchedule {
+                time,
+                timezone,
+                weekdays,
+            },
+        )),
+        _ => Err(errors),
     }
 }

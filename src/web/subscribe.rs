@@ -9,24 +9,27 @@
 //! answer 429 (see [`crate::store::SignUpLimits`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::pages::{LangQuery, negotiate, render};
+use super::error::{InLocale, PageError, Problem};
+use super::pages::{PageLang, render};
 use super::{AppState, BODY_LIMIT, client_ip};
 use crate::domain::{DeliveryTime, EmailAddress, EmailError, Locale, TimeZone, Token, TopicSlug};
 use crate::store::{
-    ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Store, Topic,
+    ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Store, StoreError,
+    Topic,
 };
 
 /// Longest value kept of a text field (email, time, zone, language): longer than any
@@ -84,31 +87,88 @@ enum Format {
     Json,
 }
 
-async fn page(
-    State(state): State<AppState>,
-    Query(q): Query<LangQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let locale = negotiate(&state, q.lang.as_deref(), &headers);
+/// Why `POST /subscribe` said no, answered in the request's format.
+#[derive(Debug)]
+enum SignUpError {
+    /// The request itself is unusable (415, 413, 400): JSON
+    /// `{"errors": {field: msg}}`, or `field: msg` as text.
+    Request {
+        /// The answer's format.
+        format: Format,
+        /// 415, 413 or 400.
+        status: StatusCode,
+        /// What is wrong: `content-type` or `body`.
+        field: &'static str,
+        /// Why.
+        msg: String,
+    },
+    /// Cross-site, over a limit, or the database failed: the page, or JSON
+    /// `{"error": …}` with the same status and `Retry-After`.
+    Page {
+        /// The answer's format.
+        format: Format,
+        /// The problem.
+        error: PageError,
+    },
+}
+
+impl SignUpError {
+    /// A page problem answered in `format`; use as `.map_err(SignUpError::page(format))`.
+    fn page(format: Format) -> impl Fn(PageError) -> Self + Copy {
+        move |error| Self::Page { format, error }
+    }
+}
+
+impl IntoResponse for SignUpError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Request {
+                format,
+                status,
+                field,
+                msg,
+            } => match format {
+                Format::Json => (status, Json(json!({"errors": {field: msg}}))).into_response(),
+                Format::Html => (status, format!("{field}: {msg}\n")).into_response(),
+            },
+            Self::Page {
+                format: Format::Html,
+                error,
+            } => error.into_response(),
+            Self::Page {
+                format: Format::Json,
+                error,
+            } => {
+                let msg = match &error.problem {
+                    Problem::CrossSite { home } => {
+                        format!("cross-site sign-up refused: send the form from {home}")
+                    }
+                    Problem::TooMany { .. } => "too many requests; try again later".into(),
+                    _ => "internal error; please try again later".into(),
+                };
+                error.into_json(json!({ "error": msg }))
+            }
+        }
+    }
+}
+
+async fn page(State(state): State<AppState>, lang: PageLang) -> Result<Response, PageError> {
+    let locale = lang.locale;
     let form = Submitted {
         delivery_time: state.config.defaults.delivery_time.to_string(),
         locale: locale.as_str().to_owned(),
         ..Submitted::default()
     };
-    match state.store.list_topics(false).await {
-        Ok(topics) => form_page(
-            &state,
-            StatusCode::OK,
-            locale,
-            &topics,
-            &form,
-            &FieldErrors::new(),
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "listing topics failed");
-            super::pages::internal_error(&state, locale)
-        }
-    }
+    let topics = state.store.list_topics(false).await?;
+    let no_errors = FieldErrors::new();
+    Ok(form_page(
+        &state,
+        StatusCode::OK,
+        locale,
+        &topics,
+        &form,
+        &no_errors,
+    ))
 }
 
 fn form_page(
@@ -158,11 +218,60 @@ fn form_page(
 async fn subscribe(
     State(state): State<AppState>,
     peer: ConnectInfo<SocketAddr>,
-    Query(q): Query<LangQuery>,
+    lang: PageLang,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let page_locale = negotiate(&state, q.lang.as_deref(), &headers);
+) -> Result<Response, SignUpError> {
+    let format = request_format(&headers)?;
+    let refuse = SignUpError::page(format);
+    refuse_cross_site(&state, &headers).map_err(refuse)?;
+    let ip = client_ip(&state, &headers, &peer);
+    limit_client(&state, ip).map_err(refuse)?;
+    let (submitted, mut errors) = read_submission(body, format).await?;
+    let locale = Locale::parse(&submitted.locale).unwrap_or(lang.locale);
+    let topics = state.store.list_topics(false).await;
+    let topics = topics.in_locale(locale).map_err(refuse)?;
+    let valid = validate(&state, locale, &submitted, &topics, &mut errors);
+    let Some(valid) = valid.filter(|_| errors.is_empty()) else {
+        return Ok(match format {
+            Format::Json => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "errors": errors })),
+            )
+                .into_response(),
+            Format::Html => {
+                let status = StatusCode::UNPROCESSABLE_ENTITY;
+                form_page(&state, status, locale, &topics, &submitted, &errors)
+            }
+        });
+    };
+
+    // The consent text the reader saw: the one of the page the form was on.
+    let consent_locale = submitted
+        .page_locale
+        .as_deref()
+        .and_then(|l| Locale::parse(l).ok())
+        .unwrap_or(lang.locale);
+    let now = state.clock.now();
+    let confirm_token = Token::generate();
+    let signup = SignUp {
+        email: valid.email,
+        topics: valid.topics,
+        delivery_time: valid.delivery_time,
+        timezone: valid.timezone,
+        locale: valid.locale,
+        proof: consent_proof(&state, &headers, ip, consent_locale, now),
+        confirm_token: confirm_token.hash(),
+        confirm_expires_at: now + state.config.confirmation_lifetime,
+        mail_limit: None,
+    };
+    let outcome = sign_up(&state, &signup, &confirm_token, now).await;
+    let outcome = outcome.in_locale(signup.locale).map_err(refuse)?;
+    accepted(&state, format, &signup, outcome, now).map_err(refuse)
+}
+
+/// The request's format from its `Content-Type`, which decides the answer's.
+fn request_format(headers: &HeaderMap) -> Result<Format, SignUpError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -173,78 +282,94 @@ async fn subscribe(
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    let format = match mime.as_str() {
-        "application/json" => Format::Json,
-        "application/x-www-form-urlencoded" => Format::Html,
-        _ => {
-            let msg = "must be application/x-www-form-urlencoded or application/json";
-            return problem(
-                Format::Json,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "content-type",
-                msg,
-            );
-        }
-    };
-
-    if let Some(why) = cross_site(&headers, state.composer.public_url()) {
-        tracing::warn!(why = %why, "sign-up refused: the browser says it comes from another site");
-        return forbidden(&state, format, page_locale);
+    match mime.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/x-www-form-urlencoded" => Ok(Format::Html),
+        _ => Err(SignUpError::Request {
+            format: Format::Json,
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            field: "content-type",
+            msg: "must be application/x-www-form-urlencoded or application/json".into(),
+        }),
     }
+}
 
-    let ip = client_ip(&state, &headers, &peer);
-    if let Err(wait) = state.client_limiter.check(ip) {
-        tracing::info!("sign-up refused: client over its limit");
-        state.limit_tally.count(LimitScope::Client, &state.store);
-        return too_many(&state, format, page_locale, wait.as_secs().max(1));
+/// Refuses a post a browser says another site made it send (see [`cross_site`]).
+fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), PageError> {
+    let Some(why) = cross_site(headers, state.links.public_url()) else {
+        return Ok(());
+    };
+    tracing::warn!(why = %why, "sign-up refused: the browser says it comes from another site");
+    Err(Problem::CrossSite {
+        home: state.links.home(),
     }
+    .into())
+}
 
-    let bytes = match super::read_body(body).await {
-        Ok(b) => b,
-        Err(_) => {
-            let msg = format!("the request body is larger than {} KiB", BODY_LIMIT / 1024);
-            return problem(format, StatusCode::PAYLOAD_TOO_LARGE, "body", &msg);
+/// Refuses a client over its sign-up requests per minute, and counts it.
+fn limit_client(state: &AppState, ip: IpAddr) -> Result<(), PageError> {
+    let Err(wait) = state.client_limiter.check(ip) else {
+        return Ok(());
+    };
+    tracing::info!("sign-up refused: client over its limit");
+    state.limit_tally.count(LimitScope::Client, &state.store);
+    let wait_secs = wait.as_secs().max(1);
+    Err(Problem::TooMany { wait_secs }.into())
+}
+
+/// The submitted fields as text, and the fields of the wrong JSON type.
+async fn read_submission(
+    body: Body,
+    format: Format,
+) -> Result<(Submitted, FieldErrors), SignUpError> {
+    let request_error = |status, msg| SignUpError::Request {
+        format,
+        status,
+        field: "body",
+        msg,
+    };
+    let Ok(bytes) = super::read_body(body).await else {
+        let msg = format!("the request body is larger than {} KiB", BODY_LIMIT / 1024);
+        return Err(request_error(StatusCode::PAYLOAD_TOO_LARGE, msg));
+    };
+    match format {
+        Format::Html => Ok((parse_form(&bytes), FieldErrors::new())),
+        Format::Json => {
+            parse_json(&bytes).map_err(|msg| request_error(StatusCode::BAD_REQUEST, msg))
         }
-    };
-    let (submitted, mut errors) = match format {
-        Format::Html => (parse_form(&bytes), FieldErrors::new()),
-        Format::Json => match parse_json(&bytes) {
-            Ok(parsed) => parsed,
-            Err(msg) => return problem(format, StatusCode::BAD_REQUEST, "body", &msg),
-        },
-    };
-    let locale = Locale::parse(&submitted.locale).unwrap_or(page_locale);
+    }
+}
 
-    let topics = match state.store.list_topics(false).await {
-        Ok(t) => t,
-        Err(e) => return server_error(&state, format, locale, &e),
-    };
-    let valid = validate(&state, locale, &submitted, &topics, &mut errors);
-    let Some(valid) = valid.filter(|_| errors.is_empty()) else {
-        return match format {
-            Format::Json => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "errors": errors })),
-            )
-                .into_response(),
-            Format::Html => form_page(
-                &state,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                locale,
-                &topics,
-                &submitted,
-                &errors,
-            ),
-        };
-    };
+/// What proves the reader's consent: when, from where, with which browser, and the
+/// consent text in the language they read it in.
+fn consent_proof(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    consent_locale: Locale,
+    now: DateTime<Utc>,
+) -> ConsentProof {
+    ConsentProof {
+        at: now,
+        ip: Some(ip.to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(512).collect()),
+        consent_version: state.config.consent_version.clone(),
+        consent_text: state.templates.string(consent_locale, "consent_text"),
+    }
+}
 
-    let consent_locale = submitted
-        .page_locale
-        .as_deref()
-        .and_then(|l| Locale::parse(l).ok())
-        .unwrap_or(page_locale);
-    let now = state.clock.now();
-    let confirm_token = Token::generate();
+/// Stores the sign-up with its mail, within the configured limits. The mail is
+/// rendered inside the transaction, once it is known what the address is (new,
+/// pending, confirmed) and which id it has.
+async fn sign_up(
+    state: &AppState,
+    signup: &SignUp,
+    confirm_token: &Token,
+    now: DateTime<Utc>,
+) -> Result<SignUpOutcome, StoreError> {
     let rl = state.config.rate_limit;
     let limits = SignUpLimits {
         since: now - chrono::Duration::hours(1),
@@ -254,68 +379,58 @@ async fn subscribe(
         quiet_since: (rl.suppressed_quiet_days > 0)
             .then(|| now - chrono::Duration::days(i64::from(rl.suppressed_quiet_days))),
     };
-    let signup = SignUp {
-        email: valid.email,
-        topics: valid.topics,
-        delivery_time: valid.delivery_time,
-        timezone: valid.timezone,
-        locale: valid.locale,
-        proof: ConsentProof {
-            at: now,
-            ip: Some(ip.to_string()),
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(512).collect()),
-            consent_version: state.config.consent_version.clone(),
-            consent_text: state.templates.string(consent_locale, "consent_text"),
-        },
-        confirm_token: confirm_token.hash(),
-        confirm_expires_at: now + state.config.confirmation_lifetime,
-        mail_limit: None,
-    };
-    let locale = signup.locale;
-
-    // The mail is rendered inside the transaction, once it is known what the address
-    // is (new, pending, confirmed) and which id it has.
     let composer = &state.composer;
-    let outcome = state
+    let locale = signup.locale;
+    state
         .store
-        .sign_up_limited(&signup, &limits, |kind, id| {
+        .sign_up_limited(signup, &limits, |kind, id| {
             let mail = if kind == SignUpKind::Confirmed {
                 composer.already_subscribed(&signup.email, locale, id, now)
             } else {
-                composer.confirmation(&signup.email, locale, &confirm_token, id, now)
+                composer.confirmation(&signup.email, locale, confirm_token, id, now)
             };
             mail.map_err(Into::into)
         })
-        .await;
-    match outcome {
-        Ok(SignUpOutcome::Accepted(kind)) => {
+        .await
+}
+
+/// The answer to a stored sign-up: thanks (the same for every address), or 429
+/// when the mailbox, its domain or everyone had their share of mails this hour.
+fn accepted(
+    state: &AppState,
+    format: Format,
+    signup: &SignUp,
+    outcome: SignUpOutcome,
+    now: DateTime<Utc>,
+) -> Result<Response, PageError> {
+    let locale = signup.locale;
+    let (scope, retry_at) = match outcome {
+        SignUpOutcome::Accepted(kind) => {
             tracing::info!(?kind, "sign-up accepted");
             state.mail_wake.notify_waiters();
-            match format {
+            return Ok(match format {
                 Format::Json => {
                     (StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response()
                 }
-                Format::Html => render(
-                    &state,
-                    StatusCode::OK,
-                    locale,
-                    "message",
-                    "thanks_heading",
-                    thanks(&state, locale),
-                    "/",
-                ),
-            }
+                Format::Html => {
+                    let data = thanks(state, locale);
+                    render(
+                        state,
+                        StatusCode::OK,
+                        locale,
+                        "message",
+                        "thanks_heading",
+                        data,
+                        "/",
+                    )
+                }
+            });
         }
-        Ok(SignUpOutcome::Limited { retry_at }) => {
+        SignUpOutcome::Limited { retry_at } => {
             tracing::info!("sign-up refused: the mailbox had its share of mails this hour");
-            state.limit_tally.count(LimitScope::Mailbox, &state.store);
-            let wait = (retry_at - now).num_seconds().max(1) as u64;
-            too_many(&state, format, locale, wait)
+            (LimitScope::Mailbox, retry_at)
         }
-        Ok(SignUpOutcome::Capped { limit, retry_at }) => {
+        SignUpOutcome::Capped { limit, retry_at } => {
             if limit == LimitScope::Domain {
                 tracing::warn!(
                     domain = %signup.email.domain(),
@@ -326,12 +441,12 @@ async fn subscribe(
                     "sign-up refused: the global cap of confirmation mails per hour is reached"
                 );
             }
-            state.limit_tally.count(limit, &state.store);
-            let wait = (retry_at - now).num_seconds().max(1) as u64;
-            too_many(&state, format, locale, wait)
+            (limit, retry_at)
         }
-        Err(e) => server_error(&state, format, locale, &e),
-    }
+    };
+    state.limit_tally.count(scope, &state.store);
+    let wait_secs = (retry_at - now).num_seconds().max(1) as u64;
+    Err(Problem::TooMany { wait_secs }.in_locale(locale))
 }
 
 fn thanks(state: &AppState, locale: Locale) -> Value {
@@ -443,10 +558,9 @@ fn validate(
     errors: &mut FieldErrors,
 ) -> Option<Valid> {
     let t = |key: &str| state.templates.string(locale, key);
-    let flag = |errors: &mut FieldErrors, field: &'static str, msg: String| {
+    let mut flag = |field: &'static str, msg: String| {
         errors.entry(field).or_insert(msg);
     };
-
     let email = EmailAddress::parse(&s.email)
         .map_err(|e| {
             let key = match e {
@@ -454,10 +568,51 @@ fn validate(
                 EmailError::TooLong => "err_email_too_long",
                 _ => "err_email_invalid",
             };
-            flag(errors, "email", t(key));
+            flag("email", t(key));
         })
         .ok();
+    let topics = chosen_topics(s, offered, &t)
+        .map_err(|msg| flag("topics", msg))
+        .unwrap_or_default();
+    let delivery_time = if s.delivery_time.trim().is_empty() {
+        Some(state.config.defaults.delivery_time)
+    } else {
+        DeliveryTime::parse(&s.delivery_time)
+            .map_err(|_| flag("delivery_time", t("err_delivery_time")))
+            .ok()
+    };
+    let timezone = match &s.timezone {
+        None => Some(state.config.defaults.timezone),
+        Some(tz) => TimeZone::parse(tz)
+            .map_err(|_| flag("timezone", t("err_timezone")))
+            .ok(),
+    };
+    let signup_locale = if s.locale.trim().is_empty() {
+        Some(locale)
+    } else {
+        Locale::parse(&s.locale)
+            .map_err(|_| flag("locale", t("err_locale")))
+            .ok()
+    };
+    if !s.consent {
+        flag("consent", t("err_consent"));
+    }
+    Some(Valid {
+        email: email?,
+        topics,
+        delivery_time: delivery_time?,
+        timezone: timezone?,
+        locale: signup_locale?,
+    })
+}
 
+/// The chosen topics, each once, in the order given; or why they are no choice:
+/// too many, unknown ones (the first few named), or none.
+fn chosen_topics(
+    s: &Submitted,
+    offered: &[Topic],
+    t: &impl Fn(&str) -> String,
+) -> Result<Vec<TopicSlug>, String> {
     let offered_slugs: HashSet<&str> = offered.iter().map(|t| t.slug.as_str()).collect();
     let mut topics: Vec<TopicSlug> = Vec::new();
     let mut chosen: HashSet<&str> = HashSet::new();
@@ -473,8 +628,9 @@ fn validate(
         }
     }
     if s.too_many_topics {
-        flag(errors, "topics", t("err_topics_too_many"));
-    } else if !unknown.is_empty() {
+        return Err(t("err_topics_too_many"));
+    }
+    if !unknown.is_empty() {
         let mut list: Vec<String> = unknown
             .iter()
             .take(MAX_UNKNOWN_SHOWN)
@@ -483,54 +639,12 @@ fn validate(
         if unknown.len() > MAX_UNKNOWN_SHOWN {
             list.push("…".into());
         }
-        flag(
-            errors,
-            "topics",
-            format!("{} {}", t("err_topics_unknown"), list.join(", ")),
-        );
-    } else if topics.is_empty() {
-        flag(errors, "topics", t("err_topics_missing"));
+        return Err(format!("{} {}", t("err_topics_unknown"), list.join(", ")));
     }
-
-    let delivery_time = if s.delivery_time.trim().is_empty() {
-        Some(state.config.defaults.delivery_time)
-    } else {
-        DeliveryTime::parse(&s.delivery_time)
-            .map_err(|_| flag(errors, "delivery_time", t("err_delivery_time")))
-            .ok()
-    };
-    let timezone = match &s.timezone {
-        None => Some(state.config.defaults.timezone),
-        Some(tz) => TimeZone::parse(tz)
-            .map_err(|_| flag(errors, "timezone", t("err_timezone")))
-            .ok(),
-    };
-    let signup_locale = if s.locale.trim().is_empty() {
-        Some(locale)
-    } else {
-        Locale::parse(&s.locale)
-            .map_err(|_| flag(errors, "locale", t("err_locale")))
-            .ok()
-    };
-    if !s.consent {
-        flag(errors, "consent", t("err_consent"));
+    if topics.is_empty() {
+        return Err(t("err_topics_missing"));
     }
-
-    Some(Valid {
-        email: email?,
-        topics,
-        delivery_time: delivery_time?,
-        timezone: timezone?,
-        locale: signup_locale?,
-    })
-}
-
-/// A request-level problem (not a form field): JSON `{"errors":{field: msg}}` or text.
-fn problem(format: Format, status: StatusCode, field: &str, msg: &str) -> Response {
-    match format {
-        Format::Json => (status, Json(json!({"errors": {field: msg}}))).into_response(),
-        Format::Html => (status, format!("{field}: {msg}\n")).into_response(),
-    }
+    Ok(topics)
 }
 
 /// Why a request is a cross-site post a browser was made to send, or `None`.
@@ -566,37 +680,6 @@ fn cross_site(headers: &HeaderMap, public_url: &str) -> Option<String> {
                 .collect();
             format!("Origin: {shown:?}, not {own}")
         })
-}
-
-/// The 403 answer to a cross-site post: a page that says why and links to the
-/// form on the site itself, or `{"error": …}`.
-fn forbidden(state: &AppState, format: Format, locale: Locale) -> Response {
-    let public_url = state.composer.public_url();
-    match format {
-        Format::Json => (
-            StatusCode::FORBIDDEN,
-            Json(json!({"error": format!("cross-site sign-up refused: send the form from {public_url}/")})),
-        )
-            .into_response(),
-        Format::Html => {
-            let t = state.templates.strings(locale);
-            let data = json!({
-                "heading": t["cross_site_heading"],
-                "text": t["cross_site_text"],
-                "link_href": format!("{public_url}/?lang={locale}"),
-                "link_text": t["subscribe_again"],
-            });
-            render(
-                state,
-                StatusCode::FORBIDDEN,
-                locale,
-                "message",
-                "cross_site_heading",
-                data,
-                "/",
-            )
-        }
-    }
 }
 
 /// How often the sign-up limits refused a request, summed in memory and added to
@@ -641,66 +724,10 @@ impl LimitTally {
     }
 }
 
-fn too_many(state: &AppState, format: Format, locale: Locale, wait_secs: u64) -> Response {
-    let mut response = match format {
-        Format::Json => (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": "too many requests; try again later"})),
-        )
-            .into_response(),
-        Format::Html => super::pages::message(
-            state,
-            StatusCode::TOO_MANY_REQUESTS,
-            locale,
-            "too_many",
-            true,
-        ),
-    };
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(wait_secs));
-    response
-}
-
-fn server_error(
-    state: &AppState,
-    format: Format,
-    locale: Locale,
-    e: &dyn std::error::Error,
-) -> Response {
-    let chain = error_chain(e);
-    tracing::error!(error = %chain, "sign-up failed");
-    let unavailable = chain.contains("database unavailable");
-    let status = if unavailable {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    match format {
-        Format::Json => (
-            status,
-            Json(json!({"error": "internal error; please try again later"})),
-        )
-            .into_response(),
-        Format::Html => super::pages::message(state, status, locale, "error", false),
-    }
-}
-
-/// An error and its causes, joined for the log.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
     use proptest::prelude::*;
 
     /// Everything a parser hands on is within the caps.

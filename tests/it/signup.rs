@@ -1078,7 +1078,72 @@ async fn an_address_with_an_internationalised_domain_gets_its_mail(backend: Back
     assert!(find_link(&mail.body_text(0).unwrap(), "confirm").is_some());
 }
 
+/// Every answer the database cannot give right now is a 503 with `Retry-After`, on
+/// a page in the reader's language or as JSON: after a pool timeout (PostgreSQL:
+/// the app's 16 connections all held elsewhere for longer than its 5 s acquire
+/// timeout) and once the pool is gone.
+async fn an_unreachable_database_answers_503_with_retry_after(backend: Backend) {
+    let (app, _sink, _db) = app_with_topics(backend).await;
+    let unavailable = |r: &reqwest::Response, what: &str| {
+        assert_eq!(r.status(), 503, "{what}");
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=3600).contains(&wait), "{what}: Retry-After {wait}");
+    };
+    if let postbote::store::Store::Postgres(pool) = &app.store {
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            held.push(pool.acquire().await.expect("a connection"));
+        }
+        let r = app
+            .sign_up_form(&form("leser@example.org", &["wirtschaft"]))
+            .await;
+        unavailable(&r, "pool timeout, form");
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("Das hat leider nicht geklappt")
+        );
+        drop(held);
+    }
+    app.store.close().await;
+    let r = app
+        .sign_up_form(&form("leser@example.org", &["wirtschaft"]))
+        .await;
+    unavailable(&r, "form");
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Das hat leider nicht geklappt")
+    );
+    let r = app
+        .sign_up_json(serde_json::json!({
+            "email": "reader@example.org", "topics": ["wirtschaft"], "consent": true,
+            "locale": "en"
+        }))
+        .await;
+    unavailable(&r, "JSON");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"error": "internal error; please try again later"})
+    );
+    for page in ["/?lang=en", &format!("/confirm/{}?lang=en", "0".repeat(64))] {
+        let r = app.http.get(app.url(page)).send().await.unwrap();
+        unavailable(&r, page);
+        assert!(
+            r.text().await.unwrap().contains("Something went wrong"),
+            "{page}"
+        );
+    }
+}
+
 on_both_backends!(
+    an_unreachable_database_answers_503_with_retry_after,
     an_address_with_an_internationalised_domain_gets_its_mail,
     sign_up_confirm_and_export_the_proof,
     english_json_sign_up_gets_an_english_mail,
