@@ -3,6 +3,7 @@
 
 mod email;
 mod schedule;
+mod status;
 mod token;
 mod topic;
 
@@ -11,5 +12,6 @@ pub use schedule::{
     DeliverySchedule, DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone,
     TimeZoneError, Weekdays,
 };
+pub use status::{MailEventKind, SubscriberStatus, UnknownName};
 pub use token::{LinkKey, ManageToken, Token, TokenHash, hex};
 pub use topic::{SlugError, TopicSlug};

@@ -14,15 +14,19 @@
 //! (`tests/store_contract.rs`) runs the same cases against both backends.
 
 mod counters;
-mod digests;
+mod decode;
+mod digest_log;
 mod feeds;
-mod hygiene;
 mod items;
+mod mail_events;
 mod mail_queue;
 mod migrations;
+mod settings;
 mod submissions;
 mod subscribers;
+mod suppressions;
 mod topics;
+mod tx;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -35,24 +39,25 @@ use sqlx::sqlite::{
 
 use crate::config::DatabaseUrl;
 
-pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, Stats, TopicName};
+pub use counters::{FeedStats, Stats};
+pub use decode::CorruptValue;
+pub use digest_log::{BatchOutcome, DigestBatch, DigestPlan, DueReader, TopicName};
 pub use feeds::{Feed, FeedSpec};
-pub use hygiene::{
-    EventEffect, MailEvent, PreferenceChange, Preferences, SubscriberSummary, address_hash,
-};
-
 pub use items::{
     DigestItems, Item, ItemError, ItemOutcome, MAX_BODY, MAX_SUMMARY, MAX_TITLE, MAX_URL, NewItem,
     PoolItem,
 };
-
+pub use mail_events::{EventEffect, MailEvent};
 pub use mail_queue::{ClaimedMail, DeliveryDay, NewMail};
 pub use submissions::{Decided, NewSubmission, Submission, SubmissionStatus};
 pub use subscribers::{
-    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult, ImportedSubscriber,
-    LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, SubscriberExport, TokenState,
+    ConfirmOutcome, ConfirmationProof, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult,
+    ImportedSubscriber, LimitScope, PreferenceChange, Preferences, Schedule, SignUp, SignUpKind,
+    SignUpLimits, SignUpOutcome, SubscriberExport, SubscriberSummary, TokenState,
 };
+pub use suppressions::address_hash;
 pub use topics::{Topic, TopicChange};
+use tx::{Tx, on_tx};
 
 /// Runs `$body` with `$pool` bound to the configured backend's pool.
 macro_rules! on_pool {
@@ -110,6 +115,10 @@ pub enum StoreError {
     /// An item over the limits every source shares (HTTP 422 naming the field).
     #[error("invalid item: {0}")]
     InvalidItem(ItemError),
+    /// A stored value does not parse (a damaged or hand-edited row): names the
+    /// table, the row and the column instead of falling back to a default.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptValue),
 }
 
 /// An error from caller-supplied code run inside a store transaction.

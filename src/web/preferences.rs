@@ -100,9 +100,9 @@ async fn show(
     let locale = if q.lang.is_some() {
         page_locale
     } else {
-        Locale::parse(&prefs.locale).unwrap_or(page_locale)
+        prefs.locale
     };
-    if prefs.status == "unsubscribed" || prefs.status == "bounced" {
+    if prefs.status.has_left() {
         return message(&state, StatusCode::OK, locale, "unsubscribed", true);
     }
     page(
@@ -110,11 +110,35 @@ async fn show(
         StatusCode::OK,
         locale,
         &token,
-        &prefs,
+        &FormValues::from(&prefs),
         &BTreeMap::new(),
         false,
     )
     .await
+}
+
+/// What the settings form shows: the stored settings, or what the reader just
+/// submitted when it did not parse.
+struct FormValues {
+    email: String,
+    topics: Vec<String>,
+    delivery_time: String,
+    timezone: String,
+    weekdays: i64,
+    locale: Locale,
+}
+
+impl From<&Preferences> for FormValues {
+    fn from(p: &Preferences) -> Self {
+        Self {
+            email: p.email.to_string(),
+            topics: p.topics.iter().map(ToString::to_string).collect(),
+            delivery_time: p.delivery_time.to_string(),
+            timezone: p.timezone.to_string(),
+            weekdays: p.weekdays.bits(),
+            locale: p.locale,
+        }
+    }
 }
 
 async fn page(
@@ -122,7 +146,7 @@ async fn page(
     status: StatusCode,
     locale: Locale,
     token: &ManageToken,
-    prefs: &Preferences,
+    prefs: &FormValues,
     errors: &BTreeMap<&'static str, String>,
     saved: bool,
 ) -> Response {
@@ -188,7 +212,7 @@ async fn change(
     body: Bytes,
 ) -> Response {
     let page_locale = negotiate(&state, q.lang.as_deref(), &headers);
-    let (token, mut prefs) = match reader(&state, &token, page_locale).await {
+    let (token, prefs) = match reader(&state, &token, page_locale).await {
         Ok(r) => r,
         Err(response) => return response,
     };
@@ -272,6 +296,7 @@ async fn change(
     let (Ok(time), Ok(timezone), Some(weekdays), true) = (time, zone, weekdays, errors.is_empty())
     else {
         // Show the form again with what the reader chose.
+        let mut prefs = FormValues::from(&prefs);
         prefs.topics = chosen;
         prefs.delivery_time = one("delivery_time").to_owned();
         prefs.timezone = one("timezone").to_owned();
@@ -306,7 +331,7 @@ async fn change(
                         StatusCode::OK,
                         locale,
                         &token,
-                        &p,
+                        &FormValues::from(&p),
                         &BTreeMap::new(),
                         true,
                     )

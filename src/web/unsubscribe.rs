@@ -41,7 +41,7 @@ async fn show(
             } else {
                 locale
             };
-            if status == "unsubscribed" {
+            if status == crate::domain::SubscriberStatus::Unsubscribed {
                 return message(&state, StatusCode::OK, locale, "unsubscribed", true);
             }
             let path = format!("/unsubscribe/{}", token.as_str());
