@@ -1,5 +1,6 @@
 //! Counters for `/api/v1/stats` and `/metrics`, kept in table `counters` so that
-//! reading them costs a few dozen rows, never a scan of `mail_jobs` or `subscribers`.
+//! reading them ([`Store::stats`]) costs a few dozen rows, never a scan of
+//! `mail_jobs` or `subscribers`.
 //!
 //! A transaction that changes counted state (a reader's status, a mail's status, a
 //! mail's second attempt, a mail event) collects its changes in a [`Tally`] and

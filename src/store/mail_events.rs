@@ -132,7 +132,7 @@ impl Tx {
         .bind(e.message_ref.map(|r| cut(r, 500)))
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -201,7 +201,7 @@ impl Tx {
         .bind(now)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -214,7 +214,7 @@ impl Tx {
         .bind(now)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 

@@ -434,7 +434,7 @@ impl Tx {
         .bind(reason)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         tally.mails("digest", Some("queued"), Some("failed"), withdrawn as i64);
         Ok(())
     }

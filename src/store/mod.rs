@@ -10,8 +10,16 @@
 //! The SQL is written once, in the dialect both understand (`$1` placeholders,
 //! `RETURNING`, `ON CONFLICT`); the few statements that differ are picked by
 //! backend. [`on_pool!`] runs one body against whichever pool is configured, so
-//! every query is type-checked against both drivers. The contract test suite
-//! (`tests/store_contract.rs`) runs the same cases against both backends.
+//! every query is type-checked against both drivers; `on_tx!` does the same for an
+//! open transaction (`Tx`), so long flows are sequences of named steps. The
+//! contract test suite (`tests/store_contract.rs`) runs the same cases against both
+//! backends.
+//!
+//! One file per aggregate: `subscribers/` (sign-up, confirmation, preferences,
+//! unsubscribe, export, erasure, import), `suppressions`, `mail_events`, `items`,
+//! `digest_log`, `feeds`, `submissions`, `topics`, `mail_queue`, `counters`,
+//! `settings`; `decode` reads stored text back into domain types, and a value that
+//! does not parse is [`StoreError::Corrupt`] naming the row.
 
 mod counters;
 mod decode;

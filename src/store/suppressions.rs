@@ -77,7 +77,7 @@ impl Tx {
         .bind(now)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 

@@ -187,7 +187,7 @@ impl Tx {
         .bind(next)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(updated > 0)
     }
 
@@ -218,7 +218,7 @@ impl Tx {
         .bind(locale.as_str())
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }

@@ -431,7 +431,7 @@ impl Tx {
         .bind(req.proof.at)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -460,7 +460,7 @@ impl Tx {
         .bind(req.locale.as_str())
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -476,7 +476,7 @@ impl Tx {
         .bind(req.confirm_expires_at)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }

@@ -34,7 +34,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-            .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected()))?;
         tx.delete_tokens(subscriber_id).await?;
         tx.withdraw_digests(
             subscriber_id,
