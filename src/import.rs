@@ -174,6 +174,17 @@ fn parse_row(
     })
 }
 
+/// The columns a file may have.
+const KNOWN: [&str; 7] = [
+    "email",
+    "topics",
+    "delivery_time",
+    "timezone",
+    "locale",
+    "consent_at",
+    "consent_ip",
+];
+
 /// Imports a file: as confirmed readers, or, given a `composer`
 /// (`--send-confirmation`), through double opt-in with a confirmation mail each.
 ///
@@ -186,34 +197,7 @@ pub async fn run(
     path: &Path,
     composer: Option<&Composer>,
 ) -> anyhow::Result<Report> {
-    let mut reader = csv_reader()
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let headers: Vec<String> = reader
-        .headers()
-        .with_context(|| format!("{}: no header row", path.display()))?
-        .iter()
-        .map(|h| h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
-        .collect();
-    if !headers.iter().any(|h| h == "email") {
-        anyhow::bail!("{}: the header row has no email column", path.display());
-    }
-    let known = [
-        "email",
-        "topics",
-        "delivery_time",
-        "timezone",
-        "locale",
-        "consent_at",
-        "consent_ip",
-    ];
-    if let Some(unknown) = headers.iter().find(|h| !known.contains(&h.as_str())) {
-        anyhow::bail!(
-            "{}: unknown column {unknown:?} (known: {})",
-            path.display(),
-            known.join(", ")
-        );
-    }
+    let (mut reader, headers) = open(path)?;
     let offered: Vec<String> = store
         .list_topics(false)
         .await?
@@ -227,7 +211,9 @@ pub async fn run(
             .unwrap_or_default()
     );
     let now = Utc::now();
-
+    let flush = async |batch: &mut Vec<ImportedSubscriber>, report: &mut Report| {
+        store_batch(config, store, composer, batch, report, now).await
+    };
     let mut report = Report::default();
     let mut batch: Vec<ImportedSubscriber> = Vec::with_capacity(BATCH);
     let mut seen = std::collections::HashSet::new();
@@ -242,14 +228,43 @@ pub async fn run(
             Ok(row) => {
                 batch.push(row);
                 if batch.len() == BATCH {
-                    store_batch(config, store, composer, &mut batch, &mut report, now).await?;
+                    flush(&mut batch, &mut report).await?;
                 }
             }
             Err(reason) => report.rejected.push((line, reason)),
         }
     }
-    store_batch(config, store, composer, &mut batch, &mut report, now).await?;
+    flush(&mut batch, &mut report).await?;
     Ok(report)
+}
+
+/// Opens the file and reads its header row: lower-cased names, a byte order mark
+/// dropped.
+///
+/// # Errors
+/// When the file cannot be read, has no header row, no `email` column, or a
+/// column that is not one of [`KNOWN`].
+fn open(path: &Path) -> anyhow::Result<(csv::Reader<std::fs::File>, Vec<String>)> {
+    let mut reader = csv_reader()
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let headers: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: no header row", path.display()))?
+        .iter()
+        .map(|h| h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase())
+        .collect();
+    if !headers.iter().any(|h| h == "email") {
+        anyhow::bail!("{}: the header row has no email column", path.display());
+    }
+    if let Some(unknown) = headers.iter().find(|h| !KNOWN.contains(&h.as_str())) {
+        anyhow::bail!(
+            "{}: unknown column {unknown:?} (known: {})",
+            path.display(),
+            KNOWN.join(", ")
+        );
+    }
+    Ok((reader, headers))
 }
 
 async fn store_batch(

@@ -167,17 +167,7 @@ impl Digester {
         let mut bodies: HashMap<BodyKey, Option<Rendered>> = HashMap::new();
         let mut plans = Vec::with_capacity(batch.readers.len());
         for reader in &batch.readers {
-            let schedule = reader.schedule();
-            let next_slot_at = match &schedule {
-                Some(schedule) => schedule.next_after(at),
-                None => {
-                    tracing::error!(
-                        subscriber.id = reader.id,
-                        "stored schedule does not parse; trying again in a day"
-                    );
-                    at + chrono::Duration::days(1)
-                }
-            };
+            let next_slot_at = reader.schedule.next_after(at);
             let mut plan = DigestPlan {
                 subscriber_id: reader.id,
                 slot_at: reader.next_slot_at,
@@ -188,11 +178,10 @@ impl Digester {
             let mut topics = reader.topic_ids.clone();
             topics.sort_unstable();
             topics.dedup();
-            let date = match &schedule {
-                Some(s) => at.with_timezone(&s.timezone.tz()).date_naive(),
-                None => at.date_naive(),
-            };
-            let key = (reader.locale(), topics, reader.last_item_id, date);
+            let date = at
+                .with_timezone(&reader.schedule.timezone.tz())
+                .date_naive();
+            let key = (reader.locale, topics, reader.last_item_id, date);
             let rendered = match bodies.entry(key) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(new) => {
@@ -203,9 +192,10 @@ impl Digester {
             if let Some(rendered) = rendered {
                 let mail = match rendered.first.take() {
                     Some(mail) => Ok(mail),
-                    None => self
-                        .composer
-                        .digest(&rendered.body, &reader.email, reader.id, now),
+                    None => {
+                        self.composer
+                            .digest(&rendered.body, reader.email.as_str(), reader.id, now)
+                    }
                 };
                 match mail {
                     Ok(mail) => plan.mail = Some((mail, rendered.count)),
@@ -274,17 +264,21 @@ impl Digester {
             }
             let body = self
                 .composer
-                .digest_body(reader.locale(), date, &groups, total, &names)?;
-            let (size, first) = match self.composer.digest(&body, &reader.email, reader.id, now) {
-                Ok(mail) => (mail.message.len(), Some(mail)),
-                Err(_) => (
-                    self.composer
-                        .digest(&body, SIZE_PROBE, reader.id, now)?
-                        .message
-                        .len(),
-                    None,
-                ),
-            };
+                .digest_body(reader.locale, date, &groups, total, &names)?;
+            let (size, first) =
+                match self
+                    .composer
+                    .digest(&body, reader.email.as_str(), reader.id, now)
+                {
+                    Ok(mail) => (mail.message.len(), Some(mail)),
+                    Err(_) => (
+                        self.composer
+                            .digest(&body, SIZE_PROBE, reader.id, now)?
+                            .message
+                            .len(),
+                        None,
+                    ),
+                };
             if size <= MAX_DIGEST_BYTES || shown == 0 {
                 return Ok(Some(Rendered { body, count, first }));
             }

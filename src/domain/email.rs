@@ -180,6 +180,14 @@ impl fmt::Display for EmailAddress {
     }
 }
 
+/// Serialised as the address itself, for the admin API and the export (which
+/// exist to show it).
+impl serde::Serialize for EmailAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 /// Addresses are personal data: debug output never shows them in full.
 impl fmt::Debug for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

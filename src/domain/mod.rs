@@ -4,6 +4,7 @@
 mod email;
 mod feed_schedule;
 mod schedule;
+mod status;
 mod token;
 mod topic;
 
@@ -13,5 +14,6 @@ pub use schedule::{
     DeliverySchedule, DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone,
     TimeZoneError, Weekdays,
 };
+pub use status::{MailEventKind, SubscriberStatus, UnknownName};
 pub use token::{LinkKey, ManageToken, Token, TokenHash, hex};
 pub use topic::{SlugError, TopicSlug};

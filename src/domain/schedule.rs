@@ -48,6 +48,13 @@ impl fmt::Display for DeliveryTime {
     }
 }
 
+/// Serialised as its text (`07:30`), as it is stored.
+impl Serialize for DeliveryTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// An IANA time zone such as `Europe/Berlin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeZone(chrono_tz::Tz);
@@ -75,6 +82,13 @@ impl TimeZone {
 impl fmt::Display for TimeZone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0.name())
+    }
+}
+
+/// Serialised as its text (`Europe/Berlin`), as it is stored.
+impl Serialize for TimeZone {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -37,6 +37,13 @@ impl fmt::Display for TopicSlug {
     }
 }
 
+/// Serialised as the slug itself.
+impl serde::Serialize for TopicSlug {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

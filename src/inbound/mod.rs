@@ -788,7 +788,7 @@ impl Handler<'_> {
         {
             Some(status) => Ok(Outcome::Recorded {
                 event: event.kind,
-                status,
+                status: status.to_string(),
             }),
             None => Ok(Outcome::Ignored("the reader no longer exists")),
         }

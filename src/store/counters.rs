@@ -1,5 +1,6 @@
 //! Counters for `/api/v1/stats` and `/metrics`, kept in table `counters` so that
-//! reading them costs a few dozen rows, never a scan of `mail_jobs` or `subscribers`.
+//! reading them ([`Store::stats`]) costs a few dozen rows, never a scan of
+//! `mail_jobs` or `subscribers`.
 //!
 //! A transaction that changes counted state (a reader's status, a mail's status, a
 //! mail's second attempt, a mail event) collects its changes in a [`Tally`] and
@@ -23,6 +24,11 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
+use super::{LimitScope, Store, StoreResult, on_pool};
+use crate::domain::SubscriberStatus;
+
 /// Rows each counter is spread over.
 pub(super) const SHARDS: i64 = 8;
 
@@ -45,7 +51,12 @@ impl Tally {
     }
 
     /// `n` readers moved from status `from` to status `to` (`None`: created or deleted).
-    pub(super) fn subscribers(&mut self, from: Option<&str>, to: Option<&str>, n: i64) {
+    pub(super) fn subscribers(
+        &mut self,
+        from: Option<SubscriberStatus>,
+        to: Option<SubscriberStatus>,
+        n: i64,
+    ) {
         if from == to {
             return;
         }
@@ -109,6 +120,117 @@ macro_rules! flush_tally {
 }
 pub(super) use flush_tally;
 
+/// Counters for `/api/v1/stats` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Subscribers by status.
+    pub subscribers: BTreeMap<String, i64>,
+    /// Mails waiting for delivery.
+    pub queue_depth: i64,
+    /// Mails by kind and final status: `{"digest": {"sent": 3, "failed": 1}}`.
+    pub mails: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Mails that needed more than one attempt.
+    pub retried: i64,
+    /// Digests sent.
+    pub digests_sent: i64,
+    /// Digests given up.
+    pub digests_failed: i64,
+    /// Feeds, and how they are doing.
+    pub feeds: FeedStats,
+    /// Bounces, complaints and unsubscribe replies, by kind.
+    pub mail_events: BTreeMap<String, i64>,
+    /// Sign-ups refused by each limit: `client`, `mailbox`, `domain`, `global`.
+    pub rate_limited: BTreeMap<String, i64>,
+}
+
+/// Feed health.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FeedStats {
+    /// Feeds configured.
+    pub total: i64,
+    /// Feeds whose last poll failed.
+    pub failing: i64,
+    /// Failed polls ever, by feed name.
+    pub failures: BTreeMap<String, i64>,
+}
+
+impl Store {
+    /// Counters for monitoring: read from table `counters` (a few rows per counter)
+    /// and the feeds, so the cost does not grow with readers or mail history.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn stats(&self) -> StoreResult<Stats> {
+        on_pool!(self, pool => {
+            let mut stats = Stats::default();
+            for status in SubscriberStatus::ALL {
+                stats.subscribers.insert(status.as_str().to_owned(), 0);
+            }
+            for limit in LimitScope::ALL {
+                stats.rate_limited.insert(limit.as_str().to_owned(), 0);
+            }
+            let counters: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT name, CAST(SUM(value) AS BIGINT) FROM counters GROUP BY name",
+            )
+            .fetch_all(pool)
+            .await?;
+            // Per kind: enqueued, sent, failed, dropped (see `store::counters`).
+            let mut mail_totals: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+            for (name, value) in counters {
+                let mut parts = name.splitn(3, ':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("subscribers"), Some(status), None) => {
+                        stats.subscribers.insert(status.to_owned(), value);
+                    }
+                    (Some("mails_retried"), None, None) => stats.retried = value,
+                    (Some("mails"), Some(kind), Some(status)) => {
+                        let totals = mail_totals.entry(kind.to_owned()).or_insert([0; 4]);
+                        match status {
+                            "enqueued" => totals[0] = value,
+                            "sent" => totals[1] = value,
+                            "failed" => totals[2] = value,
+                            "dropped" => totals[3] = value,
+                            _ => {}
+                        }
+                    }
+                    (Some("mail_events"), Some(kind), None) if value != 0 => {
+                        stats.mail_events.insert(kind.to_owned(), value);
+                    }
+                    (Some("rate_limited"), Some(limit), None) => {
+                        stats.rate_limited.insert(limit.to_owned(), value);
+                    }
+                    _ => {}
+                }
+            }
+            for (kind, [enqueued, sent, failed, dropped]) in mail_totals {
+                let queued = enqueued - sent - failed - dropped;
+                stats.queue_depth += queued;
+                if kind == "digest" {
+                    (stats.digests_sent, stats.digests_failed) = (sent, failed);
+                }
+                // As before the counters: statuses without mail are left out.
+                let by_status: BTreeMap<String, i64> = [("queued", queued), ("sent", sent), ("failed", failed)]
+                    .into_iter()
+                    .filter(|(_, n)| *n != 0)
+                    .map(|(status, n)| (status.to_owned(), n))
+                    .collect();
+                if !by_status.is_empty() {
+                    stats.mails.insert(kind, by_status);
+                }
+            }
+            let feeds: Vec<(String, i32, i64)> = sqlx::query_as("SELECT name, failures, failures_total FROM feeds")
+                .fetch_all(pool)
+                .await?;
+            for (name, in_a_row, total) in feeds {
+                stats.feeds.total += 1;
+                stats.feeds.failing += i64::from(in_a_row > 0);
+                stats.feeds.failures.insert(name, total);
+            }
+            Ok(stats)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,8 +238,12 @@ mod tests {
     #[test]
     fn a_tally_moves_gauges_and_keeps_totals() {
         let mut t = Tally::default();
-        t.subscribers(None, Some("pending"), 1);
-        t.subscribers(Some("pending"), Some("confirmed"), 1);
+        t.subscribers(None, Some(SubscriberStatus::Pending), 1);
+        t.subscribers(
+            Some(SubscriberStatus::Pending),
+            Some(SubscriberStatus::Confirmed),
+            1,
+        );
         t.mails("digest", None, Some("queued"), 3);
         t.mails("digest", Some("queued"), Some("sent"), 2);
         t.mails("digest", Some("sent"), None, 2);

@@ -191,31 +191,4 @@ impl Store {
         on_pool!(self, pool => sqlx::query(sql).bind(id).bind(now).bind(next).bind(error).execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
-
-    /// Items of a topic (or all) in arrival order, after an id cursor.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn list_items(
-        &self,
-        topic: Option<&TopicSlug>,
-        after: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<super::Item>> {
-        let sql = "SELECT i.id FROM items i WHERE i.id > $1 AND ($2 IS NULL OR EXISTS (SELECT 1 FROM item_topics it \
-                   JOIN topics t ON t.id = it.topic_id WHERE it.item_id = i.id AND t.slug = $2)) ORDER BY i.id LIMIT $3";
-        let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
-            .bind(after)
-            .bind(topic.map(TopicSlug::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await)?;
-        let mut items = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(item) = self.item(id).await? {
-                items.push(item);
-            }
-        }
-        Ok(items)
-    }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use sha2::Digest;
 use sqlx::FromRow;
 
-use super::{BeginWrite, DueReader, Store, StoreError, StoreResult, on_pool};
+use super::{BeginWrite, DueReader, Store, StoreError, StoreResult, Tx, on_pool, on_tx};
 use crate::domain::TopicSlug;
 
 /// Key of the PostgreSQL advisory lock that orders item inserts against the
@@ -308,99 +308,28 @@ impl Store {
     pub async fn add_item(&self, item: &NewItem, now: DateTime<Utc>) -> StoreResult<ItemOutcome> {
         item.validate().map_err(StoreError::InvalidItem)?;
         let dedup_key = dedup_key(item);
-        let postgres = self.is_postgres();
-        let next_arrival = if postgres {
-            NEXT_ARRIVAL_PG
-        } else {
-            NEXT_ARRIVAL_SQLITE
-        };
         // On SQLite, another process (`postbote inbound`) may write between this
         // transaction's first read and its first write, which a deferred transaction
-        // could then not commit: take the write lock at the start instead.
-        let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
-        let (id, created) = on_pool!(self, pool => {
-            let mut tx = pool.begin_with(begin).await?;
-            if postgres {
-                // Shared with other inserts, exclusive against the watermark: an item
-                // or a topic link gets its arrival only while no watermark is being read.
-                sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(ARRIVAL_LOCK).execute(&mut *tx).await?;
-                // Two sources storing one release under two guids at the same moment:
-                // the second waits, then finds the first by its URL.
-                if let Some(url) = &item.url {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                        .bind(URL_LOCK_CLASS)
-                        .bind(url_lock(url))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            let mut found: Option<i64> = match &dedup_key {
-                Some(key) => sqlx::query_scalar("SELECT id FROM items WHERE dedup_key = $1")
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?,
-                None => None,
-            };
-            if found.is_none()
-                && let Some(url) = &item.url
-            {
-                found = sqlx::query_scalar(SAME_URL)
-                    .bind(url)
-                    .bind(item.guid.is_none())
-                    .bind(&item.title)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            }
-            let created: Option<i64> = match found {
-                Some(_) => None,
-                None => sqlx::query_scalar(
-                    "INSERT INTO items (dedup_key, title, url, summary, body, published_at, source, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-                )
-                .bind(&dedup_key)
-                .bind(&item.title)
-                .bind(&item.url)
-                .bind(&item.summary)
-                .bind(&item.body)
-                .bind(item.published_at)
-                .bind(&item.source)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?,
-            };
-            let id = match (created, found) {
-                (Some(id), _) | (None, Some(id)) => id,
-                // Stored by a concurrent insert after our look-up.
-                (None, None) => sqlx::query_scalar("SELECT id FROM items WHERE dedup_key = $1")
-                    .bind(&dedup_key)
-                    .fetch_one(&mut *tx)
-                    .await?,
-            };
-            for slug in &item.topics {
-                let topic: Option<i64> = sqlx::query_scalar(MISSING_TOPIC)
-                    .bind(id)
-                    .bind(slug.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(topic) = topic else { continue };
-                // A new item arrives in its topics at its id; a topic added to a
-                // stored item arrives now, with a number of its own.
-                let arrival: i64 = match created {
-                    Some(id) => id,
-                    None => sqlx::query_scalar(next_arrival).fetch_one(&mut *tx).await?,
-                };
-                sqlx::query("INSERT INTO item_topics (item_id, topic_id, arrival) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                    .bind(id)
-                    .bind(topic)
-                    .bind(arrival)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>((id, created.is_some()))
-        })?;
+        // could then not commit: `begin` takes the write lock at the start instead.
+        let mut tx = self.begin().await?;
+        tx.lock_arrivals(item.url.as_deref()).await?;
+        let found = tx.find_same_item(item, dedup_key.as_deref()).await?;
+        let created = match found {
+            Some(_) => None,
+            None => tx.insert_item(item, dedup_key.as_deref(), now).await?,
+        };
+        let id = match (created, found) {
+            (Some(id), _) | (None, Some(id)) => id,
+            // Stored by a concurrent insert after our look-up.
+            (None, None) => tx
+                .item_by_key(dedup_key.as_deref())
+                .await?
+                .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?,
+        };
+        tx.add_item_topics(id, created, &item.topics).await?;
+        tx.commit().await?;
         let stored = self.item(id).await?.expect("stored in this transaction");
-        Ok(if created {
+        Ok(if created.is_some() {
             ItemOutcome::Created(stored)
         } else {
             ItemOutcome::Existing(stored)
@@ -426,6 +355,33 @@ impl Store {
             .await?;
             Ok(Some(item))
         })
+    }
+
+    /// Items of a topic (or all) in arrival order, after an id cursor.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn list_items(
+        &self,
+        topic: Option<&TopicSlug>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Item>> {
+        let sql = "SELECT i.id FROM items i WHERE i.id > $1 AND ($2 IS NULL OR EXISTS (SELECT 1 FROM item_topics it \
+                   JOIN topics t ON t.id = it.topic_id WHERE it.item_id = i.id AND t.slug = $2)) ORDER BY i.id LIMIT $3";
+        let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
+            .bind(after)
+            .bind(topic.map(TopicSlug::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(item) = self.item(id).await? {
+                items.push(item);
+            }
+        }
+        Ok(items)
     }
 
     /// The newest arrival that is safe to cover: every item or topic link with a
@@ -464,6 +420,123 @@ impl Store {
             }
         };
         Ok(watermark)
+    }
+}
+
+impl Tx {
+    /// On PostgreSQL: a shared lock against the watermark (an item or a topic link
+    /// gets its arrival only while no watermark is being read, see
+    /// [`Store::item_watermark`]), and a lock on the URL, so that two sources
+    /// storing one release under two guids at the same moment do not both insert
+    /// it: the second waits, then finds the first by its URL.
+    async fn lock_arrivals(&mut self, url: Option<&str>) -> StoreResult<()> {
+        if let Tx::Postgres(tx) = self {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+                .bind(ARRIVAL_LOCK)
+                .execute(&mut **tx)
+                .await?;
+            if let Some(url) = url {
+                sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                    .bind(URL_LOCK_CLASS)
+                    .bind(url_lock(url))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored item that is the same as `item`: by its key, else by its URL
+    /// (see [`Store::add_item`]).
+    async fn find_same_item(
+        &mut self,
+        item: &NewItem,
+        key: Option<&str>,
+    ) -> StoreResult<Option<i64>> {
+        if let Some(id) = self.item_by_key(key).await? {
+            return Ok(Some(id));
+        }
+        let Some(url) = &item.url else {
+            return Ok(None);
+        };
+        let found = on_tx!(self, tx => sqlx::query_scalar(SAME_URL)
+            .bind(url)
+            .bind(item.guid.is_none())
+            .bind(&item.title)
+            .fetch_optional(&mut *tx)
+            .await)?;
+        Ok(found)
+    }
+
+    /// The id of the item stored under `key`, if any.
+    async fn item_by_key(&mut self, key: Option<&str>) -> StoreResult<Option<i64>> {
+        let Some(key) = key else { return Ok(None) };
+        let id = on_tx!(self, tx => sqlx::query_scalar("SELECT id FROM items WHERE dedup_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await)?;
+        Ok(id)
+    }
+
+    /// Inserts the item; `None` when a concurrent insert stored its key first.
+    async fn insert_item(
+        &mut self,
+        item: &NewItem,
+        key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>> {
+        let id = on_tx!(self, tx => sqlx::query_scalar(
+            "INSERT INTO items (dedup_key, title, url, summary, body, published_at, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+        )
+        .bind(key)
+        .bind(&item.title)
+        .bind(&item.url)
+        .bind(&item.summary)
+        .bind(&item.body)
+        .bind(item.published_at)
+        .bind(&item.source)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await)?;
+        Ok(id)
+    }
+
+    /// Links item `id` to those of `topics` it is not in yet. A new item (`created`)
+    /// arrives in its topics at its id; a topic added to a stored item arrives now,
+    /// with a number of its own.
+    async fn add_item_topics(
+        &mut self,
+        id: i64,
+        created: Option<i64>,
+        topics: &[TopicSlug],
+    ) -> StoreResult<()> {
+        let next_arrival = if self.is_postgres() {
+            NEXT_ARRIVAL_PG
+        } else {
+            NEXT_ARRIVAL_SQLITE
+        };
+        on_tx!(self, tx => {
+            for slug in topics {
+                let topic: Option<i64> = sqlx::query_scalar(MISSING_TOPIC)
+                    .bind(id)
+                    .bind(slug.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(topic) = topic else { continue };
+                let arrival: i64 = match created {
+                    Some(id) => id,
+                    None => sqlx::query_scalar(next_arrival).fetch_one(&mut *tx).await?,
+                };
+                sqlx::query("INSERT INTO item_topics (item_id, topic_id, arrival) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(id)
+                    .bind(topic)
+                    .bind(arrival)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        });
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::counters::{Tally, flush_tally};
-use super::{BeginWrite, Store, StoreResult, on_pool};
+use super::{BeginWrite, Store, StoreResult, Tx, on_pool, on_tx};
 
 /// A rendered mail to queue.
 #[derive(Debug, Clone)]
@@ -62,8 +62,7 @@ pub struct DeliveryDay {
 }
 
 /// Queues one mail; bind subscriber id, kind, recipient, envelope sender, message, now.
-/// Whoever runs it adds `Tally::mails(kind, None, Some("queued"), 1)`.
-pub(super) const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
+const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
     envelope_from, message, status, next_attempt_at, created_at) \
     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6)";
 
@@ -390,5 +389,53 @@ impl Store {
             tx.commit().await?;
             Ok(deleted)
         })
+    }
+}
+
+impl Tx {
+    /// Queues one mail for a reader, counted.
+    pub(super) async fn queue_mail(
+        &mut self,
+        subscriber_id: i64,
+        mail: &NewMail,
+        now: DateTime<Utc>,
+        tally: &mut Tally,
+    ) -> StoreResult<()> {
+        on_tx!(self, tx => sqlx::query(INSERT_MAIL)
+            .bind(subscriber_id)
+            .bind(mail.kind)
+            .bind(&mail.recipient)
+            .bind(&mail.envelope_from)
+            .bind(&mail.message)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected()))?;
+        tally.mails(mail.kind, None, Some("queued"), 1);
+        Ok(())
+    }
+
+    /// Withdraws the digests still queued for a reader who is no longer confirmed
+    /// (left, bounced, complained): failed with `reason`, message dropped, counted.
+    pub(super) async fn withdraw_digests(
+        &mut self,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+        reason: &str,
+        tally: &mut Tally,
+    ) -> StoreResult<()> {
+        let withdrawn = on_tx!(self, tx => sqlx::query(
+            "UPDATE mail_jobs SET status = 'failed', message = NULL, last_error = $3, finished_at = $2 \
+             WHERE subscriber_id = $1 AND status = 'queued' AND kind = 'digest' \
+             AND EXISTS (SELECT 1 FROM subscribers WHERE id = $1 AND status <> 'confirmed')",
+        )
+        .bind(subscriber_id)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map(|r| r.rows_affected()))?;
+        tally.mails("digest", Some("queued"), Some("failed"), withdrawn as i64);
+        Ok(())
     }
 }

@@ -10,20 +10,32 @@
 //! The SQL is written once, in the dialect both understand (`$1` placeholders,
 //! `RETURNING`, `ON CONFLICT`); the few statements that differ are picked by
 //! backend. [`on_pool!`] runs one body against whichever pool is configured, so
-//! every query is type-checked against both drivers. The contract test suite
-//! (`tests/it/store_contract.rs`) runs the same cases against both backends.
+//! every query is type-checked against both drivers; `on_tx!` does the same for an
+//! open transaction (`Tx`), so long flows are sequences of named steps. The
+//! contract test suite (`tests/it/store_contract.rs`) runs the same cases against both
+//! backends.
+//!
+//! One file per aggregate: `subscribers/` (sign-up, confirmation, preferences,
+//! unsubscribe, export, erasure, import), `suppressions`, `mail_events`, `items`,
+//! `digest_log`, `feeds`, `submissions`, `topics`, `mail_queue`, `counters`,
+//! `settings`; `decode` reads stored text back into domain types, and a value that
+//! does not parse is [`StoreError::Corrupt`] naming the row.
 
 mod counters;
 mod database_url;
-mod digests;
+mod decode;
+mod digest_log;
 mod feeds;
-mod hygiene;
 mod items;
+mod mail_events;
 mod mail_queue;
 mod migrations;
+mod settings;
 mod submissions;
 mod subscribers;
+mod suppressions;
 mod topics;
+mod tx;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -34,25 +46,26 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use counters::{FeedStats, Stats};
 pub use database_url::DatabaseUrl;
-pub use digests::{BatchOutcome, DigestBatch, DigestPlan, DueReader, Stats, TopicName};
+pub use decode::CorruptValue;
+pub use digest_log::{BatchOutcome, DigestBatch, DigestPlan, DueReader, TopicName};
 pub use feeds::{Feed, FeedSpec};
-pub use hygiene::{
-    EventEffect, MailEvent, PreferenceChange, Preferences, SubscriberSummary, address_hash,
-};
-
 pub use items::{
     DigestItems, Item, ItemError, ItemOutcome, MAX_BODY, MAX_SUMMARY, MAX_TITLE, MAX_URL, NewItem,
     PoolItem,
 };
-
+pub use mail_events::{EventEffect, MailEvent};
 pub use mail_queue::{ClaimedMail, DeliveryDay, NewMail};
 pub use submissions::{Decided, NewSubmission, Submission, SubmissionStatus};
 pub use subscribers::{
-    ConfirmOutcome, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult, ImportedSubscriber,
-    LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, SubscriberExport, TokenState,
+    ConfirmOutcome, ConfirmationProof, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult,
+    ImportedSubscriber, LimitScope, PreferenceChange, Preferences, Schedule, SignUp, SignUpKind,
+    SignUpLimits, SignUpOutcome, SubscriberExport, SubscriberSummary, TokenState,
 };
+pub use suppressions::address_hash;
 pub use topics::{Topic, TopicChange};
+use tx::{Tx, on_tx};
 
 /// Runs `$body` with `$pool` bound to the configured backend's pool.
 macro_rules! on_pool {
@@ -114,6 +127,10 @@ pub enum StoreError {
     /// An item over the limits every source shares (HTTP 422 naming the field).
     #[error("invalid item: {0}")]
     InvalidItem(ItemError),
+    /// A stored value does not parse (a damaged or hand-edited row): names the
+    /// table, the row and the column instead of falling back to a default.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptValue),
 }
 
 /// An error from caller-supplied code run inside a store transaction.

@@ -372,8 +372,8 @@ async fn list_subscribers(
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let statuses = ["pending", "confirmed", "unsubscribed", "bounced"];
-    if q.status.as_deref().is_some_and(|s| !statuses.contains(&s)) {
+    let known = |s: &str| crate::domain::SubscriberStatus::parse(s).is_ok();
+    if q.status.as_deref().is_some_and(|s| !known(s)) {
         return Err(unprocessable(
             "status",
             "must be pending, confirmed, unsubscribed or bounced",

@@ -73,8 +73,8 @@ async fn show(
     ManageLink(token): ManageLink,
 ) -> Result<Response, PageError> {
     let prefs = reader(&state, &token).await?;
-    let locale = lang.or_theirs(Locale::parse(&prefs.locale).unwrap_or(lang.locale));
-    if prefs.status == "unsubscribed" || prefs.status == "bounced" {
+    let locale = lang.or_theirs(prefs.locale);
+    if prefs.status.has_left() {
         return Ok(unsubscribed(&state, locale));
     }
     page(
@@ -82,11 +82,35 @@ async fn show(
         StatusCode::OK,
         locale,
         &token,
-        &prefs,
+        &FormValues::from(&prefs),
         &FieldErrors::new(),
         false,
     )
     .await
+}
+
+/// What the settings form shows: the stored settings, or what the reader just
+/// submitted when it did not parse.
+struct FormValues {
+    email: String,
+    topics: Vec<String>,
+    delivery_time: String,
+    timezone: String,
+    weekdays: i64,
+    locale: Locale,
+}
+
+impl From<&Preferences> for FormValues {
+    fn from(p: &Preferences) -> Self {
+        Self {
+            email: p.email.to_string(),
+            topics: p.topics.iter().map(ToString::to_string).collect(),
+            delivery_time: p.delivery_time.to_string(),
+            timezone: p.timezone.to_string(),
+            weekdays: p.weekdays.bits(),
+            locale: p.locale,
+        }
+    }
 }
 
 async fn page(
@@ -94,7 +118,7 @@ async fn page(
     status: StatusCode,
     locale: Locale,
     token: &ManageToken,
-    prefs: &Preferences,
+    prefs: &FormValues,
     errors: &FieldErrors,
     saved: bool,
 ) -> Result<Response, PageError> {
@@ -153,7 +177,7 @@ async fn change(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, PageError> {
-    let mut prefs = reader(&state, &token).await?;
+    let prefs = reader(&state, &token).await?;
     let form = Form::parse(&body);
     check_form_token(&state, &headers, token.subscriber_id, form.one("csrf"))?;
     let now = state.clock.now();
@@ -167,9 +191,10 @@ async fn change(
         Ok(change) => change,
         Err(errors) => {
             // Show the form again with what the reader chose.
-            form.fill(&mut prefs);
+            let mut shown = FormValues::from(&prefs);
+            form.fill(&mut shown);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            return page(&state, status, locale, &token, &prefs, &errors, false).await;
+            return page(&state, status, locale, &token, &shown, &errors, false).await;
         }
     };
     let id = token.subscriber_id;
@@ -188,7 +213,7 @@ async fn change(
         StatusCode::OK,
         locale,
         &token,
-        &saved,
+        &FormValues::from(&saved),
         &FieldErrors::new(),
         true,
     )
@@ -253,7 +278,7 @@ impl Form {
     }
 
     /// Puts what the reader chose into `prefs`, for showing the form again.
-    fn fill(&self, prefs: &mut Preferences) {
+    fn fill(&self, prefs: &mut FormValues) {
         prefs.topics = self.all("topics").to_vec();
         prefs.delivery_time = self.one("delivery_time").to_owned();
         prefs.timezone = self.one("timezone").to_owned();

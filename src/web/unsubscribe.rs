@@ -30,7 +30,7 @@ async fn show(
         .await?
         .ok_or(Problem::UnknownLink)?;
     let locale = lang.or_theirs(theirs);
-    if status == "unsubscribed" {
+    if status == crate::domain::SubscriberStatus::Unsubscribed {
         return Ok(unsubscribed(&state, locale));
     }
     let path = format!("/unsubscribe/{}", token.as_str());

@@ -148,7 +148,7 @@ impl Inbox {
     }
 
     async fn status(&self, email: &str) -> String {
-        self.export(email).await.status
+        self.export(email).await.status.to_string()
     }
 
     /// `(kind, detail)` of the reader's recorded mail events, oldest first.
@@ -157,7 +157,7 @@ impl Inbox {
             .await
             .mail_events
             .into_iter()
-            .map(|e| (e.kind, e.detail))
+            .map(|e| (e.kind.to_string(), e.detail))
             .collect()
     }
 

@@ -1,0 +1,357 @@
+//! The digest log, table `digests` (one row per reader and served slot), and the
+//! transaction that fills it: a digest batch claims due readers, loads what their
+//! digests may list, lets the planner decide, and records the digests, their mails
+//! and everyone's next slot at once.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use super::counters::Tally;
+use super::decode::StoredRow;
+use super::items::load_digest_items;
+use super::mail_queue::NewMail;
+use super::{BoxError, DigestItems, Store, StoreError, StoreResult, Tx, on_tx};
+use crate::domain::{DeliverySchedule, EmailAddress, Locale};
+
+/// A reader whose slot has come, claimed for this pass.
+#[derive(Debug, Clone)]
+pub struct DueReader {
+    /// Subscriber id.
+    pub id: i64,
+    /// Address.
+    pub email: EmailAddress,
+    /// Language.
+    pub locale: Locale,
+    /// When they want their digests.
+    pub schedule: DeliverySchedule,
+    /// The newest item their digests have covered.
+    pub last_item_id: i64,
+    /// The slot being served.
+    pub next_slot_at: DateTime<Utc>,
+    /// Chosen topic ids.
+    pub topic_ids: Vec<i64>,
+}
+
+#[derive(FromRow)]
+struct DueRow {
+    id: i64,
+    email: String,
+    locale: String,
+    delivery_time: String,
+    timezone: String,
+    weekdays: i64,
+    last_item_id: i64,
+    next_slot_at: DateTime<Utc>,
+}
+
+impl TryFrom<DueRow> for DueReader {
+    type Error = StoreError;
+
+    fn try_from(r: DueRow) -> Result<Self, StoreError> {
+        let row = StoredRow::subscriber(r.id);
+        Ok(Self {
+            id: r.id,
+            email: row.parse("email", r.email.as_str(), EmailAddress::parse)?,
+            locale: row.parse("locale", r.locale.as_str(), Locale::parse)?,
+            schedule: row.schedule(&r.delivery_time, &r.timezone, r.weekdays)?,
+            last_item_id: r.last_item_id,
+            next_slot_at: r.next_slot_at,
+            topic_ids: Vec::new(),
+        })
+    }
+}
+
+/// A topic's display data.
+#[derive(Debug, Clone, FromRow)]
+pub struct TopicName {
+    /// Id.
+    pub id: i64,
+    /// Slug.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// What one batch of due readers looks like.
+#[derive(Debug, Clone)]
+pub struct DigestBatch {
+    /// The readers, oldest slot first.
+    pub readers: Vec<DueReader>,
+    /// What the readers' digests may list: per topic of theirs at most
+    /// `per_topic` of the newest arrivals up to the pass's watermark (see
+    /// [`DigestItems`]).
+    pub items: DigestItems,
+    /// The readers' topics by id.
+    pub topics: HashMap<i64, TopicName>,
+    /// The pass's watermark.
+    pub watermark: i64,
+}
+
+/// What to record for one reader.
+#[derive(Debug, Clone)]
+pub struct DigestPlan {
+    /// The reader.
+    pub subscriber_id: i64,
+    /// The slot served.
+    pub slot_at: DateTime<Utc>,
+    /// Their next slot.
+    pub next_slot_at: DateTime<Utc>,
+    /// The newest item now covered.
+    pub last_item_id: i64,
+    /// The digest, when there is anything new.
+    pub mail: Option<(NewMail, i32)>,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Readers whose slot had come.
+    pub due: usize,
+    /// Digests queued.
+    pub enqueued: usize,
+}
+
+const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
+    FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2 \
+    FOR UPDATE SKIP LOCKED";
+const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
+    FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2";
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 500;
+
+impl Store {
+    /// Claims up to `limit` readers due at `at`, loads at most `per_topic` items per
+    /// topic of theirs (the newest arrivals up to `watermark`), lets `plan` decide their digests,
+    /// and records everything in the same transaction: next slots, watermarks,
+    /// digest log rows and queued mails. Two instances never claim the same reader
+    /// (`FOR UPDATE SKIP LOCKED`); once committed, a reader is not due again before
+    /// their next slot. `(subscriber, slot)` is unique in the digest log, so a slot
+    /// can never produce a second digest. A reader whose row does not parse is
+    /// logged with the row named and tried again a day later; the others are served.
+    ///
+    /// # Errors
+    /// When the database or `plan` fails; nothing is recorded then.
+    pub async fn digest_batch(
+        &self,
+        at: DateTime<Utc>,
+        watermark: i64,
+        limit: u32,
+        per_topic: usize,
+        now: DateTime<Utc>,
+        plan: impl FnOnce(&DigestBatch) -> Result<Vec<DigestPlan>, BoxError>,
+    ) -> StoreResult<BatchOutcome> {
+        let mut tx = self.begin().await?;
+        let (mut readers, skipped) = tx.claim_due_readers(at, limit).await?;
+        if readers.is_empty() {
+            tx.commit().await?;
+            return Ok(BatchOutcome {
+                due: skipped,
+                enqueued: 0,
+            });
+        }
+        tx.attach_topics(&mut readers).await?;
+        let items = on_tx!(&mut tx, tx => load_digest_items!(tx, &readers, watermark, per_topic))?;
+        let topics = tx.topic_names(&readers).await?;
+        let batch = DigestBatch {
+            readers,
+            items,
+            topics,
+            watermark,
+        };
+        let plans = plan(&batch).map_err(StoreError::Callback)?;
+        let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.mail.is_some()).collect();
+        let mut refused: HashSet<i64> = HashSet::new();
+        let mut enqueued = 0;
+        for chunk in with_mail.chunks(CHUNK) {
+            let accepted = tx.log_digests(chunk, now).await?;
+            refused.extend(
+                chunk
+                    .iter()
+                    .map(|p| p.subscriber_id)
+                    .filter(|id| !accepted.contains(id)),
+            );
+            enqueued += tx.queue_digests(chunk, &accepted, now).await?;
+        }
+        tx.advance_readers(&batch.readers, &plans, &refused).await?;
+        let mut tally = Tally::default();
+        tally.mails("digest", None, Some("queued"), enqueued as i64);
+        tx.commit_with(tally).await?;
+        Ok(BatchOutcome {
+            due: batch.readers.len() + skipped,
+            enqueued,
+        })
+    }
+}
+
+impl Tx {
+    /// Claims up to `limit` confirmed readers whose slot is at or before `at`.
+    /// A row that does not parse is logged as an error naming it, and its slot is
+    /// moved a day on (so it is tried again, and does not stop the others); returns
+    /// the readers and how many were skipped.
+    async fn claim_due_readers(
+        &mut self,
+        at: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<(Vec<DueReader>, usize)> {
+        let sql = if self.is_postgres() {
+            DUE_PG
+        } else {
+            DUE_SQLITE
+        };
+        let rows: Vec<DueRow> = on_tx!(self, tx => sqlx::query_as(sql)
+            .bind(at)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await)?;
+        let mut readers = Vec::with_capacity(rows.len());
+        let mut skipped = 0;
+        for row in rows {
+            let id = row.id;
+            match DueReader::try_from(row) {
+                Ok(reader) => readers.push(reader),
+                Err(e) => {
+                    tracing::error!(subscriber.id = id, error = %e, "trying again in a day");
+                    self.move_slot(id, at + chrono::Duration::days(1)).await?;
+                    skipped += 1;
+                }
+            }
+        }
+        Ok((readers, skipped))
+    }
+
+    /// Sets a reader's next slot.
+    async fn move_slot(&mut self, subscriber_id: i64, slot: DateTime<Utc>) -> StoreResult<()> {
+        on_tx!(self, tx => sqlx::query("UPDATE subscribers SET next_slot_at = $2 WHERE id = $1")
+            .bind(subscriber_id)
+            .bind(slot)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Fills in each reader's topic ids.
+    async fn attach_topics(&mut self, readers: &mut [DueReader]) -> StoreResult<()> {
+        let pairs: Vec<(i64, i64)> = on_tx!(self, tx => {
+            let mut ids = sqlx::QueryBuilder::new(
+                "SELECT subscriber_id, topic_id FROM subscriber_topics WHERE subscriber_id IN (",
+            );
+            let mut list = ids.separated(", ");
+            for r in readers.iter() {
+                list.push_bind(r.id);
+            }
+            list.push_unseparated(")");
+            ids.build_query_as().fetch_all(&mut *tx).await?
+        });
+        let mut topics_of: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (subscriber, topic) in pairs {
+            topics_of.entry(subscriber).or_default().push(topic);
+        }
+        for r in readers {
+            r.topic_ids = topics_of.remove(&r.id).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// The display data of the readers' topics, by id.
+    async fn topic_names(&mut self, readers: &[DueReader]) -> StoreResult<HashMap<i64, TopicName>> {
+        let topics: Vec<TopicName> = on_tx!(self, tx => {
+            let mut names = sqlx::QueryBuilder::new("SELECT id, slug, name FROM topics WHERE id IN (");
+            let mut list = names.separated(", ");
+            for topic in DigestItems::windows(readers).into_keys() {
+                list.push_bind(topic);
+            }
+            // No topics at all: `IN (NULL)` matches nothing and is valid SQL.
+            list.push("NULL");
+            list.push_unseparated(")");
+            names.build_query_as().fetch_all(&mut *tx).await?
+        });
+        Ok(topics.into_iter().map(|t| (t.id, t)).collect())
+    }
+
+    /// Writes the digest log rows of `plans` (all with a mail); returns the readers
+    /// whose slot the log accepted: a slot served before is refused.
+    async fn log_digests(
+        &mut self,
+        plans: &[&DigestPlan],
+        now: DateTime<Utc>,
+    ) -> StoreResult<HashSet<i64>> {
+        let accepted: Vec<i64> = on_tx!(self, tx => {
+            let mut log = sqlx::QueryBuilder::new("INSERT INTO digests (subscriber_id, slot_at, item_count, created_at) ");
+            log.push_values(plans.iter(), |mut row, p| {
+                row.push_bind(p.subscriber_id)
+                    .push_bind(p.slot_at)
+                    .push_bind(p.mail.as_ref().map_or(0, |m| m.1))
+                    .push_bind(now);
+            });
+            log.push(" ON CONFLICT (subscriber_id, slot_at) DO NOTHING RETURNING subscriber_id");
+            log.build_query_scalar().fetch_all(&mut *tx).await?
+        });
+        Ok(accepted.into_iter().collect())
+    }
+
+    /// Queues the digests of the `accepted` ones of `plans`; returns how many.
+    async fn queue_digests(
+        &mut self,
+        plans: &[&DigestPlan],
+        accepted: &HashSet<i64>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<usize> {
+        let mails: Vec<(&i64, &NewMail)> = plans
+            .iter()
+            .filter(|p| accepted.contains(&p.subscriber_id))
+            .filter_map(|p| p.mail.as_ref().map(|m| (&p.subscriber_id, &m.0)))
+            .collect();
+        if mails.is_empty() {
+            return Ok(0);
+        }
+        let n = mails.len();
+        on_tx!(self, tx => {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, status, next_attempt_at, created_at) ",
+            );
+            insert.push_values(mails, |mut row, (id, mail)| {
+                row.push_bind(*id)
+                    .push_bind(mail.kind)
+                    .push_bind(mail.recipient.clone())
+                    .push_bind(mail.envelope_from.clone())
+                    .push_bind(mail.message.clone())
+                    .push_bind("queued")
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
+        });
+        Ok(n)
+    }
+
+    /// Moves each planned reader to their next slot and watermark. A slot the log
+    /// refused (served before) sent nothing, so that reader's watermark stays where
+    /// it was: those items go into the next digest.
+    async fn advance_readers(
+        &mut self,
+        readers: &[DueReader],
+        plans: &[DigestPlan],
+        refused: &HashSet<i64>,
+    ) -> StoreResult<()> {
+        let previous: HashMap<i64, i64> = readers.iter().map(|r| (r.id, r.last_item_id)).collect();
+        for chunk in plans.chunks(CHUNK) {
+            on_tx!(self, tx => {
+                // One statement per chunk; `VALUES` columns are column1… in both dialects.
+                let mut update = sqlx::QueryBuilder::new(
+                    "UPDATE subscribers SET next_slot_at = v.column2, last_item_id = v.column3 FROM (",
+                );
+                update.push_values(chunk, |mut row, p| {
+                    let last = if refused.contains(&p.subscriber_id) { previous[&p.subscriber_id] } else { p.last_item_id };
+                    row.push_bind(p.subscriber_id).push_bind(p.next_slot_at).push_bind(last);
+                });
+                update.push(") AS v WHERE subscribers.id = v.column1");
+                update.build().execute(&mut *tx).await?;
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! Erasure (GDPR Art. 17): everything about an address goes, and a hash of it
+//! stays on the suppression list.
+
+use chrono::{DateTime, Utc};
+
+use super::super::counters::Tally;
+use super::super::suppressions::Reason;
+use super::super::{Store, StoreResult, on_tx};
+use crate::domain::EmailAddress;
+
+impl Store {
+    /// Erases everything about an address (GDPR Art. 17) and puts a hash of it on
+    /// the suppression list. Returns false when nothing was stored.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn erase(&self, email: &EmailAddress, now: DateTime<Utc>) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let Some(reader) = tx.lock_by_email(email).await? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let mut tally = Tally::default();
+        tally.subscribers(Some(reader.status), None, 1);
+        // Token hashes would otherwise outlive the row (see purge_pending).
+        tx.delete_tokens(reader.id).await?;
+        on_tx!(&mut tx, tx => {
+            // Queued and past mails hold the address; they go with everything else.
+            let mails: Vec<(String, String)> = sqlx::query_as(
+                "DELETE FROM mail_jobs WHERE subscriber_id = $1 OR recipient = $2 RETURNING kind, status",
+            )
+            .bind(reader.id)
+            .bind(email.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            for (kind, status) in &mails {
+                tally.mails(kind, Some(status), None, 1);
+            }
+            sqlx::query("DELETE FROM subscribers WHERE id = $1")
+                .bind(reader.id)
+                .execute(&mut *tx)
+                .await?;
+        });
+        tx.suppress(email.as_str(), Reason::Erased, now).await?;
+        tx.commit_with(tally).await?;
+        Ok(true)
+    }
+}
