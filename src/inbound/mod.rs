@@ -78,6 +78,13 @@ pub struct Inbound {
     pub raw: Vec<u8>,
 }
 
+impl Content {
+    /// The `Authentication-Results` headers, as received.
+    pub fn auth_results(&self) -> Vec<&str> {
+        self.auth_results.iter().map(String::as_str).collect()
+    }
+}
+
 /// The returned original of a report (`message/rfc822`, `text/rfc822-headers`) and
 /// an ARF report's fields: the only places signed evidence can be.
 #[derive(Debug, Clone, Default)]
@@ -720,12 +727,7 @@ impl Handler<'_> {
 
     async fn authenticated(&self, inbound: &Inbound, from: &str) -> bool {
         let domain = submission::domain_of(from);
-        let results: Vec<&str> = inbound
-            .content
-            .auth_results
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let results = inbound.content.auth_results();
         let by_mta = self
             .submissions
             .authserv_id

@@ -61,12 +61,7 @@ fn examine(raw: &[u8], composer: &Composer) {
         inbound.returned.original_mail_from.as_deref(),
         composer,
     );
-    let results: Vec<&str> = inbound
-        .content
-        .auth_results
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let results = inbound.content.auth_results();
     let _ = submission::authenticated_by_results(&results, "mx.example.org", "example.org");
     if let Kind::Dsn(recipients) = &inbound.kind {
         for r in recipients {
