@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::digest::Digester;
 use crate::domain::hex;
 use crate::feeds::Poller;
-use crate::mail::delivery::{DeliveryContext, Pace, run_retention, run_worker};
+use crate::mail::compose::Composer;
+use crate::mail::delivery::{DeliveryContext, Pace, Recorder, run_retention, run_worker};
 use crate::mail::dkim::Signer;
 use crate::services::{Schema, Services};
 use crate::store::Store;
@@ -70,7 +71,7 @@ impl App {
         let public_url = config.public_url_for(listener.local_addr()?);
         let composer = services.composer(&config, public_url).await?;
         let wake = Arc::new(Notify::new());
-        let delivery = delivery_context(&config, &store, &clock, &wake)?;
+        let delivery = delivery_context(&config, &store, &clock, &wake, &composer)?;
         let digester = Digester {
             store: store.clone(),
             composer: composer.clone(),
@@ -270,6 +271,7 @@ fn delivery_context(
     store: &Store,
     clock: &Arc<dyn Clock>,
     wake: &Arc<Notify>,
+    composer: &Composer,
 ) -> anyhow::Result<DeliveryContext> {
     let signer = match &config.dkim {
         Some(dkim) => Some(Arc::new(
@@ -285,6 +287,9 @@ fn delivery_context(
         wake: wake.clone(),
         pace: Arc::new(Pace::new(config.delivery.max_per_second)),
         signer,
+        composer: composer.clone(),
+        bodies: Arc::default(),
+        recorder: Recorder::start(store.clone(), clock.clone()),
     })
 }
 

@@ -1,6 +1,9 @@
-//! Digests: the scheduling pass that finds the readers whose slot has come, builds
-//! each distinct digest once, personalises it per reader and queues it — all in the
-//! store's transaction per batch, so a slot is served exactly once.
+//! Digests: the scheduling pass that finds the readers whose slot has come, renders
+//! each distinct digest body once (stored once, shared by every reader who gets
+//! it) and queues one small mail job per reader that refers to it, all in the
+//! store's transaction per batch, so a slot is served exactly once. The reader's
+//! own part (address, links, list headers) is added when the mail is sent
+//! (`mail::delivery`).
 //!
 //! `serve` runs a pass every `digest.pass_interval_secs`; `POST /api/v1/digests/run`
 //! runs one as of any instant. Which items a digest lists is decided by arrival
@@ -10,8 +13,8 @@
 //! `digest.max_items + 1` items per topic, and a digest whose mail would exceed
 //! [`MAX_DIGEST_BYTES`] lists fewer items and counts the rest in "… and N more".
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,8 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::DigestSettings;
-use crate::mail::compose::{Composer, DigestBody, DigestEntry, DigestGroup};
-use crate::store::{BoxError, DigestBatch, DigestPlan, DueReader, NewMail, Store, StoreError};
+use crate::domain::{Locale, hex};
+use crate::mail::compose::{Composer, DigestEntry, DigestGroup};
+use crate::store::{
+    BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, NewBody, PlannedDigest, Store,
+    StoreError,
+};
 
 /// Readers claimed per transaction: large enough to share rendered bodies and
 /// amortise round trips, small enough to keep memory flat and locks short.
@@ -34,22 +41,26 @@ const PASS_LANES: usize = 2;
 /// address or links are longer than those of the reader the size was measured with.
 pub const MAX_DIGEST_BYTES: usize = 240 * 1024;
 
-/// Address the size of a digest is measured with when the reader's own does not
-/// build (that reader is then skipped, others with the same content are not).
-const SIZE_PROBE: &str = "digest-size-probe@example.org";
+/// Address and reader id the size of a digest is measured with: longer than most, so
+/// the margin below [`MAX_DIGEST_BYTES`] covers the rest.
+const SIZE_PROBE: (&str, i64) = ("digest-size-probe@example.org", i64::MAX);
 
-/// What makes two readers' digests identical: language, topics, watermark, date.
-type BodyKey = (crate::domain::Locale, Vec<i64>, i64, chrono::NaiveDate);
-
-/// A digest's shared content, once per [`BodyKey`].
-struct Rendered {
-    /// The content.
-    body: DigestBody,
-    /// New items in all, shown or counted.
-    count: i32,
-    /// The mail of the reader it was measured with, so it is not built twice.
-    first: Option<NewMail>,
+/// What a digest body is rendered from: readers with the same language, topics,
+/// previous watermark and local date get the same content.
+#[derive(Debug, Clone)]
+struct BodySpec {
+    /// The language.
+    locale: Locale,
+    /// The topics, sorted.
+    topics: Vec<i64>,
+    /// The newest item the readers' previous digest covered.
+    since: i64,
+    /// The readers' local date.
+    date: chrono::NaiveDate,
 }
+
+/// Bodies stored by the committed batches of one pass, by key: shared by its lanes.
+type KnownBodies = Arc<Mutex<BodyIds>>;
 
 /// What a pass did.
 
@@ -94,10 +105,11 @@ impl Digester {
         } else {
             1
         };
+        let known = KnownBodies::default();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..lanes {
-            let me = self.clone();
-            tasks.spawn(async move { me.drain(at, watermark).await });
+            let (me, known) = (self.clone(), known.clone());
+            tasks.spawn(async move { me.drain(at, watermark, known).await });
         }
         let mut total = PassOutcome::default();
         let mut failure = None;
@@ -130,20 +142,25 @@ impl Digester {
     }
 
     /// Claims and serves batches until no reader is due.
-    async fn drain(&self, at: DateTime<Utc>, watermark: i64) -> Result<PassOutcome, StoreError> {
+    async fn drain(
+        &self,
+        at: DateTime<Utc>,
+        watermark: i64,
+        known: KnownBodies,
+    ) -> Result<PassOutcome, StoreError> {
         let mut total = PassOutcome::default();
+        let mut planner = Planner {
+            digester: self,
+            at,
+            known,
+            wanted: HashMap::new(),
+        };
         loop {
             let now = self.clock.now();
+            let per_topic = self.settings.max_items + 1;
             let batch = self
                 .store
-                .digest_batch(
-                    at,
-                    watermark,
-                    BATCH,
-                    self.settings.max_items + 1,
-                    now,
-                    |batch| self.plan(batch, at, now),
-                )
+                .digest_batch(at, watermark, BATCH, per_topic, now, &mut planner)
                 .await?;
             if batch.due == 0 {
                 return Ok(total);
@@ -156,137 +173,104 @@ impl Digester {
         }
     }
 
-    fn plan(
-        &self,
-        batch: &DigestBatch,
-        at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<DigestPlan>, BoxError> {
-        // Readers with the same language, topics, watermark and local date get the
-        // same digest: it is rendered once (`None`: nothing new for them).
-        let mut bodies: HashMap<BodyKey, Option<Rendered>> = HashMap::new();
-        let mut plans = Vec::with_capacity(batch.readers.len());
-        for reader in &batch.readers {
-            let next_slot_at = reader.schedule.next_after(at);
-            let mut plan = DigestPlan {
-                subscriber_id: reader.id,
-                slot_at: reader.next_slot_at,
-                next_slot_at,
-                last_item_id: reader.last_item_id.max(batch.watermark),
-                mail: None,
-            };
-            let mut topics = reader.topic_ids.clone();
-            topics.sort_unstable();
-            topics.dedup();
-            let date = at
-                .with_timezone(&reader.schedule.timezone.tz())
-                .date_naive();
-            let key = (reader.locale, topics, reader.last_item_id, date);
-            let rendered = match bodies.entry(key) {
-                Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => {
-                    let made = self.render(batch, reader, &new.key().1, date, now)?;
-                    new.insert(made)
-                }
-            };
-            if let Some(rendered) = rendered {
-                let mail = match rendered.first.take() {
-                    Some(mail) => Ok(mail),
-                    None => {
-                        self.composer
-                            .digest(&rendered.body, reader.email.as_str(), reader.id, now)
-                    }
-                };
-                match mail {
-                    Ok(mail) => plan.mail = Some((mail, rendered.count)),
-                    // One unsendable reader must not hold up the batch: their slot
-                    // passes without a mail, and the watermark stays for the next.
-                    Err(e) => {
-                        tracing::error!(subscriber.id = reader.id, error = %e, "building a digest failed; skipped");
-                        plan.last_item_id = reader.last_item_id;
-                    }
-                }
-            }
-            plans.push(plan);
-        }
-        Ok(plans)
+    /// The key of the body `spec` renders in `batch`: a hash of everything its
+    /// content depends on (the templates and the public URL, the language, the
+    /// topics and their names, the items' range, the date, `digest.max_items`).
+    fn body_key(&self, batch: &DigestBatch, spec: &BodySpec) -> String {
+        use sha2::Digest as _;
+        let names: Vec<&str> = spec
+            .topics
+            .iter()
+            .filter_map(|id| batch.topics.get(id).map(|t| t.name.as_str()))
+            .collect();
+        let text = format!(
+            "{}|{}|{:?}|{:?}|{}|{}|{}|{}",
+            self.composer.content_fingerprint(),
+            spec.locale,
+            spec.topics,
+            names,
+            spec.since,
+            batch.watermark,
+            spec.date,
+            self.settings.max_items,
+        );
+        hex(&sha2::Sha256::digest(text.as_bytes()))
     }
 
-    /// Renders the digest for a reader's topics (sorted) and watermark, or `None`
-    /// when nothing is new to them. Lists the newest `digest.max_items` of their new
-    /// items, or fewer when the mail would exceed [`MAX_DIGEST_BYTES`] (measured by
-    /// building it for this reader); the rest are counted in "… and N more".
-    fn render(
-        &self,
-        batch: &DigestBatch,
-        reader: &DueReader,
-        topics: &[i64],
-        date: chrono::NaiveDate,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Rendered>, BoxError> {
-        let (fresh, total) = batch.items.fresh(topics, reader.last_item_id);
-        if total == 0 {
-            return Ok(None);
-        }
-        let mut chosen: Vec<(&str, i64)> = topics
+    /// Renders the body for `spec` (which has news). Lists the newest
+    /// `digest.max_items` of the new items, or fewer when the mail would exceed
+    /// [`MAX_DIGEST_BYTES`] (measured with [`SIZE_PROBE`]'s reader part); the rest
+    /// are counted in "… and N more".
+    fn render(&self, batch: &DigestBatch, spec: &BodySpec, key: &str) -> Result<NewBody, BoxError> {
+        let (fresh, total) = batch.items.fresh(&spec.topics, spec.since);
+        let mut chosen: Vec<(&str, i64)> = spec
+            .topics
             .iter()
             .filter_map(|id| batch.topics.get(id).map(|t| (t.name.as_str(), *id)))
             .collect();
         chosen.sort();
         let names: Vec<String> = chosen.iter().map(|(n, _)| (*n).to_owned()).collect();
-        let count = i32::try_from(total).unwrap_or(i32::MAX);
         let mut shown = fresh.len().min(self.settings.max_items);
         loop {
-            // Newest first; an item in two chosen topics once, under the first.
-            let mut placed = HashSet::new();
-            let mut groups = Vec::new();
-            for (name, topic) in &chosen {
-                let items: Vec<DigestEntry> = fresh[..shown]
-                    .iter()
-                    .filter(|i| i.in_topic(*topic) && placed.insert(i.id))
-                    .map(|i| DigestEntry {
-                        title: i.title.clone(),
-                        // Items without their own page (mailed-in ones) get ours.
-                        url: Some(
-                            i.url
-                                .clone()
-                                .unwrap_or_else(|| self.composer.links().item(i.id)),
-                        ),
-                        summary: i.summary.clone(),
-                    })
-                    .collect();
-                if !items.is_empty() {
-                    groups.push(DigestGroup {
-                        topic: (*name).to_owned(),
-                        items,
-                    });
-                }
-            }
+            let groups = self.groups(&chosen, &fresh[..shown]);
             let body = self
                 .composer
-                .digest_body(reader.locale, date, &groups, total, &names)?;
-            let (size, first) =
-                match self
-                    .composer
-                    .digest(&body, reader.email.as_str(), reader.id, now)
-                {
-                    Ok(mail) => (mail.message.len(), Some(mail)),
-                    Err(_) => (
-                        self.composer
-                            .digest(&body, SIZE_PROBE, reader.id, now)?
-                            .message
-                            .len(),
-                        None,
-                    ),
-                };
+                .digest_body(spec.locale, spec.date, &groups, total, &names)?;
+            let size = self
+                .composer
+                .digest(&body, SIZE_PROBE.0, SIZE_PROBE.1, self.clock.now())?
+                .message
+                .len();
             if size <= MAX_DIGEST_BYTES || shown == 0 {
-                return Ok(Some(Rendered { body, count, first }));
+                return Ok(NewBody {
+                    key: key.to_owned(),
+                    locale: spec.locale,
+                    subject: body.subject,
+                    text: body.text,
+                    html: body.html,
+                    topics: body.topics,
+                    item_count: i32::try_from(total).unwrap_or(i32::MAX),
+                });
             }
             // Fewer items, in proportion and a tenth more, at least one fewer.
             let fits = shown * MAX_DIGEST_BYTES / size * 9 / 10;
             tracing::debug!(shown, fits, size, "digest too large; listing fewer items");
             shown = fits.min(shown - 1);
         }
+    }
+
+    /// The items grouped under their topics (`chosen`: names and ids, in order),
+    /// newest first; an item in two chosen topics once, under the first.
+    fn groups(
+        &self,
+        chosen: &[(&str, i64)],
+        items: &[&crate::store::PoolItem],
+    ) -> Vec<DigestGroup> {
+        let mut placed = HashSet::new();
+        let mut groups = Vec::new();
+        for (name, topic) in chosen {
+            let entries: Vec<DigestEntry> = items
+                .iter()
+                .filter(|i| i.in_topic(*topic) && placed.insert(i.id))
+                .map(|i| DigestEntry {
+                    title: i.title.clone(),
+                    // Items without their own page (mailed-in ones) get ours.
+                    url: Some(
+                        i.url
+                            .clone()
+                            .unwrap_or_else(|| self.composer.links().item(i.id)),
+                    ),
+                    summary: i.summary.clone(),
+                })
+                .collect();
+            if !entries.is_empty() {
+                groups.push(DigestGroup {
+                    topic: (*name).to_owned(),
+                    items: entries,
+                });
+            }
+        }
+        groups
     }
 
     /// Runs a pass every `pass_interval` until `stop` fires.
@@ -302,5 +286,78 @@ impl Digester {
                 tracing::error!(error = %e, "digest pass failed; the next one retries");
             }
         }
+    }
+}
+
+/// One lane's [`DigestPlanner`]: plans each batch of a pass and renders the bodies
+/// no committed batch has stored yet.
+struct Planner<'a> {
+    /// Settings, composer, clock.
+    digester: &'a Digester,
+    /// The instant the pass serves.
+    at: DateTime<Utc>,
+    /// The pass's stored bodies, shared with the other lanes.
+    known: KnownBodies,
+    /// What each body key of the current batch is rendered from.
+    wanted: HashMap<String, BodySpec>,
+}
+
+impl DigestPlanner for Planner<'_> {
+    fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError> {
+        self.wanted.clear();
+        let mut plans = Vec::with_capacity(batch.readers.len());
+        for reader in &batch.readers {
+            let mut topics = reader.topic_ids.clone();
+            topics.sort_unstable();
+            topics.dedup();
+            let spec = BodySpec {
+                locale: reader.locale,
+                topics,
+                since: reader.last_item_id,
+                date: self
+                    .at
+                    .with_timezone(&reader.schedule.timezone.tz())
+                    .date_naive(),
+            };
+            let (_, news) = batch.items.fresh(&spec.topics, spec.since);
+            let digest = (news > 0).then(|| {
+                let body_key = self.digester.body_key(batch, &spec);
+                self.wanted.insert(body_key.clone(), spec);
+                PlannedDigest {
+                    body_key,
+                    recipient: reader.email.as_str().to_owned(),
+                    envelope_from: self.digester.composer.envelope_from(reader.id),
+                }
+            });
+            plans.push(DigestPlan {
+                subscriber_id: reader.id,
+                slot_at: reader.next_slot_at,
+                next_slot_at: reader.schedule.next_after(self.at),
+                last_item_id: reader.last_item_id.max(batch.watermark),
+                digest,
+            });
+        }
+        Ok(plans)
+    }
+
+    fn known(&self, key: &str) -> Option<(i64, i32)> {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+    }
+
+    fn render(&mut self, batch: &DigestBatch, key: &str) -> Result<NewBody, BoxError> {
+        let spec = self
+            .wanted
+            .get(key)
+            .ok_or_else(|| format!("no digest planned with body key {key}"))?;
+        self.digester.render(batch, spec, key)
+    }
+
+    fn stored(&mut self, bodies: &BodyIds) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        known.extend(bodies.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }

@@ -98,6 +98,16 @@ impl Composer {
         )
     }
 
+    /// What digest content depends on besides its data: the template set and the
+    /// public URL its links start with.
+    pub fn content_fingerprint(&self) -> String {
+        format!(
+            "{}|{}",
+            self.templates.fingerprint(),
+            self.links.public_url()
+        )
+    }
+
     /// The envelope sender for mail to a reader: the VERP bounce address when one
     /// is configured (`bounces+{id}@…`, the id signed so that nobody can make a
     /// bounce for another reader), else the From address.
@@ -240,15 +250,15 @@ fn auto_submitted() -> HeaderValue {
 #[derive(Debug, Clone)]
 pub struct DigestBody {
     /// Picks the language of the reader's part.
-    locale: Locale,
+    pub locale: Locale,
     /// One line, the same for every reader.
-    subject: String,
+    pub subject: String,
     /// The `text/plain` part up to the reader's part.
-    text: String,
+    pub text: String,
     /// The `text/html` part up to the reader's part, which closes the document.
-    html: String,
+    pub html: String,
     /// The readers' topics, named again in the reader's part ("why you get this").
-    topics: String,
+    pub topics: String,
 }
 
 /// What belongs to one reader in a digest: rendered from the `digest-footer`

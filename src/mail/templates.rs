@@ -194,6 +194,9 @@ pub struct Templates {
     text: Handlebars<'static>,
     /// Page texts per language.
     strings: HashMap<Locale, Value>,
+    /// A hash of every file's content: content rendered from other templates is
+    /// other content (see [`Templates::fingerprint`]).
+    fingerprint: String,
 }
 
 /// A rendered mail's three parts.
@@ -239,11 +242,15 @@ impl Templates {
                 None => Ok(builtin.to_owned()),
             }
         };
+        use sha2::Digest as _;
+        let mut fingerprint = sha2::Sha256::new();
         let mut html = Handlebars::new();
         let mut text = Handlebars::new();
         text.register_escape_fn(handlebars::no_escape);
         for (file, builtin) in FILES {
             let content = source(file, builtin)?;
+            fingerprint.update(file.as_bytes());
+            fingerprint.update(content.as_bytes());
             let name = file.trim_end_matches(".hbs");
             let syntax = |e: handlebars::TemplateError| TemplateError::Syntax {
                 file: (*file).to_owned(),
@@ -260,6 +267,8 @@ impl Templates {
         let mut strings = HashMap::new();
         for (locale, file, builtin) in LOCALES {
             let content = source(file, builtin)?;
+            fingerprint.update(file.as_bytes());
+            fingerprint.update(content.as_bytes());
             let table: toml::Table =
                 toml::from_str(&content).map_err(|e| TemplateError::Syntax {
                     file: (*file).to_owned(),
@@ -272,6 +281,7 @@ impl Templates {
             html,
             text,
             strings,
+            fingerprint: crate::domain::hex(&fingerprint.finalize()),
         };
         templates.check_digest_split()?;
         Ok(templates)
@@ -290,6 +300,12 @@ impl Templates {
             check_digest_footer(&html, &text, locale)?;
         }
         Ok(())
+    }
+
+    /// A hash of the whole set as loaded: what a digest body is rendered from
+    /// includes it, so a changed template never reuses a body rendered before.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The page texts of a language.

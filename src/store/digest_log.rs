@@ -1,7 +1,8 @@
 //! The digest log, table `digests` (one row per reader and served slot), and the
 //! transaction that fills it: a digest batch claims due readers, loads what their
-//! digests may list, lets the planner decide, and records the digests, their mails
-//! and everyone's next slot at once.
+//! digests may list, lets the planner decide, stores the bodies not stored yet, and
+//! records the digests, their mail jobs (each referring to its body) and everyone's
+//! next slot at once.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,8 +11,8 @@ use sqlx::FromRow;
 
 use super::counters::Tally;
 use super::decode::StoredRow;
+use super::digest_bodies::{BodyIds, NewBody};
 use super::items::load_digest_items;
-use super::mail_queue::NewMail;
 use super::{BoxError, DigestItems, Store, StoreError, StoreResult, Tx, on_tx};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale};
 
@@ -101,7 +102,41 @@ pub struct DigestPlan {
     /// The newest item now covered.
     pub last_item_id: i64,
     /// The digest, when there is anything new.
-    pub mail: Option<(NewMail, i32)>,
+    pub digest: Option<PlannedDigest>,
+}
+
+/// One reader's digest: which body, and the envelope of their mail.
+#[derive(Debug, Clone)]
+pub struct PlannedDigest {
+    /// The key of the digest's body ([`NewBody::key`]).
+    pub body_key: String,
+    /// Envelope recipient: the reader's address.
+    pub recipient: String,
+    /// Envelope sender (bounces go there).
+    pub envelope_from: String,
+}
+
+/// What decides a batch's digests: the digest pass. Called while the batch's
+/// transaction is open.
+pub trait DigestPlanner {
+    /// Each reader's plan; a digest names its body by key.
+    ///
+    /// # Errors
+    /// Whatever stops the batch; nothing is recorded then.
+    fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError>;
+
+    /// A body this process knows to be stored (by an earlier, committed batch):
+    /// its id and item count.
+    fn known(&self, key: &str) -> Option<(i64, i32)>;
+
+    /// Renders the body `key` (a key [`DigestPlanner::plan`] returned for `batch`).
+    ///
+    /// # Errors
+    /// Whatever stops the batch.
+    fn render(&mut self, batch: &DigestBatch, key: &str) -> Result<NewBody, BoxError>;
+
+    /// The bodies of a batch that committed: later batches may refer to them.
+    fn stored(&mut self, bodies: &BodyIds);
 }
 
 /// What a batch did.
@@ -141,7 +176,7 @@ impl Store {
         limit: u32,
         per_topic: usize,
         now: DateTime<Utc>,
-        plan: impl FnOnce(&DigestBatch) -> Result<Vec<DigestPlan>, BoxError>,
+        planner: &mut impl DigestPlanner,
     ) -> StoreResult<BatchOutcome> {
         let mut tx = self.begin().await?;
         let (mut readers, skipped) = tx.claim_due_readers(at, limit).await?;
@@ -161,24 +196,26 @@ impl Store {
             topics,
             watermark,
         };
-        let plans = plan(&batch).map_err(StoreError::Callback)?;
-        let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.mail.is_some()).collect();
+        let plans = planner.plan(&batch).map_err(StoreError::Callback)?;
+        let bodies = tx.bodies_for(&batch, &plans, planner, now).await?;
+        let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.digest.is_some()).collect();
         let mut refused: HashSet<i64> = HashSet::new();
         let mut enqueued = 0;
         for chunk in with_mail.chunks(CHUNK) {
-            let accepted = tx.log_digests(chunk, now).await?;
+            let accepted = tx.log_digests(chunk, &bodies, now).await?;
             refused.extend(
                 chunk
                     .iter()
                     .map(|p| p.subscriber_id)
                     .filter(|id| !accepted.contains(id)),
             );
-            enqueued += tx.queue_digests(chunk, &accepted, now).await?;
+            enqueued += tx.queue_digests(chunk, &accepted, &bodies, now).await?;
         }
         tx.advance_readers(&batch.readers, &plans, &refused).await?;
         let mut tally = Tally::default();
         tally.mails("digest", None, Some("queued"), enqueued as i64);
         tx.commit_with(tally).await?;
+        planner.stored(&bodies);
         Ok(BatchOutcome {
             due: batch.readers.len() + skipped,
             enqueued,
@@ -272,11 +309,44 @@ impl Tx {
         Ok(topics.into_iter().map(|t| (t.id, t)).collect())
     }
 
-    /// Writes the digest log rows of `plans` (all with a mail); returns the readers
-    /// whose slot the log accepted: a slot served before is refused.
+    /// The ids of the bodies `plans` name: known to the planner, stored before (by
+    /// another process, or a batch of another pass), or rendered now and stored.
+    async fn bodies_for(
+        &mut self,
+        batch: &DigestBatch,
+        plans: &[DigestPlan],
+        planner: &mut impl DigestPlanner,
+        now: DateTime<Utc>,
+    ) -> StoreResult<BodyIds> {
+        let keys: std::collections::BTreeSet<&str> = plans
+            .iter()
+            .filter_map(|p| p.digest.as_ref().map(|d| d.body_key.as_str()))
+            .collect();
+        let mut ids: BodyIds = keys
+            .iter()
+            .filter_map(|key| planner.known(key).map(|known| ((*key).to_owned(), known)))
+            .collect();
+        let unknown: Vec<&str> = keys.into_iter().filter(|k| !ids.contains_key(*k)).collect();
+        ids.extend(self.find_bodies(&unknown).await?);
+        let missing: Vec<&str> = unknown
+            .into_iter()
+            .filter(|k| !ids.contains_key(*k))
+            .collect();
+        let rendered = missing
+            .into_iter()
+            .map(|key| planner.render(batch, key))
+            .collect::<Result<Vec<NewBody>, BoxError>>()
+            .map_err(StoreError::Callback)?;
+        ids.extend(self.store_bodies(rendered, now).await?);
+        Ok(ids)
+    }
+
+    /// Writes the digest log rows of `plans` (all with a digest); returns the
+    /// readers whose slot the log accepted: a slot served before is refused.
     async fn log_digests(
         &mut self,
         plans: &[&DigestPlan],
+        bodies: &BodyIds,
         now: DateTime<Utc>,
     ) -> StoreResult<HashSet<i64>> {
         let accepted: Vec<i64> = on_tx!(self, tx => {
@@ -284,7 +354,7 @@ impl Tx {
             log.push_values(plans.iter(), |mut row, p| {
                 row.push_bind(p.subscriber_id)
                     .push_bind(p.slot_at)
-                    .push_bind(p.mail.as_ref().map_or(0, |m| m.1))
+                    .push_bind(item_count(p, bodies))
                     .push_bind(now);
             });
             log.push(" ON CONFLICT (subscriber_id, slot_at) DO NOTHING RETURNING subscriber_id");
@@ -293,32 +363,38 @@ impl Tx {
         Ok(accepted.into_iter().collect())
     }
 
-    /// Queues the digests of the `accepted` ones of `plans`; returns how many.
+    /// Queues the digests of the `accepted` ones of `plans`, each referring to its
+    /// body; returns how many.
     async fn queue_digests(
         &mut self,
         plans: &[&DigestPlan],
         accepted: &HashSet<i64>,
+        bodies: &BodyIds,
         now: DateTime<Utc>,
     ) -> StoreResult<usize> {
-        let mails: Vec<(&i64, &NewMail)> = plans
+        let jobs: Vec<(i64, &PlannedDigest, i64)> = plans
             .iter()
             .filter(|p| accepted.contains(&p.subscriber_id))
-            .filter_map(|p| p.mail.as_ref().map(|m| (&p.subscriber_id, &m.0)))
+            .filter_map(|p| {
+                let digest = p.digest.as_ref()?;
+                let body = bodies.get(&digest.body_key)?.0;
+                Some((p.subscriber_id, digest, body))
+            })
             .collect();
-        if mails.is_empty() {
+        if jobs.is_empty() {
             return Ok(0);
         }
-        let n = mails.len();
+        let n = jobs.len();
         on_tx!(self, tx => {
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, status, next_attempt_at, created_at) ",
+                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, body_id, status, next_attempt_at, created_at) ",
             );
-            insert.push_values(mails, |mut row, (id, mail)| {
-                row.push_bind(*id)
-                    .push_bind(mail.kind)
-                    .push_bind(mail.recipient.clone())
-                    .push_bind(mail.envelope_from.clone())
-                    .push_bind(mail.message.clone())
+            insert.push_values(jobs, |mut row, (id, digest, body)| {
+                row.push_bind(id)
+                    .push_bind("digest")
+                    .push_bind(digest.recipient.clone())
+                    .push_bind(digest.envelope_from.clone())
+                    .push_bind(body)
                     .push_bind("queued")
                     .push_bind(now)
                     .push_bind(now);
@@ -354,4 +430,12 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// The item count of a plan's digest, from its body.
+fn item_count(plan: &DigestPlan, bodies: &BodyIds) -> i32 {
+    plan.digest
+        .as_ref()
+        .and_then(|d| bodies.get(&d.body_key))
+        .map_or(0, |b| b.1)
 }

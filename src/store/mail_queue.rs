@@ -39,8 +39,10 @@ pub struct ClaimedMail {
     pub recipient: String,
     /// Envelope sender.
     pub envelope_from: String,
-    /// The message.
+    /// The message; empty for a digest, which the worker assembles from its body.
     pub message: Vec<u8>,
+    /// A digest's shared body (`digest_bodies`); `None` for a mail queued whole.
+    pub body_id: Option<i64>,
     /// Attempts including this one.
     pub attempts: i32,
 }
@@ -70,17 +72,17 @@ const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3 \
     FOR UPDATE SKIP LOCKED) \
-    RETURNING id, subscriber_id, kind, recipient, envelope_from, message, attempts";
+    RETURNING id, subscriber_id, kind, recipient, envelope_from, COALESCE(message, ''::bytea) AS message, body_id, attempts";
 const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
-    RETURNING id, subscriber_id, kind, recipient, envelope_from, message, attempts";
+    RETURNING id, subscriber_id, kind, recipient, envelope_from, COALESCE(message, X'') AS message, body_id, attempts";
 
 /// Marks mails sent and counts them in ONE statement: a worker records every
 /// delivery on its own, so this is the hot path of a fan-out (what `Tally::mails`
 /// does for queued → sent, written out).
 const SENT_PG: &str = "WITH done AS ( \
-    UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, lease_owner = NULL, \
+    UPDATE mail_jobs SET status = 'sent', message = NULL, body_id = NULL, locked_until = NULL, lease_owner = NULL, \
     last_error = NULL, finished_at = $1 WHERE status = 'queued' AND id = ANY($2) RETURNING kind) \
     INSERT INTO counters (name, shard, value) \
     SELECT 'mails:' || kind || ':sent', $3, COUNT(*) FROM done GROUP BY kind ORDER BY 1 \
@@ -211,7 +213,7 @@ impl Store {
             Self::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
                 let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE mail_jobs SET status = 'sent', message = NULL, locked_until = NULL, \
+                    "UPDATE mail_jobs SET status = 'sent', message = NULL, body_id = NULL, locked_until = NULL, \
                      lease_owner = NULL, last_error = NULL, finished_at = ",
                 );
                 q.push_bind(now)
@@ -262,7 +264,7 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn mail_failed(&self, id: i64, now: DateTime<Utc>, error: &str) -> StoreResult<()> {
-        let sql = "UPDATE mail_jobs SET status = 'failed', message = NULL, locked_until = NULL, \
+        let sql = "UPDATE mail_jobs SET status = 'failed', message = NULL, body_id = NULL, locked_until = NULL, \
                    lease_owner = NULL, last_error = $3, finished_at = $2 \
                    WHERE id = $1 AND status = 'queued' RETURNING kind";
         on_pool!(self, pool => {
@@ -425,7 +427,7 @@ impl Tx {
         tally: &mut Tally,
     ) -> StoreResult<()> {
         let withdrawn = on_tx!(self, tx => sqlx::query(
-            "UPDATE mail_jobs SET status = 'failed', message = NULL, last_error = $3, finished_at = $2 \
+            "UPDATE mail_jobs SET status = 'failed', message = NULL, body_id = NULL, last_error = $3, finished_at = $2 \
              WHERE subscriber_id = $1 AND status = 'queued' AND kind = 'digest' \
              AND EXISTS (SELECT 1 FROM subscribers WHERE id = $1 AND status <> 'confirmed')",
         )

@@ -55,6 +55,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0008_item_arrivals.sql"),
         include_str!("../../migrations/sqlite/0008_item_arrivals.sql"),
     ),
+    (
+        9,
+        "shared digest bodies",
+        include_str!("../../migrations/postgres/0009_shared_digest_bodies.sql"),
+        include_str!("../../migrations/sqlite/0009_shared_digest_bodies.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -24,6 +24,7 @@
 mod counters;
 mod database_url;
 mod decode;
+mod digest_bodies;
 mod digest_log;
 mod feeds;
 mod items;
@@ -49,7 +50,10 @@ use sqlx::sqlite::{
 pub use counters::{FeedStats, Stats};
 pub use database_url::DatabaseUrl;
 pub use decode::CorruptValue;
-pub use digest_log::{BatchOutcome, DigestBatch, DigestPlan, DueReader, TopicName};
+pub use digest_bodies::{BodyIds, NewBody, StoredBody};
+pub use digest_log::{
+    BatchOutcome, DigestBatch, DigestPlan, DigestPlanner, DueReader, PlannedDigest, TopicName,
+};
 pub use feeds::{Feed, FeedSpec};
 pub use items::{
     DigestItems, Item, ItemError, ItemOutcome, MAX_BODY, MAX_SUMMARY, MAX_TITLE, MAX_URL, NewItem,

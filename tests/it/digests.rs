@@ -2,7 +2,8 @@
 //! through a real SMTP server, with passes run at chosen instants.
 
 use crate::harness::{
-    Backend, SmtpSink, TestApp, app_at as app_with, delivered, digests, find_link, parse, utc,
+    Backend, RefusedPort, SmtpSink, TestApp, TestDb, app_at as app_with, delivered, digests,
+    find_link, parse, test_config, utc,
 };
 use mail_parser::Message;
 use postbote::clock::ManualClock;
@@ -819,6 +820,135 @@ fn check_refuses_a_digest_template_that_uses_the_readers_data() {
     );
 }
 
+/// The one value of a single-row, single-column query, as text.
+async fn one_value(db: &TestDb, sql: &str) -> String {
+    db.text_rows(sql, &[]).await[0][0]
+        .clone()
+        .unwrap_or_default()
+}
+
+async fn readers_with_the_same_news_share_one_stored_body_and_each_gets_their_own_links(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    // The relay is down while the pass runs, so the queue can be looked at.
+    let down = RefusedPort::new();
+    let mut config = test_config(&db, &down.smtp_url());
+    config.digest.run_scheduler = false;
+    let clock = ManualClock::new(utc("2027-05-01T08:00:00Z"));
+    let app = TestApp::spawn_with_clock(config, std::sync::Arc::new(clock.clone())).await;
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    app.create_topic("politik", "Politik").await;
+    let readers = [
+        ("a@example.org", &["wirtschaft"][..], "de"),
+        ("b@example.org", &["wirtschaft"][..], "de"),
+        ("c@example.org", &["wirtschaft"][..], "de"),
+        ("d@example.org", &["wirtschaft"][..], "en"),
+        ("e@example.org", &["wirtschaft", "politik"][..], "de"),
+    ];
+    let mut ids = std::collections::HashMap::new();
+    for (email, topics, locale) in readers {
+        let now = utc("2027-05-01T08:00:00Z");
+        let id = app
+            .reader(email, topics, "07:00", "Europe/Berlin", locale, now)
+            .await;
+        ids.insert(email, id);
+    }
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    app.post_item(&["wirtschaft"], "Geteilte Meldung").await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (5, 5));
+
+    // Three contents (German, English, German with two topics), stored once each;
+    // the jobs hold a reference and no message.
+    assert_eq!(
+        one_value(&db, "SELECT CAST(COUNT(*) AS TEXT) FROM digest_bodies").await,
+        "3"
+    );
+    let jobs = db
+        .text_rows(
+            "SELECT recipient, CAST(body_id AS TEXT), CASE WHEN message IS NULL THEN 'true' ELSE 'false' END \
+             FROM mail_jobs WHERE kind = 'digest' ORDER BY recipient",
+            &[],
+        )
+        .await;
+    assert_eq!(jobs.len(), 5);
+    let body_of = |i: usize| jobs[i][1].clone().expect("a body");
+    assert!(
+        jobs.iter()
+            .all(|j| matches!(j[2].as_deref(), Some("true" | "1"))),
+        "{jobs:?}"
+    );
+    assert_eq!(
+        (body_of(0), body_of(1)),
+        (body_of(2), body_of(2)),
+        "a, b, c share"
+    );
+    assert!(body_of(3) != body_of(0) && body_of(4) != body_of(0) && body_of(3) != body_of(4));
+
+    let sink = SmtpSink::start_in_place_of(down, &[]);
+    let got = delivered(&app, &sink).await;
+    let mut shared = None;
+    for (email, _, _) in readers {
+        let raw = &got[email][0];
+        let text = text(raw);
+        assert!(text.contains("Geteilte Meldung"), "{email}: {text}");
+        // Each reader's own links, in the body and in the header.
+        let unsubscribe = find_link(&text, "unsubscribe").expect("an unsubscribe link");
+        assert!(
+            unsubscribe.contains(&format!("/unsubscribe/{}.", ids[email])),
+            "{email}: {unsubscribe}"
+        );
+        let header = parse(raw)
+            .header_raw("List-Unsubscribe")
+            .unwrap()
+            .to_owned();
+        assert!(header.contains(&unsubscribe), "{email}: {header}");
+        assert!(text.contains(email), "{email}'s footer names them");
+        // The content before the reader's part is the same for a, b and c.
+        if ["a@example.org", "b@example.org", "c@example.org"].contains(&email) {
+            let content = text.split(email).next().unwrap().to_owned();
+            assert_eq!(shared.get_or_insert_with(|| content.clone()), &content);
+        }
+    }
+    // A finished mail lets go of its body.
+    assert_eq!(
+        one_value(
+            &db,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM mail_jobs WHERE body_id IS NOT NULL"
+        )
+        .await,
+        "0"
+    );
+}
+
+async fn a_digest_queued_whole_by_an_older_version_is_still_delivered(backend: Backend) {
+    let (app, sink, db, _clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    // What versions before shared bodies queued: the whole message, no body.
+    let message = "From: News <news@example.org>\r\nTo: alt@example.org\r\n\
+                   Subject: Alte Ausgabe\r\nMessage-ID: <alt@example.org>\r\n\
+                   List-Unsubscribe: <http://localhost/unsubscribe/1.x>\r\n\
+                   List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\nAus der Schlange.\r\n";
+    let sql = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, \
+               status, next_attempt_at, created_at) \
+               VALUES (NULL, 'digest', 'alt@example.org', 'news@example.org', $1, 'queued', $2, $2)";
+    let now = utc("2027-05-01T08:00:00Z");
+    match db.store().await {
+        postbote::store::Store::Postgres(pool) => {
+            let q = sqlx::query(sql).bind(message.as_bytes()).bind(now);
+            q.execute(&pool).await.map(|r| r.rows_affected())
+        }
+        postbote::store::Store::Sqlite(pool) => {
+            let q = sqlx::query(sql).bind(message.as_bytes()).bind(now);
+            q.execute(&pool).await.map(|r| r.rows_affected())
+        }
+    }
+    .expect("an old queued mail");
+    let got = delivered(&app, &sink).await;
+    let raw = &got["alt@example.org"][0];
+    assert_eq!(parse(raw).subject(), Some("Alte Ausgabe"));
+    assert!(text(raw).contains("Aus der Schlange."));
+}
+
 on_both_backends!(
     item_content_never_becomes_a_readers_address_or_link,
     the_first_digest_reaches_back_the_look_back_before_confirmation,
@@ -832,4 +962,6 @@ on_both_backends!(
     one_click_unsubscribe_stops_the_digests,
     items_are_validated_and_never_duplicated,
     stats_count_readers_queue_and_digests,
+    readers_with_the_same_news_share_one_stored_body_and_each_gets_their_own_links,
+    a_digest_queued_whole_by_an_older_version_is_still_delivered,
 );

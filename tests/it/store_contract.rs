@@ -6,8 +6,9 @@ use postbote::domain::{
     DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, Token, TopicSlug,
 };
 use postbote::store::{
-    ClaimedMail, ConfirmOutcome, ConsentProof, DeliveryDay, DigestPlan, EventEffect, NewMail,
-    SignUp, SignUpKind, SignUpOutcome, Stats, Store, StoreError, TokenState, TopicChange,
+    BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, DeliveryDay, DigestBatch, DigestPlan,
+    DigestPlanner, EventEffect, NewBody, NewMail, PlannedDigest, SignUp, SignUpKind, SignUpOutcome,
+    Stats, Store, StoreError, TokenState, TopicChange,
 };
 use std::collections::BTreeMap;
 
@@ -37,6 +38,41 @@ fn sign_up(email: &str, topics: &[&str], at: DateTime<Utc>, confirm: &Token) -> 
         confirm_expires_at: at + Duration::days(7),
         mail_limit: Some((3, at - Duration::hours(1))),
     }
+}
+
+/// A digest planner for store tests: the closure plans, and every digest shares one
+/// small body.
+struct OneBody<F>(F);
+
+impl<F> DigestPlanner for OneBody<F>
+where
+    F: FnMut(&DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError>,
+{
+    fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError> {
+        (self.0)(batch)
+    }
+
+    fn known(&self, _key: &str) -> Option<(i64, i32)> {
+        None
+    }
+
+    fn render(
+        &mut self,
+        _batch: &DigestBatch,
+        key: &str,
+    ) -> Result<NewBody, postbote::store::BoxError> {
+        Ok(NewBody {
+            key: key.to_owned(),
+            locale: Locale::De,
+            subject: "Neues".into(),
+            text: "Text\n".into(),
+            html: "<p>Text</p>".into(),
+            topics: "Wirtschaft".into(),
+            item_count: 1,
+        })
+    }
+
+    fn stored(&mut self, _bodies: &BodyIds) {}
 }
 
 fn mail(kind: &'static str, to: &str) -> NewMail {
@@ -749,25 +785,30 @@ async fn a_month_of_traffic(store: &Store) {
 
     signed_up(store, "dora@example.org", day(1)).await;
     let queued = store
-        .digest_batch(day(2), 0, 500, 51, day(2), |batch| {
-            Ok(batch
-                .readers
-                .iter()
-                .map(|r| DigestPlan {
-                    subscriber_id: r.id,
-                    slot_at: r.next_slot_at,
-                    next_slot_at: day(3),
-                    last_item_id: 0,
-                    mail: Some((
-                        NewMail {
-                            kind: "digest",
-                            ..mail("digest", r.email.as_str())
-                        },
-                        1,
-                    )),
-                })
-                .collect())
-        })
+        .digest_batch(
+            day(2),
+            0,
+            500,
+            51,
+            day(2),
+            &mut OneBody(|batch: &DigestBatch| {
+                Ok(batch
+                    .readers
+                    .iter()
+                    .map(|r| DigestPlan {
+                        subscriber_id: r.id,
+                        slot_at: r.next_slot_at,
+                        next_slot_at: day(3),
+                        last_item_id: 0,
+                        digest: Some(PlannedDigest {
+                            body_key: "one body".into(),
+                            recipient: r.email.as_str().to_owned(),
+                            envelope_from: "bounces@example.org".into(),
+                        }),
+                    })
+                    .collect())
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(queued.enqueued, 4);
@@ -1141,10 +1182,17 @@ async fn a_due_reader_whose_row_does_not_parse_is_named_and_skipped_for_a_day(ba
     for pass in 0..2 {
         let mut served = Vec::new();
         let outcome = store
-            .digest_batch(day(2), 0, 500, 51, day(2), |batch| {
-                served = batch.readers.iter().map(|r| r.id).collect();
-                Ok(Vec::new())
-            })
+            .digest_batch(
+                day(2),
+                0,
+                500,
+                51,
+                day(2),
+                &mut OneBody(|batch: &DigestBatch| {
+                    served = batch.readers.iter().map(|r| r.id).collect();
+                    Ok(Vec::new())
+                }),
+            )
             .await
             .unwrap();
         assert_eq!(served, [ben], "pass {pass}: the others are served");
