@@ -246,6 +246,10 @@ impl Templates {
         let mut fingerprint = sha2::Sha256::new();
         let mut html = Handlebars::new();
         let mut text = Handlebars::new();
+        // A value the data lacks is an error, not an empty string: a misspelt
+        // variable in a template fails at the check below or in a test.
+        html.set_strict_mode(true);
+        text.set_strict_mode(true);
         text.register_escape_fn(handlebars::no_escape);
         for (file, builtin) in FILES {
             let content = source(file, builtin)?;
@@ -292,12 +296,9 @@ impl Templates {
     /// reader's data and leaves the HTML document open; the footer shows both links
     /// in both parts.
     fn check_digest_split(&self) -> Result<(), TemplateError> {
-        let (mut html, mut text) = (self.html.clone(), self.text.clone());
-        html.set_strict_mode(true);
-        text.set_strict_mode(true);
         for locale in Locale::ALL {
-            check_digest_content(&html, &text, locale)?;
-            check_digest_footer(&html, &text, locale)?;
+            check_digest_content(&self.html, &self.text, locale)?;
+            check_digest_footer(&self.html, &self.text, locale)?;
         }
         Ok(())
     }
@@ -554,7 +555,7 @@ mod tests {
             .mail(
                 Locale::En,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de"}),
+                &serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7}),
             )
             .unwrap();
         assert_eq!(m.subject, "Welcome a@b.de");
@@ -644,6 +645,23 @@ mod tests {
         let err = load_with("locales/en.toml", &lacking).expect("refused");
         assert!(
             err.contains("locales/en.toml") && err.contains("consent_text"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_value_the_data_lacks_is_an_error_naming_the_template() {
+        let t = Templates::load(None).unwrap();
+        let err = t
+            .mail(
+                Locale::De,
+                "confirm",
+                &serde_json::json!({"email": "a@b.de"}),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mail/de/confirm") && err.contains("confirm_url"),
             "{err}"
         );
     }
