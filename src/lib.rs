@@ -1,13 +1,21 @@
 //! postbote: a self-hosted topic-newsletter daemon.
 //!
 //! # Layout
-//! - [`config`]: the TOML file and `POSTBOTE_*` variables, parsed once into types.
-//! - [`domain`]: values that cannot be invalid (`EmailAddress`, `TopicSlug`, …).
-//! - [`store`]: the only module with SQL; PostgreSQL and SQLite behind one [`store::Store`].
-//! - [`digest`]: the scheduling pass: who is due, what their digest lists.
-//! - [`mail`]: templates, building messages, the delivery workers and transports.
+//! - [`config`]: the TOML file and `POSTBOTE_*` variables, parsed once into types;
+//!   one file per section (`config/http.rs`, `config/delivery.rs`, …), each with its
+//!   settings type and its `resolve`.
+//! - [`domain`]: values that cannot be invalid (`EmailAddress`, `TopicSlug`,
+//!   `SubscriberStatus`, `FeedSchedule`, …), parsed at the edge and carried as types.
+//! - [`store`]: the only module with SQL, one file per aggregate (`subscribers/`,
+//!   `items`, `digest_log`, `digest_bodies`, `mail_queue`, …); PostgreSQL and SQLite
+//!   behind one [`store::Store`], long transactions as named steps on one `Tx`.
+//! - [`digest`]: the scheduling pass: who is due, what their digest lists; each
+//!   distinct content rendered and stored once.
+//! - [`mail`]: templates, building messages, the delivery workers (a digest is
+//!   assembled from its stored body and the reader's part at send time) and the
+//!   transports.
 //! - [`web`]: the public pages (sign-up, confirm, preferences, unsubscribe, item
-//!   pages), the admin API and the router.
+//!   pages), the admin API and the router; one error path for pages (`web::error`).
 //! - [`inbound`]: `postbote inbound`: bounces, complaints, unsubscribe replies and
 //!   mailed-in press releases.
 //! - [`feeds`]: polling RSS, Atom and JSON Feed sources into items.
@@ -20,7 +28,10 @@
 //! - [`clock`]: where "now" comes from, so tests can move time.
 //! - [`demo`]: example content for `serve --demo`.
 //!
-//! `docs/ARCHITECTURE.md` walks a sign-up through these modules.
+//! Dependencies point one way: `domain` and `clock` import nothing of ours, `store`
+//! imports `domain`, `config` imports `domain` and `store::DatabaseUrl`; the rest
+//! build on those. `docs/ARCHITECTURE.md` walks a sign-up and a digest through
+//! these modules.
 
 pub mod app;
 pub mod clock;
@@ -29,16 +40,10 @@ pub mod demo;
 pub mod digest;
 pub mod domain;
 pub mod feeds;
-
 pub mod import;
-
 pub mod inbound;
-
 pub mod links;
-
 pub mod mail;
-
 pub mod services;
-
 pub mod store;
 pub mod web;
