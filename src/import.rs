@@ -217,7 +217,11 @@ pub async fn run(
     let mut report = Report::default();
     let mut batch: Vec<ImportedSubscriber> = Vec::with_capacity(BATCH);
     let mut seen = std::collections::HashSet::new();
+    let progress = progress_bar(path);
     for record in reader.records() {
+        if let Some(at) = record.as_ref().ok().and_then(|r| r.position()) {
+            progress.set_position(at.byte());
+        }
         let (line, parsed) = parse_record(config, &offered, &headers, record, &source, now);
         match parsed {
             Ok(row) if !seen.insert(row.email.clone()) => {
@@ -235,7 +239,25 @@ pub async fn run(
         }
     }
     flush(&mut batch, &mut report).await?;
+    progress.finish_and_clear();
     Ok(report)
+}
+
+/// A progress bar over the file's bytes on a terminal; on anything else (a log, a
+/// pipe) nothing is drawn and only the summary line is printed.
+fn progress_bar(path: &Path) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(size);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Opens the file and reads its header row: lower-cased names, a byte order mark
