@@ -11,6 +11,11 @@ setup_machine() {
   [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || need_packages+=(postgresql)
   command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
   [ -x /usr/bin/time ] || need_packages+=(time)
+  # scripts/bench: wrk loads the sign-up form, ss finds ports and counts sessions,
+  # openssl makes the DKIM keys.
+  command -v wrk >/dev/null 2>&1 || need_packages+=(wrk)
+  command -v ss >/dev/null 2>&1 || need_packages+=(iproute2)
+  command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
   if [ ${#need_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
       echo "missing: ${need_packages[*]} (install them, or run this script as root)" >&2
