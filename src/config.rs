@@ -196,6 +196,9 @@ pub struct SmtpRelay {
     pub tls: SmtpTls,
     /// `user:password` from the URL, if any.
     pub credentials: Option<(String, String)>,
+    /// PEM file of further certificates to trust for this relay (`?ca=PATH`), e.g. the
+    /// self-signed one of a relay of one's own; the public roots stay trusted too.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DatabaseUrl {
@@ -241,6 +244,7 @@ impl std::fmt::Debug for SmtpRelay {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
             .field(
                 "credentials",
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
@@ -1072,13 +1076,18 @@ fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
     } else {
         SmtpTls::None
     };
+    let mut ca_file = None;
     for (k, val) in url.query_pairs() {
         match (k.as_ref(), val.as_ref()) {
             ("tls", "required") if !implicit => tls = SmtpTls::StartTls,
             ("tls", "none") if !implicit => tls = SmtpTls::None,
             ("tls", other) => return Err(format!("tls={other} is not supported here")),
+            ("ca", path) if !path.is_empty() => ca_file = Some(PathBuf::from(path)),
             (other, _) => return Err(format!("unknown parameter {other:?}")),
         }
+    }
+    if ca_file.is_some() && tls == SmtpTls::None {
+        return Err("ca= names certificates for TLS: use smtps:// or add ?tls=required".into());
     }
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
@@ -1107,6 +1116,7 @@ fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
         port,
         tls,
         credentials,
+        ca_file,
     })
 }
 
@@ -1278,6 +1288,36 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn a_relay_ca_file_comes_with_tls_only() {
+        let relay =
+            |url: &str| match Config::from_sources(None, &env(&[("POSTBOTE_SMTP_URL", url)])) {
+                Ok(Config {
+                    transport: Transport::Smtp(relay),
+                    ..
+                }) => Ok(relay),
+                Ok(_) => panic!("smtp expected"),
+                Err(e) => Err(e.problem),
+            };
+        let starttls = relay("smtp://relay.lan:587?tls=required&ca=/etc/postbote/relay%20ca.pem");
+        let starttls = starttls.unwrap();
+        assert_eq!(
+            (starttls.tls, starttls.ca_file),
+            (
+                SmtpTls::StartTls,
+                Some(PathBuf::from("/etc/postbote/relay ca.pem"))
+            )
+        );
+        let implicit = relay("smtps://relay.lan?ca=/etc/postbote/ca.pem").unwrap();
+        assert_eq!(
+            implicit.ca_file,
+            Some(PathBuf::from("/etc/postbote/ca.pem"))
+        );
+        assert_eq!(relay("smtps://mail.example.org").unwrap().ca_file, None);
+        let plain = relay("smtp://127.0.0.1:25?ca=/etc/postbote/ca.pem").unwrap_err();
+        assert!(plain.contains("ca="), "{plain}");
     }
 
     #[test]
