@@ -114,12 +114,7 @@ impl Postfix {
         std::fs::create_dir_all(&etc).unwrap();
         let d = root.display();
         let main_cf = format!(
-            "compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-myhostname = mail.test
+            "myhostname = mail.test
 mydomain = mail.test
 myorigin = mail.test
 inet_interfaces = 127.0.0.1
@@ -159,8 +154,9 @@ postbote_destination_recipient_limit = 1
         Self::launch(dir, &main_cf, 1, |ports| master_cf(ports[0], pipe_argv))
     }
 
-    /// Writes `main_cf` and the master.cf that `master_cf` makes for `ports` ports
-    /// (its smtpd services' ports, in order) and starts the instance in `dir`.
+    /// Writes main.cf (the instance's own folders, then `main_cf`) and the master.cf
+    /// that `master_cf` makes for `ports` ports (its smtpd services' ports, in
+    /// order), and starts the instance in `dir`.
     pub(crate) fn launch(
         dir: tempfile::TempDir,
         main_cf: &str,
@@ -177,7 +173,19 @@ postbote_destination_recipient_limit = 1
             Command::new("chown").arg("postfix").arg(&data),
             "chown postfix data",
         );
-        std::fs::write(etc.join("main.cf"), main_cf).unwrap();
+        let d = dir.path().display();
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+{main_cf}"
+            ),
+        )
+        .unwrap();
         // A port chosen by the OS is free only until someone binds it: when Postfix
         // cannot bind one, its master exits and the instance starts again on others.
         let mut pf = Self {

@@ -124,12 +124,7 @@ impl TlsRelay {
         make_certificates(&tls);
         let d = dir.path().display();
         let main_cf = format!(
-            "compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-myhostname = relay.test
+            "myhostname = relay.test
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
