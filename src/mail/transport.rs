@@ -309,7 +309,7 @@ async fn connect(relay: &SmtpRelay, timeout: Duration) -> Result<AsyncSmtpConnec
     };
     let socket = tokio::time::timeout(
         timeout,
-        tokio::net::TcpStream::connect((relay.host.as_str(), relay.port)),
+        TcpStream::connect((relay.host.as_str(), relay.port)),
     )
     .await
     .map_err(|_| transient("timed out".into()))?
@@ -335,7 +335,10 @@ async fn connect(relay: &SmtpRelay, timeout: Duration) -> Result<AsyncSmtpConnec
     .map_err(|e| transient(e.to_string()))?;
     if let (Some(trust), SmtpTls::StartTls) = (&trust, relay.tls) {
         // lettre upgrades the stream it was handed: the socket keeps TCP_NODELAY.
-        conn.starttls(trust.lettre_parameters(&relay.host)?, &hello)
+        let tls = trust
+            .lettre_parameters(&relay.host)
+            .map_err(|e| transient(format!("TLS: {e}")))?;
+        conn.starttls(tls, &hello)
             .await
             .map_err(|e| transient(e.to_string()))?;
     }
@@ -352,7 +355,7 @@ async fn connect(relay: &SmtpRelay, timeout: Duration) -> Result<AsyncSmtpConnec
     Ok(conn)
 }
 
-/// The certificates a relay's must chain to: the public roots lettre's
+/// What a relay's certificate must chain to: the public roots lettre's
 /// `tokio1-rustls-tls` trusts by default (webpki-roots, Mozilla's list), plus those
 /// of the relay's `ca=` file. One set for both schemes, so STARTTLS (verified by
 /// lettre) and implicit TLS (verified here) accept exactly the same relays.
@@ -381,16 +384,16 @@ impl Trust {
 
     /// lettre's own TLS settings for `STARTTLS`: its default root store and
     /// verifier, with our extra certificates added.
-    fn lettre_parameters(&self, host: &str) -> Result<TlsParameters, SendError> {
-        let relay_error = |e: lettre::transport::smtp::Error| SendError::Relay(format!("TLS: {e}"));
+    fn lettre_parameters(
+        &self,
+        host: &str,
+    ) -> Result<TlsParameters, lettre::transport::smtp::Error> {
         self.extra
             .iter()
             .try_fold(TlsParameters::builder(host.to_owned()), |builder, der| {
-                let cert = Certificate::from_der(der.to_vec()).map_err(relay_error)?;
-                Ok(builder.add_root_certificate(cert))
+                Ok(builder.add_root_certificate(Certificate::from_der(der.to_vec())?))
             })?
             .build_rustls()
-            .map_err(relay_error)
     }
 
     /// The client configuration lettre's `build_rustls` makes from the same
@@ -503,6 +506,30 @@ mod tests {
 
     fn condemns_the_address(step: Step, reply: &str) -> bool {
         matches!(sort(step, reply), SendError::RecipientRefused(_))
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = |ca_file: Option<PathBuf>| SmtpRelay {
+            host: "relay.lan".into(),
+            port: 465,
+            tls: SmtpTls::Implicit,
+            credentials: None,
+            ca_file,
+        };
+        assert!(Trust::load(&relay(None)).unwrap().extra.is_empty());
+        let missing = dir.path().join("missing.pem");
+        let err = Trust::load(&relay(Some(missing.clone()))).err().unwrap();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(
+            &key_only,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = Trust::load(&relay(Some(key_only))).err().unwrap();
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 
     #[test]

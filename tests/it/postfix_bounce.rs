@@ -245,6 +245,7 @@ maillog_file_prefixes = {d}
         self.dir.path()
     }
 
+    /// The instance's log so far.
     pub(crate) fn maillog(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
