@@ -10,6 +10,7 @@ setup_machine() {
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
   [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || need_packages+=(postgresql)
   command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
+  command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
   [ -x /usr/bin/time ] || need_packages+=(time)
   # scripts/bench: wrk loads the sign-up form, ss finds ports and counts sessions,
   # openssl makes the DKIM keys.

@@ -77,6 +77,9 @@ pub struct SmtpRelay {
     pub tls: SmtpTls,
     /// `user:password` from the URL, if any.
     pub credentials: Option<(String, String)>,
+    /// PEM file of further certificates to trust for this relay (`?ca=PATH`), e.g. the
+    /// self-signed one of a relay of one's own; the public roots stay trusted too.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SmtpRelay {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for SmtpRelay {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
             .field(
                 "credentials",
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
@@ -123,13 +127,18 @@ fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
     } else {
         SmtpTls::None
     };
+    let mut ca_file = None;
     for (k, val) in url.query_pairs() {
         match (k.as_ref(), val.as_ref()) {
             ("tls", "required") if !implicit => tls = SmtpTls::StartTls,
             ("tls", "none") if !implicit => tls = SmtpTls::None,
             ("tls", other) => return Err(format!("tls={other} is not supported here")),
+            ("ca", path) if !path.is_empty() => ca_file = Some(PathBuf::from(path)),
             (other, _) => return Err(format!("unknown parameter {other:?}")),
         }
+    }
+    if ca_file.is_some() && tls == SmtpTls::None {
+        return Err("ca= names certificates for TLS: use smtps:// or add ?tls=required".into());
     }
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
@@ -158,5 +167,6 @@ fn parse_smtp_url(v: &str) -> Result<SmtpRelay, String> {
         port,
         tls,
         credentials,
+        ca_file,
     })
 }

@@ -174,6 +174,35 @@ fn an_smtp_password_never_travels_in_plain_text_beyond_loopback() {
 }
 
 #[test]
+fn a_relay_ca_file_comes_with_tls_only() {
+    let relay = |url: &str| match Config::from_sources(None, &env(&[("POSTBOTE_SMTP_URL", url)])) {
+        Ok(Config {
+            transport: Transport::Smtp(relay),
+            ..
+        }) => Ok(relay),
+        Ok(_) => panic!("smtp expected"),
+        Err(e) => Err(e.problem),
+    };
+    let starttls = relay("smtp://relay.lan:587?tls=required&ca=/etc/postbote/relay%20ca.pem");
+    let starttls = starttls.unwrap();
+    assert_eq!(
+        (starttls.tls, starttls.ca_file),
+        (
+            SmtpTls::StartTls,
+            Some(PathBuf::from("/etc/postbote/relay ca.pem"))
+        )
+    );
+    let implicit = relay("smtps://relay.lan?ca=/etc/postbote/ca.pem").unwrap();
+    assert_eq!(
+        implicit.ca_file,
+        Some(PathBuf::from("/etc/postbote/ca.pem"))
+    );
+    assert_eq!(relay("smtps://mail.example.org").unwrap().ca_file, None);
+    let plain = relay("smtp://127.0.0.1:25?ca=/etc/postbote/ca.pem").unwrap_err();
+    assert!(plain.contains("ca="), "{plain}");
+}
+
+#[test]
 fn trusted_proxies_are_networks_and_bad_ones_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");

@@ -19,3 +19,4 @@ mod inbound;
 mod postfix_bounce;
 mod signup;
 mod store_contract;
+mod tls_relay;

@@ -65,15 +65,17 @@ fn run(cmd: &mut Command, what: &str) {
 /// A private Postfix: SMTP on 127.0.0.1:`port`, `undeliverable.test` delivered
 /// locally (unknown users accepted, then bounced) except for two addresses refused
 /// at `RCPT TO`, `inbox.test` discarded, `bounces.test` piped into
-/// `postbote inbound`.
-struct Postfix {
+/// `postbote inbound`. Or, through [`Postfix::launch`], any other configuration.
+pub(crate) struct Postfix {
     dir: tempfile::TempDir,
-    port: u16,
+    /// The ports of master.cf's smtpd services, in their order; `smtp_url` names
+    /// the first.
+    pub(crate) ports: Vec<u16>,
 }
 
 /// Postfix's master.cf: smtpd on `port`, the services a queue needs, and the
 /// pipe to `postbote inbound` (`pipe_argv`, run as `nobody`).
-fn master_cf(port: u16, pipe_argv: &str) -> String {
+pub(crate) fn master_cf(port: u16, pipe_argv: &str) -> String {
     format!(
         "127.0.0.1:{port} inet n - n - - smtpd
 pickup     unix  n - n 60    1 pickup
@@ -109,25 +111,10 @@ impl Postfix {
     fn start(dir: tempfile::TempDir, pipe_argv: &str) -> Self {
         let root = dir.path();
         let etc = root.join("etc");
-        let data = root.join("data");
         std::fs::create_dir_all(&etc).unwrap();
-        std::fs::create_dir_all(root.join("queue")).unwrap();
-        std::fs::create_dir_all(&data).unwrap();
-        // Postfix's master takes its lock in data_directory as the mail owner.
-        run(
-            Command::new("chown").arg("postfix").arg(&data),
-            "chown postfix data",
-        );
         let d = root.display();
-        std::fs::write(
-            etc.join("main.cf"),
-            format!(
-                "compatibility_level = 3.6
-queue_directory = {d}/queue
-data_directory = {d}/data
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-myhostname = mail.test
+        let main_cf = format!(
+            "myhostname = mail.test
 mydomain = mail.test
 myorigin = mail.test
 inet_interfaces = 127.0.0.1
@@ -149,9 +136,7 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{d}/etc/rcpt_acce
 # One recipient per pipe call: the command line carries it.
 postbote_destination_recipient_limit = 1
 "
-            ),
-        )
-        .unwrap();
+        );
         std::fs::write(
             etc.join("transport"),
             format!("{BOUNCE_DOMAIN} postbote:\n{INBOX_DOMAIN} discard:\n"),
@@ -166,12 +151,50 @@ postbote_destination_recipient_limit = 1
             ),
         )
         .unwrap();
+        Self::launch(dir, &main_cf, 1, |ports| master_cf(ports[0], pipe_argv))
+    }
+
+    /// Writes main.cf (the instance's own folders, then `main_cf`) and the master.cf
+    /// that `master_cf` makes for `ports` ports (its smtpd services' ports, in
+    /// order), and starts the instance in `dir`.
+    pub(crate) fn launch(
+        dir: tempfile::TempDir,
+        main_cf: &str,
+        ports: usize,
+        master_cf: impl Fn(&[u16]) -> String,
+    ) -> Self {
+        let etc = dir.path().join("etc");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(dir.path().join("queue")).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        // Postfix's master takes its lock in data_directory as the mail owner.
+        run(
+            Command::new("chown").arg("postfix").arg(&data),
+            "chown postfix data",
+        );
+        let d = dir.path().display();
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+{main_cf}"
+            ),
+        )
+        .unwrap();
         // A port chosen by the OS is free only until someone binds it: when Postfix
-        // cannot bind it, its master exits and the instance starts again on another.
-        let mut pf = Self { dir, port: 0 };
+        // cannot bind one, its master exits and the instance starts again on others.
+        let mut pf = Self {
+            dir,
+            ports: Vec::new(),
+        };
         for _ in 0..5 {
-            pf.port = free_port();
-            std::fs::write(etc.join("master.cf"), master_cf(pf.port, pipe_argv)).unwrap();
+            pf.ports = (0..ports).map(|_| free_port()).collect();
+            std::fs::write(etc.join("master.cf"), master_cf(&pf.ports)).unwrap();
             run(&mut pf.postfix(&["check"]), "postfix check");
             run(&mut pf.postfix(&["start"]), "postfix start");
             if pf.master_listens(Instant::now() + Duration::from_secs(20)) {
@@ -181,8 +204,8 @@ postbote_destination_recipient_limit = 1
         panic!("Postfix could not bind a port in five tries");
     }
 
-    /// Whether Postfix's master process itself listens on this instance's port
-    /// (false when it exited instead, e.g. because the port was taken).
+    /// Whether Postfix's master process itself listens on this instance's ports
+    /// (false when it exited instead, e.g. because a port was taken).
     fn master_listens(&self, deadline: Instant) -> bool {
         let pid_file = self.dir.path().join("queue/pid/master.pid");
         loop {
@@ -190,7 +213,7 @@ postbote_destination_recipient_limit = 1
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok());
             if let Some(pid) = pid {
-                if listens_on(pid, self.port) {
+                if self.ports.iter().all(|port| listens_on(pid, *port)) {
                     return true;
                 }
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -199,8 +222,8 @@ postbote_destination_recipient_limit = 1
             }
             assert!(
                 Instant::now() < deadline,
-                "Postfix does not listen on {}\n{}",
-                self.port,
+                "Postfix does not listen on {:?}\n{}",
+                self.ports,
                 self.maillog()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -214,15 +237,21 @@ postbote_destination_recipient_limit = 1
     }
 
     fn smtp_url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        format!("smtp://127.0.0.1:{}", self.ports[0])
     }
 
-    fn maillog(&self) -> String {
+    /// The instance's folder (configuration in `etc/`, the log in `maillog`).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The instance's log so far.
+    pub(crate) fn maillog(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 
     /// Lines of the log that contain every one of `needles`.
-    fn log_lines(&self, needles: &[&str]) -> usize {
+    pub(crate) fn log_lines(&self, needles: &[&str]) -> usize {
         self.maillog()
             .lines()
             .filter(|l| needles.iter().all(|n| l.contains(n)))
@@ -231,7 +260,7 @@ postbote_destination_recipient_limit = 1
 
     /// Waits until `n` lines of the log contain every one of `needles` (Postfix
     /// logs through its own daemon, a moment after the fact).
-    async fn wait_log_lines(&self, needles: &[&str], n: usize) {
+    pub(crate) async fn wait_log_lines(&self, needles: &[&str], n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.log_lines(needles) < n {
             assert!(
@@ -295,7 +324,7 @@ fn binary_for_nobody(dir: &Path) -> PathBuf {
     copy
 }
 
-fn assert_root() {
+pub(crate) fn assert_root() {
     let whoami = Command::new("id").arg("-u").output().expect("id -u");
     assert_eq!(
         String::from_utf8_lossy(&whoami.stdout).trim(),
@@ -306,7 +335,7 @@ fn assert_root() {
 
 /// The folder for a Postfix instance. Everything the pipe's `nobody` reads lives in
 /// it, so it is open to all.
-fn postfix_dir() -> tempfile::TempDir {
+pub(crate) fn postfix_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("postbote-postfix-")
         .tempdir()
