@@ -77,20 +77,27 @@ impl BodyCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Loads the bodies of `mails` that are not in memory, in one query.
-    async fn load(&self, store: &Store, mails: &[ClaimedMail]) -> StoreResult<()> {
-        let mut missing: Vec<i64> = {
+    /// The bodies `mails` refer to: from memory, the others read in one query. The
+    /// batch keeps what it gets, whatever other batches load meanwhile.
+    async fn load(&self, store: &Store, mails: &[ClaimedMail]) -> StoreResult<BatchBodies> {
+        let mut wanted: Vec<i64> = mails.iter().filter_map(|m| m.body_id).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut bodies = BatchBodies::new();
+        let mut missing = Vec::new();
+        {
             let loaded = self.lock();
-            mails
-                .iter()
-                .filter_map(|m| m.body_id)
-                .filter(|id| !loaded.contains_key(id))
-                .collect()
-        };
-        missing.sort_unstable();
-        missing.dedup();
+            for id in wanted {
+                match loaded.get(&id) {
+                    Some(body) => {
+                        bodies.insert(id, body.clone());
+                    }
+                    None => missing.push(id),
+                }
+            }
+        }
         if missing.is_empty() {
-            return Ok(());
+            return Ok(bodies);
         }
         let stored = store.digest_bodies(&missing).await?;
         let mut loaded = self.lock();
@@ -98,22 +105,22 @@ impl BodyCache {
             loaded.clear();
         }
         for b in stored {
-            let body = DigestBody {
+            let body = Arc::new(DigestBody {
                 locale: b.locale,
                 subject: b.subject,
                 text: b.text,
                 html: b.html,
                 topics: b.topics,
-            };
-            loaded.insert(b.id, Arc::new(body));
+            });
+            loaded.insert(b.id, body.clone());
+            bodies.insert(b.id, body);
         }
-        Ok(())
-    }
-
-    fn get(&self, id: i64) -> Option<Arc<DigestBody>> {
-        self.lock().get(&id).cloned()
+        Ok(bodies)
     }
 }
+
+/// The digest bodies of one claimed batch, by id.
+type BatchBodies = std::collections::HashMap<i64, Arc<DigestBody>>;
 
 /// Records the deliveries of all workers of a process: each worker hands over the
 /// mail it sent and waits for the record before it sends the next; whatever is
@@ -328,8 +335,8 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
 
         let owner: i64 = rand::random();
         let claimed_at = tokio::time::Instant::now();
-        let batch = match claim(&ctx, owner).await {
-            Ok(batch) if !batch.is_empty() => batch,
+        let (batch, bodies) = match claim(&ctx, owner).await {
+            Ok((batch, bodies)) if !batch.is_empty() => (batch, bodies),
             Ok(_) => {
                 // Nothing due: wait for new mail, the poll interval (retries, other
                 // instances' mail) or shutdown. Idle connections are closed meanwhile.
@@ -348,7 +355,12 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
             batch.iter().map(|m| m.id).collect(),
             claimed_at + LEASE,
         ));
-        let relay_down = serve_batch(&ctx, &mut sender, &batch, &lease, &cancel).await;
+        let work = Batch {
+            mails: &batch,
+            bodies: &bodies,
+            lease: &lease,
+        };
+        let relay_down = serve_batch(&ctx, &mut sender, &work, &cancel).await;
         match relay_down {
             Some(reason) => {
                 // The relay is the problem, not the mails: they keep their attempts
@@ -365,7 +377,7 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
 }
 
 /// Claims a batch for `owner` and loads the digest bodies its mails refer to.
-async fn claim(ctx: &DeliveryContext, owner: i64) -> StoreResult<Vec<ClaimedMail>> {
+async fn claim(ctx: &DeliveryContext, owner: i64) -> StoreResult<(Vec<ClaimedMail>, BatchBodies)> {
     let now = ctx.clock.now();
     let real_now = chrono::Utc::now();
     let lease_length = chrono::Duration::from_std(LEASE).unwrap_or_default();
@@ -373,14 +385,26 @@ async fn claim(ctx: &DeliveryContext, owner: i64) -> StoreResult<Vec<ClaimedMail
         .store
         .claim_mail(now, real_now, real_now + lease_length, owner, BATCH)
         .await?;
-    if let Err(e) = ctx.bodies.load(&ctx.store, &batch).await {
-        // The mails go back untouched and are claimed again.
-        for mail in &batch {
-            let _ = ctx.store.mail_release(mail.id, owner, None).await;
+    match ctx.bodies.load(&ctx.store, &batch).await {
+        Ok(bodies) => Ok((batch, bodies)),
+        Err(e) => {
+            // The mails go back untouched and are claimed again.
+            for mail in &batch {
+                let _ = ctx.store.mail_release(mail.id, owner, None).await;
+            }
+            Err(e)
         }
-        return Err(e);
     }
-    Ok(batch)
+}
+
+/// A claimed batch: its mails, their digest bodies, the lease on them.
+struct Batch<'a> {
+    /// The mails, oldest first.
+    mails: &'a [ClaimedMail],
+    /// The bodies the digests among them refer to.
+    bodies: &'a BatchBodies,
+    /// Held while the mails are worked on.
+    lease: &'a Arc<Lease>,
 }
 
 /// Sends a claimed batch while its lease holds, each mail built (and signed) while
@@ -389,19 +413,19 @@ async fn claim(ctx: &DeliveryContext, owner: i64) -> StoreResult<Vec<ClaimedMail
 async fn serve_batch(
     ctx: &DeliveryContext,
     sender: &mut Sender,
-    batch: &[ClaimedMail],
-    lease: &Arc<Lease>,
+    batch: &Batch<'_>,
     cancel: &CancellationToken,
 ) -> Option<String> {
+    let (mails, lease) = (batch.mails, batch.lease);
     let heartbeat = Heartbeat::start(ctx.store.clone(), lease.clone());
     let mut relay_down = None;
     let mut unrecorded = Vec::new();
-    let mut next = prepare(ctx, batch.first()).await;
-    for (i, mail) in batch.iter().enumerate() {
+    let mut next = prepare(ctx, batch, 0).await;
+    for (i, mail) in mails.iter().enumerate() {
         let prepared = next.take();
         if !lease.holds(mail.id) {
             // Lost or withdrawn: no send slot is spent on it.
-            next = prepare(ctx, batch.get(i + 1)).await;
+            next = prepare(ctx, batch, i + 1).await;
             continue;
         }
         ctx.pace.wait().await;
@@ -410,13 +434,13 @@ async fn serve_batch(
         match lease.may_send(&ctx.store, mail.id).await {
             Some(true) => {}
             Some(false) => {
-                next = prepare(ctx, batch.get(i + 1)).await;
+                next = prepare(ctx, batch, i + 1).await;
                 continue;
             }
             None => break,
         }
         let send = send_and_record(ctx, sender, mail, prepared, lease);
-        let (outcome, following) = tokio::join!(send, prepare(ctx, batch.get(i + 1)));
+        let (outcome, following) = tokio::join!(send, prepare(ctx, batch, i + 1));
         next = following;
         match outcome {
             Recorded::Yes => {}
@@ -679,17 +703,19 @@ async fn bounce(
     Ok(())
 }
 
-/// `mail` as it goes out (`None` when there is no mail): a digest assembled from
-/// its body and the reader's part, then signed when DKIM is on (on the blocking
-/// pool: an RSA signature costs about 0.65 ms of CPU, too long for an async thread).
+/// The batch's mail number `i` as it goes out (`None` past the end): a digest
+/// assembled from its body and the reader's part, then signed when DKIM is on (on
+/// the blocking pool: an RSA signature costs about 0.65 ms of CPU, too long for an
+/// async thread).
 async fn prepare(
     ctx: &DeliveryContext,
-    mail: Option<&ClaimedMail>,
+    batch: &Batch<'_>,
+    i: usize,
 ) -> Option<Result<ClaimedMail, SendError>> {
-    let mail = mail?;
+    let mail = batch.mails.get(i)?;
     let mut built = mail.clone();
     if let Some(body_id) = mail.body_id {
-        let Some(body) = ctx.bodies.get(body_id) else {
+        let Some(body) = batch.bodies.get(&body_id) else {
             return Some(Err(SendError::Permanent(format!(
                 "the digest's body {body_id} is gone"
             ))));
@@ -697,7 +723,7 @@ async fn prepare(
         let subscriber_id = mail.subscriber_id.unwrap_or_default();
         match ctx
             .composer
-            .digest(&body, &mail.recipient, subscriber_id, ctx.clock.now())
+            .digest(body, &mail.recipient, subscriber_id, ctx.clock.now())
         {
             Ok(digest) => built.message = digest.message,
             Err(e) => {

@@ -949,6 +949,43 @@ async fn a_digest_queued_whole_by_an_older_version_is_still_delivered(backend: B
     assert!(text(raw).contains("Aus der Schlange."));
 }
 
+async fn more_distinct_digests_than_a_worker_keeps_in_memory_all_go_out(backend: Backend) {
+    let (app, sink, _db, clock) = app_with(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let topics: Vec<String> = (1..=12).map(|i| format!("thema-{i:02}")).collect();
+    for t in &topics {
+        app.create_topic(t, &t.replace('-', " ")).await;
+    }
+    // Every reader gets content of their own: 220 sets of three topics, in two
+    // languages, more bodies than the workers keep in memory at once.
+    let mut sets = Vec::new();
+    for a in 0..12 {
+        for b in a + 1..12 {
+            for c in b + 1..12 {
+                sets.push([topics[a].as_str(), topics[b].as_str(), topics[c].as_str()]);
+            }
+        }
+    }
+    let now = utc("2027-05-01T08:00:00Z");
+    let mut n: u64 = 0;
+    for (i, set) in sets.iter().enumerate() {
+        for locale in ["de", "en"] {
+            let email = format!("leser{i:03}-{locale}@example.org");
+            app.reader(&email, set, "07:00", "Europe/Berlin", locale, now)
+                .await;
+            n += 1;
+        }
+    }
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    for t in &topics {
+        app.post_item(&[t.as_str()], &format!("Neu in {t}")).await;
+    }
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (n, n));
+    let got = delivered(&app, &sink).await;
+    assert_eq!(got.len(), n as usize, "every reader got their digest");
+    let stats = app.store.stats().await.unwrap();
+    assert_eq!((stats.digests_sent, stats.digests_failed), (n as i64, 0));
+}
+
 on_both_backends!(
     item_content_never_becomes_a_readers_address_or_link,
     the_first_digest_reaches_back_the_look_back_before_confirmation,
@@ -964,4 +1001,5 @@ on_both_backends!(
     stats_count_readers_queue_and_digests,
     readers_with_the_same_news_share_one_stored_body_and_each_gets_their_own_links,
     a_digest_queued_whole_by_an_older_version_is_still_delivered,
+    more_distinct_digests_than_a_worker_keeps_in_memory_all_go_out,
 );
