@@ -48,7 +48,9 @@ fn draw<'s>(
         .max()
         .unwrap_or(0)
         .max(1);
-    let last = i32::try_from(labels.len().saturating_sub(1)).unwrap_or(0).max(1);
+    let last = i32::try_from(labels.len().saturating_sub(1))
+        .unwrap_or(0)
+        .max(1);
     let mut chart = ChartBuilder::on(&root)
         .margin(10)
         .x_label_area_size(28)
@@ -77,7 +79,9 @@ fn draw<'s>(
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

@@ -81,10 +81,30 @@ fn view(state: &AppState, locale: Locale, d: &Dashboard) -> Value {
     let complaints = |c: &DayCounts| c.complaints;
     let hard = |c: &DayCounts| c.hard_bounces;
     let rates = vec![
-        rate_row(s("console_complaints_7"), d.rate(7, complaints), COMPLAINTS_WARN, COMPLAINTS_BAD),
-        rate_row(s("console_complaints_30"), d.rate(30, complaints), COMPLAINTS_WARN, COMPLAINTS_BAD),
-        rate_row(s("console_hard_bounces_7"), d.rate(7, hard), HARD_BOUNCES_WARN, HARD_BOUNCES_BAD),
-        rate_row(s("console_hard_bounces_30"), d.rate(30, hard), HARD_BOUNCES_WARN, HARD_BOUNCES_BAD),
+        rate_row(
+            s("console_complaints_7"),
+            d.rate(7, complaints),
+            COMPLAINTS_WARN,
+            COMPLAINTS_BAD,
+        ),
+        rate_row(
+            s("console_complaints_30"),
+            d.rate(30, complaints),
+            COMPLAINTS_WARN,
+            COMPLAINTS_BAD,
+        ),
+        rate_row(
+            s("console_hard_bounces_7"),
+            d.rate(7, hard),
+            HARD_BOUNCES_WARN,
+            HARD_BOUNCES_BAD,
+        ),
+        rate_row(
+            s("console_hard_bounces_30"),
+            d.rate(30, hard),
+            HARD_BOUNCES_WARN,
+            HARD_BOUNCES_BAD,
+        ),
     ];
     let due: Vec<Value> = d
         .due_hours
@@ -139,9 +159,22 @@ fn day_row(c: &DayCounts) -> Value {
 /// The three charts: readers' activity and mail trouble per day, digests per
 /// day, digests due per hour.
 fn charts(s: &dyn Fn(&str) -> String, d: &Dashboard) -> Value {
-    let days: Vec<String> = d.days.iter().map(|c| c.day.format("%m-%d").to_string()).collect();
+    let days: Vec<String> = d
+        .days
+        .iter()
+        .map(|c| c.day.format("%m-%d").to_string())
+        .collect();
     let per_day = |f: fn(&DayCounts) -> i64| d.days.iter().map(f).collect::<Vec<_>>();
-    let (l_signups, l_confirmations, l_unsubscribes, l_bounces, l_complaints, l_sent, l_failed, l_due) = (
+    let (
+        l_signups,
+        l_confirmations,
+        l_unsubscribes,
+        l_bounces,
+        l_complaints,
+        l_sent,
+        l_failed,
+        l_due,
+    ) = (
         s("console_sign_ups"),
         s("console_confirmations"),
         s("console_unsubscribes"),
@@ -154,24 +187,60 @@ fn charts(s: &dyn Fn(&str) -> String, d: &Dashboard) -> Value {
     let readers = line_chart(
         &days,
         &[
-            Series { label: &l_signups, values: per_day(|c| c.sign_ups), color: BLUE },
-            Series { label: &l_confirmations, values: per_day(|c| c.confirmations), color: GREEN },
-            Series { label: &l_unsubscribes, values: per_day(|c| c.unsubscribes), color: AMBER },
-            Series { label: &l_bounces, values: per_day(|c| c.hard_bounces), color: RED },
+            Series {
+                label: &l_signups,
+                values: per_day(|c| c.sign_ups),
+                color: BLUE,
+            },
+            Series {
+                label: &l_confirmations,
+                values: per_day(|c| c.confirmations),
+                color: GREEN,
+            },
+            Series {
+                label: &l_unsubscribes,
+                values: per_day(|c| c.unsubscribes),
+                color: AMBER,
+            },
+            Series {
+                label: &l_bounces,
+                values: per_day(|c| c.hard_bounces),
+                color: RED,
+            },
         ],
     );
     let digests = line_chart(
         &days,
         &[
-            Series { label: &l_sent, values: per_day(|c| c.digests_sent), color: BLUE },
-            Series { label: &l_failed, values: per_day(|c| c.digests_failed), color: RED },
-            Series { label: &l_complaints, values: per_day(|c| c.complaints), color: AMBER },
+            Series {
+                label: &l_sent,
+                values: per_day(|c| c.digests_sent),
+                color: BLUE,
+            },
+            Series {
+                label: &l_failed,
+                values: per_day(|c| c.digests_failed),
+                color: RED,
+            },
+            Series {
+                label: &l_complaints,
+                values: per_day(|c| c.complaints),
+                color: AMBER,
+            },
         ],
     );
-    let hours: Vec<String> = d.due_hours.iter().map(|h| h.hour.format("%H:00").to_string()).collect();
+    let hours: Vec<String> = d
+        .due_hours
+        .iter()
+        .map(|h| h.hour.format("%H:00").to_string())
+        .collect();
     let due = line_chart(
         &hours,
-        &[Series { label: &l_due, values: d.due_hours.iter().map(|h| h.due).collect(), color: GREEN }],
+        &[Series {
+            label: &l_due,
+            values: d.due_hours.iter().map(|h| h.due).collect(),
+            color: GREEN,
+        }],
     );
     json!({"readers": readers, "digests": digests, "due": due})
 }

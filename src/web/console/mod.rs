@@ -184,7 +184,12 @@ async fn login(
     }
     if !super::token_matches(field(&body, "token").trim(), &state.admin_token) {
         tracing::warn!("console: login with a wrong token refused");
-        return Ok(login_page(&state, StatusCode::UNAUTHORIZED, lang.locale, true));
+        return Ok(login_page(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            lang.locale,
+            true,
+        ));
     }
     let now = state.clock.now();
     let token = Token::generate();
@@ -218,7 +223,10 @@ async fn logout(
     body: Bytes,
 ) -> Result<Response, PageError> {
     session.check(&field(&body, "csrf"))?;
-    state.store.close_console_session(&session.token.hash()).await?;
+    state
+        .store
+        .close_console_session(&session.token.hash())
+        .await?;
     tracing::info!("console: signed out");
     let cleared = format!("{COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0");
     Ok(see_other("/admin/login", Some(cleared)))

@@ -98,7 +98,9 @@ async fn search(
     let more = rows.len() > PAGE_SIZE as usize;
     rows.truncate(PAGE_SIZE as usize);
     let topics = state.store.list_topics(true).await?;
-    let csv = params.href(1).replacen("/admin/subscribers?", "/admin/subscribers.csv?", 1);
+    let csv = params
+        .href(1)
+        .replacen("/admin/subscribers?", "/admin/subscribers.csv?", 1);
     let statuses: Vec<_> = SubscriberStatus::ALL
         .iter()
         .map(|s| json!({"name": s.as_str(), "selected": s.as_str() == params.status}))
@@ -117,7 +119,15 @@ async fn search(
         "next_href": more.then(|| params.href(page_no + 1)),
         "csv_href": csv,
     });
-    Ok(page(&state, StatusCode::OK, lang.locale, "subscribers", data, "/admin/subscribers", Some(&session)))
+    Ok(page(
+        &state,
+        StatusCode::OK,
+        lang.locale,
+        "subscribers",
+        data,
+        "/admin/subscribers",
+        Some(&session),
+    ))
 }
 
 async fn export_csv(
@@ -125,7 +135,10 @@ async fn export_csv(
     _session: Session,
     Query(params): Query<SearchParams>,
 ) -> Result<Response, PageError> {
-    let rows = state.store.export_rows(&params.query()?, EXPORT_LIMIT).await?;
+    let rows = state
+        .store
+        .export_rows(&params.query()?, EXPORT_LIMIT)
+        .await?;
     let mut out = csv::Writer::from_writer(Vec::new());
     let write = |out: &mut csv::Writer<Vec<u8>>| -> Result<(), csv::Error> {
         out.write_record(crate::import::KNOWN)?;
@@ -149,7 +162,10 @@ async fn export_csv(
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"subscribers.csv\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"subscribers.csv\"",
+            ),
         ],
         body,
     )
@@ -162,14 +178,21 @@ async fn detail(
     session: Session,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let email = state.store.subscriber_email(id).await?.ok_or(Problem::NotFound)?;
+    let email = state
+        .store
+        .subscriber_email(id)
+        .await?
+        .ok_or(Problem::NotFound)?;
     let export = state
         .store
         .export_subscriber(&email)
         .await?
         .ok_or(Problem::NotFound)?;
     let pending = export.status == SubscriberStatus::Pending;
-    let active = matches!(export.status, SubscriberStatus::Pending | SubscriberStatus::Confirmed);
+    let active = matches!(
+        export.status,
+        SubscriberStatus::Pending | SubscriberStatus::Confirmed
+    );
     let data = json!({
         "id": id,
         "reader": export,
@@ -178,7 +201,15 @@ async fn detail(
         "export_json": serde_json::to_string_pretty(&export).unwrap_or_default(),
     });
     let path = format!("/admin/subscribers/{id}");
-    Ok(page(&state, StatusCode::OK, lang.locale, "subscriber", data, &path, Some(&session)))
+    Ok(page(
+        &state,
+        StatusCode::OK,
+        lang.locale,
+        "subscriber",
+        data,
+        &path,
+        Some(&session),
+    ))
 }
 
 async fn unsubscribe(
@@ -230,10 +261,22 @@ async fn erase_form(
     session: Session,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let email = state.store.subscriber_email(id).await?.ok_or(Problem::NotFound)?;
+    let email = state
+        .store
+        .subscriber_email(id)
+        .await?
+        .ok_or(Problem::NotFound)?;
     let path = format!("/admin/subscribers/{id}/erase");
     let data = json!({"id": id, "email": email.as_str(), "action": path});
-    Ok(page(&state, StatusCode::OK, lang.locale, "erase", data, &path, Some(&session)))
+    Ok(page(
+        &state,
+        StatusCode::OK,
+        lang.locale,
+        "erase",
+        data,
+        &path,
+        Some(&session),
+    ))
 }
 
 async fn erase(
@@ -246,7 +289,11 @@ async fn erase(
     if field(&body, "confirm") != "yes" {
         return Ok(see_other(&format!("/admin/subscribers/{id}/erase"), None));
     }
-    let email = state.store.subscriber_email(id).await?.ok_or(Problem::NotFound)?;
+    let email = state
+        .store
+        .subscriber_email(id)
+        .await?
+        .ok_or(Problem::NotFound)?;
     state.store.erase(&email, state.clock.now()).await?;
     tracing::info!(subscriber.id = id, "console: erased by the operator");
     Ok(see_other("/admin/subscribers", None))
