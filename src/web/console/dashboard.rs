@@ -229,18 +229,23 @@ fn charts(s: &dyn Fn(&str) -> String, d: &Dashboard) -> Value {
             },
         ],
     );
+    let due = due_chart(&l_due, d);
+    json!({"readers": readers, "digests": digests, "due": due})
+}
+
+/// Digests due per hour of the next 24.
+fn due_chart(label: &str, d: &Dashboard) -> String {
     let hours: Vec<String> = d
         .due_hours
         .iter()
         .map(|h| h.hour.format("%H:00").to_string())
         .collect();
-    let due = line_chart(
+    line_chart(
         &hours,
         &[Series {
-            label: &l_due,
+            label,
             values: d.due_hours.iter().map(|h| h.due).collect(),
             color: GREEN,
         }],
-    );
-    json!({"readers": readers, "digests": digests, "due": due})
+    )
 }
