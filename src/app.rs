@@ -92,6 +92,9 @@ impl App {
             client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
                 config.rate_limit.per_client_per_minute,
             )),
+            login_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
+                web::console::LOGIN_ATTEMPTS_PER_MINUTE,
+            )),
             limit_tally: Arc::default(),
             config: Arc::new(config),
             clock,

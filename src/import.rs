@@ -174,8 +174,8 @@ fn parse_row(
     })
 }
 
-/// The columns a file may have.
-const KNOWN: [&str; 7] = [
+/// The columns a file may have (the console's CSV export writes the same).
+pub const KNOWN: [&str; 7] = [
     "email",
     "topics",
     "delivery_time",

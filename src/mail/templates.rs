@@ -137,6 +137,30 @@ const FILES: &[(&str, &str)] = &[
         "pages/item.hbs",
         include_str!("../../templates/pages/item.hbs"),
     ),
+    (
+        "pages/console-nav.hbs",
+        include_str!("../../templates/pages/console-nav.hbs"),
+    ),
+    (
+        "pages/console-login.hbs",
+        include_str!("../../templates/pages/console-login.hbs"),
+    ),
+    (
+        "pages/console-dashboard.hbs",
+        include_str!("../../templates/pages/console-dashboard.hbs"),
+    ),
+    (
+        "pages/console-subscribers.hbs",
+        include_str!("../../templates/pages/console-subscribers.hbs"),
+    ),
+    (
+        "pages/console-subscriber.hbs",
+        include_str!("../../templates/pages/console-subscriber.hbs"),
+    ),
+    (
+        "pages/console-erase.hbs",
+        include_str!("../../templates/pages/console-erase.hbs"),
+    ),
 ];
 
 /// Page texts per language.

@@ -61,6 +61,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0009_shared_digest_bodies.sql"),
         include_str!("../../migrations/sqlite/0009_shared_digest_bodies.sql"),
     ),
+    (
+        10,
+        "console sessions",
+        include_str!("../../migrations/postgres/0010_console_sessions.sql"),
+        include_str!("../../migrations/sqlite/0010_console_sessions.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -18,9 +18,11 @@
 //! One file per aggregate: `subscribers/` (sign-up, confirmation, preferences,
 //! unsubscribe, export, erasure, import), `suppressions`, `mail_events`, `items`,
 //! `digest_log`, `feeds`, `submissions`, `topics`, `mail_queue`, `counters`,
-//! `settings`; `decode` reads stored text back into domain types, and a value that
+//! `settings`, `console` (the operator console's sessions, dashboard and
+//! search); `decode` reads stored text back into domain types, and a value that
 //! does not parse is [`StoreError::Corrupt`] naming the row.
 
+mod console;
 mod counters;
 mod database_url;
 mod decode;
@@ -47,6 +49,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use console::{
+    Dashboard, DayCounts, ExportRow, FeedHealth, HourCount, QueueHealth, Rate, SubscriberQuery,
+    SubscriberRow,
+};
 pub use counters::{FeedStats, Stats};
 pub use database_url::DatabaseUrl;
 pub use decode::CorruptValue;

@@ -52,6 +52,8 @@ pub enum Problem {
     ExpiredLink,
     /// A form without a valid form token: 403.
     Forbidden,
+    /// A query or form value that does not parse (e.g. the console's search): 400.
+    BadRequest,
     /// A sign-up a browser was made to post from another site: 403, with a link to
     /// the form on `home` (the public sign-up page).
     CrossSite {
@@ -152,6 +154,7 @@ impl PageError {
             Problem::UnknownLink => (StatusCode::NOT_FOUND, "unknown_link", Link::SignUp),
             Problem::ExpiredLink => (StatusCode::GONE, "expired_link", Link::SignUp),
             Problem::Forbidden => (StatusCode::FORBIDDEN, "forbidden", Link::None),
+            Problem::BadRequest => (StatusCode::BAD_REQUEST, "bad_request", Link::None),
             Problem::CrossSite { .. } => (StatusCode::FORBIDDEN, "cross_site", Link::PublicSignUp),
             Problem::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many", Link::SignUp),
             Problem::Store(StoreError::Unavailable(_)) => {

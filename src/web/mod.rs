@@ -1,6 +1,6 @@
 //! HTTP: the public pages ([`subscribe`], [`confirm`], [`preferences`],
-//! [`unsubscribe`], [`items`]), the admin API ([`admin`]), health checks and
-//! metrics ([`health`]). Each module exports a `router()`; [`router`] merges
+//! [`unsubscribe`], [`items`]), the operator's console under `/admin` ([`console`]),
+//! the admin API ([`admin`]), health checks and metrics ([`health`]). Each module exports a `router()`; [`router`] merges
 //! them. Handlers parse input into domain types at the edge (the page language
 //! and link tokens through the extractors in [`pages`] and [`tokens`]) and call
 //! the store; the pages' errors take one path ([`error`]).
@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod assets;
 pub mod confirm;
+pub mod console;
 pub mod error;
 pub mod health;
 pub mod items;
@@ -101,6 +102,8 @@ pub struct AppState {
     pub admin_token: Arc<str>,
     /// Sign-up requests per client.
     pub client_limiter: Arc<rate_limit::ClientLimiter>,
+    /// Console login attempts per client (see [`console`]).
+    pub login_limiter: Arc<rate_limit::ClientLimiter>,
     /// Sign-ups refused by each limit, on their way to `/api/v1/stats`.
     pub limit_tally: Arc<subscribe::LimitTally>,
     /// Rung after mail is queued, so the delivery workers start at once.
@@ -120,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .merge(items::router())
         .merge(health::router())
         .merge(assets::router())
+        .merge(console::router())
         .nest("/api/v1", admin::router(state.clone()))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(

@@ -10,6 +10,7 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod console;
 mod digests;
 mod durability;
 mod fanout;

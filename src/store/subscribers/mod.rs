@@ -53,8 +53,9 @@ pub struct SubscriberSummary {
     pub created_at: DateTime<Utc>,
 }
 
+/// A [`SubscriberSummary`] as stored (also read by the console's search).
 #[derive(FromRow)]
-struct SummaryRow {
+pub(super) struct SummaryRow {
     id: i64,
     email: String,
     status: String,
