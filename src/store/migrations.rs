@@ -67,6 +67,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0010_console_sessions.sql"),
         include_str!("../../migrations/sqlite/0010_console_sessions.sql"),
     ),
+    (
+        11,
+        "queues in order",
+        include_str!("../../migrations/postgres/0011_queues_in_order.sql"),
+        include_str!("../../migrations/sqlite/0011_queues_in_order.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {
