@@ -47,7 +47,7 @@ const SIZE_PROBE: (&str, i64) = ("digest-size-probe@example.org", i64::MAX);
 
 /// What a digest body is rendered from: readers with the same language, topics,
 /// previous watermark and local date get the same content.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct BodySpec {
     /// The language.
     locale: Locale,
@@ -153,6 +153,7 @@ impl Digester {
             digester: self,
             at,
             known,
+            fingerprint: self.composer.content_fingerprint(),
             wanted: HashMap::new(),
         };
         loop {
@@ -175,8 +176,9 @@ impl Digester {
 
     /// The key of the body `spec` renders in `batch`: a hash of everything its
     /// content depends on (the templates and the public URL, the language, the
-    /// topics and their names, the items' range, the date, `digest.max_items`).
-    fn body_key(&self, batch: &DigestBatch, spec: &BodySpec) -> String {
+    /// topics and their names, the items' range, the date, `digest.max_items`);
+    /// `fingerprint` is [`Composer::content_fingerprint`], taken once per pass.
+    fn body_key(&self, fingerprint: &str, batch: &DigestBatch, spec: &BodySpec) -> String {
         use sha2::Digest as _;
         let names: Vec<&str> = spec
             .topics
@@ -185,7 +187,7 @@ impl Digester {
             .collect();
         let text = format!(
             "{}|{}|{:?}|{:?}|{}|{}|{}|{}",
-            self.composer.content_fingerprint(),
+            fingerprint,
             spec.locale,
             spec.topics,
             names,
@@ -298,6 +300,8 @@ struct Planner<'a> {
     at: DateTime<Utc>,
     /// The pass's stored bodies, shared with the other lanes.
     known: KnownBodies,
+    /// The templates and public URL the bodies are rendered with, for body keys.
+    fingerprint: String,
     /// What each body key of the current batch is rendered from.
     wanted: HashMap<String, BodySpec>,
 }
@@ -305,6 +309,9 @@ struct Planner<'a> {
 impl DigestPlanner for Planner<'_> {
     fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError> {
         self.wanted.clear();
+        // Readers with the same content share its key, or its lack of news: each
+        // distinct content is looked at once per batch.
+        let mut keys: HashMap<BodySpec, Option<String>> = HashMap::new();
         let mut plans = Vec::with_capacity(batch.readers.len());
         for reader in &batch.readers {
             let mut topics = reader.topic_ids.clone();
@@ -319,15 +326,18 @@ impl DigestPlanner for Planner<'_> {
                     .with_timezone(&reader.schedule.timezone.tz())
                     .date_naive(),
             };
-            let (_, news) = batch.items.fresh(&spec.topics, spec.since);
-            let digest = (news > 0).then(|| {
-                let body_key = self.digester.body_key(batch, &spec);
-                self.wanted.insert(body_key.clone(), spec);
-                PlannedDigest {
-                    body_key,
-                    recipient: reader.email.as_str().to_owned(),
-                    envelope_from: self.digester.composer.envelope_from(reader.id),
-                }
+            let body_key = keys.entry(spec).or_insert_with_key(|spec| {
+                let (_, news) = batch.items.fresh(&spec.topics, spec.since);
+                (news > 0).then(|| {
+                    let key = self.digester.body_key(&self.fingerprint, batch, spec);
+                    self.wanted.insert(key.clone(), spec.clone());
+                    key
+                })
+            });
+            let digest = body_key.clone().map(|body_key| PlannedDigest {
+                body_key,
+                recipient: reader.email.as_str().to_owned(),
+                envelope_from: self.digester.composer.envelope_from(reader.id),
             });
             plans.push(DigestPlan {
                 subscriber_id: reader.id,
