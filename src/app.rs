@@ -149,8 +149,12 @@ impl App {
         // stopped accepting sign-ups, so nothing queued at the end waits for a restart
         // longer than necessary.
         let workers_stop = CancellationToken::new();
-        for _ in 0..delivery.settings.workers {
-            tasks.spawn(run_worker(delivery.clone(), workers_stop.clone()));
+        for worker in 0..delivery.settings.workers {
+            tasks.spawn(run_worker(
+                delivery.clone(),
+                workers_stop.clone(),
+                worker == 0,
+            ));
         }
         tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
         tasks.spawn(run_retention(delivery.clone(), workers_stop.clone()));
@@ -292,7 +296,14 @@ fn delivery_context(
         signer,
         composer: composer.clone(),
         bodies: Arc::default(),
-        recorder: Recorder::start(store.clone(), clock.clone()),
+        recorder: {
+            let tasks = Recorder::tasks_for(store, config.delivery.workers);
+            Recorder::start(
+                store.with_relaxed_commits(tasks as u32),
+                clock.clone(),
+                tasks,
+            )
+        },
     })
 }
 

@@ -31,6 +31,9 @@ use crate::store::{ClaimedMail, EventEffect, Store, StoreResult};
 const BATCH: u32 = 32;
 /// Digest bodies a process keeps in memory: those of the mails being sent.
 const BODY_CACHE: usize = 256;
+/// How often an idle worker other than the lookout looks for due mail on its own:
+/// only a safety net, as the lookout wakes the others when it finds a full batch.
+const IDLE_POLL: Duration = Duration::from_secs(60);
 /// Deliveries written in one statement at most.
 const RECORD_ROUND: usize = 512;
 /// Bodies no queued mail refers to are deleted once they are this old: a pass
@@ -122,43 +125,43 @@ impl BodyCache {
 /// The digest bodies of one claimed batch, by id.
 type BatchBodies = std::collections::HashMap<i64, Arc<DigestBody>>;
 
+/// A sent mail handed to the [`Recorder`], and where to say whether it was recorded.
+type SentMail = (i64, tokio::sync::oneshot::Sender<bool>);
+
 /// Records the deliveries of all workers of a process: each worker hands over the
-/// mail it sent and waits for the record before it sends the next; whatever is
-/// handed over while one statement runs goes into the next one.
+/// mail it sent and waits for the record before it sends the next. A few recording
+/// tasks share the hand-over queue; each takes whatever is waiting when it is free
+/// and writes it in one statement, so while one round is in the database the next
+/// one is already being written (a group commit that never stands still).
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    /// To the recording task: a sent mail, and where to say whether it was recorded.
-    queue: tokio::sync::mpsc::UnboundedSender<(i64, tokio::sync::oneshot::Sender<bool>)>,
+    /// To the recording tasks.
+    queue: tokio::sync::mpsc::UnboundedSender<SentMail>,
 }
 
 impl Recorder {
-    /// Starts the recording task; it ends when the last clone of this is dropped.
-    pub fn start(store: Store, clock: Arc<dyn Clock>) -> Self {
-        let (queue, mut sent) =
-            tokio::sync::mpsc::unbounded_channel::<(i64, tokio::sync::oneshot::Sender<bool>)>();
-        tokio::spawn(async move {
-            while let Some(first) = sent.recv().await {
-                let mut round = vec![first];
-                while round.len() < RECORD_ROUND {
-                    match sent.try_recv() {
-                        Ok(next) => round.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let ids: Vec<i64> = round.iter().map(|(id, _)| *id).collect();
-                let recorded = match store.mails_sent(&ids, clock.now()).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, count = ids.len(), "recording deliveries failed");
-                        false
-                    }
-                };
-                for (_, done) in round {
-                    let _ = done.send(recorded);
-                }
-            }
-        });
+    /// Starts `tasks` recording tasks writing through `store`; they end when the
+    /// last clone of this is dropped.
+    pub fn start(store: Store, clock: Arc<dyn Clock>, tasks: usize) -> Self {
+        let (queue, sent) = tokio::sync::mpsc::unbounded_channel::<SentMail>();
+        let sent = Arc::new(tokio::sync::Mutex::new(sent));
+        for _ in 0..tasks.max(1) {
+            tokio::spawn(record_rounds(store.clone(), clock.clone(), sent.clone()));
+        }
         Self { queue }
+    }
+
+    /// How many recording tasks suit `workers` delivery workers on `store`: one per
+    /// 32 workers on PostgreSQL, one on SQLite (it has a single writer). Fewer,
+    /// larger rounds cost the database far less than many small ones (a statement
+    /// costs about the same for one row as for twenty), and the workers waiting on
+    /// a round are what fills the next one.
+    pub fn tasks_for(store: &Store, workers: usize) -> usize {
+        if store.is_postgres() {
+            workers.div_ceil(32)
+        } else {
+            1
+        }
     }
 
     /// Records mail `id` as sent; whether that worked.
@@ -168,6 +171,42 @@ impl Recorder {
             return false;
         }
         recorded.await.unwrap_or(false)
+    }
+}
+
+/// One recording task: takes the mails waiting (up to [`RECORD_ROUND`]) while it
+/// holds the queue, writes them in one statement, tells each worker.
+async fn record_rounds(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sent: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<SentMail>>>,
+) {
+    loop {
+        let round = {
+            let mut sent = sent.lock().await;
+            let Some(first) = sent.recv().await else {
+                return;
+            };
+            let mut round = vec![first];
+            while round.len() < RECORD_ROUND {
+                match sent.try_recv() {
+                    Ok(next) => round.push(next),
+                    Err(_) => break,
+                }
+            }
+            round
+        };
+        let ids: Vec<i64> = round.iter().map(|(id, _)| *id).collect();
+        let recorded = match store.mails_sent(&ids, clock.now()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, count = ids.len(), "recording deliveries failed");
+                false
+            }
+        };
+        for (_, done) in round {
+            let _ = done.send(recorded);
+        }
     }
 }
 
@@ -324,8 +363,12 @@ impl Drop for Heartbeat {
     }
 }
 
-/// Runs one worker until `cancel` fires.
-pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
+/// Runs one worker until `cancel` fires. One worker per process is the `lookout`:
+/// when idle it looks for due mail every `delivery.poll_interval` (retries, other
+/// instances' mail); the others sleep until mail is queued in this process or a
+/// worker claims a full batch (there may be more), so an idle process asks the
+/// database once per interval, however many workers it runs.
+pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout: bool) {
     let mut sender = Sender::new(ctx.transport.clone(), ctx.settings.smtp_timeout);
     let mut relay_failures: i32 = 0;
     while !cancel.is_cancelled() {
@@ -336,12 +379,22 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken) {
         let owner: i64 = rand::random();
         let claimed_at = tokio::time::Instant::now();
         let (batch, bodies) = match claim(&ctx, owner).await {
-            Ok((batch, bodies)) if !batch.is_empty() => (batch, bodies),
+            Ok((batch, bodies)) if !batch.is_empty() => {
+                if batch.len() == BATCH as usize {
+                    ctx.wake.notify_waiters();
+                }
+                (batch, bodies)
+            }
             Ok(_) => {
-                // Nothing due: wait for new mail, the poll interval (retries, other
-                // instances' mail) or shutdown. Idle connections are closed meanwhile.
+                // Nothing due: wait for new mail, the poll interval (the lookout) or
+                // shutdown. Idle connections are closed meanwhile.
                 sender.close().await;
-                wait(&cancel, ctx.settings.poll_interval, Some(wake)).await;
+                let poll = if lookout {
+                    ctx.settings.poll_interval
+                } else {
+                    IDLE_POLL
+                };
+                wait(&cancel, poll, Some(wake)).await;
                 continue;
             }
             Err(e) => {

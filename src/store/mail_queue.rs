@@ -205,7 +205,10 @@ impl Store {
 
     /// Records the delivery of mails and drops their bodies: they may hold a link
     /// token, and only the history is needed from now on. A mail withdrawn
-    /// meanwhile (unsubscribe, bounce) keeps that status.
+    /// meanwhile (unsubscribe, bounce) keeps that status. The delivery recorder
+    /// calls this on a pool with relaxed commits ([`Store::with_relaxed_commits`]):
+    /// the worker waits for the record before its next send, so a lost record can
+    /// only mean the mail goes out once more, never that one is lost.
     ///
     /// # Errors
     /// When the database fails.
@@ -216,23 +219,14 @@ impl Store {
         match self {
             Self::Postgres(pool) => {
                 let shard = i64::from(rand::random::<u8>()) % super::counters::SHARDS;
-                // The worker waits for this record before its next send, so the
-                // commit does not wait for the WAL to reach the disk: a crash of
-                // postbote loses nothing (the server has the commit), and a crash of
-                // the database server itself can lose the last fraction of a
-                // second of records, whose mails then go out once more. Never a
-                // lost mail; the bound of a postbote crash stays one per worker.
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET LOCAL synchronous_commit TO OFF")
-                    .execute(&mut *tx)
-                    .await?;
+                // One statement, one round trip: the update and the counter commit
+                // together on their own.
                 sqlx::query(SENT_PG)
                     .bind(now)
                     .bind(ids)
                     .bind(shard)
-                    .execute(&mut *tx)
+                    .execute(pool)
                     .await?;
-                tx.commit().await?;
             }
             Self::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;

@@ -231,6 +231,29 @@ impl Store {
         Ok(Self::Sqlite(pool))
     }
 
+    /// A second, small pool to the same database for writes that may skip the wait
+    /// for the write-ahead log to reach the disk (PostgreSQL's
+    /// `synchronous_commit = off`, set when its connections open): the server has
+    /// each commit at once, a crash of postbote loses none, and only a crash of the
+    /// database server itself can lose the last fraction of a second of them. On
+    /// SQLite, the same pool (it has a single writer, and its commits are cheap).
+    /// Connections open when first used.
+    pub fn with_relaxed_commits(&self, connections: u32) -> Self {
+        match self {
+            Self::Postgres(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(connections.max(1))
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy_with(options);
+                Self::Postgres(pool)
+            }
+            Self::Sqlite(_) => self.clone(),
+        }
+    }
+
     /// Whether this is the PostgreSQL backend.
     pub fn is_postgres(&self) -> bool {
         matches!(self, Self::Postgres(_))
