@@ -1136,7 +1136,7 @@ async fn a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_s
     }];
     config.feeds = vec![postbote::config::FeedSeed {
         name: "presse".into(),
-        url: format!("{base}/rss.xml"),
+        url: postbote::domain::HttpUrl::parse(&format!("{base}/rss.xml")).unwrap(),
         topic: wirtschaft,
         schedule: postbote::domain::FeedSchedule::parse("0 0 * * * *").unwrap(),
     }];

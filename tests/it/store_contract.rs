@@ -831,14 +831,21 @@ async fn a_month_of_traffic(store: &Store) {
         since: day(-14),
     };
     store
-        .record_mail_event(anna, "soft_bounce", "4.2.2", Some("<m1@x>"), soft, day(2))
+        .record_mail_event(
+            anna,
+            postbote::domain::MailEventKind::SoftBounce,
+            "4.2.2",
+            Some("<m1@x>"),
+            soft,
+            day(2),
+        )
         .await
         .unwrap();
     let ben = reader(store, "ben@example.org").await;
     store
         .record_mail_event(
             ben,
-            "hard_bounce",
+            postbote::domain::MailEventKind::HardBounce,
             "5.1.1",
             None,
             EventEffect::Bounce,
@@ -850,7 +857,7 @@ async fn a_month_of_traffic(store: &Store) {
     store
         .record_mail_event(
             cora,
-            "complaint",
+            postbote::domain::MailEventKind::Complaint,
             "abuse",
             None,
             EventEffect::UnsubscribeAndSuppress,
@@ -1146,7 +1153,7 @@ async fn a_stored_value_that_does_not_parse_is_an_error_naming_the_row(backend: 
     store
         .record_mail_event(
             anna,
-            "soft_bounce",
+            postbote::domain::MailEventKind::SoftBounce,
             "4.2.2",
             None,
             EventEffect::Record,
