@@ -193,28 +193,38 @@ impl Tx {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        on_tx!(self, tx => sqlx::query(
+        self.set_reader(
             "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = COALESCE(unsubscribed_at, $2), \
              updated_at = $2, next_slot_at = NULL WHERE id = $1 AND status <> 'unsubscribed'",
+            subscriber_id,
+            now,
         )
-        .bind(subscriber_id)
-        .bind(now)
-        .execute(&mut *tx)
         .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
     }
 
     /// Marks the reader bounced: no more mail.
     async fn mark_bounced(&mut self, subscriber_id: i64, now: DateTime<Utc>) -> StoreResult<()> {
-        on_tx!(self, tx => sqlx::query(
+        self.set_reader(
             "UPDATE subscribers SET status = 'bounced', updated_at = $2, next_slot_at = NULL WHERE id = $1",
+            subscriber_id,
+            now,
         )
-        .bind(subscriber_id)
-        .bind(now)
-        .execute(&mut *tx)
         .await
-        .map(|r| r.rows_affected()))?;
+    }
+
+    /// Runs one `UPDATE subscribers` of the reader `$1` at `$2`.
+    async fn set_reader(
+        &mut self,
+        sql: &'static str,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_tx!(self, tx => sqlx::query(sql)
+            .bind(subscriber_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
