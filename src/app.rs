@@ -250,7 +250,7 @@ async fn seed_feeds(
             name: feed.name.clone(),
             url: feed.url.clone(),
             topic: feed.topic.clone(),
-            schedule: feed.schedule.to_string(),
+            schedule: feed.schedule.clone(),
             next_poll_at: now,
         };
         // The configured topics are stored first, so the store knows them all.

@@ -5,7 +5,9 @@
 //!   one file per section (`config/http.rs`, `config/delivery.rs`, …), each with its
 //!   settings type and its `resolve`.
 //! - [`domain`]: values that cannot be invalid (`EmailAddress`, `TopicSlug`,
-//!   `SubscriberStatus`, `FeedSchedule`, …), parsed at the edge and carried as types.
+//!   `SubscriberStatus`, `FeedSchedule`, `HttpUrl`, …), parsed at the edge, carried
+//!   as types and read back from rows as types (a stored value that does not parse
+//!   is an error naming the row).
 //! - [`store`]: the only module with SQL, one file per aggregate (`subscribers/`,
 //!   `items`, `digest_log`, `digest_bodies`, `mail_queue`, …); PostgreSQL and SQLite
 //!   behind one [`store::Store`], long transactions as named steps on one `Tx`.

@@ -80,6 +80,13 @@ impl PartialEq for FeedSchedule {
 
 impl Eq for FeedSchedule {}
 
+/// Serialised as the expression as written.
+impl serde::Serialize for FeedSchedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

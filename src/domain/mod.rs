@@ -3,6 +3,7 @@
 
 mod email;
 mod feed_schedule;
+mod http_url;
 mod schedule;
 mod status;
 mod token;
@@ -10,10 +11,11 @@ mod topic;
 
 pub use email::{EmailAddress, EmailError, ascii_address};
 pub use feed_schedule::{FeedSchedule, FeedScheduleError};
+pub use http_url::{HttpUrl, HttpUrlError};
 pub use schedule::{
     DeliverySchedule, DeliveryTime, DeliveryTimeError, Locale, LocaleError, TimeZone,
     TimeZoneError, Weekdays,
 };
-pub use status::{MailEventKind, SubscriberStatus, UnknownName};
+pub use status::{MailEventKind, SubmissionStatus, SubscriberStatus, UnknownName};
 pub use token::{LinkKey, ManageToken, Token, TokenHash, hex};
 pub use topic::{SlugError, TopicSlug};

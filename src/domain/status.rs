@@ -1,5 +1,6 @@
-//! Closed sets of stored names: a reader's [`SubscriberStatus`] and the
-//! [`MailEventKind`] of a bounce, complaint or reply. Each is stored as its name
+//! Closed sets of stored names: a reader's [`SubscriberStatus`], the
+//! [`MailEventKind`] of a bounce, complaint or reply, and where a mailed-in
+//! [`SubmissionStatus`] stands. Each is stored as its name
 //! (`confirmed`, `hard_bounce`, …) and parsed back; a name outside the set is an
 //! error, never a default.
 
@@ -108,6 +109,20 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// Where a mailed-in press release stands. Stored in `submissions.status`.
+    pub enum SubmissionStatus {
+        /// Waiting for an operator.
+        Held = "held",
+        /// Published as an item.
+        Approved = "approved",
+        /// Dropped by an operator.
+        Rejected = "rejected",
+        /// Refused on arrival (several or no `From` addresses).
+        Refused = "refused",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +141,10 @@ mod tests {
             "must be one of: pending confirmed unsubscribed bounced"
         );
         assert!(MailEventKind::parse("bounce").is_err());
+        for status in SubmissionStatus::ALL {
+            assert_eq!(SubmissionStatus::parse(status.as_str()), Ok(*status));
+        }
+        assert!(SubmissionStatus::parse("all").is_err());
         assert_eq!(
             serde_json::to_string(&SubscriberStatus::Bounced).unwrap(),
             r#""bounced""#

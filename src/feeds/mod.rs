@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::PollingSettings;
 use crate::domain::{FeedSchedule, TopicSlug};
-use crate::store::{Feed, ItemOutcome, NewItem, Store};
+use crate::store::{Feed, ItemOutcome, NewItem, Store, StoreError};
 
 /// A feed's own offset within a minute, so that feeds on the same schedule do not
 /// all fire in the same second.
@@ -34,13 +34,9 @@ fn jitter(name: &str) -> chrono::Duration {
 
 /// When a feed is polled next after `after`: its schedule's next time plus the
 /// feed's jitter; an hour later when the schedule has no next time.
-pub fn next_poll(
-    schedule: Option<&FeedSchedule>,
-    name: &str,
-    after: DateTime<Utc>,
-) -> DateTime<Utc> {
+pub fn next_poll(schedule: &FeedSchedule, name: &str, after: DateTime<Utc>) -> DateTime<Utc> {
     let next = schedule
-        .and_then(|s| s.next_after(after))
+        .next_after(after)
         .unwrap_or(after + chrono::Duration::hours(1));
     next + jitter(name)
 }
@@ -115,7 +111,14 @@ impl Poller {
         };
         let count = feeds.len();
         let mut tasks = JoinSet::new();
-        for feed in feeds {
+        for claimed in feeds {
+            let feed = match claimed {
+                Ok(feed) => feed,
+                Err(e) => {
+                    self.set_aside(&e, now).await;
+                    continue;
+                }
+            };
             while tasks.len() >= self.settings.concurrency {
                 tasks.join_next().await;
             }
@@ -126,14 +129,25 @@ impl Poller {
         count
     }
 
+    /// A claimed feed whose stored row does not parse: logged naming the row, and
+    /// recorded as a failed poll to try again in an hour (the error in
+    /// `last_error`), so the operator sees it and the other feeds go on.
+    async fn set_aside(&self, error: &StoreError, now: DateTime<Utc>) {
+        tracing::error!(%error, "a claimed feed cannot be read; it is not polled");
+        if let StoreError::Corrupt(c) = error {
+            let retry = now + chrono::Duration::hours(1);
+            let message = c.to_string();
+            if let Err(e) = self.store.feed_failed(c.id, now, retry, &message).await {
+                tracing::error!(error = %e, "recording the unreadable feed failed");
+            }
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(feed = %feed.name))]
     async fn poll_and_record(&self, feed: Feed) {
         let result = self.poll(&feed).await;
         let now = self.clock.now();
-        // Stored as text, parsed when it was written (configuration or API); should it
-        // no longer parse, the feed is polled hourly.
-        let schedule = FeedSchedule::parse(&feed.schedule).ok();
-        let next = next_poll(schedule.as_ref(), &feed.name, now);
+        let next = next_poll(&feed.schedule, &feed.name, now);
         let recorded = match result {
             Ok((polled, etag, modified)) => {
                 match polled {
@@ -189,10 +203,9 @@ impl Poller {
         else {
             return Ok((Polled::Unchanged, None, None));
         };
-        let parsed = parse_feed(&body, &feed.url)?;
+        let parsed = parse_feed(&body, feed.url.as_str())?;
         drop(body);
-        let topic = TopicSlug::parse(&feed.topic).map_err(|e| e.to_string())?;
-        let (new, deferred) = self.store_entries(&parsed.entries, &topic, feed).await?;
+        let (new, deferred) = self.store_entries(&parsed.entries, feed).await?;
         // Entries were left unread: without validators the next poll reads the feed
         // in full again and goes on where this one stopped.
         let (etag, modified) = if deferred > 0 {
@@ -215,10 +228,10 @@ impl Poller {
     /// Fetches the feed with a conditional GET: `None` when it is unchanged (304),
     /// else its body (at most `max_bytes`) and validators.
     async fn fetch(&self, feed: &Feed) -> Result<Option<Fetched>, String> {
-        let feed_url = url::Url::parse(&feed.url).map_err(|e| format!("not a URL: {e}"))?;
-        let http = destinations::client(&feed_url, &self.settings, &self.user_agent)
+        let feed_url = feed.url.url();
+        let http = destinations::client(feed_url, &self.settings, &self.user_agent)
             .map_err(|e| describe(&e))?;
-        let mut request = http.get(feed_url);
+        let mut request = http.get(feed_url.clone());
         if let Some(etag) = &feed.etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
@@ -251,12 +264,11 @@ impl Poller {
         }))
     }
 
-    /// Stores the entries as items of `topic`, at most `max_new_items` new ones;
-    /// returns how many were new and how many were left for the next poll.
+    /// Stores the entries as items of the feed's topic, at most `max_new_items` new
+    /// ones; returns how many were new and how many were left for the next poll.
     async fn store_entries(
         &self,
         entries: &[feed_rs::model::Entry],
-        topic: &TopicSlug,
         feed: &Feed,
     ) -> Result<(usize, usize), String> {
         let now = self.clock.now();
@@ -268,7 +280,7 @@ impl Poller {
                 deferred = entries.len() - n;
                 break;
             }
-            let Some(item) = to_item(entry, topic, &feed.name) else {
+            let Some(item) = to_item(entry, &feed.topic, &feed.name) else {
                 continue;
             };
             let (item, changed) = item.fitted();
@@ -506,7 +518,7 @@ mod tests {
         let at: DateTime<Utc> = "2027-05-03T06:00:00Z".parse().unwrap();
         let schedule = FeedSchedule::parse("0 */15 * * * *").unwrap();
         let times: std::collections::HashSet<_> = (0..100)
-            .map(|i| next_poll(Some(&schedule), &format!("feed-{i}"), at))
+            .map(|i| next_poll(&schedule, &format!("feed-{i}"), at))
             .collect();
         assert!(times.len() >= 40, "only {} distinct seconds", times.len());
         let latest = times.iter().max().unwrap();

@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
 use crate::config::BounceSettings;
+use crate::domain::MailEventKind;
 use crate::mail::compose::Composer;
 use crate::store::{EventEffect, NewSubmission, Store, StoreError, SubmissionStatus};
 use evidence::Signed;
@@ -477,7 +478,8 @@ impl Handler<'_> {
                 return Ok(Outcome::Ignored("return address with a bad signature"));
             }
             (Envelope::Unsubscribe(id), _) => {
-                let event = Event::new("unsubscribe_reply", "mailto unsubscribe".into());
+                let event =
+                    Event::new(MailEventKind::UnsubscribeReply, "mailto unsubscribe".into());
                 return self.record(id, event, EventEffect::Unsubscribe).await;
             }
             // The token inside verified as well: it names the message's reader.
@@ -546,10 +548,12 @@ impl Handler<'_> {
         .trim()
         .to_owned();
         let (kind, effect) = match (r.action.as_str(), r.status.as_bytes().first()) {
-            ("failed", _) if r.status.starts_with("5.7.") => ("policy_bounce", EventEffect::Record),
+            ("failed", _) if r.status.starts_with("5.7.") => {
+                (MailEventKind::PolicyBounce, EventEffect::Record)
+            }
             // A 4.x.x with `failed` is the MTA giving up after its retry period.
-            ("failed", _) => ("hard_bounce", EventEffect::Bounce),
-            _ => ("soft_bounce", self.soft_count()),
+            ("failed", _) => (MailEventKind::HardBounce, EventEffect::Bounce),
+            _ => (MailEventKind::SoftBounce, self.soft_count()),
         };
         let named = [&r.original_recipient, &r.final_recipient, &returned.to]
             .into_iter()
@@ -576,7 +580,10 @@ impl Handler<'_> {
         if !matches!(feedback_type, "abuse" | "fraud") {
             return Ok(Outcome::Ignored("feedback report that is no complaint"));
         }
-        let event = Event::new("complaint", format!("feedback-type {feedback_type}"));
+        let event = Event::new(
+            MailEventKind::Complaint,
+            format!("feedback-type {feedback_type}"),
+        );
         let named: Vec<&str> = original_to.into_iter().collect();
         self.act_or_record_unverified(reader, &named, event, EventEffect::UnsubscribeAndSuppress)
             .await
@@ -608,7 +615,7 @@ impl Handler<'_> {
         }
         let Some(&named) = named_readers.first() else {
             tracing::info!(
-                claimed = event.kind,
+                claimed = event.kind.as_str(),
                 "report without signed evidence for no known reader"
             );
             return Ok(Outcome::Ignored(
@@ -617,12 +624,12 @@ impl Handler<'_> {
         };
         tracing::warn!(
             subscriber.id = named,
-            claimed = event.kind,
+            claimed = event.kind.as_str(),
             "report without signed evidence; recorded as unverified, nobody changed"
         );
-        let claimed = event.kind;
+        let claimed = event.kind.as_str();
         let unverified = Event {
-            kind: "unverified_report",
+            kind: MailEventKind::UnverifiedReport,
             detail: format!("{claimed}: {} (no signed evidence)", event.detail),
             message_ref: event.message_ref,
         };
@@ -641,9 +648,9 @@ impl Handler<'_> {
                     "mail to a return address that is no bounce",
                 ));
             }
-            Verdict::Policy(c) => ("policy_bounce", c, EventEffect::Record),
-            Verdict::Permanent(c) => ("hard_bounce", code(&c), EventEffect::Bounce),
-            Verdict::Temporary(c) => ("soft_bounce", code(&c), self.soft_count()),
+            Verdict::Policy(c) => (MailEventKind::PolicyBounce, c, EventEffect::Record),
+            Verdict::Permanent(c) => (MailEventKind::HardBounce, code(&c), EventEffect::Bounce),
+            Verdict::Temporary(c) => (MailEventKind::SoftBounce, code(&c), self.soft_count()),
         };
         let subject: String = inbound.signals.subject.chars().take(120).collect();
         let event = Event {
@@ -789,7 +796,7 @@ impl Handler<'_> {
             .await?
         {
             Some(status) => Ok(Outcome::Recorded {
-                event: event.kind,
+                event: event.kind.as_str(),
                 status: status.to_string(),
             }),
             None => Ok(Outcome::Ignored("the reader no longer exists")),
@@ -799,13 +806,13 @@ impl Handler<'_> {
 
 /// One mail event about to be recorded.
 struct Event {
-    kind: &'static str,
+    kind: MailEventKind,
     detail: String,
     message_ref: Option<String>,
 }
 
 impl Event {
-    fn new(kind: &'static str, detail: String) -> Self {
+    fn new(kind: MailEventKind, detail: String) -> Self {
         Self {
             kind,
             detail,

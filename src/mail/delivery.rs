@@ -25,6 +25,7 @@ use super::dkim::Signer;
 use super::transport::{SendError, Sender};
 use crate::clock::Clock;
 use crate::config::{Delivery, Transport};
+use crate::domain::MailEventKind;
 use crate::store::{ClaimedMail, EventEffect, Store, StoreResult};
 
 /// Mails one worker claims at a time.
@@ -745,7 +746,7 @@ async fn bounce(
             // No message reference: it serves to count soft bounces per message.
             .record_mail_event(
                 subscriber_id,
-                "hard_bounce",
+                MailEventKind::HardBounce,
                 reason,
                 None,
                 EventEffect::Bounce,

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{LimitScope, Store, StoreResult, on_pool};
-use crate::domain::SubscriberStatus;
+use crate::domain::{MailEventKind, SubscriberStatus};
 
 /// Rows each counter is spread over.
 pub(super) const SHARDS: i64 = 8;
@@ -84,7 +84,7 @@ impl Tally {
     }
 
     /// A mail event of `kind` was recorded.
-    pub(super) fn event(&mut self, kind: &str) {
+    pub(super) fn event(&mut self, kind: MailEventKind) {
         self.add(format!("mail_events:{kind}"), 1);
     }
 
@@ -248,7 +248,7 @@ mod tests {
         t.mails("digest", Some("queued"), Some("sent"), 2);
         t.mails("digest", Some("sent"), None, 2);
         t.mails("digest", Some("queued"), None, 1);
-        t.event("hard_bounce");
+        t.event(MailEventKind::HardBounce);
         let rows: Vec<(&str, i64)> = t.rows().into_iter().map(|(n, _, d)| (n, d)).collect();
         assert_eq!(
             rows,

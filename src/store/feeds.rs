@@ -5,22 +5,23 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::decode::StoredRow;
 use super::{Store, StoreError, StoreResult, on_pool};
-use crate::domain::TopicSlug;
+use crate::domain::{FeedSchedule, HttpUrl, TopicSlug};
 
 /// A feed as stored.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Feed {
     /// Id.
     pub id: i64,
     /// Unique name, used in logs, metrics and item sources.
     pub name: String,
     /// Where it is fetched.
-    pub url: String,
+    pub url: HttpUrl,
     /// The topic its items go to.
-    pub topic: String,
-    /// Cron schedule (with seconds).
-    pub schedule: String,
+    pub topic: TopicSlug,
+    /// When it is polled.
+    pub schedule: FeedSchedule,
     /// `config` or `api`.
     pub origin: String,
     /// `ETag` of the last full answer.
@@ -43,17 +44,60 @@ pub struct Feed {
     pub last_error: Option<String>,
 }
 
+/// A `feeds` row (with its topic's slug) as stored.
+#[derive(FromRow)]
+struct FeedRow {
+    id: i64,
+    name: String,
+    url: String,
+    topic: String,
+    schedule: String,
+    origin: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    next_poll_at: DateTime<Utc>,
+    last_poll_at: Option<DateTime<Utc>>,
+    last_ok_at: Option<DateTime<Utc>>,
+    failures: i32,
+    failures_total: i64,
+    last_error: Option<String>,
+}
+
+impl TryFrom<FeedRow> for Feed {
+    type Error = StoreError;
+
+    fn try_from(r: FeedRow) -> Result<Self, StoreError> {
+        let row = StoredRow::new("feeds", r.id);
+        Ok(Self {
+            id: r.id,
+            url: row.parse("url", r.url.as_str(), HttpUrl::parse)?,
+            topic: row.parse("topic", r.topic.as_str(), TopicSlug::parse)?,
+            schedule: row.parse("schedule", r.schedule.as_str(), FeedSchedule::parse)?,
+            name: r.name,
+            origin: r.origin,
+            etag: r.etag,
+            last_modified: r.last_modified,
+            next_poll_at: r.next_poll_at,
+            last_poll_at: r.last_poll_at,
+            last_ok_at: r.last_ok_at,
+            failures: r.failures,
+            failures_total: r.failures_total,
+            last_error: r.last_error,
+        })
+    }
+}
+
 /// A feed to create or bring in line with the configuration.
 #[derive(Debug, Clone)]
 pub struct FeedSpec {
     /// Unique name.
     pub name: String,
-    /// URL.
-    pub url: String,
+    /// Where it is fetched.
+    pub url: HttpUrl,
     /// Topic.
     pub topic: TopicSlug,
-    /// Cron schedule.
-    pub schedule: String,
+    /// When it is polled.
+    pub schedule: FeedSchedule,
     /// First poll.
     pub next_poll_at: DateTime<Utc>,
 }
@@ -71,11 +115,12 @@ impl Store {
     /// Every feed, by name.
     ///
     /// # Errors
-    /// When the database fails.
+    /// When the database fails, or a feed's stored URL, topic or schedule does not
+    /// parse ([`StoreError::Corrupt`] naming the row).
     pub async fn list_feeds(&self) -> StoreResult<Vec<Feed>> {
         let sql = sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY f.name"));
-        let feeds = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
-        Ok(feeds)
+        let rows: Vec<FeedRow> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        rows.into_iter().map(Feed::try_from).collect()
     }
 
     /// Creates a feed (`origin` `api`), or for `origin` `config` creates or updates it.
@@ -100,9 +145,9 @@ impl Store {
         };
         let id: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
             .bind(&spec.name)
-            .bind(&spec.url)
+            .bind(spec.url.as_str())
             .bind(spec.topic.as_str())
-            .bind(&spec.schedule)
+            .bind(spec.schedule.as_str())
             .bind(origin)
             .bind(spec.next_poll_at)
             .bind(now)
@@ -115,11 +160,13 @@ impl Store {
     /// One feed.
     ///
     /// # Errors
-    /// When the database fails.
+    /// When the database fails, or the feed's stored URL, topic or schedule does
+    /// not parse ([`StoreError::Corrupt`] naming the row).
     pub async fn feed(&self, id: i64) -> StoreResult<Option<Feed>> {
         let sql = sqlx::AssertSqlSafe(format!("{SELECT} WHERE f.id = $1"));
-        let feed = on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
-        Ok(feed)
+        let row: Option<FeedRow> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
+        row.map(Feed::try_from).transpose()
     }
 
     /// Deletes a feed by name; its items stay.
@@ -132,7 +179,10 @@ impl Store {
     }
 
     /// Claims up to `limit` feeds due at `now`: their next poll moves to `hold_until`
-    /// so no other instance polls them meanwhile.
+    /// so no other instance polls them meanwhile. Each claimed feed comes with its
+    /// own result: a feed whose stored URL, topic or schedule does not parse is
+    /// [`StoreError::Corrupt`] naming the row, and keeps no other feed from being
+    /// polled.
     ///
     /// # Errors
     /// When the database fails.
@@ -141,7 +191,7 @@ impl Store {
         now: DateTime<Utc>,
         hold_until: DateTime<Utc>,
         limit: u32,
-    ) -> StoreResult<Vec<Feed>> {
+    ) -> StoreResult<Vec<StoreResult<Feed>>> {
         let sql = if self.is_postgres() {
             DUE_PG
         } else {
@@ -150,8 +200,11 @@ impl Store {
         let ids: Vec<i64> = on_pool!(self, pool => sqlx::query_scalar(sql).bind(now).bind(hold_until).bind(i64::from(limit)).fetch_all(pool).await)?;
         let mut feeds = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(f) = self.feed(id).await? {
-                feeds.push(f);
+            match self.feed(id).await {
+                Ok(Some(f)) => feeds.push(Ok(f)),
+                Ok(None) => {}
+                Err(e @ StoreError::Corrupt(_)) => feeds.push(Err(e)),
+                Err(e) => return Err(e),
             }
         }
         Ok(feeds)

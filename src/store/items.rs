@@ -21,7 +21,7 @@ use sha2::Digest;
 use sqlx::FromRow;
 
 use super::{BeginWrite, DueReader, Store, StoreError, StoreResult, Tx, on_pool, on_tx};
-use crate::domain::TopicSlug;
+use crate::domain::{HttpUrl, TopicSlug};
 
 /// Key of the PostgreSQL advisory lock that orders item inserts against the
 /// digest watermark (see [`Store::item_watermark`]).
@@ -30,7 +30,7 @@ const ARRIVAL_LOCK: i64 = 0x706f_7374_626f_7465; // "postbote"
 const URL_LOCK_CLASS: i32 = 0x7075_726c; // "purl"
 
 /// Longest link an item may carry, in characters.
-pub const MAX_URL: usize = 2_048;
+pub const MAX_URL: usize = HttpUrl::MAX_LEN;
 /// Longest title, in characters.
 pub const MAX_TITLE: usize = 500;
 /// Longest summary, in characters.
@@ -95,23 +95,11 @@ fn text_problem(value: &str, max: usize) -> Option<String> {
     None
 }
 
-/// What is wrong with a link, if anything: too long, not `http(s)` with a host
-/// (`javascript:`, `data:`, `file:` …), or with spaces or control characters
-/// (which a URL parser would silently drop, while the stored text keeps them).
+/// What is wrong with a link, if anything: what [`HttpUrl::parse`] refuses (too
+/// long, not `http(s)` with a host, spaces or control characters). The item keeps
+/// the link's text as given.
 fn url_problem(url: &str) -> Option<String> {
-    if url.len() > MAX_URL && url.chars().count() > MAX_URL {
-        return Some(format!("must be at most {MAX_URL} characters"));
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some("must not contain spaces or control characters".into());
-    }
-    match url::Url::parse(url) {
-        Err(e) => Some(format!("is not a URL: {e}")),
-        Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => {
-            Some("must be an http:// or https:// URL".into())
-        }
-        Ok(_) => None,
-    }
+    HttpUrl::parse(url).err().map(|e| e.to_string())
 }
 
 /// `s` cut to at most `max` characters, on a character boundary.

@@ -70,7 +70,7 @@ pub enum EventEffect {
 
 /// One event about to be recorded.
 struct NewEvent<'a> {
-    kind: &'a str,
+    kind: MailEventKind,
     detail: &'a str,
     message_ref: Option<&'a str>,
     now: DateTime<Utc>,
@@ -85,7 +85,7 @@ impl Store {
     pub async fn record_mail_event(
         &self,
         subscriber_id: i64,
-        kind: &str,
+        kind: MailEventKind,
         detail: &str,
         message_ref: Option<&str>,
         effect: EventEffect,
@@ -127,7 +127,7 @@ impl Tx {
         )
         .bind(subscriber_id)
         .bind(e.now)
-        .bind(e.kind)
+        .bind(e.kind.as_str())
         .bind(cut(e.detail, 1000))
         .bind(e.message_ref.map(|r| cut(r, 500)))
         .execute(&mut *tx)
@@ -171,7 +171,7 @@ impl Tx {
     async fn events_since(
         &mut self,
         subscriber_id: i64,
-        kind: &str,
+        kind: MailEventKind,
         since: DateTime<Utc>,
     ) -> StoreResult<i64> {
         let n = on_tx!(self, tx => sqlx::query_scalar(
@@ -179,7 +179,7 @@ impl Tx {
              WHERE subscriber_id = $1 AND kind = $2 AND at > $3",
         )
         .bind(subscriber_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(since)
         .fetch_one(&mut *tx)
         .await)?;
@@ -193,28 +193,38 @@ impl Tx {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        on_tx!(self, tx => sqlx::query(
+        self.set_reader(
             "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = COALESCE(unsubscribed_at, $2), \
              updated_at = $2, next_slot_at = NULL WHERE id = $1 AND status <> 'unsubscribed'",
+            subscriber_id,
+            now,
         )
-        .bind(subscriber_id)
-        .bind(now)
-        .execute(&mut *tx)
         .await
-        .map(|r| r.rows_affected()))?;
-        Ok(())
     }
 
     /// Marks the reader bounced: no more mail.
     async fn mark_bounced(&mut self, subscriber_id: i64, now: DateTime<Utc>) -> StoreResult<()> {
-        on_tx!(self, tx => sqlx::query(
+        self.set_reader(
             "UPDATE subscribers SET status = 'bounced', updated_at = $2, next_slot_at = NULL WHERE id = $1",
+            subscriber_id,
+            now,
         )
-        .bind(subscriber_id)
-        .bind(now)
-        .execute(&mut *tx)
         .await
-        .map(|r| r.rows_affected()))?;
+    }
+
+    /// Runs one `UPDATE subscribers` of the reader `$1` at `$2`.
+    async fn set_reader(
+        &mut self,
+        sql: &'static str,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_tx!(self, tx => sqlx::query(sql)
+            .bind(subscriber_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 

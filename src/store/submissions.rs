@@ -9,40 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{ItemOutcome, NewItem, Store, StoreResult, on_pool};
+use super::decode::StoredRow;
+use super::{ItemOutcome, NewItem, Store, StoreError, StoreResult, on_pool};
+pub use crate::domain::SubmissionStatus;
 use crate::domain::TopicSlug;
-
-/// Where a submission stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmissionStatus {
-    /// Waiting for an operator.
-    Held,
-    /// Published as an item.
-    Approved,
-    /// Dropped by an operator.
-    Rejected,
-    /// Refused on arrival (several or no `From` addresses).
-    Refused,
-}
-
-impl SubmissionStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Held => "held",
-            Self::Approved => "approved",
-            Self::Rejected => "rejected",
-            Self::Refused => "refused",
-        }
-    }
-
-    /// Parses a stored or requested name.
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Held, Self::Approved, Self::Rejected, Self::Refused]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-    }
-}
 
 /// A submission to store.
 #[derive(Debug, Clone)]
@@ -66,12 +36,12 @@ pub struct NewSubmission {
 }
 
 /// A stored submission.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Submission {
     /// Its id.
     pub id: i64,
-    /// `held`, `approved`, `rejected` or `refused`.
-    pub status: String,
+    /// Where it stands.
+    pub status: SubmissionStatus,
     /// The topic its address named.
     pub topic: String,
     /// The sender as the message gave it.
@@ -93,6 +63,45 @@ pub struct Submission {
     /// Kept for approval: the item's guid.
     #[serde(skip)]
     pub guid: Option<String>,
+}
+
+/// A `submissions` row as stored.
+#[derive(FromRow)]
+struct SubmissionRow {
+    id: i64,
+    status: String,
+    topic: String,
+    sender: String,
+    title: String,
+    summary: Option<String>,
+    body: Option<String>,
+    reason: String,
+    item_id: Option<i64>,
+    received_at: DateTime<Utc>,
+    decided_at: Option<DateTime<Utc>>,
+    guid: Option<String>,
+}
+
+impl TryFrom<SubmissionRow> for Submission {
+    type Error = StoreError;
+
+    fn try_from(r: SubmissionRow) -> Result<Self, StoreError> {
+        let row = StoredRow::new("submissions", r.id);
+        Ok(Self {
+            id: r.id,
+            status: row.parse("status", r.status.as_str(), SubmissionStatus::parse)?,
+            topic: r.topic,
+            sender: r.sender,
+            title: r.title,
+            summary: r.summary,
+            body: r.body,
+            reason: r.reason,
+            item_id: r.item_id,
+            received_at: r.received_at,
+            decided_at: r.decided_at,
+            guid: r.guid,
+        })
+    }
 }
 
 /// What an operator's decision did.
@@ -151,36 +160,39 @@ impl Store {
     /// Submissions of one status (all when `None`), oldest first, after `after`.
     ///
     /// # Errors
-    /// When the database fails.
+    /// When the database fails, or a stored status is none of the four
+    /// ([`StoreError::Corrupt`] naming the row).
     pub async fn list_submissions(
         &self,
         status: Option<SubmissionStatus>,
         after: i64,
         limit: u32,
     ) -> StoreResult<Vec<Submission>> {
-        let rows = on_pool!(self, pool => sqlx::query_as(LIST)
+        let rows: Vec<SubmissionRow> = on_pool!(self, pool => sqlx::query_as(LIST)
             .bind(after)
             .bind(status.map(SubmissionStatus::as_str))
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)?;
-        Ok(rows)
+        rows.into_iter().map(Submission::try_from).collect()
     }
 
     async fn submission(&self, id: i64) -> StoreResult<Option<Submission>> {
-        let row = on_pool!(self, pool => sqlx::query_as(ONE).bind(id).fetch_optional(pool).await)?;
-        Ok(row)
+        let row: Option<SubmissionRow> =
+            on_pool!(self, pool => sqlx::query_as(ONE).bind(id).fetch_optional(pool).await)?;
+        row.map(Submission::try_from).transpose()
     }
 
     /// Publishes a held submission as an item arriving now.
     ///
     /// # Errors
-    /// When the database fails.
+    /// When the database fails, or the stored status does not parse
+    /// ([`StoreError::Corrupt`] naming the row).
     pub async fn approve_submission(&self, id: i64, now: DateTime<Utc>) -> StoreResult<Decided> {
         let Some(held) = self.submission(id).await? else {
             return Ok(Decided::NotFound);
         };
-        if held.status != SubmissionStatus::Held.as_str() {
+        if held.status != SubmissionStatus::Held {
             return Ok(Decided::NotHeld(held));
         }
         let Ok(topic) = TopicSlug::parse(&held.topic) else {
@@ -212,7 +224,8 @@ impl Store {
     /// Drops a held submission.
     ///
     /// # Errors
-    /// When the database fails.
+    /// When the database fails, or the stored status does not parse
+    /// ([`StoreError::Corrupt`] naming the row).
     pub async fn reject_submission(&self, id: i64, now: DateTime<Utc>) -> StoreResult<Decided> {
         self.decide(id, SubmissionStatus::Rejected, None, now).await
     }

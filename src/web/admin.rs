@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ErrorChain;
-use crate::domain::{EmailAddress, TopicSlug};
+use crate::domain::{EmailAddress, FeedSchedule, HttpUrl, TopicSlug};
 use crate::store::{Decided, ItemOutcome, NewItem, StoreError, SubmissionStatus, TopicChange};
 
 /// An admin API failure: a status and a message for the client.
@@ -417,7 +417,7 @@ async fn list_submissions(
     let status = match q.status.as_deref() {
         None => Some(SubmissionStatus::Held),
         Some("all") => None,
-        Some(s) => Some(SubmissionStatus::parse(s).ok_or_else(|| {
+        Some(s) => Some(SubmissionStatus::parse(s).map_err(|_| {
             unprocessable("status", "must be held, approved, rejected, refused or all")
         })?),
     };
@@ -518,10 +518,7 @@ struct NewFeedBody {
 
 async fn create_feed(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: NewFeedBody = parse_body(&body)?;
-    let url = url::Url::parse(b.url.trim()).map_err(|e| unprocessable("url", e))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(unprocessable("url", "must be an http:// or https:// URL"));
-    }
+    let url = HttpUrl::parse(b.url.trim()).map_err(|e| unprocessable("url", e))?;
     let topic = parse_slug(&b.topic).map_err(|_| unprocessable("topic", "not a topic slug"))?;
     if !state
         .store
@@ -535,16 +532,14 @@ async fn create_feed(State(state): State<AppState>, body: Bytes) -> Result<Respo
             format!("unknown topic {:?}", b.topic),
         ));
     }
-    let schedule = crate::domain::FeedSchedule::parse(&b.schedule)
-        .map_err(|e| unprocessable("schedule", e))?;
-    let name = text_field("name", b.name, 200)?
-        .unwrap_or_else(|| format!("{}{}", url.host_str().unwrap_or_default(), url.path()));
+    let schedule = FeedSchedule::parse(&b.schedule).map_err(|e| unprocessable("schedule", e))?;
+    let name = text_field("name", b.name, 200)?.unwrap_or_else(|| url.host_and_path());
     let now = state.clock.now();
     let spec = crate::store::FeedSpec {
         name,
-        url: url.to_string(),
+        url,
         topic,
-        schedule: schedule.to_string(),
+        schedule,
         next_poll_at: now,
     };
     let feed = state.store.put_feed(&spec, "api", now).await?;

@@ -1136,7 +1136,7 @@ async fn a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_s
     }];
     config.feeds = vec![postbote::config::FeedSeed {
         name: "presse".into(),
-        url: format!("{base}/rss.xml"),
+        url: postbote::domain::HttpUrl::parse(&format!("{base}/rss.xml")).unwrap(),
         topic: wirtschaft,
         schedule: postbote::domain::FeedSchedule::parse("0 0 * * * *").unwrap(),
     }];
@@ -1340,6 +1340,66 @@ async fn the_items_api_pages_through_every_item_once_and_filters_by_the_exact_to
     }
 }
 
+async fn a_feed_whose_stored_schedule_does_not_parse_is_set_aside_naming_the_row_and_the_others_are_polled(
+    backend: Backend,
+) {
+    let (base, seen) = fixture_server().await;
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let t0 = utc("2027-05-03T06:00:00Z");
+    let topic = postbote::domain::TopicSlug::parse("wirtschaft").unwrap();
+    store
+        .create_topic(&topic, "Wirtschaft", None, t0)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for (name, path) in [("presse", "rss.xml"), ("kaputt", "atom.xml")] {
+        let spec = postbote::store::FeedSpec {
+            name: name.into(),
+            url: postbote::domain::HttpUrl::parse(&format!("{base}/{path}")).unwrap(),
+            topic: topic.clone(),
+            schedule: postbote::domain::FeedSchedule::parse("0 */15 * * * *").unwrap(),
+            next_poll_at: t0,
+        };
+        ids.push(store.put_feed(&spec, "api", t0).await.unwrap().id);
+    }
+    let kaputt = ids[1];
+    crate::store_contract::damage_row(&db, "feeds", kaputt, "schedule", "jede Stunde").await;
+
+    let config = test_config(&db, "smtp://127.0.0.1:25");
+    let poller = postbote::feeds::Poller::new(
+        store.clone(),
+        Arc::new(ManualClock::new(t0)),
+        config.polling,
+        "https://postbote.example",
+    )
+    .unwrap();
+    assert_eq!(poller.poll_due().await, 2, "both claimed");
+    assert_eq!(
+        seen.rss_requests.load(Ordering::SeqCst),
+        1,
+        "the other is polled"
+    );
+    assert_eq!(
+        seen.atom_requests.load(Ordering::SeqCst),
+        0,
+        "not fetched on a guessed schedule"
+    );
+
+    // Set aside for an hour with the row named where the operator looks.
+    crate::store_contract::damage_row(&db, "feeds", kaputt, "schedule", "0 */15 * * * *").await;
+    let feed = store.feed(kaputt).await.unwrap().unwrap();
+    let error = feed.last_error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("feeds row {kaputt}")) && error.contains("schedule"),
+        "{error}"
+    );
+    assert_eq!(
+        (feed.failures, feed.next_poll_at, feed.last_ok_at),
+        (1, t0 + chrono::Duration::hours(1), None)
+    );
+}
+
 on_both_backends!(
     mailed_in_items_are_published_only_with_one_authenticated_from,
     feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contained,
@@ -1350,4 +1410,5 @@ on_both_backends!(
     a_hostile_feed_is_capped_and_neither_the_digest_nor_serve_grows_with_it,
     a_configured_feed_is_polled_keeps_its_name_and_comes_back_at_the_next_start_after_a_delete,
     the_items_api_pages_through_every_item_once_and_filters_by_the_exact_topic,
+    a_feed_whose_stored_schedule_does_not_parse_is_set_aside_naming_the_row_and_the_others_are_polled,
 );

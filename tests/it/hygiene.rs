@@ -1151,7 +1151,7 @@ async fn erasing_a_reader_who_got_mail_leaves_only_the_suppressed_hash(backend: 
     app.store
         .record_mail_event(
             id,
-            "soft_bounce",
+            postbote::domain::MailEventKind::SoftBounce,
             "4.2.2 mailbox full",
             Some("<ref@example.org>"),
             EventEffect::Record,
@@ -1264,7 +1264,7 @@ async fn the_subscriber_list_pages_through_every_reader_once_and_filters(backend
     app.store
         .record_mail_event(
             ids["d@example.org"],
-            "hard_bounce",
+            postbote::domain::MailEventKind::HardBounce,
             "5.1.1",
             None,
             EventEffect::Bounce,

@@ -940,7 +940,7 @@ async fn a_complained_or_bounced_address_gets_the_same_answer_and_no_mail_until_
     app.store
         .record_mail_event(
             complained,
-            "complaint",
+            postbote::domain::MailEventKind::Complaint,
             "feedback-type abuse",
             None,
             EventEffect::UnsubscribeAndSuppress,
@@ -951,7 +951,7 @@ async fn a_complained_or_bounced_address_gets_the_same_answer_and_no_mail_until_
     app.store
         .record_mail_event(
             bounced,
-            "hard_bounce",
+            postbote::domain::MailEventKind::HardBounce,
             "5.1.1",
             None,
             EventEffect::Bounce,

@@ -3,12 +3,14 @@
 use crate::harness::{Backend, TestDb};
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
 use postbote::domain::{
-    DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, Token, TopicSlug,
+    DeliveryTime, EmailAddress, FeedSchedule, HttpUrl, Locale, SubmissionStatus, SubscriberStatus,
+    TimeZone, Token, TopicSlug,
 };
 use postbote::store::{
-    BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, DeliveryDay, DigestBatch, DigestPlan,
-    DigestPlanner, EventEffect, NewBody, NewMail, PlannedDigest, SignUp, SignUpKind, SignUpOutcome,
-    Stats, Store, StoreError, TokenState, TopicChange,
+    BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, Decided, DeliveryDay, DigestBatch,
+    DigestPlan, DigestPlanner, EventEffect, FeedSpec, NewBody, NewMail, NewSubmission,
+    PlannedDigest, SignUp, SignUpKind, SignUpOutcome, Stats, Store, StoreError, TokenState,
+    TopicChange,
 };
 use std::collections::BTreeMap;
 
@@ -831,14 +833,21 @@ async fn a_month_of_traffic(store: &Store) {
         since: day(-14),
     };
     store
-        .record_mail_event(anna, "soft_bounce", "4.2.2", Some("<m1@x>"), soft, day(2))
+        .record_mail_event(
+            anna,
+            postbote::domain::MailEventKind::SoftBounce,
+            "4.2.2",
+            Some("<m1@x>"),
+            soft,
+            day(2),
+        )
         .await
         .unwrap();
     let ben = reader(store, "ben@example.org").await;
     store
         .record_mail_event(
             ben,
-            "hard_bounce",
+            postbote::domain::MailEventKind::HardBounce,
             "5.1.1",
             None,
             EventEffect::Bounce,
@@ -850,7 +859,7 @@ async fn a_month_of_traffic(store: &Store) {
     store
         .record_mail_event(
             cora,
-            "complaint",
+            postbote::domain::MailEventKind::Complaint,
             "abuse",
             None,
             EventEffect::UnsubscribeAndSuppress,
@@ -1056,37 +1065,59 @@ async fn the_retention_purge_deletes_old_finished_mail_and_keeps_the_history(bac
     );
 }
 
-/// Sets one column of one row to `value` behind the store's back and past the
-/// schema's CHECK constraints, as a damaged or hand-edited database would have it.
+/// Sets one column of one reader's row (or of the rows of `table` that belong to
+/// the reader) to `value` behind the store's back and past the schema's CHECK
+/// constraints, as a damaged or hand-edited database would have it.
 async fn damage(db: &TestDb, table: &str, column: &str, value: &str, email: &str) {
-    use sqlx::Connection as _;
     let key = if table == "subscribers" {
         "id"
     } else {
         "subscriber_id"
     };
-    let sql = sqlx::AssertSqlSafe(format!(
-        "UPDATE {table} SET {column} = $1 WHERE {key} = (SELECT id FROM subscribers WHERE email = $2)"
-    ));
-    // Past the CHECK on `subscribers.status`: SQLite ignores it on this
-    // connection, PostgreSQL loses it.
+    let filter = format!("{key} = (SELECT id FROM subscribers WHERE email = $2)");
+    overwrite(db, table, column, value, &filter, email).await;
+}
+
+/// Sets `column` of row `id` of `table` to `value` behind the store's back, as
+/// [`damage`] does.
+pub(crate) async fn damage_row(db: &TestDb, table: &str, id: i64, column: &str, value: &str) {
+    overwrite(
+        db,
+        table,
+        column,
+        value,
+        "CAST(id AS TEXT) = $2",
+        &id.to_string(),
+    )
+    .await;
+}
+
+/// `UPDATE <table> SET <column> = value WHERE <filter>` (`$2` is `key`), past the
+/// column's CHECK constraint: SQLite ignores it on this connection, PostgreSQL
+/// loses it.
+async fn overwrite(db: &TestDb, table: &str, column: &str, value: &str, filter: &str, key: &str) {
+    use sqlx::Connection as _;
+    let sql = sqlx::AssertSqlSafe(format!("UPDATE {table} SET {column} = $1 WHERE {filter}"));
     macro_rules! on {
         ($conn:ty, $lift:expr) => {{
             let mut c = <$conn>::connect(&db.url).await.unwrap();
-            sqlx::query($lift).execute(&mut c).await.unwrap();
-            let q = sqlx::query(sql).bind(value).bind(email);
+            sqlx::query(sqlx::AssertSqlSafe($lift))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let q = sqlx::query(sql).bind(value).bind(key);
             q.execute(&mut c).await.unwrap();
         }};
     }
     if db.url.starts_with("sqlite://") {
         on!(
             sqlx::SqliteConnection,
-            "PRAGMA ignore_check_constraints = ON"
+            "PRAGMA ignore_check_constraints = ON".to_owned()
         );
     } else {
         on!(
             sqlx::PgConnection,
-            "ALTER TABLE subscribers DROP CONSTRAINT IF EXISTS subscribers_status_check"
+            format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_{column}_check")
         );
     }
 }
@@ -1146,7 +1177,7 @@ async fn a_stored_value_that_does_not_parse_is_an_error_naming_the_row(backend: 
     store
         .record_mail_event(
             anna,
-            "soft_bounce",
+            postbote::domain::MailEventKind::SoftBounce,
             "4.2.2",
             None,
             EventEffect::Record,
@@ -1157,6 +1188,87 @@ async fn a_stored_value_that_does_not_parse_is_an_error_naming_the_row(backend: 
     damage(&db, "mail_events", "kind", "bounce", "anna@example.org").await;
     let (_, table, _, column) = named_row(store.export_subscriber(&anna_email).await);
     assert_eq!((table, column), ("mail_events", "kind"));
+}
+
+async fn a_stored_feed_or_submission_that_does_not_parse_is_an_error_naming_the_row(
+    backend: Backend,
+) {
+    let (store, db) = store(backend).await;
+    let spec = |name: &str| FeedSpec {
+        name: name.into(),
+        url: HttpUrl::parse("https://presse.example/rss.xml").unwrap(),
+        topic: slug("wirtschaft"),
+        schedule: FeedSchedule::parse("0 0 * * * *").unwrap(),
+        next_poll_at: t0(),
+    };
+    let good = store.put_feed(&spec("gut"), "api", t0()).await.unwrap();
+    let bad = store.put_feed(&spec("kaputt"), "api", t0()).await.unwrap();
+    assert_eq!(
+        (bad.url.as_str(), bad.schedule.as_str(), bad.topic.as_str()),
+        (
+            "https://presse.example/rss.xml",
+            "0 0 * * * *",
+            "wirtschaft"
+        )
+    );
+
+    damage_row(&db, "feeds", bad.id, "schedule", "jede Stunde").await;
+    let expected = ("feeds", bad.id, "schedule");
+    let (message, table, id, column) = named_row(store.feed(bad.id).await);
+    assert_eq!(
+        (table, id, column),
+        expected,
+        "not polled hourly by default"
+    );
+    assert!(
+        message.contains(&format!("feeds row {}", bad.id)) && message.contains("\"jede Stunde\""),
+        "{message}"
+    );
+    let (_, table, id, column) = named_row(store.list_feeds().await);
+    assert_eq!((table, id, column), expected);
+    // Claimed together, the damaged feed comes back as its error and the other
+    // as itself.
+    let claimed = store
+        .claim_due_feeds(t0(), t0() + Duration::hours(1), 10)
+        .await
+        .unwrap();
+    let (ok, failed): (Vec<_>, Vec<_>) = claimed.into_iter().partition(Result::is_ok);
+    assert_eq!(
+        ok.into_iter().map(|f| f.unwrap().id).collect::<Vec<_>>(),
+        [good.id]
+    );
+    let [failed] = <[_; 1]>::try_from(failed).unwrap();
+    let (_, table, id, column) = named_row(failed);
+    assert_eq!((table, id, column), expected);
+
+    damage_row(&db, "feeds", bad.id, "schedule", "0 0 * * * *").await;
+    damage_row(&db, "feeds", bad.id, "url", "javascript:alert(1)").await;
+    let (_, table, id, column) = named_row(store.feed(bad.id).await);
+    assert_eq!((table, id, column), ("feeds", bad.id, "url"));
+
+    let held = NewSubmission {
+        status: SubmissionStatus::Held,
+        topic: "wirtschaft".into(),
+        sender: "presse@example.org".into(),
+        title: "Meldung".into(),
+        summary: None,
+        body: Some("Text".into()),
+        guid: Some("mail:<1@example.org>".into()),
+        reason: "not authenticated".into(),
+    };
+    let (sub, _) = store.add_submission(&held, t0()).await.unwrap();
+    damage_row(&db, "submissions", sub, "status", "paused").await;
+    let expected = ("submissions", sub, "status");
+    let (message, table, id, column) = named_row(store.list_submissions(None, 0, 10).await);
+    assert_eq!((table, id, column), expected);
+    assert!(message.contains("\"paused\""), "{message}");
+    let (_, table, id, column) = named_row(store.approve_submission(sub, t0()).await);
+    assert_eq!((table, id, column), expected);
+    damage_row(&db, "submissions", sub, "status", "held").await;
+    match store.approve_submission(sub, t0()).await.unwrap() {
+        Decided::Done(s) => assert_eq!(s.status, SubmissionStatus::Approved),
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn a_due_reader_whose_row_does_not_parse_is_named_and_skipped_for_a_day(backend: Backend) {
@@ -1217,4 +1329,5 @@ on_both_backends!(
     migrations_can_run_twice,
     a_stored_value_that_does_not_parse_is_an_error_naming_the_row,
     a_due_reader_whose_row_does_not_parse_is_named_and_skipped_for_a_day,
+    a_stored_feed_or_submission_that_does_not_parse_is_an_error_naming_the_row,
 );

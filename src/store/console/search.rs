@@ -118,21 +118,19 @@ impl Store {
              WHERE st.subscriber_id IN (SELECT s.id FROM subscribers s WHERE {FILTER} AND s.status = 'confirmed' \
              ORDER BY s.id LIMIT $4) ORDER BY st.subscriber_id, t.slug"
         );
+        // Both statements take the filter's three parameters and the limit.
+        macro_rules! filtered {
+            ($sql:expr) => {
+                sqlx::query_as(sqlx::AssertSqlSafe($sql.clone()))
+                    .bind(query.pattern())
+                    .bind(query.status.map(SubscriberStatus::as_str))
+                    .bind(query.topic.as_ref().map(TopicSlug::as_str))
+                    .bind(i64::from(limit))
+            };
+        }
         let (mut rows, slugs): (Vec<ExportRow>, Vec<(i64, String)>) = on_pool!(self, pool => {
-            let rows = sqlx::query_as(sqlx::AssertSqlSafe(readers.clone()))
-                .bind(query.pattern())
-                .bind(query.status.map(SubscriberStatus::as_str))
-                .bind(query.topic.as_ref().map(TopicSlug::as_str))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
-            let slugs = sqlx::query_as(sqlx::AssertSqlSafe(topics.clone()))
-                .bind(query.pattern())
-                .bind(query.status.map(SubscriberStatus::as_str))
-                .bind(query.topic.as_ref().map(TopicSlug::as_str))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
+            let rows = filtered!(readers).fetch_all(pool).await?;
+            let slugs = filtered!(topics).fetch_all(pool).await?;
             Ok::<_, sqlx::Error>((rows, slugs))
         })?;
         for row in &mut rows {
