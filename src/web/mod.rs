@@ -14,6 +14,7 @@ pub mod confirm;
 pub mod console;
 pub mod error;
 pub mod health;
+pub mod input;
 pub mod items;
 pub mod pages;
 pub mod preferences;
