@@ -234,7 +234,6 @@ pub struct Item {
     /// When it arrived.
     pub created_at: DateTime<Utc>,
     /// When an operator hid it from future digests ([`Store::hide_item`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden_at: Option<DateTime<Utc>>,
     /// Topic slugs.
     #[sqlx(skip)]

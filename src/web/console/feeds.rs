@@ -47,17 +47,21 @@ async fn show(
         .iter()
         .map(|f| {
             let source = format!("feed:{}", f.name);
-            let items_href = form_urlencoded::Serializer::new(String::from("/admin/items?"))
+            let query = form_urlencoded::Serializer::new(String::new())
                 .append_pair("source", &source)
                 .append_pair("lang", locale.as_str())
                 .finish();
+            let items_href = format!("/admin/items?{query}");
             json!({"feed": f, "items": counts.get(&f.name).copied().unwrap_or(0), "items_href": items_href})
         })
         .collect();
     let topics = state.store.list_topics(false).await?;
     let status = refused.as_ref().map_or(StatusCode::OK, |(r, _)| r.status());
     let (refusal, form) = refused.map_or_else(
-        || (None, json!({"schedule": SUGGESTED_SCHEDULE})),
+        || {
+            let form = json!({"name": "", "url": "", "topic": "", "schedule": SUGGESTED_SCHEDULE});
+            (None, form)
+        },
         |(r, form)| (Some(r.shown(state, locale)), form),
     );
     let data = json!({"feeds": feeds, "topics": topics, "refused": refusal, "form": form});

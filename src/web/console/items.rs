@@ -101,9 +101,10 @@ async fn show(
         .map(|s| json!({"name": s, "selected": s == params.source}))
         .collect();
     let status = refused.as_ref().map_or(StatusCode::OK, |(r, _)| r.status());
-    let (refusal, form) = refused.map_or((None, json!({})), |(r, form)| {
-        (Some(r.shown(state, locale)), form)
-    });
+    let (refusal, form) = refused.map_or_else(
+        || (None, item_form(&[])),
+        |(r, form)| (Some(r.shown(state, locale)), form),
+    );
     let data = json!({
         "items": items,
         "topics": topics,
@@ -133,6 +134,16 @@ async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Response, PageError> {
     show(&state, lang.locale, &session, &params, None).await
+}
+
+/// The add form's values as `body` (a refused form) has them; empty for none.
+fn item_form(body: &[u8]) -> serde_json::Value {
+    json!({
+        "title": field(body, "title"),
+        "url": field(body, "url"),
+        "summary": field(body, "summary"),
+        "body": field(body, "body"),
+    })
 }
 
 /// Every value of field `name` of a url-encoded form body (checkboxes).
@@ -174,16 +185,7 @@ async fn add(
 ) -> Result<Response, PageError> {
     session.check(&field(&body, "csrf"))?;
     let offered = state.store.list_topics(false).await?;
-    let refused = |e: FieldError| {
-        let form = json!({
-            "topics": all_fields(&body, "topics"),
-            "title": field(&body, "title"),
-            "url": field(&body, "url"),
-            "summary": field(&body, "summary"),
-            "body": field(&body, "body"),
-        });
-        (Refusal::from(e), form)
-    };
+    let refused = |e: FieldError| (Refusal::from(e), item_form(&body));
     let params = ListParams::default();
     let item = match new_item(&offered, &body) {
         Ok(item) => item,
