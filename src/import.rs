@@ -7,6 +7,17 @@
 //! addresses already stored are left as they are, so importing the same file twice
 //! changes nothing. With `--send-confirmation` each good row goes through double
 //! opt-in instead and is stored as pending with a confirmation mail.
+//!
+//! **Formulas.** The console's CSV export writes every cell through
+//! [`export_cell`]: a cell a spreadsheet would run as a formula (it starts with
+//! `=`, `+`, `-`, `@`, tab or CR, OWASP's list; an address may well start with
+//! `=`, `+` or `-`) gets a `'` in front, which makes a spreadsheet show it as
+//! text. The import takes exactly that `'` off again ([`import_cell`]), so the
+//! export reads back to the same addresses. Both sides apply one rule: a cell
+//! that is some `'`s followed by a formula character has one `'` more in the file
+//! than in the data. Any other cell, a `'` at its start included, is taken as it
+//! is. A third-party file whose cell reads `'=a@example.org` therefore imports
+//! `=a@example.org`, which is also what a spreadsheet shows for that cell.
 
 use std::fmt;
 use std::path::Path;
@@ -62,6 +73,36 @@ fn quoted(value: &str) -> String {
     }
 }
 
+/// The characters that make a spreadsheet cell a formula at its start.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Whether `value` is some `'`s (`quotes` or more) followed by a formula character.
+fn quoted_formula(value: &str, quotes: usize) -> bool {
+    let rest = value.trim_start_matches('\'');
+    value.len() - rest.len() >= quotes && rest.starts_with(FORMULA_START)
+}
+
+/// A cell as the CSV export writes it: a `'` in front of one that a spreadsheet
+/// would run as a formula, or that is `'`s followed by a formula character (so
+/// that [`import_cell`] can take off exactly what was added).
+pub fn export_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    if quoted_formula(value, 0) {
+        format!("'{value}").into()
+    } else {
+        value.into()
+    }
+}
+
+/// A cell of an imported file as the data it stands for: the `'` that
+/// [`export_cell`] put in front of a formula character taken off again.
+pub fn import_cell(value: &str) -> &str {
+    if quoted_formula(value, 1) {
+        &value[1..]
+    } else {
+        value
+    }
+}
+
 /// How the file is read: a header row, any number of fields per row (a short row
 /// lacks the last columns), cells trimmed.
 fn csv_reader() -> csv::ReaderBuilder {
@@ -87,7 +128,7 @@ fn parse_record(
                     .iter()
                     .position(|h| h == key)
                     .and_then(|i| r.get(i))
-                    .map(str::to_owned)
+                    .map(|cell| import_cell(cell).to_owned())
             };
             (line, parse_row(config, offered, get, source, now))
         }
@@ -457,6 +498,44 @@ mod props {
                     assert!(reason.len() <= 1_000, "{}", reason.len());
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn formula_cells_are_quoted_and_read_back() {
+        for (data, file) in [
+            (
+                "=cmd|'/ccalc'!a0@example.org",
+                "'=cmd|'/ccalc'!a0@example.org",
+            ),
+            ("+49@example.org", "'+49@example.org"),
+            ("-sport", "'-sport"),
+            ("@x", "'@x"),
+            ("\tx", "'\tx"),
+            ("'=x@example.org", "''=x@example.org"),
+            ("'anna@example.org", "'anna@example.org"),
+            ("anna@example.org", "anna@example.org"),
+            ("", ""),
+        ] {
+            assert_eq!(export_cell(data), file, "{data:?}");
+            assert_eq!(import_cell(file), data, "{file:?}");
+        }
+        // A spreadsheet's own text marker is taken off too.
+        assert_eq!(import_cell("'=a@example.org"), "=a@example.org");
+    }
+
+    proptest! {
+        #[test]
+        fn every_cell_survives_export_and_import(value in "['=+@a\\-\t\r]{0,6}[a-z@.]{0,4}") {
+            let file = export_cell(&value);
+            prop_assert!(!file.starts_with(FORMULA_START), "{:?}", file);
+            prop_assert_eq!(import_cell(&file), value.as_str());
         }
     }
 }

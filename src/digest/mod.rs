@@ -176,9 +176,17 @@ impl Digester {
 
     /// The key of the body `spec` renders in `batch`: a hash of everything its
     /// content depends on (the templates and the public URL, the language, the
-    /// topics and their names, the items' range, the date, `digest.max_items`);
+    /// topics and their names, the items' range, the date, `digest.max_items`, and
+    /// the `news` itself: the ids loaded and how many in all, so that a body stored
+    /// before an operator hid one of its items is not used again after);
     /// `fingerprint` is [`Composer::content_fingerprint`], taken once per pass.
-    fn body_key(&self, fingerprint: &str, batch: &DigestBatch, spec: &BodySpec) -> String {
+    fn body_key(
+        &self,
+        fingerprint: &str,
+        batch: &DigestBatch,
+        spec: &BodySpec,
+        news: (&[i64], usize),
+    ) -> String {
         use sha2::Digest as _;
         let names: Vec<&str> = spec
             .topics
@@ -186,7 +194,7 @@ impl Digester {
             .filter_map(|id| batch.topics.get(id).map(|t| t.name.as_str()))
             .collect();
         let text = format!(
-            "{}|{}|{:?}|{:?}|{}|{}|{}|{}",
+            "{}|{}|{:?}|{:?}|{}|{}|{}|{}|{:?}|{}",
             fingerprint,
             spec.locale,
             spec.topics,
@@ -195,6 +203,8 @@ impl Digester {
             batch.watermark,
             spec.date,
             self.settings.max_items,
+            news.0,
+            news.1,
         );
         hex(&sha2::Sha256::digest(text.as_bytes()))
     }
@@ -327,9 +337,12 @@ impl DigestPlanner for Planner<'_> {
                     .date_naive(),
             };
             let body_key = keys.entry(spec).or_insert_with_key(|spec| {
-                let (_, news) = batch.items.fresh(&spec.topics, spec.since);
+                let (fresh, news) = batch.items.fresh(&spec.topics, spec.since);
                 (news > 0).then(|| {
-                    let key = self.digester.body_key(&self.fingerprint, batch, spec);
+                    let ids: Vec<i64> = fresh.iter().map(|i| i.id).collect();
+                    let key = self
+                        .digester
+                        .body_key(&self.fingerprint, batch, spec, (&ids, news));
                     self.wanted.insert(key.clone(), spec.clone());
                     key
                 })

@@ -161,6 +161,22 @@ const FILES: &[(&str, &str)] = &[
         "pages/console-erase.hbs",
         include_str!("../../templates/pages/console-erase.hbs"),
     ),
+    (
+        "pages/console-topics.hbs",
+        include_str!("../../templates/pages/console-topics.hbs"),
+    ),
+    (
+        "pages/console-items.hbs",
+        include_str!("../../templates/pages/console-items.hbs"),
+    ),
+    (
+        "pages/console-feeds.hbs",
+        include_str!("../../templates/pages/console-feeds.hbs"),
+    ),
+    (
+        "pages/console-submissions.hbs",
+        include_str!("../../templates/pages/console-submissions.hbs"),
+    ),
 ];
 
 /// Page texts per language.

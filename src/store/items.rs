@@ -12,6 +12,9 @@
 //! from a feed of another topic) at a fresh number from the same sequence, so the
 //! readers of that topic get it as news then (see [`Store::add_item`] and
 //! [`DigestItems`]).
+//!
+//! An operator may hide an item ([`Store::hide_item`], the console's "hide"): from
+//! then on no digest batch loads or counts it; its page stays.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -218,6 +221,8 @@ pub struct Item {
     pub source: String,
     /// When it arrived.
     pub created_at: DateTime<Utc>,
+    /// When an operator hid it from future digests ([`Store::hide_item`]).
+    pub hidden_at: Option<DateTime<Utc>>,
     /// Topic slugs.
     #[sqlx(skip)]
     pub topics: Vec<String>,
@@ -234,7 +239,7 @@ pub enum ItemOutcome {
 }
 
 const ITEM_COLUMNS: &str =
-    "SELECT id, title, url, summary, body, published_at, source, created_at FROM items";
+    "SELECT id, title, url, summary, body, published_at, source, created_at, hidden_at FROM items";
 
 /// The key that recognises an item posted again: its guid, else its url; long keys
 /// hashed, because a unique index entry has a size limit in PostgreSQL.
@@ -370,6 +375,25 @@ impl Store {
             }
         }
         Ok(items)
+    }
+
+    /// Hides item `id` from every digest planned from now on: it stays stored (its
+    /// page keeps working for digests that listed it already), but digest batches
+    /// neither list nor count it. Hiding it again keeps the first time. `false`
+    /// when there is no such item.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn hide_item(&self, id: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE items SET hidden_at = COALESCE(hidden_at, $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
     }
 
     /// The newest arrival that is safe to cover: every item or topic link with a
@@ -577,8 +601,11 @@ pub struct DigestItems {
 
 /// A topic's newest arrivals in a window: bind topic id, lowest watermark, the
 /// pass's watermark, how many.
-pub(super) const TOPIC_NEWEST: &str = "SELECT item_id, arrival FROM item_topics \
-    WHERE topic_id = $1 AND arrival > $2 AND arrival <= $3 ORDER BY arrival DESC LIMIT $4";
+/// Items an operator hid ([`Store::hide_item`]) are left out.
+pub(super) const TOPIC_NEWEST: &str = "SELECT it.item_id, it.arrival FROM item_topics it \
+    WHERE it.topic_id = $1 AND it.arrival > $2 AND it.arrival <= $3 \
+    AND NOT EXISTS (SELECT 1 FROM items h WHERE h.id = it.item_id AND h.hidden_at IS NOT NULL) \
+    ORDER BY it.arrival DESC LIMIT $4";
 
 impl DigestItems {
     /// The items that are news to a reader of `topics` (sorted) whose previous digest
@@ -730,7 +757,8 @@ macro_rules! load_digest_items {
                     list.push_bind(*t);
                 }
                 list.push_unseparated(
-                    ") AND NOT EXISTS (SELECT 1 FROM item_topics e WHERE e.item_id = it.item_id AND e.arrival <= ",
+                    ") AND NOT EXISTS (SELECT 1 FROM items h WHERE h.id = it.item_id AND h.hidden_at IS NOT NULL) \
+                     AND NOT EXISTS (SELECT 1 FROM item_topics e WHERE e.item_id = it.item_id AND e.arrival <= ",
                 );
                 q.push_bind(last).push(" AND e.topic_id IN (");
                 let mut list = q.separated(", ");

@@ -53,6 +53,7 @@ pub use console::{
     Dashboard, DayCounts, ExportRow, FeedHealth, HourCount, QueueHealth, Rate, SubscriberQuery,
     SubscriberRow,
 };
+pub use console::{ItemQuery, TopicReaders};
 pub use counters::{FeedStats, Stats};
 pub use database_url::DatabaseUrl;
 pub use decode::CorruptValue;

@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ErrorChain;
-use crate::domain::{EmailAddress, FeedSchedule, HttpUrl, TopicSlug};
+use super::input::{self, FieldError};
+use crate::domain::{EmailAddress, TopicSlug};
 use crate::store::{Decided, ItemOutcome, NewItem, StoreError, SubmissionStatus, TopicChange};
 
 /// An admin API failure: a status and a message for the client.
@@ -121,13 +122,14 @@ fn parse_slug(slug: &str) -> Result<TopicSlug, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("slug: {e}")))
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > 200 || name.contains('\0') {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "name: must be 1 to 200 characters, without NUL",
-        ));
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        unprocessable(e.field, e.problem)
     }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    input::topic_name(name)?;
     Ok(())
 }
 
@@ -249,33 +251,18 @@ fn unprocessable(field: &str, problem: impl std::fmt::Display) -> ApiError {
 }
 
 /// Trims a text field; empty means absent. Longer than `max` characters is an error.
-fn text_field(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
-    let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    if value.as_ref().is_some_and(|v| v.contains('\0')) {
-        return Err(unprocessable(field, "must not contain NUL characters"));
-    }
-    if value.as_ref().is_some_and(|v| v.chars().count() > max) {
-        return Err(unprocessable(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    Ok(value)
+fn text_field(
+    field: &'static str,
+    value: Option<String>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    Ok(input::text(field, value, max)?)
 }
 
 async fn create_item(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: NewItemBody = parse_body(&body)?;
     let offered = state.store.list_topics(false).await?;
-    if b.topics.is_empty() {
-        return Err(unprocessable("topics", "must name at least one topic"));
-    }
-    let mut topics = Vec::new();
-    for slug in &b.topics {
-        match TopicSlug::parse(slug) {
-            Ok(parsed) if offered.iter().any(|t| t.slug == *slug) => topics.push(parsed),
-            _ => return Err(unprocessable("topics", format!("unknown topic {slug:?}"))),
-        }
-    }
+    let topics = input::item_topics(&offered, &b.topics)?;
     // Trimmed, blank meaning absent. The limits are the store's, the same for every
     // source (`NewItem::validate`): what it refuses is a 422 naming the field.
     let trimmed = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
@@ -518,30 +505,9 @@ struct NewFeedBody {
 
 async fn create_feed(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let b: NewFeedBody = parse_body(&body)?;
-    let url = HttpUrl::parse(b.url.trim()).map_err(|e| unprocessable("url", e))?;
-    let topic = parse_slug(&b.topic).map_err(|_| unprocessable("topic", "not a topic slug"))?;
-    if !state
-        .store
-        .list_topics(false)
-        .await?
-        .iter()
-        .any(|t| t.slug == topic.as_str())
-    {
-        return Err(unprocessable(
-            "topic",
-            format!("unknown topic {:?}", b.topic),
-        ));
-    }
-    let schedule = FeedSchedule::parse(&b.schedule).map_err(|e| unprocessable("schedule", e))?;
-    let name = text_field("name", b.name, 200)?.unwrap_or_else(|| url.host_and_path());
+    let offered = state.store.list_topics(false).await?;
     let now = state.clock.now();
-    let spec = crate::store::FeedSpec {
-        name,
-        url,
-        topic,
-        schedule,
-        next_poll_at: now,
-    };
+    let spec = input::new_feed(&offered, b.name, &b.url, &b.topic, &b.schedule, now)?;
     let feed = state.store.put_feed(&spec, "api", now).await?;
     Ok((StatusCode::CREATED, Json(feed)).into_response())
 }

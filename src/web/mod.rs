@@ -3,7 +3,8 @@
 //! the admin API ([`admin`]), health checks and metrics ([`health`]). Each module exports a `router()`; [`router`] merges
 //! them. Handlers parse input into domain types at the edge (the page language
 //! and link tokens through the extractors in [`pages`] and [`tokens`]) and call
-//! the store; the pages' errors take one path ([`error`]).
+//! the store; the pages' errors take one path ([`error`]); what an operator types
+//! into the API or the console is checked once, in [`input`].
 //! [`harden`] puts the security headers on every response and a deadline on every
 //! request body; [`server`] accepts the connections (cap, header timeout, graceful
 //! shutdown).
@@ -14,6 +15,7 @@ pub mod confirm;
 pub mod console;
 pub mod error;
 pub mod health;
+pub mod input;
 pub mod items;
 pub mod pages;
 pub mod preferences;

@@ -17,8 +17,8 @@ use postbote::clock::ManualClock;
 
 /// What the fixture server has seen.
 #[derive(Default)]
-struct Seen {
-    rss_requests: AtomicUsize,
+pub struct Seen {
+    pub rss_requests: AtomicUsize,
     atom_requests: AtomicUsize,
     rss_not_modified: AtomicUsize,
     rewritten_requests: AtomicUsize,
@@ -96,7 +96,7 @@ async fn redirect_loop() -> Response {
 }
 
 /// Serves the fixtures on a port chosen by the OS.
-async fn fixture_server() -> (String, Arc<Seen>) {
+pub async fn fixture_server() -> (String, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let app = Router::new()
         .route("/rss.xml", get(rss))
@@ -373,7 +373,12 @@ async fn feeds_are_polled_on_schedule_once_per_entry_and_hostile_ones_are_contai
 
 /// Runs `postbote inbound` on `message` for `to`, killed and failing the test
 /// after [`crate::harness::PROCESS_DEADLINE`]; returns its exit code and stdout.
-async fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str) -> (i32, String) {
+pub async fn inbound(
+    db: &TestDb,
+    config: &std::path::Path,
+    to: &str,
+    message: &str,
+) -> (i32, String) {
     let out = crate::harness::run_to_end_async(
         std::process::Command::new(env!("CARGO_BIN_EXE_postbote"))
             .args(["inbound", "--config"])
@@ -391,7 +396,7 @@ async fn inbound(db: &TestDb, config: &std::path::Path, to: &str, message: &str)
 
 /// The inbound configuration of the submission tests: our MTA's authserv-id, no
 /// DNS (postbote's own DKIM check is off).
-const SUBMISSIONS: &str = "[submissions]\naddress = \"presse+{topic}@news.example.org\"\nallowed_senders = [\"pr@agentur.example\", \"@trusted.example\"]\nauthserv_id = \"mx.news.example.org\"\nverify_dkim = false\n";
+pub const SUBMISSIONS: &str = "[submissions]\naddress = \"presse+{topic}@news.example.org\"\nallowed_senders = [\"pr@agentur.example\", \"@trusted.example\"]\nauthserv_id = \"mx.news.example.org\"\nverify_dkim = false\n";
 
 async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Backend) {
     let db = TestDb::new(backend).await;

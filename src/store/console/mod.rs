@@ -1,8 +1,11 @@
 //! What the operator's console (`web::console`) reads and writes beyond the other
 //! aggregates: its sessions (table `admin_sessions`, here), the dashboard's figures
 //! (`dashboard`) and the subscriber search with its CSV export (`search`), plus
-//! resending a confirmation to a pending reader (`search`).
+//! resending a confirmation to a pending reader (`search`), and what the content
+//! pages list: topics with reader counts, items by topic and source, feed item
+//! counts, "poll now" (`content`).
 
+mod content;
 mod dashboard;
 mod search;
 
@@ -11,6 +14,7 @@ use chrono::{DateTime, Utc};
 use super::{Store, StoreResult, on_pool};
 use crate::domain::TokenHash;
 
+pub use content::{ItemQuery, TopicReaders};
 pub use dashboard::{Dashboard, DayCounts, FeedHealth, HourCount, QueueHealth, Rate};
 pub use search::{ExportRow, SubscriberQuery, SubscriberRow};
 

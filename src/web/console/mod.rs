@@ -13,10 +13,17 @@
 //!
 //! The pages: [`dashboard`] (`GET /admin`) and [`subscribers`] (search, detail,
 //! actions, CSV export). [`charts`] draws the dashboard's SVG charts.
+//! The content pages: [`topics`], [`items`], [`feeds`] and held [`submissions`].
+//! Their links and forms carry the page language (`?lang=`), so an operator
+//! stays in the language they chose.
 
 pub mod charts;
 pub mod dashboard;
+pub mod feeds;
+pub mod items;
+pub mod submissions;
 pub mod subscribers;
+pub mod topics;
 
 use std::net::SocketAddr;
 
@@ -33,6 +40,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{PageError, Problem};
+use super::input::FieldError;
 use super::pages::{PageLang, render};
 use crate::domain::{Locale, Token};
 
@@ -50,6 +58,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/login", get(login_form).post(login))
         .route("/admin/logout", post(logout))
         .merge(subscribers::router())
+        .merge(topics::router())
+        .merge(items::router())
+        .merge(feeds::router())
+        .merge(submissions::router())
         .layer(middleware::map_response(no_store))
 }
 
@@ -239,4 +251,49 @@ pub fn see_other(to: &str, cookie: Option<String>) -> Response {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+/// `path` with the page language, so a link or redirect keeps the operator in it.
+pub fn localized(path: &str, locale: Locale) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}lang={locale}")
+}
+
+/// Why a console form was refused: shown above the forms of the page it comes
+/// back to, nothing changed.
+#[derive(Debug)]
+pub enum Refusal {
+    /// A field is wrong (422).
+    Field(FieldError),
+    /// A topic or feed of this name exists already (409).
+    Exists(String),
+    /// The submission was decided already, by another operator perhaps (409).
+    Decided,
+}
+
+impl From<FieldError> for Refusal {
+    fn from(e: FieldError) -> Self {
+        Self::Field(e)
+    }
+}
+
+impl Refusal {
+    /// The page's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Field(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Exists(_) | Self::Decided => StatusCode::CONFLICT,
+        }
+    }
+
+    /// The sentence shown, in `locale` (the checks' own words are English).
+    pub fn shown(self, state: &AppState, locale: Locale) -> String {
+        let t = state.templates.strings(locale);
+        let say = |key: &str| t[key].as_str().unwrap_or_default().to_owned();
+        match self {
+            Self::Field(e) => format!("{} {}: {}", say("console_refused"), e.field, e.problem),
+            Self::Exists(name) => format!("{} {name}", say("console_exists")),
+            Self::Decided => say("console_decided_already"),
+        }
+    }
 }

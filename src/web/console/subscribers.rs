@@ -1,7 +1,8 @@
 //! The console's subscriber pages: `GET /admin/subscribers?q=&status=&topic=&page=`
 //! (search by address prefix, status and topic, 50 a page), `GET
 //! /admin/subscribers.csv?…` (the search's confirmed readers in the columns
-//! `postbote import` reads), `GET /admin/subscribers/{id}` (everything the export
+//! `postbote import` reads, cells a spreadsheet would run as formulas quoted as
+//! [`crate::import`] describes), `GET /admin/subscribers/{id}` (everything the export
 //! shows) and the actions, each a POST with the session's CSRF token:
 //! `…/{id}/unsubscribe`, `…/{id}/resend` (a new confirmation mail to a pending
 //! reader) and `…/{id}/erase`, which needs the confirmation step of `GET
@@ -144,15 +145,21 @@ async fn export_csv(
         out.write_record(crate::import::KNOWN)?;
         for r in &rows {
             let consent_at = r.confirmed_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-            out.write_record([
-                r.email.as_str(),
-                r.topics.as_str(),
-                r.delivery_time.as_str(),
-                r.timezone.as_str(),
-                r.locale.as_str(),
-                consent_at.as_str(),
-                r.confirmed_ip.as_deref().unwrap_or_default(),
-            ])?;
+            // No cell runs as a formula in a spreadsheet; `import` reads them back.
+            out.write_record(
+                [
+                    r.email.as_str(),
+                    r.topics.as_str(),
+                    r.delivery_time.as_str(),
+                    r.timezone.as_str(),
+                    r.locale.as_str(),
+                    consent_at.as_str(),
+                    r.confirmed_ip.as_deref().unwrap_or_default(),
+                ]
+                .map(crate::import::export_cell)
+                .iter()
+                .map(|c| c.as_bytes()),
+            )?;
         }
         Ok(())
     };
