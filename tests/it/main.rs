@@ -9,8 +9,10 @@
 mod harness;
 
 mod bad_input;
+mod browser;
 mod cli;
 mod console;
+mod console_browser;
 mod digests;
 mod durability;
 mod fanout;
