@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN, free_port, listens_on, listens_on_v6};
+use crate::harness::{ADMIN_TOKEN, free_port, listens_on};
 
 /// Debian's paths (packages `chromium` and `chromium-driver`).
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -250,16 +250,17 @@ pub fn screenshot_dir() -> PathBuf {
 /// page's height for the shot and shrinks back after.
 pub async fn screenshot(client: &Client, name: &str) -> PathBuf {
     let (width, height) = client.get_window_size().await.expect("the window size");
-    let page_height = client
+    // The page's height, and what the window has beyond its viewport.
+    let measured = client
         .execute(
-            "return Math.ceil(document.documentElement.scrollHeight);",
+            "return [Math.ceil(document.documentElement.scrollHeight),
+                     window.outerHeight - window.innerHeight];",
             vec![],
         )
         .await
-        .ok()
-        .and_then(|h| h.as_u64())
-        .unwrap_or(height);
-    let tall = page_height.clamp(height, 8000);
+        .expect("measure the page");
+    let number = |i: usize| measured[i].as_u64().unwrap_or(0);
+    let tall = (number(0) + number(1)).clamp(height, 10_000);
     if tall > height {
         client
             .set_window_size(width as u32, tall as u32)
@@ -300,10 +301,16 @@ fn axe_source() -> String {
 /// Runs axe-core on the page `client` shows; returns the serious and critical
 /// violations, each with the rule, its help text and the elements that break it.
 pub async fn axe(client: &Client) -> Vec<Value> {
-    client
-        .execute(&axe_source(), vec![])
+    let loaded = client
+        .execute("return typeof axe !== 'undefined';", vec![])
         .await
-        .expect("load axe-core into the page");
+        .expect("look for axe-core");
+    if loaded != Value::Bool(true) {
+        client
+            .execute(&axe_source(), vec![])
+            .await
+            .expect("load axe-core into the page");
+    }
     let run = r#"
         const done = arguments[arguments.length - 1];
         axe.run(document, { resultTypes: ['violations'] })
@@ -384,13 +391,12 @@ impl Driver {
         panic!("chromedriver could not bind a port in five tries");
     }
 
-    /// Starts chromedriver on `port`; `None` when it could not have 127.0.0.1 there.
-    /// It listens on 127.0.0.1 and [::1] and carries on with one of them when the
-    /// other is taken; its `/status` may then be someone else's answer, so it counts
-    /// only once this very process holds the IPv4 socket.
+    /// Starts chromedriver on `port`; `None` when it exited instead (it does when
+    /// 127.0.0.1:port is taken). Until this very process listens there, an answer
+    /// on the port may be someone else's.
     async fn try_start_on(port: u16) -> Option<Self> {
         let log = tempfile::NamedTempFile::new().expect("a log file");
-        let mut child = Command::new(CHROMEDRIVER)
+        let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.path().display()))
             .stdout(Stdio::null())
@@ -398,33 +404,32 @@ impl Driver {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("start {CHROMEDRIVER}: {e}; run scripts/test"));
-        let url = format!("http://127.0.0.1:{port}");
+        // Owned from here on: dropped (killed) on every way out but success.
+        let mut driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if let Ok(Some(_)) = driver.child.try_wait() {
                 return None;
             }
-            let ours = listens_on(child.id(), port);
-            if !ours && listens_on_v6(child.id(), port) {
-                // Up on [::1] only: 127.0.0.1:port belongs to someone else.
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            if ours {
-                let status = http.get(format!("{url}/status")).send().await;
+            if listens_on(driver.child.id(), port) {
+                let status = http.get(format!("{}/status", driver.url)).send().await;
                 if let Ok(r) = status
                     && r.json::<Value>()
                         .await
                         .is_ok_and(|s| s["value"]["ready"] == true)
                 {
-                    return Some(Self { child, url, log });
+                    return Some(driver);
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "chromedriver was not ready on {port} within {PATIENCE:?}"
+                "chromedriver was not ready on {port} within {PATIENCE:?}\n{}",
+                driver.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

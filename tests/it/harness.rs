@@ -200,26 +200,15 @@ impl RefusedPort {
 /// the listening socket that `/proc/net/tcp` shows for that address. A port found
 /// by connecting may belong to someone else who took it first.
 pub fn listens_on(pid: u32, port: u16) -> bool {
-    holds_listener(pid, "/proc/net/tcp", &format!("0100007F:{port:04X}"))
-}
-
-/// Whether process `pid` itself listens on `[::1]:port` (see [`listens_on`]).
-pub fn listens_on_v6(pid: u32, port: u16) -> bool {
-    let local = format!("00000000000000000000000001000000:{port:04X}");
-    holds_listener(pid, "/proc/net/tcp6", &local)
-}
-
-/// Whether process `pid` holds the listening socket that `table` (a `/proc/net`
-/// file) shows for the address `local`, written as that file writes it.
-fn holds_listener(pid: u32, table: &str, local: &str) -> bool {
-    let inodes: Vec<String> = std::fs::read_to_string(table)
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
         .unwrap_or_default()
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // local address, state (0A = LISTEN), inode.
-            (fields.get(1) == Some(&local) && fields.get(3) == Some(&"0A"))
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
                 .then(|| format!("socket:[{}]", fields.get(9).unwrap_or(&"")))
         })
         .collect();

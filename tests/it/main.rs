@@ -20,6 +20,7 @@ mod feeds;
 mod hygiene;
 mod inbound;
 mod postfix_bounce;
+mod public_browser;
 mod signup;
 mod store_contract;
 mod tls_relay;
