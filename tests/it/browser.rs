@@ -150,6 +150,11 @@ impl Browser {
         field.send_keys(value).await.expect("type into the field");
     }
 
+    /// Clicks the element `css` selects (a checkbox, say: nothing to wait for).
+    pub async fn click(&self, css: &str) {
+        self.find(css).await.click().await.expect("click");
+    }
+
     /// Clicks the element `css` selects and waits until the next page has loaded
     /// (a new document, even one at the same URL, as after a POST-redirect-GET).
     pub async fn click_and_wait(&self, css: &str) {
@@ -157,7 +162,7 @@ impl Browser {
             .execute("window.__postbote_old_page = true;", vec![])
             .await
             .expect("mark the page");
-        self.find(css).await.click().await.expect("click");
+        self.click(css).await;
         let deadline = Instant::now() + PATIENCE;
         loop {
             let loaded = self

@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
-use crate::browser::Browser;
-use crate::harness::{Backend, Serve, SmtpSink, TestDb, a_day_with_a_digest};
+use crate::browser::{Browser, console_errors};
+use crate::harness::{Api, Backend, Serve, SmtpSink, TestDb, a_day_with_a_digest};
 
 /// `serve` whose scheduler stays still: the test runs the pass it wants itself.
 async fn serve(db: &TestDb, sink: &SmtpSink) -> Serve {
@@ -50,22 +50,9 @@ async fn readers(browser: &Browser, status: &str) -> String {
         .to_owned()
 }
 
-async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_out(
-    backend: Backend,
-) {
-    let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start();
-    let serve = serve(&db, &sink).await;
-    let http = reqwest::Client::new();
-    let reader = a_day_with_a_digest(serve.api(&http), &sink).await;
-    let shots = format!("{backend:?}").to_lowercase();
-    let browser = Browser::start().await;
-
-    browser
-        .goto(&format!("{}/admin/login?lang=en", serve.base))
-        .await;
-    browser.check_page(&format!("{shots}/console-login")).await;
-    browser.login(&serve.base).await;
+/// The dashboard after [`a_day_with_a_digest`]: charts drawn, the readers by status,
+/// the day's sign-ups, confirmation and digest in the table, an empty queue.
+async fn the_dashboard_shows_the_day(browser: &Browser, shots: &str) {
     assert!(
         browser
             .find("figure.chart svg")
@@ -75,16 +62,19 @@ async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_
             .unwrap(),
         "the charts are drawn"
     );
-    assert_eq!(readers(&browser, "confirmed").await, "1");
-    assert_eq!(readers(&browser, "pending").await, "1");
-    assert_eq!(days_total(&browser, 0).await, 2, "sign-ups");
-    assert_eq!(days_total(&browser, 1).await, 1, "confirmations");
-    assert_eq!(days_total(&browser, 6).await, 1, "digests sent");
+    assert_eq!(readers(browser, "confirmed").await, "1");
+    assert_eq!(readers(browser, "pending").await, "1");
+    assert_eq!(days_total(browser, 0).await, 2, "sign-ups");
+    assert_eq!(days_total(browser, 1).await, 1, "confirmations");
+    assert_eq!(days_total(browser, 6).await, 1, "digests sent");
     assert_eq!(browser.text("#queue-depth").await, "0");
     browser
         .check_page(&format!("{shots}/console-dashboard"))
         .await;
+}
 
+/// From the dashboard: searches `reader` by a prefix in other case, opens them.
+async fn search(browser: &Browser, reader: &str, shots: &str) {
     browser.click_and_wait("a[href='/admin/subscribers']").await;
     browser
         .check_page(&format!("{shots}/console-subscribers"))
@@ -99,8 +89,11 @@ async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_
     browser
         .check_page(&format!("{shots}/console-subscriber"))
         .await;
+}
 
-    // Without its CSRF token the unsubscribe form is refused and changes nothing.
+/// On the detail page: the unsubscribe form sent without its CSRF token (the
+/// hidden field removed) is refused and changes nothing.
+async fn a_form_without_its_csrf_token_is_refused(browser: &Browser, api: Api<'_>, reader: &str) {
     browser
         .client
         .execute(
@@ -109,31 +102,58 @@ async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_
         )
         .await
         .unwrap();
-    let detail = browser.path().await;
     browser
         .click_and_wait("form[action$='/unsubscribe'] button")
         .await;
     assert_eq!(browser.text("h1").await, "The request was refused");
-    let errors = crate::browser::console_errors(&browser.client).await;
+    let errors = console_errors(&browser.client).await;
     assert!(
         errors.len() == 1 && errors[0].contains("403"),
         "only the refusal: {errors:?}"
     );
-    let export = serve.api(&http).export(reader).await.unwrap();
-    assert_eq!(export["status"], "confirmed");
+    assert_eq!(api.export(reader).await.unwrap()["status"], "confirmed");
+}
 
-    browser
-        .goto(&format!("{}{detail}?lang=en", serve.base))
-        .await;
+/// From the detail page at `detail`: erase, the confirmation step, gone.
+async fn erase(browser: &Browser, api: Api<'_>, detail: &str, reader: &str, shots: &str) {
+    browser.goto(detail).await;
     browser.click_and_wait("a[href$='/erase']").await;
     assert!(browser.text("main").await.contains(reader));
+    assert!(
+        api.export(reader).await.is_ok(),
+        "not before the confirmation"
+    );
     browser.check_page(&format!("{shots}/console-erase")).await;
     browser
         .click_and_wait("form[action$='/erase'] button")
         .await;
     assert_eq!(browser.path().await, "/admin/subscribers");
-    assert_eq!(serve.api(&http).export(reader).await.unwrap_err(), 404);
+    assert_eq!(api.export(reader).await.unwrap_err(), 404);
     assert!(!browser.text("main table").await.contains(reader));
+}
+
+async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_out(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let serve = serve(&db, &sink).await;
+    let http = reqwest::Client::new();
+    let api = serve.api(&http);
+    let reader = a_day_with_a_digest(api, &sink).await;
+    let shots = format!("{backend:?}").to_lowercase();
+    let browser = Browser::start().await;
+
+    browser
+        .goto(&format!("{}/admin/login?lang=en", serve.base))
+        .await;
+    browser.check_page(&format!("{shots}/console-login")).await;
+    browser.login(&serve.base).await;
+    the_dashboard_shows_the_day(&browser, &shots).await;
+    search(&browser, reader, &shots).await;
+    let detail = format!("{}{}?lang=en", serve.base, browser.path().await);
+    a_form_without_its_csrf_token_is_refused(&browser, api, reader).await;
+    erase(&browser, api, &detail, reader, &shots).await;
 
     browser
         .click_and_wait("form[action='/admin/logout'] button")
@@ -171,7 +191,7 @@ async fn a_wrong_token_is_refused_on_the_form_and_then_throttled(backend: Backen
     );
     browser.goto(&format!("{}/admin", serve.base)).await;
     assert_eq!(browser.path().await, "/admin/login", "not signed in");
-    let errors = crate::browser::console_errors(&browser.client).await;
+    let errors = console_errors(&browser.client).await;
     assert_eq!(
         errors.iter().filter(|e| e.contains("401")).count(),
         5,

@@ -30,18 +30,36 @@ async fn mail_text(sink: &SmtpSink, n: usize) -> String {
         .into_owned()
 }
 
-/// A reader's browser, the texts of their language, where screenshots go.
+/// A reader at their browser: the texts of their language, their address, where
+/// the screenshots go, and the installation's API to look at what they changed.
 struct Reader<'a> {
     browser: &'a Browser,
-    t: &'a toml::Table,
+    api: Api<'a>,
+    t: toml::Table,
     lang: &'a str,
+    email: String,
     shots: String,
+}
+
+impl Reader<'_> {
+    /// The reader's status as the installation has it.
+    async fn status(&self) -> serde_json::Value {
+        self.api.export(&self.email).await.unwrap()["status"].clone()
+    }
+
+    /// Ticks (or unticks) the checkboxes of `topics`.
+    async fn tick(&self, topics: &[&str]) {
+        for topic in topics {
+            let css = format!("input[name=topics][value={topic}]");
+            self.browser.click(&css).await;
+        }
+    }
 }
 
 /// Checks the page shown now (see [`Browser::check_page`]) and that it speaks the
 /// reader's language with the heading `t[heading]`.
 async fn page(r: &Reader<'_>, heading: &str, name: &str) {
-    let (browser, t, lang) = (r.browser, r.t, r.lang);
+    let (browser, t, lang) = (r.browser, &r.t, r.lang);
     let html_lang = browser
         .client
         .execute("return document.documentElement.lang;", vec![])
@@ -77,6 +95,76 @@ async fn show_the_digest(r: &Reader<'_>, raw: &[u8]) {
     r.browser.set_width(WIDE).await;
 }
 
+/// Fills the sign-up form on the page at `base` and sends it.
+async fn sign_up(r: &Reader<'_>, base: &str) {
+    let browser = r.browser;
+    browser.goto(&format!("{base}/?lang={}", r.lang)).await;
+    page(r, "subscribe_heading", "sign-up").await;
+    browser.fill("#email", &r.email).await;
+    r.tick(&["wirtschaft", "kultur"]).await;
+    browser
+        .find("#locale")
+        .await
+        .select_by_value(r.lang)
+        .await
+        .unwrap();
+    browser.click("input[name=consent]").await;
+    browser
+        .click_and_wait("form[action='/subscribe'] button")
+        .await;
+    page(r, "thanks_heading", "sign-up-sent").await;
+}
+
+/// Opens the confirmation link from the mail and presses the button.
+async fn confirm(r: &Reader<'_>, sink: &SmtpSink) {
+    let link = find_link(&mail_text(sink, 0).await, "confirm").expect("a confirmation link");
+    r.browser.goto(&link).await;
+    page(r, "confirm_heading", "confirm").await;
+    assert_eq!(
+        r.status().await,
+        "pending",
+        "opening the link alone confirms nothing"
+    );
+    r.browser.click_and_wait("form button").await;
+    page(r, "confirmed_heading", "confirmed").await;
+    assert_eq!(r.status().await, "confirmed");
+}
+
+/// Opens the preferences from the digest's link, trades wirtschaft for sport.
+async fn change_topics(r: &Reader<'_>, digest: &str) {
+    let link = find_link(digest, "preferences").expect("a preferences link");
+    r.browser.goto(&link).await;
+    page(r, "preferences_heading", "preferences").await;
+    r.tick(&["wirtschaft", "sport"]).await;
+    r.browser
+        .click_and_wait("form input[value=save] ~ button")
+        .await;
+    assert_eq!(
+        r.browser.text("[role=status]").await,
+        r.t["preferences_saved"].as_str().unwrap()
+    );
+    page(r, "preferences_heading", "preferences-saved").await;
+    assert_eq!(
+        r.api.export(&r.email).await.unwrap()["topics"],
+        serde_json::json!(["kultur", "sport"])
+    );
+}
+
+/// Opens the digest's unsubscribe link and presses the button.
+async fn unsubscribe(r: &Reader<'_>, digest: &str) {
+    let link = find_link(digest, "unsubscribe").expect("an unsubscribe link");
+    r.browser.goto(&link).await;
+    page(r, "unsubscribe_heading", "unsubscribe").await;
+    assert_eq!(
+        r.status().await,
+        "confirmed",
+        "opening the link alone changes nothing"
+    );
+    r.browser.click_and_wait("form button").await;
+    page(r, "unsubscribed_heading", "unsubscribed").await;
+    assert_eq!(r.status().await, "unsubscribed");
+}
+
 async fn a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend: Backend, lang: &str) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
@@ -92,96 +180,24 @@ async fn a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend: Bac
     ] {
         api.create_topic(slug, name).await;
     }
-    let t = texts(lang);
-    let email = format!("leser-{lang}@example.org");
     let browser = Browser::start().await;
     let r = Reader {
         browser: &browser,
-        t: &t,
+        api,
+        t: texts(lang),
         lang,
+        email: format!("leser-{lang}@example.org"),
         shots: format!("{backend:?}/{lang}").to_lowercase(),
     };
-
-    browser.goto(&format!("{}/?lang={lang}", serve.base)).await;
-    page(&r, "subscribe_heading", "sign-up").await;
-    browser.fill("#email", &email).await;
-    for topic in ["wirtschaft", "kultur"] {
-        browser
-            .find(&format!("input[name=topics][value={topic}]"))
-            .await
-            .click()
-            .await
-            .unwrap();
-    }
-    browser
-        .find("#locale")
-        .await
-        .select_by_value(lang)
-        .await
-        .unwrap();
-    browser
-        .find("input[name=consent]")
-        .await
-        .click()
-        .await
-        .unwrap();
-    browser
-        .click_and_wait("form[action='/subscribe'] button")
-        .await;
-    page(&r, "thanks_heading", "sign-up-sent").await;
-
-    let link = find_link(&mail_text(&sink, 0).await, "confirm").expect("a confirmation link");
-    browser.goto(&link).await;
-    page(&r, "confirm_heading", "confirm").await;
-    assert_eq!(
-        api.export(&email).await.unwrap()["status"],
-        "pending",
-        "opening the link alone confirms nothing"
-    );
-    browser.click_and_wait("form button").await;
-    page(&r, "confirmed_heading", "confirmed").await;
-    assert_eq!(api.export(&email).await.unwrap()["status"], "confirmed");
-
+    sign_up(&r, &serve.base).await;
+    confirm(&r, &sink).await;
     api.post_item(&["kultur"], "Premiere im Stadttheater").await;
     let at = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
     assert_eq!(api.run_pass(&at).await, (1, 1));
     let digest = mail_text(&sink, 1).await;
     show_the_digest(&r, &sink.wait_for(2).await[1]).await;
-    let preferences = find_link(&digest, "preferences").expect("a preferences link");
-    browser.goto(&preferences).await;
-    page(&r, "preferences_heading", "preferences").await;
-    for topic in ["wirtschaft", "sport"] {
-        browser
-            .find(&format!("input[name=topics][value={topic}]"))
-            .await
-            .click()
-            .await
-            .unwrap();
-    }
-    browser
-        .click_and_wait("form input[value=save] ~ button")
-        .await;
-    assert_eq!(
-        browser.text("[role=status]").await,
-        t["preferences_saved"].as_str().unwrap()
-    );
-    page(&r, "preferences_heading", "preferences-saved").await;
-    assert_eq!(
-        api.export(&email).await.unwrap()["topics"],
-        serde_json::json!(["kultur", "sport"])
-    );
-
-    let unsubscribe = find_link(&digest, "unsubscribe").expect("an unsubscribe link");
-    browser.goto(&unsubscribe).await;
-    page(&r, "unsubscribe_heading", "unsubscribe").await;
-    assert_eq!(
-        api.export(&email).await.unwrap()["status"],
-        "confirmed",
-        "opening the link alone changes nothing"
-    );
-    browser.click_and_wait("form button").await;
-    page(&r, "unsubscribed_heading", "unsubscribed").await;
-    assert_eq!(api.export(&email).await.unwrap()["status"], "unsubscribed");
+    change_topics(&r, &digest).await;
+    unsubscribe(&r, &digest).await;
     browser.close().await;
 }
 
