@@ -17,21 +17,38 @@ setup_machine() {
   command -v wrk >/dev/null 2>&1 || need_packages+=(wrk)
   command -v ss >/dev/null 2>&1 || need_packages+=(iproute2)
   command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
-  if [ ${#need_packages[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-      echo "missing: ${need_packages[*]} (install them, or run this script as root)" >&2
-      exit 1
-    fi
-    log "installing ${need_packages[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
-    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  fi
+  install_packages "${need_packages[@]}"
+  [ ${#need_packages[@]} -eq 0 ] || pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
   export PATH="$PATH:/usr/sbin"
   work=$(mktemp -d /tmp/postbote-run.XXXXXX)
   chmod 755 "$work"
   trap cleanup EXIT INT TERM
+}
+
+# Installs the Debian packages named (none: nothing to do); only root may.
+install_packages() {
+  [ $# -gt 0 ] || return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: $* (install them, or run this script as root)" >&2
+    exit 1
+  fi
+  log "installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# The browser tests (tests/it/browser.rs): Debian's Chromium and chromedriver, and
+# axe-core from the npm registry at the version tests/browser/package-lock.json pins,
+# into tests/browser/node_modules (git-ignored). The tests start chromedriver themselves.
+setup_browser_tests() {
+  local need_packages=()
+  [ -x /usr/bin/chromium ] || need_packages+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need_packages+=(chromium-driver)
+  command -v npm >/dev/null 2>&1 || need_packages+=(npm)
+  install_packages "${need_packages[@]}"
+  log "npm ci (axe-core for the browser tests)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 }
 
 run_pg() {

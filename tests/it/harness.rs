@@ -494,6 +494,60 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Its HTTP interface (the helpers below are [`Api`]'s).
+    pub fn api(&self) -> Api<'_> {
+        Api {
+            base: &self.base,
+            http: &self.http,
+        }
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        self.api().admin(method, path, body).await
+    }
+
+    pub async fn create_topic(&self, slug: &str, name: &str) {
+        self.api().create_topic(slug, name).await
+    }
+
+    /// Posts the sign-up form.
+    pub async fn sign_up_form(&self, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.api().sign_up_form(fields).await
+    }
+
+    pub async fn sign_up_json(&self, body: serde_json::Value) -> reqwest::Response {
+        self.api().sign_up_json(body).await
+    }
+
+    /// The export of an address, or the status when there is none.
+    pub async fn export(&self, email: &str) -> Result<serde_json::Value, u16> {
+        self.api().export(email).await
+    }
+
+    /// Waits until every mail of the address has a final status; returns the export.
+    pub async fn wait_delivered(&self, email: &str) -> serde_json::Value {
+        self.api().wait_delivered(email).await
+    }
+}
+
+/// The HTTP interface of a running postbote, in process ([`TestApp::api`]) or the
+/// `serve` binary ([`Serve::api`]): the admin API with the admin token, and sign-up.
+#[derive(Clone, Copy)]
+pub struct Api<'a> {
+    pub base: &'a str,
+    pub http: &'a reqwest::Client,
+}
+
+impl Api<'_> {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     pub async fn admin(
         &self,
         method: reqwest::Method,
@@ -573,6 +627,31 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+
+    /// Runs a scheduling pass as of `at` through the admin API; returns (due, enqueued).
+    pub async fn run_pass(&self, at: &str) -> (u64, u64) {
+        let r = self
+            .admin(
+                reqwest::Method::POST,
+                "/digests/run",
+                Some(serde_json::json!({"at": at})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "digest pass at {at}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        (v["due"].as_u64().unwrap(), v["enqueued"].as_u64().unwrap())
+    }
+
+    /// Posts an item; returns its id.
+    pub async fn post_item(&self, topics: &[&str], title: &str) -> i64 {
+        let r = self
+            .admin(reqwest::Method::POST, "/items", Some(serde_json::json!({"topics": topics, "title": title, "summary": format!("Zusammenfassung: {title}")})))
+            .await;
+        assert_eq!(r.status(), 201, "post item {title}");
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    }
 }
 
 impl Drop for TestApp {
@@ -597,27 +676,12 @@ pub fn form<'a>(email: &'a str, topics: &[&'a str]) -> Vec<(&'a str, &'a str)> {
 impl TestApp {
     /// Runs a scheduling pass as of `at` through the admin API; returns (due, enqueued).
     pub async fn run_pass(&self, at: &str) -> (u64, u64) {
-        let r = self
-            .admin(
-                reqwest::Method::POST,
-                "/digests/run",
-                Some(serde_json::json!({"at": at})),
-            )
-            .await;
-        assert_eq!(r.status(), 200, "digest pass at {at}");
-        let v: serde_json::Value = r.json().await.unwrap();
-        (v["due"].as_u64().unwrap(), v["enqueued"].as_u64().unwrap())
+        self.api().run_pass(at).await
     }
 
     /// Posts an item; returns its id.
     pub async fn post_item(&self, topics: &[&str], title: &str) -> i64 {
-        let r = self
-            .admin(reqwest::Method::POST, "/items", Some(serde_json::json!({"topics": topics, "title": title, "summary": format!("Zusammenfassung: {title}")})))
-            .await;
-        assert_eq!(r.status(), 201, "post item {title}");
-        r.json::<serde_json::Value>().await.unwrap()["id"]
-            .as_i64()
-            .unwrap()
+        self.api().post_item(topics, title).await
     }
 
     /// A confirmed reader, stored as an import would store them.
@@ -968,6 +1032,14 @@ impl Serve {
         assert!(status.success());
     }
 
+    /// Its HTTP interface, through `http`.
+    pub fn api<'a>(&'a self, http: &'a reqwest::Client) -> Api<'a> {
+        Api {
+            base: &self.base,
+            http,
+        }
+    }
+
     /// Runs a digest pass through this process's admin API.
     pub async fn run_pass(&self, http: &reqwest::Client, at: &str) -> serde_json::Value {
         let r = http
@@ -1054,4 +1126,35 @@ pub async fn delivered(app: &TestApp, sink: &SmtpSink) -> HashMap<String, Vec<Ve
         .sum();
     sink.wait_for(sent as usize).await;
     digests(sink)
+}
+
+/// A day of a real installation that runs on the real clock (e.g. [`Serve`]), made
+/// through its HTTP interface: the topics wirtschaft and kultur; a reader who signed
+/// up for wirtschaft and confirmed with the link from their mail; one who signed up
+/// for kultur and did not confirm; an item; and a digest pass two days ahead (the
+/// reader is due then, whatever the time now) whose digest smtp-sink received.
+/// Returns the address of the confirmed reader.
+pub async fn a_day_with_a_digest(api: Api<'_>, sink: &SmtpSink) -> &'static str {
+    let reader = "berlin@example.org";
+    api.create_topic("wirtschaft", "Wirtschaft").await;
+    api.create_topic("kultur", "Kultur").await;
+    let r = api
+        .sign_up_json(serde_json::json!({"email": reader, "topics": ["wirtschaft"], "delivery_time": "07:00", "timezone": "Europe/Berlin", "locale": "de", "consent": true}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let raw = sink.wait_for(1).await;
+    let text = parse(&raw[0]).body_text(0).unwrap().into_owned();
+    let link = find_link(&text, "confirm").expect("a confirmation link");
+    assert_eq!(api.http.post(&link).send().await.unwrap().status(), 200);
+    let r = api
+        .sign_up_json(serde_json::json!({"email": "pending@example.org", "topics": ["kultur"], "delivery_time": "07:00", "timezone": "Europe/Berlin", "locale": "de", "consent": true}))
+        .await;
+    assert_eq!(r.status(), 202);
+    api.post_item(&["wirtschaft"], "Quartalszahlen").await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    assert_eq!(api.run_pass(&at).await, (1, 1));
+    api.wait_delivered(reader).await;
+    // Two confirmation mails and the digest.
+    sink.wait_for(3).await;
+    reader
 }

@@ -9,8 +9,10 @@
 mod harness;
 
 mod bad_input;
+mod browser;
 mod cli;
 mod console;
+mod console_browser;
 mod console_content;
 mod digests;
 mod durability;
@@ -19,6 +21,7 @@ mod feeds;
 mod hygiene;
 mod inbound;
 mod postfix_bounce;
+mod public_browser;
 mod signup;
 mod store_contract;
 mod tls_relay;

@@ -1,0 +1,212 @@
+//! The reader's pages in headless Chromium against the real `postbote serve`
+//! binary, in German and in English: sign up on the form, confirm with the link from
+//! the mail and its button, open the preferences from the digest and change the
+//! topics, unsubscribe from the digest's link; the digest itself is screenshotted
+//! as a page. Every page is screenshotted at 1280
+//! and 375 px, checked by axe-core and has no console error (see
+//! [`Browser::check_page`]), and is in the reader's language.
+
+use crate::browser::{Browser, NARROW, WIDE};
+use crate::harness::{Api, Backend, Serve, SmtpSink, TestDb, find_link, parse};
+
+/// The page texts of `lang`, as the templates have them.
+fn texts(lang: &str) -> toml::Table {
+    let path = format!(
+        "{}/templates/locales/{lang}.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path)
+        .expect("the locale file")
+        .parse()
+        .expect("TOML")
+}
+
+/// The text part of the `n`th mail (from 0) smtp-sink received.
+async fn mail_text(sink: &SmtpSink, n: usize) -> String {
+    let raw = sink.wait_for(n + 1).await;
+    parse(&raw[n])
+        .body_text(0)
+        .expect("a text part")
+        .into_owned()
+}
+
+/// A reader at their browser: the texts of their language, their address, where
+/// the screenshots go, and the installation's API to look at what they changed.
+struct Reader<'a> {
+    browser: &'a Browser,
+    api: Api<'a>,
+    t: toml::Table,
+    lang: &'a str,
+    email: String,
+    shots: String,
+}
+
+impl Reader<'_> {
+    /// The reader's status as the installation has it.
+    async fn status(&self) -> serde_json::Value {
+        self.api.export(&self.email).await.unwrap()["status"].clone()
+    }
+
+    /// Ticks (or unticks) the checkboxes of `topics`.
+    async fn tick(&self, topics: &[&str]) {
+        for topic in topics {
+            let css = format!("input[name=topics][value={topic}]");
+            self.browser.click(&css).await;
+        }
+    }
+}
+
+/// Checks the page shown now (see [`Browser::check_page`]) and that it speaks the
+/// reader's language with the heading `t[heading]`.
+async fn page(r: &Reader<'_>, heading: &str, name: &str) {
+    let (browser, t, lang) = (r.browser, &r.t, r.lang);
+    let html_lang = browser
+        .client
+        .execute("return document.documentElement.lang;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(html_lang, lang, "the language of {name}");
+    assert_eq!(
+        browser.text("h1").await,
+        t[heading].as_str().unwrap(),
+        "{name}"
+    );
+    browser.check_page(&format!("{}/{name}", r.shots)).await;
+}
+
+/// Screenshots of the digest's HTML part as a mail client would show it, at both
+/// widths (a page of its own from a file: it is mail, not one of our pages).
+async fn show_the_digest(r: &Reader<'_>, raw: &[u8]) {
+    let html = parse(raw).body_html(0).expect("an HTML part").into_owned();
+    let file = tempfile::Builder::new()
+        .suffix(".html")
+        .tempfile()
+        .expect("a file");
+    std::fs::write(file.path(), html).unwrap();
+    r.browser
+        .goto(&format!("file://{}", file.path().display()))
+        .await;
+    for width in [WIDE, NARROW] {
+        r.browser.set_width(width).await;
+        r.browser
+            .screenshot(&format!("{}/digest-{width}", r.shots))
+            .await;
+    }
+    r.browser.set_width(WIDE).await;
+}
+
+/// Fills the sign-up form on the page at `base` and sends it.
+async fn sign_up(r: &Reader<'_>, base: &str) {
+    let browser = r.browser;
+    browser.goto(&format!("{base}/?lang={}", r.lang)).await;
+    page(r, "subscribe_heading", "sign-up").await;
+    browser.fill("#email", &r.email).await;
+    r.tick(&["wirtschaft", "kultur"]).await;
+    browser
+        .find("#locale")
+        .await
+        .select_by_value(r.lang)
+        .await
+        .unwrap();
+    browser.click("input[name=consent]").await;
+    browser
+        .click_and_wait("form[action='/subscribe'] button")
+        .await;
+    page(r, "thanks_heading", "sign-up-sent").await;
+}
+
+/// Opens the confirmation link from the mail and presses the button.
+async fn confirm(r: &Reader<'_>, sink: &SmtpSink) {
+    let link = find_link(&mail_text(sink, 0).await, "confirm").expect("a confirmation link");
+    r.browser.goto(&link).await;
+    page(r, "confirm_heading", "confirm").await;
+    assert_eq!(
+        r.status().await,
+        "pending",
+        "opening the link alone confirms nothing"
+    );
+    r.browser.click_and_wait("form button").await;
+    page(r, "confirmed_heading", "confirmed").await;
+    assert_eq!(r.status().await, "confirmed");
+}
+
+/// Opens the preferences from the digest's link, trades wirtschaft for sport.
+async fn change_topics(r: &Reader<'_>, digest: &str) {
+    let link = find_link(digest, "preferences").expect("a preferences link");
+    r.browser.goto(&link).await;
+    page(r, "preferences_heading", "preferences").await;
+    r.tick(&["wirtschaft", "sport"]).await;
+    r.browser
+        .click_and_wait("form input[value=save] ~ button")
+        .await;
+    assert_eq!(
+        r.browser.text("[role=status]").await,
+        r.t["preferences_saved"].as_str().unwrap()
+    );
+    page(r, "preferences_heading", "preferences-saved").await;
+    assert_eq!(
+        r.api.export(&r.email).await.unwrap()["topics"],
+        serde_json::json!(["kultur", "sport"])
+    );
+}
+
+/// Opens the digest's unsubscribe link and presses the button.
+async fn unsubscribe(r: &Reader<'_>, digest: &str) {
+    let link = find_link(digest, "unsubscribe").expect("an unsubscribe link");
+    r.browser.goto(&link).await;
+    page(r, "unsubscribe_heading", "unsubscribe").await;
+    assert_eq!(
+        r.status().await,
+        "confirmed",
+        "opening the link alone changes nothing"
+    );
+    r.browser.click_and_wait("form button").await;
+    page(r, "unsubscribed_heading", "unsubscribed").await;
+    assert_eq!(r.status().await, "unsubscribed");
+}
+
+async fn a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend: Backend, lang: &str) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let serve =
+        Serve::start_on_own_port(&db, &sink.url(), "[digest]\nrun_scheduler = false\n").await;
+    let http = reqwest::Client::new();
+    serve.wait_ready(&http).await;
+    let api: Api = serve.api(&http);
+    for (slug, name) in [
+        ("wirtschaft", "Wirtschaft"),
+        ("kultur", "Kultur"),
+        ("sport", "Sport"),
+    ] {
+        api.create_topic(slug, name).await;
+    }
+    let browser = Browser::start().await;
+    let r = Reader {
+        browser: &browser,
+        api,
+        t: texts(lang),
+        lang,
+        email: format!("leser-{lang}@example.org"),
+        shots: format!("{backend:?}/{lang}").to_lowercase(),
+    };
+    sign_up(&r, &serve.base).await;
+    confirm(&r, &sink).await;
+    api.post_item(&["kultur"], "Premiere im Stadttheater").await;
+    let at = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    assert_eq!(api.run_pass(&at).await, (1, 1));
+    let digest = mail_text(&sink, 1).await;
+    show_the_digest(&r, &sink.wait_for(2).await[1]).await;
+    change_topics(&r, &digest).await;
+    unsubscribe(&r, &digest).await;
+    browser.close().await;
+}
+
+async fn the_reader_path_in_german(backend: Backend) {
+    a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend, "de").await
+}
+
+async fn the_reader_path_in_english(backend: Backend) {
+    a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend, "en").await
+}
+
+on_both_backends!(the_reader_path_in_german, the_reader_path_in_english);
