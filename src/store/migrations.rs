@@ -73,6 +73,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0011_queues_in_order.sql"),
         include_str!("../../migrations/sqlite/0011_queues_in_order.sql"),
     ),
+    (
+        12,
+        "webhooks",
+        include_str!("../../migrations/postgres/0012_webhooks.sql"),
+        include_str!("../../migrations/sqlite/0012_webhooks.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {
