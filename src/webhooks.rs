@@ -180,12 +180,17 @@ impl Deliverer {
                     http_status: status.map(i32::from),
                     error: Some(error),
                     next_at: retry.then(|| {
-                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1))
+                        now + chrono::Duration::from_std(delay)
+                            .unwrap_or(chrono::Duration::hours(1))
                     }),
                 }
             }
         };
-        if let Err(e) = self.store.webhook_attempted(w.id, self.owner, &attempt).await {
+        if let Err(e) = self
+            .store
+            .webhook_attempted(w.id, self.owner, &attempt)
+            .await
+        {
             tracing::warn!(error = %ErrorChain(&e), "recording a webhook attempt failed; the lease runs out and it is sent again");
         }
     }
@@ -248,9 +253,6 @@ mod tests {
             1614265330,
             r#"{"test": 2432232314}"#,
         );
-        assert_eq!(
-            signature,
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 }

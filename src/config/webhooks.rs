@@ -42,7 +42,9 @@ impl WebhookSecret {
             .decode(encoded)
             .map_err(|e| format!("the part after whsec_ is not base64: {e}"))?;
         if !(24..=64).contains(&bytes.len()) {
-            return Err("must hold 24 to 64 bytes (e.g. whsec_ + `openssl rand -base64 32`)".into());
+            return Err(
+                "must hold 24 to 64 bytes (e.g. whsec_ + `openssl rand -base64 32`)".into(),
+            );
         }
         Ok(Self(bytes))
     }

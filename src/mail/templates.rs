@@ -161,6 +161,10 @@ const FILES: &[(&str, &str)] = &[
         "pages/console-erase.hbs",
         include_str!("../../templates/pages/console-erase.hbs"),
     ),
+    (
+        "pages/console-webhooks.hbs",
+        include_str!("../../templates/pages/console-webhooks.hbs"),
+    ),
 ];
 
 /// Page texts per language.

@@ -21,3 +21,4 @@ mod postfix_bounce;
 mod signup;
 mod store_contract;
 mod tls_relay;
+mod webhooks;

@@ -13,10 +13,12 @@
 //!
 //! The pages: [`dashboard`] (`GET /admin`) and [`subscribers`] (search, detail,
 //! actions, CSV export). [`charts`] draws the dashboard's SVG charts.
+//! [`webhooks`] lists the signed webhooks' deliveries.
 
 pub mod charts;
 pub mod dashboard;
 pub mod subscribers;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -50,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/login", get(login_form).post(login))
         .route("/admin/logout", post(logout))
         .merge(subscribers::router())
+        .merge(webhooks::router())
         .layer(middleware::map_response(no_store))
 }
 
