@@ -165,6 +165,10 @@ const FILES: &[(&str, &str)] = &[
         "pages/console-webhooks.hbs",
         include_str!("../../templates/pages/console-webhooks.hbs"),
     ),
+    (
+        "pages/console-preview.hbs",
+        include_str!("../../templates/pages/console-preview.hbs"),
+    ),
 ];
 
 /// Page texts per language.

@@ -12,9 +12,9 @@ use crate::harness::{
 };
 
 /// A signed-in console: the session cookie and the CSRF token its pages carry.
-struct Console {
-    cookie: String,
-    csrf: String,
+pub(crate) struct Console {
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
 }
 
 async fn login_with(app: &TestApp, token: &str) -> reqwest::Response {
@@ -31,7 +31,7 @@ fn csrf_of(html: &str) -> String {
     html[at..at + 64].to_owned()
 }
 
-async fn login(app: &TestApp) -> Console {
+pub(crate) async fn login(app: &TestApp) -> Console {
     let r = login_with(app, ADMIN_TOKEN).await;
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/admin");
@@ -48,7 +48,7 @@ async fn login(app: &TestApp) -> Console {
     }
 }
 
-async fn get(app: &TestApp, cookie: Option<&str>, path: &str) -> reqwest::Response {
+pub(crate) async fn get(app: &TestApp, cookie: Option<&str>, path: &str) -> reqwest::Response {
     let mut req = app.http.get(app.url(path));
     if let Some(c) = cookie {
         req = req.header("cookie", c);
@@ -56,7 +56,7 @@ async fn get(app: &TestApp, cookie: Option<&str>, path: &str) -> reqwest::Respon
     req.send().await.unwrap()
 }
 
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     c: &Console,
     path: &str,

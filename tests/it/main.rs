@@ -11,6 +11,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod console;
+mod console_preview;
 mod digests;
 mod durability;
 mod fanout;

@@ -13,10 +13,12 @@
 //!
 //! The pages: [`dashboard`] (`GET /admin`) and [`subscribers`] (search, detail,
 //! actions, CSV export). [`charts`] draws the dashboard's SVG charts.
-//! [`webhooks`] lists the signed webhooks' deliveries.
+//! [`webhooks`] lists the signed webhooks' deliveries; [`preview`] shows the
+//! next digest for chosen topics and sends a test copy.
 
 pub mod charts;
 pub mod dashboard;
+pub mod preview;
 pub mod subscribers;
 pub mod webhooks;
 
@@ -53,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/logout", post(logout))
         .merge(subscribers::router())
         .merge(webhooks::router())
+        .merge(preview::router())
         .layer(middleware::map_response(no_store))
 }
 
