@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod console;
 mod console_preview;
+mod contrib;
 mod digests;
 mod durability;
 mod fanout;
