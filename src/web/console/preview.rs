@@ -106,7 +106,7 @@ async fn preview(
         locale: choice.locale.unwrap_or(defaults.locale),
         schedule: DeliverySchedule {
             time: defaults.delivery_time,
-            timezone: defaults.timezone.clone(),
+            timezone: defaults.timezone,
             weekdays: Weekdays::EVERY_DAY,
         },
         topic_ids,
