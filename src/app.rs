@@ -28,6 +28,7 @@ use crate::services::{Schema, Services};
 use crate::store::Store;
 use crate::web::error::ErrorChain;
 use crate::web::{self, AppState};
+use crate::webhooks::Deliverer;
 
 /// How long in-flight HTTP requests may run on after shutdown was asked for.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
@@ -47,6 +48,8 @@ pub struct App {
     delivery: DeliveryContext,
     /// Polls the feeds; no handler needs it, so it lives beside the state.
     poller: Poller,
+    /// Delivers the signed webhooks, when `[webhooks]` has URLs.
+    webhooks: Option<Deliverer>,
 }
 
 impl App {
@@ -86,6 +89,17 @@ impl App {
             composer.links().public_url(),
         )
         .context("Failed to set up the feed client")?;
+        let webhooks = match config.webhooks.clone() {
+            Some(settings) => Some(Deliverer::start(store.clone(), clock.clone(), settings).await?),
+            None => {
+                // URLs configured before stop getting events.
+                store
+                    .sync_webhook_endpoints(&[], clock.now())
+                    .await
+                    .context("Failed to store the webhook endpoints")?;
+                None
+            }
+        };
         let state = AppState {
             digester,
             store,
@@ -109,6 +123,7 @@ impl App {
             state,
             delivery,
             poller,
+            webhooks,
         })
     }
 
@@ -140,6 +155,7 @@ impl App {
             state,
             delivery,
             poller,
+            webhooks,
         } = self;
         let store = state.store.clone();
         tracing::info!(address = %listener.local_addr()?, public_url = %state.links.public_url(), "postbote is serving");
@@ -159,6 +175,9 @@ impl App {
         tasks.spawn(purge_loop(state.clone(), workers_stop.clone()));
         tasks.spawn(run_retention(delivery.clone(), workers_stop.clone()));
         tasks.spawn(poller.run(workers_stop.clone()));
+        if let Some(webhooks) = webhooks {
+            tasks.spawn(webhooks.run(workers_stop.clone()));
+        }
         if state.config.digest.run_scheduler {
             tasks.spawn(state.digester.clone().run_schedule(workers_stop.clone()));
         }

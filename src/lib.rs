@@ -22,6 +22,8 @@
 //!   mailed-in press releases.
 //! - [`feeds`]: polling RSS, Atom and JSON Feed sources into items.
 //! - [`import`]: `postbote import`: bringing an existing list.
+//! - [`webhooks`]: delivering the signed webhooks the store queued with each
+//!   confirmation, unsubscribe, bounce, complaint and erasure.
 //! - [`links`]: the public links (confirm, unsubscribe, preferences, item pages)
 //!   and the key that signs them, shared by `web` and `mail`.
 //! - [`services`]: opening templates, database and composer, once for every command.
@@ -49,3 +51,4 @@ pub mod mail;
 pub mod services;
 pub mod store;
 pub mod web;
+pub mod webhooks;

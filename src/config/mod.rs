@@ -8,7 +8,7 @@
 //! the `resolve` that checks them: the top-level keys in `storage`, `web`, `mail`
 //! and `signup` (the groups of the example file), then one file per `[section]`:
 //! `http`, `defaults`, `rate_limit`, `delivery`, `digest`, `bounces`, `dkim`,
-//! `feeds`, `polling`, `submissions`, `topics`.
+//! `feeds`, `polling`, `submissions`, `topics`, `webhooks`.
 
 mod bounces;
 mod defaults;
@@ -27,6 +27,7 @@ mod submissions;
 mod tests;
 mod topics;
 mod web;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub use rate_limit::RateLimits;
 pub use submissions::SubmissionSettings;
 pub use topics::TopicSeed;
 pub use web::{IpNetwork, Secret};
+pub use webhooks::{WebhookSecret, WebhookSettings};
 
 /// The type of [`Config::database`]; the store owns it, as it is what the store opens.
 pub use crate::store::DatabaseUrl;
@@ -102,6 +104,7 @@ struct FileConfig {
     submissions: submissions::FileSubmissions,
     bounce_address: Option<String>,
     unsubscribe_address: Option<String>,
+    webhooks: webhooks::FileWebhooks,
 }
 
 /// The `POSTBOTE_*` environment variables; a variable wins over its key in the file.
@@ -201,6 +204,8 @@ pub struct Config {
     pub submissions: SubmissionSettings,
     /// Topics declared in the file.
     pub topics: Vec<TopicSeed>,
+    /// Signed webhooks; `None` when no URL is configured.
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -288,6 +293,7 @@ impl Config {
             polling: polling::resolve(file.polling),
             submissions: submissions::resolve(file.submissions)?,
             topics: topics::resolve(file.topics)?,
+            webhooks: webhooks::resolve(env, file.webhooks)?,
         })
     }
 

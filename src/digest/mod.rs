@@ -9,9 +9,16 @@
 //! runs one as of any instant. Which items a digest lists is decided by arrival
 //! order (arrival numbers up to the pass's watermark), never by a clock.
 //!
+//! The console's preview ([`Digester::preview`], `digest/preview.rs`) plans and
+//! renders one unstored reader's next digest with the same [`Planner`].
+//!
 //! Whatever arrived, a digest stays small: a batch loads at most
 //! `digest.max_items + 1` items per topic, and a digest whose mail would exceed
 //! [`MAX_DIGEST_BYTES`] lists fewer items and counts the rest in "… and N more".
+
+mod preview;
+
+pub use preview::{DigestPreview, PREVIEW_READER, PreviewReader};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -804,13 +804,16 @@ async fn prepare(
 
 /// Exponential back-off: base, 2·base, 4·base, … up to the maximum.
 pub fn backoff(settings: &Delivery, attempts: i32) -> Duration {
+    doubling(settings.retry_base, settings.retry_max, attempts)
+}
+
+/// The delay after the `attempts`-th failed attempt: `base` doubled for each
+/// attempt after the first, at most `max` (also used by the webhook deliverer).
+pub fn doubling(base: Duration, max: Duration, attempts: i32) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1))
         .unwrap_or(0)
         .min(20);
-    settings
-        .retry_base
-        .saturating_mul(1 << exp)
-        .min(settings.retry_max)
+    base.saturating_mul(1 << exp).min(max)
 }
 
 #[cfg(test)]

@@ -177,6 +177,14 @@ const FILES: &[(&str, &str)] = &[
         "pages/console-submissions.hbs",
         include_str!("../../templates/pages/console-submissions.hbs"),
     ),
+    (
+        "pages/console-webhooks.hbs",
+        include_str!("../../templates/pages/console-webhooks.hbs"),
+    ),
+    (
+        "pages/console-preview.hbs",
+        include_str!("../../templates/pages/console-preview.hbs"),
+    ),
 ];
 
 /// Page texts per language.

@@ -223,6 +223,41 @@ impl Store {
     }
 }
 
+impl Store {
+    /// What a pass would load for `reader` if their slot came now, without claiming
+    /// or writing anything (the console's digest preview): their previous digest is
+    /// taken to cover the items stored before `lookback_cutoff`, as at a
+    /// confirmation, and the items are loaded as [`Store::digest_batch`] loads them.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn preview_batch(
+        &self,
+        mut reader: DueReader,
+        lookback_cutoff: DateTime<Utc>,
+        watermark: i64,
+        per_topic: usize,
+    ) -> StoreResult<DigestBatch> {
+        let mut tx = self.begin().await?;
+        reader.last_item_id = on_tx!(&mut tx, tx => sqlx::query_scalar(
+            "SELECT COALESCE(MAX(id), 0) FROM items WHERE created_at < $1",
+        )
+        .bind(lookback_cutoff)
+        .fetch_one(&mut *tx)
+        .await)?;
+        let readers = vec![reader];
+        let items = on_tx!(&mut tx, tx => load_digest_items!(tx, &readers, watermark, per_topic))?;
+        let topics = tx.topic_names(&readers).await?;
+        tx.rollback().await?;
+        Ok(DigestBatch {
+            readers,
+            items,
+            topics,
+            watermark,
+        })
+    }
+}
+
 impl Tx {
     /// Claims up to `limit` confirmed readers whose slot is at or before `at`.
     /// A row that does not parse is logged as an error naming it, and its slot is

@@ -11,7 +11,7 @@ use super::counters::Tally;
 use super::decode::StoredRow;
 use super::subscribers::Locked;
 use super::suppressions::Reason;
-use super::{Store, StoreError, StoreResult, Tx, on_tx};
+use super::{Store, StoreError, StoreResult, Tx, WebhookEvent, on_tx};
 use crate::domain::{MailEventKind, SubscriberStatus};
 
 /// A bounce, complaint or unsubscribe reply recorded for a reader.
@@ -112,9 +112,30 @@ impl Store {
                 .await?;
         }
         let status = tx.status_of(subscriber_id).await?;
+        if let Some(event) = webhook_event(reader.status, status, effect) {
+            tx.enqueue_webhook(reader.event(event, Some(kind.as_str())), now)
+                .await?;
+        }
         tally.subscribers(Some(reader.status), Some(status), 1);
         tx.commit_with(tally).await?;
         Ok(Some(status))
+    }
+}
+
+/// The webhook an event's effect calls for: a complaint always (it is news even
+/// about a reader who had left), a bounce or an unsubscribe reply when it changed
+/// the reader's status.
+fn webhook_event(
+    before: SubscriberStatus,
+    after: SubscriberStatus,
+    effect: EventEffect,
+) -> Option<WebhookEvent> {
+    let changed = before != after;
+    match effect {
+        EventEffect::UnsubscribeAndSuppress => Some(WebhookEvent::Complained),
+        _ if changed && after == SubscriberStatus::Bounced => Some(WebhookEvent::Bounced),
+        EventEffect::Unsubscribe if changed => Some(WebhookEvent::Unsubscribed),
+        _ => None,
     }
 }
 

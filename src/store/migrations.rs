@@ -74,6 +74,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_queues_in_order.sql"),
     ),
     (
+        12,
+        "webhooks",
+        include_str!("../../migrations/postgres/0012_webhooks.sql"),
+        include_str!("../../migrations/sqlite/0012_webhooks.sql"),
+    ),
+    (
         13,
         "hidden items",
         include_str!("../../migrations/postgres/0013_hidden_items.sql"),

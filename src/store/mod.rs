@@ -19,7 +19,7 @@
 //! unsubscribe, export, erasure, import), `suppressions`, `mail_events`, `items`,
 //! `digest_log`, `feeds`, `submissions`, `topics`, `mail_queue`, `counters`,
 //! `settings`, `console` (the operator console's sessions, dashboard and
-//! search); `decode` reads stored text back into domain types, and a value that
+//! search), `webhooks` (the signed webhooks' endpoints and delivery queue); `decode` reads stored text back into domain types, and a value that
 //! does not parse is [`StoreError::Corrupt`] naming the row.
 
 mod console;
@@ -39,6 +39,7 @@ mod subscribers;
 mod suppressions;
 mod topics;
 mod tx;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -77,6 +78,7 @@ pub use subscribers::{
 pub use suppressions::address_hash;
 pub use topics::{Topic, TopicChange};
 use tx::{Tx, on_tx};
+pub use webhooks::{ClaimedWebhook, WebhookAttempt, WebhookDelivery, WebhookEvent};
 
 /// Runs `$body` with `$pool` bound to the configured backend's pool.
 macro_rules! on_pool {

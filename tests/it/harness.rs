@@ -175,6 +175,14 @@ impl RefusedPort {
         }
     }
 
+    /// Starts listening on the reserved port: the service that was down is up, and
+    /// no other process can have taken the port meanwhile.
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self._socket
+            .listen(128)
+            .expect("listen on the reserved port")
+    }
+
     /// `smtp://` to this port: a relay that is down.
     pub fn smtp_url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)

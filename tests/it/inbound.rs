@@ -41,7 +41,7 @@ struct Inbox {
 }
 
 /// HMAC-SHA256 under the link key, cut to 128 bits, as hex.
-fn mac(key: &[u8], parts: &[&[u8]]) -> String {
+pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     for part in parts {
@@ -220,7 +220,7 @@ fn data_dir(db: &TestDb) -> String {
 }
 
 /// A fixture with its `{{NAME}}` placeholders filled in; every placeholder must be.
-fn fixture(name: &str, values: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn fixture(name: &str, values: &[(&str, &str)]) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/inbound")
         .join(name);

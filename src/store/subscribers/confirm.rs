@@ -6,7 +6,8 @@ use sqlx::FromRow;
 
 use super::super::counters::{Tally, flush_tally};
 use super::super::decode::StoredRow;
-use super::super::{BeginWrite, Store, StoreError, StoreResult, on_pool};
+use super::super::webhooks::ReaderEvent;
+use super::super::{BeginWrite, Store, StoreError, StoreResult, WebhookEvent, on_pool, on_tx};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale, SubscriberStatus, TokenHash};
 
 /// What a confirmation token is worth right now.
@@ -176,27 +177,32 @@ impl Store {
                    updated_at = $2, unsubscribed_at = NULL, next_slot_at = $4, \
                    last_item_id = COALESCE((SELECT MAX(id) FROM items WHERE created_at < $5), 0) \
                    WHERE id = $1 AND status = 'pending'";
-        let done = on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let done = sqlx::query(sql)
-                .bind(reader.id)
-                .bind(now)
-                .bind(ip)
-                .bind(next_slot)
-                .bind(now - lookback)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            let mut tally = Tally::default();
-            tally.subscribers(
-                Some(SubscriberStatus::Pending),
-                Some(SubscriberStatus::Confirmed),
-                done as i64,
-            );
-            flush_tally!(tally, &mut *tx);
-            tx.commit().await?;
-            done
-        });
+        let mut tx = self.begin().await?;
+        let done = on_tx!(&mut tx, tx => sqlx::query(sql)
+            .bind(reader.id)
+            .bind(now)
+            .bind(ip)
+            .bind(next_slot)
+            .bind(now - lookback)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected()))?;
+        let mut tally = Tally::default();
+        tally.subscribers(
+            Some(SubscriberStatus::Pending),
+            Some(SubscriberStatus::Confirmed),
+            done as i64,
+        );
+        if done == 1 {
+            let event = ReaderEvent {
+                event: WebhookEvent::Confirmed,
+                subscriber_id: reader.id,
+                email: reader.email.as_str(),
+                mail_event: None,
+            };
+            tx.enqueue_webhook(event, now).await?;
+        }
+        tx.commit_with(tally).await?;
         if done == 1 {
             self.unsuppress(reader.email.as_str()).await?;
         }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::super::counters::Tally;
 use super::super::suppressions::Reason;
-use super::super::{Store, StoreResult, on_tx};
+use super::super::{Store, StoreResult, WebhookEvent, on_tx};
 use crate::domain::EmailAddress;
 
 impl Store {
@@ -42,6 +42,8 @@ impl Store {
                 .await?;
         });
         tx.suppress(email.as_str(), Reason::Erased, now).await?;
+        tx.enqueue_webhook(reader.event(WebhookEvent::Erased, None), now)
+            .await?;
         tx.commit_with(tally).await?;
         Ok(true)
     }

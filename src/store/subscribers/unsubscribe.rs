@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::super::counters::Tally;
 use super::super::decode::StoredRow;
-use super::super::{Store, StoreResult, on_pool, on_tx};
+use super::super::{Store, StoreResult, WebhookEvent, on_pool, on_tx};
 use crate::domain::{Locale, SubscriberStatus};
 
 impl Store {
@@ -26,7 +26,7 @@ impl Store {
         };
         let mut tally = Tally::default();
         tally.subscribers(Some(reader.status), Some(SubscriberStatus::Unsubscribed), 1);
-        on_tx!(&mut tx, tx => sqlx::query(
+        let left = on_tx!(&mut tx, tx => sqlx::query(
             "UPDATE subscribers SET status = 'unsubscribed', unsubscribed_at = $2, updated_at = $2, \
              next_slot_at = NULL WHERE id = $1 AND status <> 'unsubscribed'",
         )
@@ -35,6 +35,10 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map(|r| r.rows_affected()))?;
+        if left == 1 {
+            tx.enqueue_webhook(reader.event(WebhookEvent::Unsubscribed, None), now)
+                .await?;
+        }
         tx.delete_tokens(subscriber_id).await?;
         tx.withdraw_digests(
             subscriber_id,

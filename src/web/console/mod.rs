@@ -16,14 +16,18 @@
 //! The content pages: [`topics`], [`items`], [`feeds`] and held [`submissions`].
 //! Their links and forms carry the page language (`?lang=`), so an operator
 //! stays in the language they chose.
+//! [`webhooks`] lists the signed webhooks' deliveries; [`preview`] shows the
+//! next digest for chosen topics and sends a test copy.
 
 pub mod charts;
 pub mod dashboard;
 pub mod feeds;
 pub mod items;
+pub mod preview;
 pub mod submissions;
 pub mod subscribers;
 pub mod topics;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -62,6 +66,8 @@ pub fn router() -> Router<AppState> {
         .merge(items::router())
         .merge(feeds::router())
         .merge(submissions::router())
+        .merge(webhooks::router())
+        .merge(preview::router())
         .layer(middleware::map_response(no_store))
 }
 
