@@ -55,6 +55,30 @@ impl Links {
         format!("{}/preferences/{}", self.public_url, token.as_str())
     }
 
+    /// A topic's page in the public archive.
+    pub fn archive(&self, slug: &str) -> String {
+        format!("{}/archive/{slug}", self.public_url)
+    }
+
+    /// A digest's "view in browser" page: the items of topics `slugs` whose first
+    /// arrival among them lies in `(since, upto]`, as the digest of `date` listed
+    /// them, in `locale`. The same for every reader of that digest.
+    pub fn digest_view(
+        &self,
+        slugs: &[&str],
+        window: (i64, i64),
+        date: chrono::NaiveDate,
+        locale: crate::domain::Locale,
+    ) -> String {
+        format!(
+            "{}/digest?topics={}&since={}&upto={}&date={date}&lang={locale}",
+            self.public_url,
+            slugs.join(","),
+            window.0,
+            window.1,
+        )
+    }
+
     /// The public page of an item (for items without a URL of their own).
     pub fn item(&self, item_id: i64) -> String {
         format!("{}/items/{item_id}", self.public_url)

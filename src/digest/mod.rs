@@ -229,12 +229,27 @@ impl Digester {
             .collect();
         chosen.sort();
         let names: Vec<String> = chosen.iter().map(|(n, _)| (*n).to_owned()).collect();
+        let slugs: Vec<&str> = chosen
+            .iter()
+            .filter_map(|(_, id)| batch.topics.get(id).map(|t| t.slug.as_str()))
+            .collect();
+        let view_url = self.composer.links().digest_view(
+            &slugs,
+            (spec.since, batch.watermark),
+            spec.date,
+            spec.locale,
+        );
         let mut shown = fresh.len().min(self.settings.max_items);
         loop {
-            let groups = self.groups(&chosen, &fresh[..shown]);
-            let body = self
-                .composer
-                .digest_body(spec.locale, spec.date, &groups, total, &names)?;
+            let groups = self.groups(batch, &chosen, &fresh[..shown]);
+            let body = self.composer.digest_body(
+                spec.locale,
+                spec.date,
+                &groups,
+                total,
+                &names,
+                &view_url,
+            )?;
             let size = self
                 .composer
                 .digest(&body, SIZE_PROBE.0, SIZE_PROBE.1, self.clock.now())?
@@ -262,6 +277,7 @@ impl Digester {
     /// newest first; an item in two chosen topics once, under the first.
     fn groups(
         &self,
+        batch: &DigestBatch,
         chosen: &[(&str, i64)],
         items: &[&crate::store::PoolItem],
     ) -> Vec<DigestGroup> {
@@ -283,9 +299,11 @@ impl Digester {
                 })
                 .collect();
             if !entries.is_empty() {
+                let slug = batch.topics.get(topic).map_or("", |t| t.slug.as_str());
                 groups.push(DigestGroup {
                     topic: (*name).to_owned(),
                     items: entries,
+                    archive_url: self.composer.links().archive(slug),
                 });
             }
         }

@@ -282,6 +282,8 @@ pub struct DigestGroup {
     pub topic: String,
     /// Its items, newest first.
     pub items: Vec<DigestEntry>,
+    /// The topic's page in the public archive ("… and N more" points there).
+    pub archive_url: String,
 }
 
 /// One item in a digest.
@@ -308,6 +310,7 @@ impl Composer {
         groups: &[DigestGroup],
         total: usize,
         topic_names: &[String],
+        view_url: &str,
     ) -> Result<DigestBody, ComposeError> {
         let shown: usize = groups.iter().map(|g| g.items.len()).sum();
         let date = match locale {
@@ -320,7 +323,8 @@ impl Composer {
             "count": total,
             "groups": groups,
             "more": total.saturating_sub(shown),
-            "more_url": self.links.public_url(),
+            "archive_url": format!("{}/archive", self.links.public_url()),
+            "view_url": view_url,
             "topics": topics,
         });
         let rendered = self.templates.mail(locale, "digest", &data)?;

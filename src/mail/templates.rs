@@ -138,6 +138,18 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../templates/pages/item.hbs"),
     ),
     (
+        "pages/archive.hbs",
+        include_str!("../../templates/pages/archive.hbs"),
+    ),
+    (
+        "pages/archive-topic.hbs",
+        include_str!("../../templates/pages/archive-topic.hbs"),
+    ),
+    (
+        "pages/digest-view.hbs",
+        include_str!("../../templates/pages/digest-view.hbs"),
+    ),
+    (
         "pages/console-nav.hbs",
         include_str!("../../templates/pages/console-nav.hbs"),
     ),
@@ -449,9 +461,10 @@ fn check_digest_content(
     let content = serde_json::json!({
         "date": "01.01.2027",
         "count": 3,
-        "groups": [{"topic": "Thema", "items": [item, bare]}],
+        "groups": [{"topic": "Thema", "items": [item, bare], "archive_url": "https://example.org/archive/thema"}],
         "more": 1,
-        "more_url": "https://example.org",
+        "archive_url": "https://example.org/archive",
+        "view_url": "https://example.org/digest?topics=thema&since=0&upto=3&date=2027-01-01&lang=de",
         "topics": "Thema",
     });
     let contract = |part: &str, message: String| TemplateError::Contract {

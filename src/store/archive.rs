@@ -72,23 +72,50 @@ impl Store {
         if topic_ids.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let mut q = sqlx::QueryBuilder::new(
-            "SELECT i.id, i.title, i.url, i.summary, i.published_at, i.created_at, w.arrival FROM \
-             (SELECT it.item_id, MIN(it.arrival) AS arrival FROM item_topics it WHERE it.topic_id IN (",
-        );
-        let mut list = q.separated(", ");
-        for id in topic_ids {
-            list.push_bind(*id);
-        }
-        q.push(") GROUP BY it.item_id) w JOIN items i ON i.id = w.item_id WHERE i.hidden_at IS NULL AND w.arrival > ")
-            .push_bind(since)
-            .push(" AND w.arrival <= ")
-            .push_bind(upto)
-            .push(" ORDER BY w.arrival DESC, i.id DESC");
-        let all: Vec<ArchiveEntry> =
-            on_pool!(self, pool => q.build_query_as().fetch_all(pool).await)?;
+        let all: Vec<ArchiveEntry> = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT i.id, i.title, i.url, i.summary, i.published_at, i.created_at, w.arrival FROM \
+                 (SELECT it.item_id, MIN(it.arrival) AS arrival FROM item_topics it WHERE it.topic_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in topic_ids {
+                list.push_bind(*id);
+            }
+            q.push(") GROUP BY it.item_id) w JOIN items i ON i.id = w.item_id WHERE i.hidden_at IS NULL AND w.arrival > ")
+                .push_bind(since)
+                .push(" AND w.arrival <= ")
+                .push_bind(upto)
+                .push(" ORDER BY w.arrival DESC, i.id DESC");
+            q.build_query_as().fetch_all(pool).await
+        })?;
         let total = all.len();
         let shown = all.into_iter().take(limit as usize).collect();
         Ok((shown, total))
+    }
+
+    /// The topics each of `items` was in by arrival `upto`, as `(item, topic)`
+    /// pairs: what places an item under its first topic on a digest's page.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn archive_topics_of(
+        &self,
+        items: &[i64],
+        upto: i64,
+    ) -> StoreResult<Vec<(i64, i64)>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new("SELECT item_id, topic_id FROM item_topics WHERE arrival <= ");
+            q.push_bind(upto).push(" AND item_id IN (");
+            let mut list = q.separated(", ");
+            for id in items {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build_query_as().fetch_all(pool).await
+        })?;
+        Ok(pairs)
     }
 }

@@ -22,6 +22,7 @@
 //! search), `webhooks` (the signed webhooks' endpoints and delivery queue); `decode` reads stored text back into domain types, and a value that
 //! does not parse is [`StoreError::Corrupt`] naming the row.
 
+mod archive;
 mod console;
 mod counters;
 mod database_url;
@@ -50,6 +51,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use archive::ArchiveEntry;
 pub use console::{
     Dashboard, DayCounts, ExportRow, FeedHealth, HourCount, QueueHealth, Rate, SubscriberQuery,
     SubscriberRow,

@@ -1,5 +1,5 @@
 //! HTTP: the public pages ([`subscribe`], [`confirm`], [`preferences`],
-//! [`unsubscribe`], [`items`]), the operator's console under `/admin` ([`console`]),
+//! [`unsubscribe`], [`items`], the public [`archive`]), the operator's console under `/admin` ([`console`]),
 //! the admin API ([`admin`]), health checks and metrics ([`health`]). Each module exports a `router()`; [`router`] merges
 //! them. Handlers parse input into domain types at the edge (the page language
 //! and link tokens through the extractors in [`pages`] and [`tokens`]) and call
@@ -10,6 +10,7 @@
 //! shutdown).
 
 pub mod admin;
+pub mod archive;
 pub mod assets;
 pub mod confirm;
 pub mod console;
@@ -123,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(unsubscribe::router())
         .merge(preferences::router())
         .merge(items::router())
+        .merge(archive::router())
         .merge(health::router())
         .merge(assets::router())
         .merge(console::router())

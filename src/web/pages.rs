@@ -167,6 +167,14 @@ pub fn after_unsubscribe(
     Ok(unsubscribed(state, theirs))
 }
 
+/// A date as a page shows it in `locale` ("02.12.2026", "2 December 2026").
+pub fn local_date(locale: Locale, at: chrono::DateTime<chrono::Utc>) -> String {
+    match locale {
+        Locale::De => at.format("%d.%m.%Y").to_string(),
+        Locale::En => at.format("%-d %B %Y").to_string(),
+    }
+}
+
 /// Fallback for unknown routes.
 pub async fn not_found(_lang: PageLang) -> PageError {
     Problem::NotFound.into()

@@ -8,6 +8,7 @@
 #[macro_use]
 mod harness;
 
+mod archive;
 mod bad_input;
 mod browser;
 mod cli;

@@ -1,0 +1,202 @@
+//! The public archive: topic pages paged by arrival, the Atom feed, and a digest's
+//! "view in browser" page with the same items as the mail, on both backends.
+
+use crate::harness::{Backend, app_at, delivered, parse, utc};
+
+/// GET `url`: status and body.
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items(backend: Backend) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let mut ids = Vec::new();
+    for n in 1..=25 {
+        ids.push(
+            app.post_item(&["wirtschaft"], &format!("Meldung Nummer {n:02}"))
+                .await,
+        );
+    }
+    app.post_item(&["kultur"], "Theaterpremiere").await;
+    assert!(
+        app.store
+            .hide_item(ids[23], utc("2027-05-01T08:00:00Z"))
+            .await
+            .unwrap()
+    );
+
+    let (status, front) = get(&app.url("/archive?lang=de")).await;
+    assert_eq!(status, 200);
+    assert!(
+        front.contains("Wirtschaft") && front.contains("Kultur"),
+        "{front}"
+    );
+    assert!(front.contains("Meldung Nummer 25") && front.contains("Theaterpremiere"));
+    assert!(
+        !front.contains("Meldung Nummer 24"),
+        "hidden on the front page"
+    );
+
+    let (status, first) = get(&app.url("/archive/wirtschaft?lang=de")).await;
+    assert_eq!(status, 200);
+    let listed = |page: &str| -> Vec<u32> {
+        // The link texts (each summary repeats its title).
+        page.match_indices("\">Meldung Nummer ")
+            .map(|(i, m)| page[i + m.len()..i + m.len() + 2].parse().unwrap())
+            .collect()
+    };
+    let page_one = listed(&first);
+    assert_eq!(page_one.len(), 20, "{page_one:?}");
+    assert_eq!(page_one[0], 25, "newest first");
+    assert!(page_one.windows(2).all(|w| w[0] > w[1]), "{page_one:?}");
+    assert!(!page_one.contains(&24), "a hidden item is left out");
+    let older = first
+        .split("href=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|h| h.contains("before="))
+        .expect("a link to older items")
+        .replace("&amp;", "&");
+    let (_, second) = get(&app.url(&older)).await;
+    let page_two = listed(&second);
+    assert_eq!(page_two, vec![4, 3, 2, 1], "the rest, no repeats");
+    assert!(!second.contains("before="), "no older page after the last");
+
+    assert_eq!(get(&app.url("/archive/unbekannt")).await.0, 404);
+    assert!(
+        !get(&app.url("/archive/wirtschaft/feed.atom"))
+            .await
+            .1
+            .contains("Nummer 24")
+    );
+}
+
+async fn the_atom_feed_carries_what_the_schema_requires_and_a_feed_reader_reads_it(
+    backend: Backend,
+) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let plain = app.post_item(&["kultur"], "Ohne eigene Seite").await;
+    app.post_item(&["kultur"], "<b>Fett</b> & \u{1}Steuerzeichen")
+        .await;
+    let r = reqwest::get(app.url("/archive/kultur/feed.atom"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/atom+xml; charset=utf-8"
+    );
+    let xml = r.text().await.unwrap();
+    // RFC 4287: atom:feed has exactly one id, title and updated, and an author
+    // (or one in every entry); each entry an id, title, updated and a link.
+    let head = &xml[..xml.find("<entry>").unwrap()];
+    for element in ["<id>", "<title>", "<updated>", "<author>", "rel=\"self\""] {
+        assert_eq!(head.matches(element).count(), 1, "{element} in {head}");
+    }
+    let entries: Vec<&str> = xml.split("<entry>").skip(1).collect();
+    assert_eq!(entries.len(), 2);
+    for e in &entries {
+        for element in [
+            "<id>",
+            "<title>",
+            "<updated>",
+            "<link rel=\"alternate\" href=",
+        ] {
+            assert_eq!(e.matches(element).count(), 1, "{element} in {e}");
+        }
+    }
+    assert!(
+        xml.contains("&lt;b&gt;Fett&lt;/b&gt; &amp; Steuerzeichen"),
+        "{xml}"
+    );
+
+    let feed = feed_rs::parser::parse(xml.as_bytes()).expect("a feed reader reads it");
+    assert_eq!(feed.id, app.url("/archive/kultur"));
+    assert!(feed.title.unwrap().content.contains("Kultur"));
+    assert_eq!(feed.entries.len(), 2);
+    assert_eq!(
+        feed.entries[0].title.as_ref().unwrap().content,
+        "<b>Fett</b> & Steuerzeichen"
+    );
+    let oldest = &feed.entries[1];
+    assert_eq!(oldest.id, app.url(&format!("/items/{plain}")));
+    assert_eq!(oldest.links[0].href, app.url(&format!("/items/{plain}")));
+    assert!(oldest.updated.is_some());
+}
+
+async fn a_digest_links_its_browser_view_with_the_same_items_and_the_rest_in_the_archive(
+    backend: Backend,
+) {
+    let (app, sink, _db, clock) =
+        app_at(backend, "2027-05-01T08:00:00Z", |c| c.digest.max_items = 3).await;
+    let now = utc("2027-05-01T08:00:00Z");
+    app.reader(
+        "leser@example.org",
+        &["wirtschaft", "kultur"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    for title in ["Erste Meldung", "Zweite Meldung", "Dritte Meldung"] {
+        app.post_item(&["wirtschaft"], title).await;
+    }
+    app.post_item(&["wirtschaft", "kultur"], "Vierte in beiden")
+        .await;
+    app.post_item(&["kultur"], "Fünfte Meldung").await;
+    app.post_item(&["sport"], "Nicht abonniert").await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (1, 1));
+    let got = delivered(&app, &sink).await;
+    let raw = &got["leser@example.org"][0];
+    let text = parse(raw).body_text(0).unwrap().into_owned();
+    let listed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("* "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed.len(), 3, "{text}");
+    assert!(
+        text.contains("… und 2 weitere Meldungen im Archiv:"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&app.url("/archive/kultur")),
+        "the rest: the topic's archive"
+    );
+    assert!(text.contains(&app.url("/archive/wirtschaft")), "{text}");
+
+    let view = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Im Browser ansehen: "))
+        .expect("a view-in-browser link")
+        .trim()
+        .to_owned();
+    assert!(view.starts_with(&app.url("/digest?")), "{view}");
+    let (status, page) = get(&view).await;
+    assert_eq!(status, 200);
+    let on_page: Vec<String> = page
+        .match_indices("<h3><a href=\"")
+        .map(|(i, _)| {
+            let rest = &page[i..];
+            let start = rest.find('>').unwrap() + 1;
+            let start = start + rest[start..].find('>').unwrap() + 1;
+            rest[start..start + rest[start..].find("</a>").unwrap()].to_owned()
+        })
+        .collect();
+    assert_eq!(
+        on_page, listed,
+        "the page lists what the mail listed, in its order"
+    );
+    assert!(page.contains("… und 2 weitere Meldungen im"), "{page}");
+    assert!(!page.contains("Nicht abonniert"));
+    // The same link for every reader of that digest: it names no reader.
+    assert!(!view.contains("leser"));
+}
+
+on_both_backends!(
+    the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items,
+    the_atom_feed_carries_what_the_schema_requires_and_a_feed_reader_reads_it,
+    a_digest_links_its_browser_view_with_the_same_items_and_the_rest_in_the_archive,
+);
