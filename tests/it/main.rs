@@ -18,6 +18,7 @@ mod fanout;
 mod feeds;
 mod hygiene;
 mod inbound;
+mod link;
 mod postfix_bounce;
 mod signup;
 mod store_contract;
