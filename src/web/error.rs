@@ -237,8 +237,7 @@ pub async fn error_pages(State(state): State<AppState>, request: Request, next: 
         Link::PublicSignUp => Some(format!("{}?lang={locale}", state.links.home())),
     };
     let status = response.status();
-    let mut rendered =
-        message_linking(&state, status, locale, page.key, link, page.offer_my_link);
+    let mut rendered = message_linking(&state, status, locale, page.key, link, page.offer_my_link);
     if let Some(retry_after) = response.headers().get(header::RETRY_AFTER) {
         rendered
             .headers_mut()
@@ -285,6 +284,8 @@ mod tests {
             assert_eq!(response.status().as_u16(), status);
             let page = response.extensions().get::<ErrorPage>().expect("a page");
             assert_eq!((page.key, page.locale), (key, Some(Locale::En)));
+            // A reader whose link failed is offered a new one by mail.
+            assert_eq!(page.offer_my_link, key.ends_with("_link"), "{key}");
         }
     }
 

@@ -66,7 +66,10 @@ async fn request(
 ) -> Result<Response, PageError> {
     refuse_cross_site(&state, &headers)?;
     let Ok(bytes) = super::read_body(body).await else {
-        let msg = format!("the request body is larger than {} KiB\n", BODY_LIMIT / 1024);
+        let msg = format!(
+            "the request body is larger than {} KiB\n",
+            BODY_LIMIT / 1024
+        );
         return Ok((StatusCode::PAYLOAD_TOO_LARGE, msg).into_response());
     };
     let (typed, form_locale) = read_form(&bytes);
@@ -148,7 +151,10 @@ mod tests {
     #[test]
     fn the_form_keeps_the_address_cut_and_a_known_page_language() {
         let (email, locale) = read_form(b"email=a%40example.org&form_locale=en&x=1");
-        assert_eq!((email.as_str(), locale), ("a@example.org", Some(Locale::En)));
+        assert_eq!(
+            (email.as_str(), locale),
+            ("a@example.org", Some(Locale::En))
+        );
         let long = format!("email={}&form_locale=xx", "a".repeat(5000));
         let (email, locale) = read_form(long.as_bytes());
         assert_eq!((email.chars().count(), locale), (MAX_EMAIL_CHARS, None));

@@ -565,7 +565,10 @@ fn parse_json(bytes: &[u8]) -> Result<(Submitted, FieldErrors), String> {
             let names = days.iter().filter_map(Value::as_str);
             s.weekdays = Some(weekdays::bits(names));
             if days.iter().any(|d| !d.is_string()) {
-                errors.insert("weekdays", "must be an array of weekday names (strings)".into());
+                errors.insert(
+                    "weekdays",
+                    "must be an array of weekday names (strings)".into(),
+                );
             }
         }
         Some(_) => {

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, app_at, delivered, drained,
-    find_link, form, parse, recipient,
+    ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, app_at, delivered, drained, find_link, form,
+    parse, recipient,
 };
 
 const NOW: &str = "2027-03-01T10:00:00Z";
@@ -59,7 +59,10 @@ async fn wait_mails_to(sink: &SmtpSink, to: &str, n: usize) -> Vec<Vec<u8>> {
         if mails.len() >= n {
             return mails;
         }
-        assert!(Instant::now() < deadline, "{n} mails to {to} did not arrive");
+        assert!(
+            Instant::now() < deadline,
+            "{n} mails to {to} did not arrive"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -81,15 +84,17 @@ async fn mails_of_kind(http: &reqwest::Client, base: &str, kind: &str) -> serde_
 /// Waits until `/api/v1/stats` counts `n` sent mails of `kind`.
 async fn wait_sent(http: &reqwest::Client, base: &str, kind: &str, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while mails_of_kind(http, base, kind).await["sent"].as_i64().unwrap_or(0) < n {
+    while mails_of_kind(http, base, kind).await["sent"]
+        .as_i64()
+        .unwrap_or(0)
+        < n
+    {
         assert!(Instant::now() < deadline, "{n} {kind} mails were not sent");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer(
-    backend: Backend,
-) {
+async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
     let extra = "[rate_limit]\nper_client_per_minute = 0\n";
@@ -112,7 +117,10 @@ async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer
     english.push(("locale", "en"));
     for (fields, email) in [
         (english, "reader@example.org"),
-        (form("pending@example.org", &["wirtschaft"]), "pending@example.org"),
+        (
+            form("pending@example.org", &["wirtschaft"]),
+            "pending@example.org",
+        ),
     ] {
         let r = post(&http, &format!("{base}/subscribe"), &fields, &[]).await;
         assert_eq!(r.status(), 200, "sign-up of {email}");
@@ -144,7 +152,10 @@ async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer
     wait_sent(&http, &base, "preferences-link", 1).await;
     let mails = wait_mails_to(&sink, "reader@example.org", 2).await;
     let subject = Some("Your link to your newsletter settings");
-    let mail = mails.iter().map(|m| parse(m)).find(|m| m.subject() == subject);
+    let mail = mails
+        .iter()
+        .map(|m| parse(m))
+        .find(|m| m.subject() == subject);
     let mail = mail.expect("the link mail, in the reader's language");
     assert_eq!(
         mail.header_raw("Auto-Submitted").map(str::trim),
@@ -156,12 +167,23 @@ async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer
     let page = http.get(&link).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains("reader@example.org"), "their preferences page");
-    assert_eq!(mails_to(&sink, "pending@example.org").len(), 1, "only its confirmation");
+    assert!(
+        html.contains("reader@example.org"),
+        "their preferences page"
+    );
+    assert_eq!(
+        mails_to(&sink, "pending@example.org").len(),
+        1,
+        "only its confirmation"
+    );
     assert!(mails_to(&sink, "nobody@example.org").is_empty());
     // Counted when queued, in the requests' transactions: no other was queued.
     let counted = mails_of_kind(&http, &base, "preferences-link").await;
-    assert_eq!(counted, serde_json::json!({"sent": 1}), "one mail queued in all");
+    assert_eq!(
+        counted,
+        serde_json::json!({"sent": 1}),
+        "one mail queued in all"
+    );
 }
 
 async fn the_mailbox_limit_of_sign_up_holds_and_the_answer_stays_the_same(backend: Backend) {
@@ -170,8 +192,15 @@ async fn the_mailbox_limit_of_sign_up_holds_and_the_answer_stays_the_same(backen
     })
     .await;
     let now = crate::harness::utc(NOW);
-    app.reader("leser@example.org", &["kultur"], "07:00", "Europe/Berlin", "de", now)
-        .await;
+    app.reader(
+        "leser@example.org",
+        &["kultur"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
     let unknown = ask(&app.http, &app.base, "niemand@example.org").await;
     // Four requests, one more than the mailbox's three mails an hour.
     for _ in 0..4 {
@@ -179,13 +208,23 @@ async fn the_mailbox_limit_of_sign_up_holds_and_the_answer_stays_the_same(backen
         assert_eq!(answer, unknown, "over the limit too: the same answer");
     }
     delivered(&app, &sink).await;
-    assert_eq!(mails_to(&sink, "leser@example.org").len(), 3, "four requests, three mails");
+    assert_eq!(
+        mails_to(&sink, "leser@example.org").len(),
+        3,
+        "four requests, three mails"
+    );
     let stats = app.store.stats().await.unwrap();
     assert_eq!(stats.mails["preferences-link"]["sent"], 3);
 
     // The sign-up form counts in the same mailbox: it is spent, too.
-    let r = app.sign_up_form(&form("leser@example.org", &["kultur"])).await;
-    assert_eq!(r.status(), 429, "sign-up and link requests share the mailbox's limit");
+    let r = app
+        .sign_up_form(&form("leser@example.org", &["kultur"]))
+        .await;
+    assert_eq!(
+        r.status(),
+        429,
+        "sign-up and link requests share the mailbox's limit"
+    );
     drained(&app).await;
     assert_eq!(mails_to(&sink, "leser@example.org").len(), 3);
 }
@@ -193,21 +232,51 @@ async fn the_mailbox_limit_of_sign_up_holds_and_the_answer_stays_the_same(backen
 async fn a_bad_address_gets_the_form_error_and_a_foreign_site_is_refused(backend: Backend) {
     let (app, sink, _db, _clock) = app_at(backend, NOW, |_| {}).await;
     let now = crate::harness::utc(NOW);
-    app.reader("leser@example.org", &["kultur"], "07:00", "Europe/Berlin", "de", now)
-        .await;
+    app.reader(
+        "leser@example.org",
+        &["kultur"],
+        "07:00",
+        "Europe/Berlin",
+        "de",
+        now,
+    )
+    .await;
     let (status, html) = ask(&app.http, &app.base, "kein at-zeichen").await;
     assert_eq!(status, 422);
-    assert!(html.contains("Das ist keine gültige E-Mail-Adresse"), "{html}");
+    assert!(
+        html.contains("Das ist keine gültige E-Mail-Adresse"),
+        "{html}"
+    );
     assert!(html.contains("value=\"kein at-zeichen\""), "shown again");
 
     let url = app.url("/link");
     let fields = [("email", "leser@example.org")];
-    let r = post(&app.http, &url, &fields, &[("origin", "https://evil.example")]).await;
+    let r = post(
+        &app.http,
+        &url,
+        &fields,
+        &[("origin", "https://evil.example")],
+    )
+    .await;
     assert_eq!(r.status(), 403);
-    let r = post(&app.http, &url, &fields, &[("sec-fetch-site", "cross-site")]).await;
+    let r = post(
+        &app.http,
+        &url,
+        &fields,
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await;
     assert_eq!(r.status(), 403);
     drained(&app).await;
-    assert_eq!(app.store.stats().await.unwrap().mails.get("preferences-link"), None);
+    assert_eq!(
+        app.store
+            .stats()
+            .await
+            .unwrap()
+            .mails
+            .get("preferences-link"),
+        None
+    );
     assert!(sink.raw_messages().is_empty());
 
     let page = app.http.get(app.url("/link?lang=en")).send().await.unwrap();
@@ -216,13 +285,29 @@ async fn a_bad_address_gets_the_form_error_and_a_foreign_site_is_refused(backend
 
 async fn the_pages_that_lose_a_reader_offer_the_link(backend: Backend) {
     let (app, _sink, _db, _clock) = app_at(backend, NOW, |_| {}).await;
-    for path in ["/", "/preferences/1.0123456789abcdef0123456789abcdef", "/confirm/00"] {
-        let html = app.http.get(app.url(path)).send().await.unwrap().text().await;
+    for path in [
+        "/",
+        "/preferences/1.0123456789abcdef0123456789abcdef",
+        "/confirm/00",
+    ] {
+        let html = app
+            .http
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await;
         let html = html.unwrap();
         assert!(html.contains("href=\"/link?lang=de\""), "{path}: {html}");
     }
     let html = app.http.get(app.url("/?lang=en")).send().await.unwrap();
-    assert!(html.text().await.unwrap().contains("href=\"/link?lang=en\""));
+    assert!(
+        html.text()
+            .await
+            .unwrap()
+            .contains("href=\"/link?lang=en\"")
+    );
 }
 
 async fn digests_carry_the_link_page_in_every_footer(backend: Backend) {
@@ -241,14 +326,28 @@ async fn digests_carry_the_link_page_in_every_footer(backend: Backend) {
         let mail = parse(raw);
         let text = mail.body_text(0).unwrap();
         let html = mail.body_html(0).unwrap();
-        assert!(text.contains(&format!(": {want}\n")), "{email} text: {text}");
-        assert!(html.contains(&format!("href=\"{want}\"")), "{email} html: {html}");
+        assert!(
+            text.contains(&format!(": {want}\n")),
+            "{email} text: {text}"
+        );
+        assert!(
+            html.contains(&format!("href=\"{want}\"")),
+            "{email} html: {html}"
+        );
     }
 }
 
 async fn sign_up_stores_the_ticked_weekdays_and_refuses_none(backend: Backend) {
     let (app, _sink, _db, _clock) = app_at(backend, NOW, |_| {}).await;
-    let html = app.http.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    let html = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
         let boxed = format!("name=\"weekdays\" value=\"{day}\" checked>");
         assert!(html.contains(&boxed), "{day} is pre-ticked: {html}");
@@ -258,7 +357,10 @@ async fn sign_up_stores_the_ticked_weekdays_and_refuses_none(backend: Backend) {
     fields.extend([("weekdays", ""), ("weekdays", "mon"), ("weekdays", "fri")]);
     assert_eq!(app.sign_up_form(&fields).await.status(), 200);
     let export = app.export("tage@example.org").await.unwrap();
-    assert_eq!(export["schedule"]["weekdays"], serde_json::json!(["Mon", "Fri"]));
+    assert_eq!(
+        export["schedule"]["weekdays"],
+        serde_json::json!(["Mon", "Fri"])
+    );
 
     // The boxes were there and none was ticked: refused, the boxes shown unticked.
     let mut fields = form("keine@example.org", &["kultur"]);
@@ -266,7 +368,10 @@ async fn sign_up_stores_the_ticked_weekdays_and_refuses_none(backend: Backend) {
     let r = app.sign_up_form(&fields).await;
     assert_eq!(r.status(), 422);
     let html = r.text().await.unwrap();
-    assert!(html.contains("Bitte wählen Sie mindestens einen Wochentag."), "{html}");
+    assert!(
+        html.contains("Bitte wählen Sie mindestens einen Wochentag."),
+        "{html}"
+    );
     assert!(!html.contains("value=\"mon\" checked"));
     assert_eq!(app.export("keine@example.org").await, Err(404));
 
@@ -283,7 +388,9 @@ async fn sign_up_stores_the_ticked_weekdays_and_refuses_none(backend: Backend) {
     let export = app.export("alle@example.org").await.unwrap();
     let every = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     assert_eq!(export["schedule"]["weekdays"], serde_json::json!(every));
-    let r = app.sign_up_json(json("samstag@example.org", Some(&["sat"]))).await;
+    let r = app
+        .sign_up_json(json("samstag@example.org", Some(&["sat"])))
+        .await;
     assert_eq!(r.status(), 202);
     let export = app.export("samstag@example.org").await.unwrap();
     assert_eq!(export["schedule"]["weekdays"], serde_json::json!(["Sat"]));

@@ -9,8 +9,7 @@ use super::super::counters::Tally;
 use super::super::mail_queue::NewMail;
 use super::super::{BoxError, Store, StoreError, StoreResult, Tx, on_pool, on_tx};
 use crate::domain::{
-    DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug,
-    Weekdays,
+    DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug, Weekdays,
 };
 use crate::store::counters::flush_tally;
 
