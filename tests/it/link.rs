@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    ADMIN_TOKEN, Backend, Serve, SmtpSink, TestDb, app_at, delivered, drained, find_link, form,
-    parse, recipient,
+    ADMIN_TOKEN, Backend, Serve, SmtpSink, TestApp, TestDb, app_at, delivered, drained, find_link,
+    form, parse, recipient,
 };
 
 const NOW: &str = "2027-03-01T10:00:00Z";
@@ -92,6 +92,25 @@ async fn wait_sent(http: &reqwest::Client, base: &str, kind: &str, n: i64) {
         assert!(Instant::now() < deadline, "{n} {kind} mails were not sent");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An app as `app_at` makes it, with the confirmed German reader
+/// `leser@example.org` (topic `kultur`).
+async fn app_with_reader(
+    backend: Backend,
+    tweak: impl FnOnce(&mut postbote::config::Config),
+) -> (TestApp, SmtpSink, TestDb) {
+    let (app, sink, db, _clock) = app_at(backend, NOW, tweak).await;
+    let (email, now) = ("leser@example.org", crate::harness::utc(NOW));
+    app.reader(email, &["kultur"], "07:00", "Europe/Berlin", "de", now)
+        .await;
+    (app, sink, db)
+}
+
+/// The body of a GET.
+async fn text_of(http: &reqwest::Client, url: &str) -> String {
+    let r = http.get(url).send().await.expect("a GET");
+    r.text().await.unwrap()
 }
 
 async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer(backend: Backend) {
@@ -187,19 +206,9 @@ async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer
 }
 
 async fn the_mailbox_limit_of_sign_up_holds_and_the_answer_stays_the_same(backend: Backend) {
-    let (app, sink, _db, _clock) = app_at(backend, NOW, |c| {
+    let (app, sink, _db) = app_with_reader(backend, |c| {
         c.rate_limit.per_address_per_hour = 3;
     })
-    .await;
-    let now = crate::harness::utc(NOW);
-    app.reader(
-        "leser@example.org",
-        &["kultur"],
-        "07:00",
-        "Europe/Berlin",
-        "de",
-        now,
-    )
     .await;
     let unknown = ask(&app.http, &app.base, "niemand@example.org").await;
     // Four requests, one more than the mailbox's three mails an hour.
@@ -230,17 +239,7 @@ async fn the_mailbox_limit_of_sign_up_holds_and_the_answer_stays_the_same(backen
 }
 
 async fn a_bad_address_gets_the_form_error_and_a_foreign_site_is_refused(backend: Backend) {
-    let (app, sink, _db, _clock) = app_at(backend, NOW, |_| {}).await;
-    let now = crate::harness::utc(NOW);
-    app.reader(
-        "leser@example.org",
-        &["kultur"],
-        "07:00",
-        "Europe/Berlin",
-        "de",
-        now,
-    )
-    .await;
+    let (app, sink, _db) = app_with_reader(backend, |_| {}).await;
     let (status, html) = ask(&app.http, &app.base, "kein at-zeichen").await;
     assert_eq!(status, 422);
     assert!(
@@ -268,19 +267,12 @@ async fn a_bad_address_gets_the_form_error_and_a_foreign_site_is_refused(backend
     .await;
     assert_eq!(r.status(), 403);
     drained(&app).await;
-    assert_eq!(
-        app.store
-            .stats()
-            .await
-            .unwrap()
-            .mails
-            .get("preferences-link"),
-        None
-    );
+    let stats = app.store.stats().await.unwrap();
+    assert_eq!(stats.mails.get("preferences-link"), None, "none queued");
     assert!(sink.raw_messages().is_empty());
 
-    let page = app.http.get(app.url("/link?lang=en")).send().await.unwrap();
-    assert!(page.text().await.unwrap().contains("Send me the link"));
+    let page = text_of(&app.http, &app.url("/link?lang=en")).await;
+    assert!(page.contains("Send me the link"), "{page}");
 }
 
 async fn the_pages_that_lose_a_reader_offer_the_link(backend: Backend) {
@@ -290,24 +282,11 @@ async fn the_pages_that_lose_a_reader_offer_the_link(backend: Backend) {
         "/preferences/1.0123456789abcdef0123456789abcdef",
         "/confirm/00",
     ] {
-        let html = app
-            .http
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await;
-        let html = html.unwrap();
+        let html = text_of(&app.http, &app.url(path)).await;
         assert!(html.contains("href=\"/link?lang=de\""), "{path}: {html}");
     }
-    let html = app.http.get(app.url("/?lang=en")).send().await.unwrap();
-    assert!(
-        html.text()
-            .await
-            .unwrap()
-            .contains("href=\"/link?lang=en\"")
-    );
+    let html = text_of(&app.http, &app.url("/?lang=en")).await;
+    assert!(html.contains("href=\"/link?lang=en\""), "{html}");
 }
 
 async fn digests_carry_the_link_page_in_every_footer(backend: Backend) {
@@ -339,15 +318,7 @@ async fn digests_carry_the_link_page_in_every_footer(backend: Backend) {
 
 async fn sign_up_stores_the_ticked_weekdays_and_refuses_none(backend: Backend) {
     let (app, _sink, _db, _clock) = app_at(backend, NOW, |_| {}).await;
-    let html = app
-        .http
-        .get(app.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = text_of(&app.http, &app.url("/")).await;
     for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"] {
         let boxed = format!("name=\"weekdays\" value=\"{day}\" checked>");
         assert!(html.contains(&boxed), "{day} is pre-ticked: {html}");
