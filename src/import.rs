@@ -369,6 +369,7 @@ async fn store_batch(
             topics: row.topics.clone(),
             delivery_time: row.schedule.time,
             timezone: row.schedule.timezone,
+            weekdays: row.schedule.weekdays,
             locale: row.locale,
             proof: ConsentProof {
                 at: now,

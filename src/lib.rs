@@ -17,14 +17,15 @@
 //!   assembled from its stored body and the reader's part at send time) and the
 //!   transports.
 //! - [`web`]: the public pages (sign-up, confirm, preferences, unsubscribe, item
-//!   pages), the admin API and the router; one error path for pages (`web::error`).
+//!   pages, "send me my link"), the admin API and the router; one error path for pages (`web::error`).
 //! - [`inbound`]: `postbote inbound`: bounces, complaints, unsubscribe replies and
 //!   mailed-in press releases.
 //! - [`feeds`]: polling RSS, Atom and JSON Feed sources into items.
 //! - [`import`]: `postbote import`: bringing an existing list.
 //! - [`webhooks`]: delivering the signed webhooks the store queued with each
 //!   confirmation, unsubscribe, bounce, complaint and erasure.
-//! - [`links`]: the public links (confirm, unsubscribe, preferences, item pages)
+//! - [`links`]: the public links (confirm, unsubscribe, preferences, "send me my
+//!   link", item pages, archive, a digest's browser view)
 //!   and the key that signs them, shared by `web` and `mail`.
 //! - [`services`]: opening templates, database and composer, once for every command.
 //! - [`app`]: wires it all together; [`app::App`] binds its own listener so tests run

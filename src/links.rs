@@ -1,6 +1,6 @@
 //! The public links postbote hands out, in mails and on pages: the confirmation
 //! link, a reader's unsubscribe and preferences links (signed with the
-//! installation's [`LinkKey`]) and an item's page. [`Links`] is the one place that
+//! installation's [`LinkKey`]), the "send me my link" page and an item's page. [`Links`] is the one place that
 //! knows the public base URL and the key, so the web handlers and mail composition
 //! build the same links and check the same signatures.
 
@@ -79,6 +79,12 @@ impl Links {
         )
     }
 
+    /// The "send me my link" page, where a reader asks for their preferences link
+    /// by mail: the same for everyone.
+    pub fn link_page(&self) -> String {
+        format!("{}/link", self.public_url)
+    }
+
     /// The public page of an item (for items without a URL of their own).
     pub fn item(&self, item_id: i64) -> String {
         format!("{}/items/{item_id}", self.public_url)
@@ -100,5 +106,6 @@ mod tests {
         assert!(links.preferences(42).ends_with(token));
         assert_eq!(links.item(7), "https://news.example.org/items/7");
         assert_eq!(links.home(), "https://news.example.org/");
+        assert_eq!(links.link_page(), "https://news.example.org/link");
     }
 }

@@ -186,19 +186,40 @@ impl Composer {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
+        self.with_preferences_link("already-subscribed", to, locale, subscriber_id, now)
+    }
+
+    /// The mail a confirmed reader asked for on the "send me my link" page: their
+    /// preferences link (kind `preferences-link`).
+    ///
+    /// # Errors
+    /// A [`ComposeError`] when rendering or assembling fails.
+    pub fn preferences_link(
+        &self,
+        to: &EmailAddress,
+        locale: Locale,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NewMail, ComposeError> {
+        self.with_preferences_link("preferences-link", to, locale, subscriber_id, now)
+    }
+
+    /// Mail `name` (also its kind) to a reader, with their address and their
+    /// signed preferences link, marked as sent automatically.
+    fn with_preferences_link(
+        &self,
+        name: &'static str,
+        to: &EmailAddress,
+        locale: Locale,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NewMail, ComposeError> {
         let data = json!({
             "email": to.as_str(),
             "preferences_url": self.links.preferences(subscriber_id),
         });
-        let rendered = self.templates.mail(locale, "already-subscribed", &data)?;
-        self.build(
-            "already-subscribed",
-            to,
-            subscriber_id,
-            rendered,
-            now,
-            &[auto_submitted()],
-        )
+        let rendered = self.templates.mail(locale, name, &data)?;
+        self.build(name, to, subscriber_id, rendered, now, &[auto_submitted()])
     }
 
     fn build(
@@ -338,8 +359,8 @@ impl Composer {
     }
 
     /// One reader's part of a digest: the `digest-footer` templates rendered with
-    /// their address and their signed unsubscribe and preferences links, and their
-    /// `List-Unsubscribe` header.
+    /// their address, their signed unsubscribe and preferences links and the
+    /// "send me my link" page, and their `List-Unsubscribe` header.
     ///
     /// # Errors
     /// A [`ComposeError`] when rendering fails.
@@ -355,6 +376,7 @@ impl Composer {
             "topics": body.topics,
             "unsubscribe_url": unsubscribe,
             "preferences_url": self.links.preferences(subscriber_id),
+            "link_url": self.links.link_page(),
         });
         let footer = self
             .templates

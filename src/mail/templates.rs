@@ -150,6 +150,38 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../templates/pages/digest-view.hbs"),
     ),
     (
+        "pages/weekdays.hbs",
+        include_str!("../../templates/pages/weekdays.hbs"),
+    ),
+    (
+        "pages/link.hbs",
+        include_str!("../../templates/pages/link.hbs"),
+    ),
+    (
+        "mail/de/preferences-link/subject.hbs",
+        include_str!("../../templates/mail/de/preferences-link/subject.hbs"),
+    ),
+    (
+        "mail/de/preferences-link/body.txt.hbs",
+        include_str!("../../templates/mail/de/preferences-link/body.txt.hbs"),
+    ),
+    (
+        "mail/de/preferences-link/body.html.hbs",
+        include_str!("../../templates/mail/de/preferences-link/body.html.hbs"),
+    ),
+    (
+        "mail/en/preferences-link/subject.hbs",
+        include_str!("../../templates/mail/en/preferences-link/subject.hbs"),
+    ),
+    (
+        "mail/en/preferences-link/body.txt.hbs",
+        include_str!("../../templates/mail/en/preferences-link/body.txt.hbs"),
+    ),
+    (
+        "mail/en/preferences-link/body.html.hbs",
+        include_str!("../../templates/mail/en/preferences-link/body.html.hbs"),
+    ),
+    (
         "pages/console-nav.hbs",
         include_str!("../../templates/pages/console-nav.hbs"),
     ),
@@ -534,6 +566,7 @@ fn check_digest_footer(
         "topics": "Thema",
         "unsubscribe_url": unsubscribe,
         "preferences_url": preferences,
+        "link_url": "https://example.org/link",
     });
     for (reg, part) in [(text, "body.txt"), (html, "body.html")] {
         let contract = |message: String| TemplateError::Contract {

@@ -74,8 +74,8 @@ pub use mail_queue::{ClaimedMail, DeliveryDay, NewMail};
 pub use submissions::{Decided, NewSubmission, Submission, SubmissionStatus};
 pub use subscribers::{
     ConfirmOutcome, ConfirmationProof, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult,
-    ImportedSubscriber, LimitScope, PreferenceChange, Preferences, Schedule, SignUp, SignUpKind,
-    SignUpLimits, SignUpOutcome, SubscriberExport, SubscriberSummary, TokenState,
+    ImportedSubscriber, LimitScope, LinkOutcome, PreferenceChange, Preferences, Schedule, SignUp,
+    SignUpKind, SignUpLimits, SignUpOutcome, SubscriberExport, SubscriberSummary, TokenState,
 };
 pub use suppressions::address_hash;
 pub use topics::{Topic, TopicChange};

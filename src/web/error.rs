@@ -144,6 +144,9 @@ struct ErrorPage {
     link: Link,
     /// The page's language; `None` is the request's.
     locale: Option<Locale>,
+    /// Whether the page also offers to mail a reader their preferences link: a
+    /// reader whose link failed may want it anew.
+    offer_my_link: bool,
 }
 
 impl PageError {
@@ -204,10 +207,12 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, key, link) = self.page();
         let mut response = self.respond(status, ());
+        let offer_my_link = matches!(self.problem, Problem::UnknownLink | Problem::ExpiredLink);
         response.extensions_mut().insert(ErrorPage {
             key,
             link,
             locale: self.locale,
+            offer_my_link,
         });
         response
     }
@@ -231,7 +236,8 @@ pub async fn error_pages(State(state): State<AppState>, request: Request, next: 
         Link::SignUp => Some(format!("/?lang={locale}")),
         Link::PublicSignUp => Some(format!("{}?lang={locale}", state.links.home())),
     };
-    let mut rendered = message_linking(&state, response.status(), locale, page.key, link);
+    let status = response.status();
+    let mut rendered = message_linking(&state, status, locale, page.key, link, page.offer_my_link);
     if let Some(retry_after) = response.headers().get(header::RETRY_AFTER) {
         rendered
             .headers_mut()
@@ -278,6 +284,8 @@ mod tests {
             assert_eq!(response.status().as_u16(), status);
             let page = response.extensions().get::<ErrorPage>().expect("a page");
             assert_eq!((page.key, page.locale), (key, Some(Locale::En)));
+            // A reader whose link failed is offered a new one by mail.
+            assert_eq!(page.offer_my_link, key.ends_with("_link"), "{key}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! HTTP: the public pages ([`subscribe`], [`confirm`], [`preferences`],
-//! [`unsubscribe`], [`items`], the public [`archive`]), the operator's console under `/admin` ([`console`]),
+//! [`unsubscribe`], [`items`], the public [`archive`], [`link`] "send me my link"; [`weekdays`] holds the
+//! weekday boxes two forms share), the operator's console under `/admin` ([`console`]),
 //! the admin API ([`admin`]), health checks and metrics ([`health`]). Each module exports a `router()`; [`router`] merges
 //! them. Handlers parse input into domain types at the edge (the page language
 //! and link tokens through the extractors in [`pages`] and [`tokens`]) and call
@@ -18,6 +19,7 @@ pub mod error;
 pub mod health;
 pub mod input;
 pub mod items;
+pub mod link;
 pub mod pages;
 pub mod preferences;
 pub mod rate_limit;
@@ -25,6 +27,7 @@ pub mod server;
 pub mod subscribe;
 pub mod tokens;
 pub mod unsubscribe;
+pub mod weekdays;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -125,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .merge(preferences::router())
         .merge(items::router())
         .merge(archive::router())
+        .merge(link::router())
         .merge(health::router())
         .merge(assets::router())
         .merge(console::router())

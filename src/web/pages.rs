@@ -115,17 +115,19 @@ pub fn message(
     link_home: bool,
 ) -> Response {
     let link = link_home.then(|| format!("/?lang={locale}"));
-    message_linking(state, status, locale, key, link)
+    message_linking(state, status, locale, key, link, false)
 }
 
 /// A page with the heading and text of `key` (`{key}_heading`, `{key}_text`) and
-/// an optional link under them, labelled "subscribe again".
+/// an optional link under them, labelled "subscribe again"; with `offer_my_link`
+/// also the offer to mail a reader their preferences link (`/link`).
 pub fn message_linking(
     state: &AppState,
     status: StatusCode,
     locale: Locale,
     key: &str,
     link: Option<String>,
+    offer_my_link: bool,
 ) -> Response {
     let t = state.templates.strings(locale);
     let data = json!({
@@ -133,6 +135,7 @@ pub fn message_linking(
         "text": t[format!("{key}_text")],
         "link_href": link,
         "link_text": t["subscribe_again"],
+        "my_link_href": offer_my_link.then(|| format!("/link?lang={locale}")),
     });
     render(
         state,

@@ -17,6 +17,7 @@ use super::AppState;
 use super::error::{InLocale, PageError, Problem};
 use super::pages::{PageLang, after_unsubscribe, render, unsubscribed};
 use super::tokens::ManageLink;
+use super::weekdays;
 use crate::domain::{
     DeliverySchedule, DeliveryTime, Locale, ManageToken, TimeZone, TopicSlug, Weekdays,
 };
@@ -24,7 +25,6 @@ use crate::store::{Preferences, Topic};
 
 /// How long a shown form can be submitted.
 const FORM_LIFETIME_SECS: i64 = 24 * 3600;
-const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// Per-field problems, keyed by form field name.
 type FieldErrors = BTreeMap<&'static str, String>;
@@ -124,14 +124,7 @@ async fn page(
 ) -> Result<Response, PageError> {
     let topics = state.store.list_topics(false).await.in_locale(locale)?;
     let t = state.templates.strings(locale);
-    let days = Weekdays::from_bits(prefs.weekdays)
-        .unwrap_or_default()
-        .names();
-    let weekdays: Vec<Value> = WEEKDAYS
-        .iter()
-        .zip(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
-        .map(|(v, name)| json!({"value": v, "label": t[format!("weekday_{v}")], "checked": days.contains(&name)}))
-        .collect();
+    let weekdays = weekdays::checkboxes(t, prefs.weekdays);
     let topics: Vec<Value> = topics
         .iter()
         .map(|tp| json!({"slug": tp.slug, "name": tp.name, "checked": prefs.topics.contains(&tp.slug)}))
@@ -269,12 +262,9 @@ impl Form {
         self.0.get(key).map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// The ticked weekdays as bits (bit 0 = Monday); unknown values are ignored.
+    /// The ticked weekdays as bits (see [`weekdays::bits`]).
     fn weekday_bits(&self) -> i64 {
-        self.all("weekdays")
-            .iter()
-            .filter_map(|d| WEEKDAYS.iter().position(|w| w == d))
-            .fold(0i64, |b, i| b | (1 << i))
+        weekdays::bits(self.all("weekdays").iter().map(String::as_str))
     }
 
     /// Puts what the reader chose into `prefs`, for showing the form again.

@@ -25,8 +25,11 @@ use serde_json::{Value, json};
 
 use super::error::{InLocale, PageError, Problem};
 use super::pages::{PageLang, render};
+use super::weekdays;
 use super::{AppState, BODY_LIMIT, client_ip};
-use crate::domain::{DeliveryTime, EmailAddress, EmailError, Locale, TimeZone, Token, TopicSlug};
+use crate::domain::{
+    DeliveryTime, EmailAddress, EmailError, Locale, TimeZone, Token, TopicSlug, Weekdays,
+};
 use crate::store::{
     ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Store, StoreError,
     Topic,
@@ -62,6 +65,9 @@ struct Submitted {
     locale: String,
     /// The language of the page the form was on: the consent text the reader saw.
     page_locale: Option<String>,
+    /// The ticked weekdays as bits (see [`weekdays::bits`]); `None` when the
+    /// request has no `weekdays` field: every day, as before the field existed.
+    weekdays: Option<i64>,
     consent: bool,
     /// More than [`MAX_TOPICS`] topics were sent; only the first are kept.
     too_many_topics: bool,
@@ -74,6 +80,7 @@ struct Valid {
     topics: Vec<TopicSlug>,
     delivery_time: DeliveryTime,
     timezone: TimeZone,
+    weekdays: Weekdays,
     locale: Locale,
 }
 
@@ -192,6 +199,8 @@ fn form_page(
         .iter()
         .map(|tz| json!({"name": tz.name(), "selected": tz.name() == selected_tz}))
         .collect();
+    let ticked = form.weekdays.unwrap_or(Weekdays::EVERY_DAY.bits());
+    let weekdays = weekdays::checkboxes(state.templates.strings(locale), ticked);
     let data = json!({
         "form": {
             "email": form.email,
@@ -202,6 +211,7 @@ fn form_page(
         },
         "topics": topics,
         "timezones": timezones,
+        "weekdays": weekdays,
         "errors": errors,
     });
     render(
@@ -259,6 +269,7 @@ async fn subscribe(
         topics: valid.topics,
         delivery_time: valid.delivery_time,
         timezone: valid.timezone,
+        weekdays: valid.weekdays,
         locale: valid.locale,
         proof: consent_proof(&state, &headers, ip, consent_locale, now),
         confirm_token: confirm_token.hash(),
@@ -294,8 +305,9 @@ fn request_format(headers: &HeaderMap) -> Result<Format, SignUpError> {
     }
 }
 
-/// Refuses a post a browser says another site made it send (see [`cross_site`]).
-fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), PageError> {
+/// Refuses a post a browser says another site made it send (see [`cross_site`]);
+/// also the "send me my link" form's guard.
+pub(super) fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), PageError> {
     let Some(why) = cross_site(headers, state.links.public_url()) else {
         return Ok(());
     };
@@ -306,8 +318,9 @@ fn refuse_cross_site(state: &AppState, headers: &HeaderMap) -> Result<(), PageEr
     .into())
 }
 
-/// Refuses a client over its sign-up requests per minute, and counts it.
-fn limit_client(state: &AppState, ip: IpAddr) -> Result<(), PageError> {
+/// Refuses a client over its sign-up requests per minute, and counts it; "send
+/// me my link" requests draw on the same allowance.
+pub(super) fn limit_client(state: &AppState, ip: IpAddr) -> Result<(), PageError> {
     let Err(wait) = state.client_limiter.check(ip) else {
         return Ok(());
     };
@@ -361,6 +374,20 @@ fn consent_proof(
     }
 }
 
+/// The configured limits on mails the public forms cause, for a request at `now`
+/// (`[rate_limit]`: per mailbox, per domain, in total, and the quiet period).
+pub(super) fn mail_limits(state: &AppState, now: DateTime<Utc>) -> SignUpLimits {
+    let rl = state.config.rate_limit;
+    SignUpLimits {
+        since: now - chrono::Duration::hours(1),
+        per_mailbox: rl.per_address_per_hour,
+        per_domain: rl.per_domain_per_hour,
+        global: rl.global_per_hour,
+        quiet_since: (rl.suppressed_quiet_days > 0)
+            .then(|| now - chrono::Duration::days(i64::from(rl.suppressed_quiet_days))),
+    }
+}
+
 /// Stores the sign-up with its mail, within the configured limits. The mail is
 /// rendered inside the transaction, once it is known what the address is (new,
 /// pending, confirmed) and which id it has.
@@ -370,15 +397,7 @@ async fn sign_up(
     confirm_token: &Token,
     now: DateTime<Utc>,
 ) -> Result<SignUpOutcome, StoreError> {
-    let rl = state.config.rate_limit;
-    let limits = SignUpLimits {
-        since: now - chrono::Duration::hours(1),
-        per_mailbox: rl.per_address_per_hour,
-        per_domain: rl.per_domain_per_hour,
-        global: rl.global_per_hour,
-        quiet_since: (rl.suppressed_quiet_days > 0)
-            .then(|| now - chrono::Duration::days(i64::from(rl.suppressed_quiet_days))),
-    };
+    let limits = mail_limits(state, now);
     let composer = &state.composer;
     let locale = signup.locale;
     state
@@ -487,6 +506,10 @@ fn parse_form(bytes: &[u8]) -> Submitted {
             "timezone" => s.timezone = Some(text()),
             "locale" => s.locale = text(),
             "form_locale" => s.page_locale = Some(text()),
+            "weekdays" => {
+                let day = weekdays::bits([value.as_ref()]);
+                s.weekdays = Some(s.weekdays.unwrap_or(0) | day);
+            }
             "consent" => s.consent = matches!(value.as_ref(), "on" | "true" | "1" | "yes"),
             _ => {}
         }
@@ -536,6 +559,22 @@ fn parse_json(bytes: &[u8]) -> Result<(Submitted, FieldErrors), String> {
             errors.insert("topics", "must be an array of topic slugs".into());
         }
     }
+    match map.get("weekdays") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(days)) => {
+            let names = days.iter().filter_map(Value::as_str);
+            s.weekdays = Some(weekdays::bits(names));
+            if days.iter().any(|d| !d.is_string()) {
+                errors.insert(
+                    "weekdays",
+                    "must be an array of weekday names (strings)".into(),
+                );
+            }
+        }
+        Some(_) => {
+            errors.insert("weekdays", "must be an array of weekday names".into());
+        }
+    }
     s.consent = match map.get("consent") {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(v)) => matches!(v.as_str(), "on" | "true" | "1" | "yes"),
@@ -561,15 +600,8 @@ fn validate(
     let mut flag = |field: &'static str, msg: String| {
         errors.entry(field).or_insert(msg);
     };
-    let email = EmailAddress::parse(&s.email)
-        .map_err(|e| {
-            let key = match e {
-                EmailError::Empty => "err_email_empty",
-                EmailError::TooLong => "err_email_too_long",
-                _ => "err_email_invalid",
-            };
-            flag("email", t(key));
-        })
+    let email = parse_email(state, locale, &s.email)
+        .map_err(|msg| flag("email", msg))
         .ok();
     let topics = chosen_topics(s, offered, &t)
         .map_err(|msg| flag("topics", msg))
@@ -594,6 +626,13 @@ fn validate(
             .map_err(|_| flag("locale", t("err_locale")))
             .ok()
     };
+    let weekdays = match s.weekdays {
+        None => Some(Weekdays::EVERY_DAY),
+        Some(bits) => Weekdays::from_bits(bits).or_else(|| {
+            flag("weekdays", t("err_weekdays"));
+            None
+        }),
+    };
     if !s.consent {
         flag("consent", t("err_consent"));
     }
@@ -602,7 +641,25 @@ fn validate(
         topics,
         delivery_time: delivery_time?,
         timezone: timezone?,
+        weekdays: weekdays?,
         locale: signup_locale?,
+    })
+}
+
+/// The address a form field holds, or why it is none, in `locale`: the same
+/// messages on the sign-up and the "send me my link" form.
+pub(super) fn parse_email(
+    state: &AppState,
+    locale: Locale,
+    raw: &str,
+) -> Result<EmailAddress, String> {
+    EmailAddress::parse(raw).map_err(|e| {
+        let key = match e {
+            EmailError::Empty => "err_email_empty",
+            EmailError::TooLong => "err_email_too_long",
+            _ => "err_email_invalid",
+        };
+        state.templates.string(locale, key)
     })
 }
 

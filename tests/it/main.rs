@@ -23,6 +23,7 @@ mod fanout;
 mod feeds;
 mod hygiene;
 mod inbound;
+mod link;
 mod postfix_bounce;
 mod public_browser;
 mod signup;

@@ -4,7 +4,7 @@ use crate::harness::{Backend, TestDb};
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
 use postbote::domain::{
     DeliveryTime, EmailAddress, FeedSchedule, HttpUrl, Locale, SubmissionStatus, SubscriberStatus,
-    TimeZone, Token, TopicSlug,
+    TimeZone, Token, TopicSlug, Weekdays,
 };
 use postbote::store::{
     BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, Decided, DeliveryDay, DigestBatch,
@@ -28,6 +28,7 @@ fn sign_up(email: &str, topics: &[&str], at: DateTime<Utc>, confirm: &Token) -> 
         topics: topics.iter().map(|t| slug(t)).collect(),
         delivery_time: DeliveryTime::parse("07:00").unwrap(),
         timezone: TimeZone::parse("Europe/Berlin").unwrap(),
+        weekdays: Weekdays::EVERY_DAY,
         locale: Locale::De,
         proof: ConsentProof {
             at,

@@ -2,6 +2,8 @@
 //! file per thing a reader or an operator does to them:
 //!
 //! - `signup`: the one-transaction sign-up with its proof of consent and limits;
+//! - `link`: "send me my link", the preferences link by mail to a confirmed
+//!   reader, within the sign-up's limits;
 //! - `confirm`: confirmation tokens, the confirmation, the purge of sign-ups never
 //!   confirmed;
 //! - `preferences`: the reader's settings and changing them;
@@ -16,6 +18,7 @@ mod confirm;
 mod erase;
 mod export;
 mod import;
+mod link;
 mod preferences;
 mod signup;
 mod unsubscribe;
@@ -27,6 +30,7 @@ use sqlx::FromRow;
 pub use confirm::{ConfirmOutcome, TokenState};
 pub use export::{ConfirmationProof, ConsentRecord, DeliveryRecord, Schedule, SubscriberExport};
 pub use import::{ImportResult, ImportedSubscriber};
+pub use link::LinkOutcome;
 pub use preferences::{PreferenceChange, Preferences};
 pub use signup::{ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome};
 

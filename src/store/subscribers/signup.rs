@@ -9,7 +9,7 @@ use super::super::counters::Tally;
 use super::super::mail_queue::NewMail;
 use super::super::{BoxError, Store, StoreError, StoreResult, Tx, on_pool, on_tx};
 use crate::domain::{
-    DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug,
+    DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug, Weekdays,
 };
 use crate::store::counters::flush_tally;
 
@@ -24,6 +24,8 @@ pub struct SignUp {
     pub delivery_time: DeliveryTime,
     /// The reader's time zone.
     pub timezone: TimeZone,
+    /// The days of the week the reader wants their digest on.
+    pub weekdays: Weekdays,
     /// Mail and page language.
     pub locale: Locale,
     /// Proof of consent for this request.
@@ -174,8 +176,9 @@ fn limit_lock(scope: LimitScope, key: &[u8]) -> i64 {
     i64::from_be_bytes(first)
 }
 
-/// What a sign-up is counted under, and the window it is counted in.
-struct Counting {
+/// What a sign-up (or a "send me my link" request) is counted under, and the
+/// window it is counted in.
+pub(super) struct Counting {
     /// SHA-256 of the mailbox key.
     mailbox: Vec<u8>,
     /// SHA-256 of the mailbox key's domain.
@@ -183,18 +186,19 @@ struct Counting {
     /// Start of the window.
     since: DateTime<Utc>,
     /// The request's time.
-    now: DateTime<Utc>,
+    pub(super) now: DateTime<Utc>,
 }
 
 impl Counting {
-    fn new(req: &SignUp, limits: &SignUpLimits) -> Self {
-        let mailbox = req.email.mailbox_key();
+    /// The counting of a request for `email` at `now`.
+    pub(super) fn new(email: &EmailAddress, limits: &SignUpLimits, now: DateTime<Utc>) -> Self {
+        let mailbox = email.mailbox_key();
         let domain = mailbox.rsplit_once('@').map_or("", |(_, d)| d);
         Self {
             mailbox: Sha256::digest(mailbox.as_bytes()).to_vec(),
             domain: Sha256::digest(domain.as_bytes()).to_vec(),
             since: limits.since,
-            now: req.proof.at,
+            now,
         }
     }
 
@@ -202,6 +206,21 @@ impl Counting {
     fn retry_at(&self, oldest: Option<DateTime<Utc>>) -> DateTime<Utc> {
         oldest.map_or(self.now, |o| o + (self.now - self.since))
     }
+}
+
+/// What the mailbox's limit and the address's quiet period say about a request,
+/// before anything is stored (see [`Tx::mailbox_gate`]).
+pub(super) enum Gate {
+    /// The mailbox had its share of mails: refuse, nothing stored.
+    Limited {
+        /// When the oldest counted mail leaves the window.
+        retry_at: DateTime<Utc>,
+    },
+    /// Suppressed for a bounce or complaint within the quiet period: counted, but
+    /// no mail and no change.
+    Quiet,
+    /// Go on.
+    Open,
 }
 
 impl Store {
@@ -249,39 +268,24 @@ impl Store {
         limits: &SignUpLimits,
         mail: impl FnOnce(SignUpKind, i64) -> Result<NewMail, BoxError>,
     ) -> StoreResult<SignUpOutcome> {
-        let counting = Counting::new(req, limits);
+        let counting = Counting::new(&req.email, limits, req.proof.at);
         let mut tx = self.begin().await?;
         let mut tally = Tally::default();
-        // Different strings of one mailbox (`+tags`) are different subscriber
-        // rows: the row lock of `record_sign_up` does not order them, this does.
-        let mailbox = (LimitScope::Mailbox, limits.per_mailbox);
-        if let Some(retry_at) = tx.over_limit(mailbox, &counting).await? {
-            tx.rollback().await?;
-            return Ok(SignUpOutcome::Limited { retry_at });
-        }
-        let quiet = match limits.quiet_since {
-            Some(since) => tx.bounced_since(req.email.as_str(), since).await?,
-            None => false,
-        };
-        let (kind, mail) = if quiet {
-            (SignUpKind::Suppressed, None)
-        } else {
-            let (id, kind) = tx.record_sign_up(req, &mut tally).await?;
-            let mail = mail(kind, id).map_err(StoreError::Callback)?;
-            (kind, Some((id, mail)))
-        };
-        for cap in [
-            (LimitScope::Domain, limits.per_domain),
-            (LimitScope::Global, limits.global),
-        ] {
-            if let Some(retry_at) = tx.over_limit(cap, &counting).await? {
+        let (kind, mail) = match tx.mailbox_gate(&req.email, limits, &counting).await? {
+            Gate::Limited { retry_at } => {
                 tx.rollback().await?;
-                let limit = cap.0;
-                return Ok(SignUpOutcome::Capped { limit, retry_at });
+                return Ok(SignUpOutcome::Limited { retry_at });
             }
-        }
-        if limits.counted() {
-            tx.count_sign_up_mail(&counting).await?;
+            Gate::Quiet => (SignUpKind::Suppressed, None),
+            Gate::Open => {
+                let (id, kind) = tx.record_sign_up(req, &mut tally).await?;
+                let mail = mail(kind, id).map_err(StoreError::Callback)?;
+                (kind, Some((id, mail)))
+            }
+        };
+        if let Some((limit, retry_at)) = tx.capped_or_counted(limits, &counting).await? {
+            tx.rollback().await?;
+            return Ok(SignUpOutcome::Capped { limit, retry_at });
         }
         if let Some((id, mail)) = mail {
             tx.queue_mail(id, &mail, counting.now, &mut tally).await?;
@@ -311,6 +315,51 @@ impl Store {
 }
 
 impl Tx {
+    /// The first step of a limited request: the mailbox's count (taken first, its
+    /// lock held to the commit on PostgreSQL: different strings of one mailbox,
+    /// `+tags`, are different subscriber rows, whose row locks do not order them),
+    /// then the address's quiet period after a bounce or complaint.
+    pub(super) async fn mailbox_gate(
+        &mut self,
+        email: &EmailAddress,
+        limits: &SignUpLimits,
+        counting: &Counting,
+    ) -> StoreResult<Gate> {
+        let mailbox = (LimitScope::Mailbox, limits.per_mailbox);
+        if let Some(retry_at) = self.over_limit(mailbox, counting).await? {
+            return Ok(Gate::Limited { retry_at });
+        }
+        let quiet = match limits.quiet_since {
+            Some(since) => self.bounced_since(email.as_str(), since).await?,
+            None => false,
+        };
+        Ok(if quiet { Gate::Quiet } else { Gate::Open })
+    }
+
+    /// The last step of a limited request: the domain's and the global cap, taken
+    /// last and in this order so that no two requests wait for each other in a
+    /// cycle and the global lock is held only for the final inserts. Returns the
+    /// cap reached and when it frees up (the caller rolls back), or counts the
+    /// request's mail and returns `None`.
+    pub(super) async fn capped_or_counted(
+        &mut self,
+        limits: &SignUpLimits,
+        counting: &Counting,
+    ) -> StoreResult<Option<(LimitScope, DateTime<Utc>)>> {
+        for cap in [
+            (LimitScope::Domain, limits.per_domain),
+            (LimitScope::Global, limits.global),
+        ] {
+            if let Some(retry_at) = self.over_limit(cap, counting).await? {
+                return Ok(Some((cap.0, retry_at)));
+            }
+        }
+        if limits.counted() {
+            self.count_sign_up_mail(counting).await?;
+        }
+        Ok(None)
+    }
+
     /// When a sign-up mail would be one too many for `(scope, max)` (0: no limit),
     /// when the oldest counted one leaves the window; `None` while there is room.
     /// On PostgreSQL the counter's advisory lock is held from here to the commit.
@@ -391,13 +440,14 @@ impl Tx {
         tally: &mut Tally,
     ) -> StoreResult<(i64, SignUpKind)> {
         let inserted: Option<i64> = on_tx!(self, tx => sqlx::query_scalar(
-            "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, created_at, updated_at) \
-             VALUES ($1, 'pending', $2, $3, $4, $5, $5) ON CONFLICT (email) DO NOTHING RETURNING id",
+            "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, weekdays, created_at, updated_at) \
+             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $6) ON CONFLICT (email) DO NOTHING RETURNING id",
         )
         .bind(req.email.as_str())
         .bind(req.locale.as_str())
         .bind(req.delivery_time.to_string())
         .bind(req.timezone.to_string())
+        .bind(req.weekdays.bits())
         .bind(req.proof.at)
         .fetch_optional(&mut *tx)
         .await)?;
@@ -422,13 +472,14 @@ impl Tx {
     async fn make_pending(&mut self, id: i64, req: &SignUp) -> StoreResult<()> {
         on_tx!(self, tx => sqlx::query(
             "UPDATE subscribers SET status = 'pending', locale = $2, delivery_time = $3, \
-             timezone = $4, updated_at = $5 WHERE id = $1",
+             timezone = $4, updated_at = $5, weekdays = $6 WHERE id = $1",
         )
         .bind(id)
         .bind(req.locale.as_str())
         .bind(req.delivery_time.to_string())
         .bind(req.timezone.to_string())
         .bind(req.proof.at)
+        .bind(req.weekdays.bits())
         .execute(&mut *tx)
         .await
         .map(|r| r.rows_affected()))?;
