@@ -7,14 +7,13 @@
 //! `polling.tick_ms`. Each POST carries the session's CSRF token.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{Refusal, Session, field, localized, page, see_other};
+use super::{ConsoleForm, Refusal, Session, field, localized, page, see_other};
 use crate::domain::Locale;
 use crate::store::StoreError;
 use crate::web::AppState;
@@ -84,13 +83,12 @@ async fn list(
     show(&state, lang.locale, &session, None).await
 }
 
-async fn add(
-    State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+async fn add(State(state): State<AppState>, form: ConsoleForm) -> Result<Response, PageError> {
+    let ConsoleForm {
+        session,
+        lang,
+        body,
+    } = form;
     let form = json!({
         "name": field(&body, "name"),
         "url": field(&body, "url"),
@@ -123,12 +121,14 @@ async fn add(
 
 async fn remove(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _,
+        lang,
+        body: _,
+    } = form;
     let feed = state.store.feed(id).await?.ok_or(Problem::NotFound)?;
     if !state.store.delete_feed(&feed.name).await? {
         return Err(Problem::NotFound.into());
@@ -139,12 +139,14 @@ async fn remove(
 
 async fn poll_now(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _,
+        lang,
+        body: _,
+    } = form;
     if !state.store.poll_feed_now(id, state.clock.now()).await? {
         return Err(Problem::NotFound.into());
     }

@@ -6,7 +6,6 @@
 //! that listed it already). Each POST carries the session's CSRF token.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -14,7 +13,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Refusal, Session, field, localized, page, see_other};
+use super::{ConsoleForm, Refusal, Session, field, localized, page, see_other};
 use crate::domain::{Locale, TopicSlug};
 use crate::store::{ItemQuery, NewItem, StoreError};
 use crate::web::AppState;
@@ -177,13 +176,12 @@ fn new_item(state_topics: &[crate::store::Topic], body: &[u8]) -> Result<NewItem
     Ok(item)
 }
 
-async fn add(
-    State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+async fn add(State(state): State<AppState>, form: ConsoleForm) -> Result<Response, PageError> {
+    let ConsoleForm {
+        session,
+        lang,
+        body,
+    } = form;
     let offered = state.store.list_topics(false).await?;
     let refused = |e: FieldError| (Refusal::from(e), item_form(&body));
     let params = ListParams::default();
@@ -205,12 +203,14 @@ async fn add(
 
 async fn hide(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _,
+        lang,
+        body,
+    } = form;
     if !state.store.hide_item(id, state.clock.now()).await? {
         return Err(Problem::NotFound.into());
     }

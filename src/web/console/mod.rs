@@ -104,6 +104,46 @@ impl Session {
     }
 }
 
+/// A console form post, as an extractor: the live session (none: the login page),
+/// the page language and the url-encoded body, whose CSRF token is checked before
+/// the handler runs (missing or wrong: 403, nothing changes). A handler that takes
+/// it is the happy path only.
+pub struct ConsoleForm {
+    /// The session that posted.
+    pub session: Session,
+    /// The page language.
+    pub lang: PageLang,
+    /// The form, url-encoded; read its fields with [`field`].
+    pub body: Bytes,
+}
+
+impl axum::extract::FromRequest<AppState> for ConsoleForm {
+    type Rejection = Response;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let session = Session::from_request_parts(&mut parts, state).await?;
+        let lang = PageLang::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        session
+            .check(&field(&body, "csrf"))
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            session,
+            lang,
+            body,
+        })
+    }
+}
+
 /// The value of cookie `name` among the request's `Cookie` headers.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -235,12 +275,10 @@ async fn login(
     Ok(see_other("/admin", Some(cookie)))
 }
 
-async fn logout(
-    State(state): State<AppState>,
-    session: Session,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+async fn logout(State(state): State<AppState>, form: ConsoleForm) -> Result<Response, PageError> {
+    let ConsoleForm {
+        session, body: _, ..
+    } = form;
     state
         .store
         .close_console_session(&session.token.hash())

@@ -14,14 +14,13 @@
 //! digest log and the readers' watermarks are not touched.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{Session, field, page, see_other};
+use super::{ConsoleForm, Session, field, page, see_other};
 use crate::digest::{DigestPreview, PreviewReader};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale, Weekdays};
 use crate::web::AppState;
@@ -191,12 +190,10 @@ async fn html_part(
     Ok(response)
 }
 
-async fn send(
-    State(state): State<AppState>,
-    session: Session,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+async fn send(State(state): State<AppState>, form: ConsoleForm) -> Result<Response, PageError> {
+    let ConsoleForm {
+        session: _, body, ..
+    } = form;
     let choice = Choice::parse(&body)?;
     let to = EmailAddress::parse(field(&body, "to").trim())
         .map_err(|_| PageError::from(Problem::BadRequest))?;

@@ -6,7 +6,6 @@
 //! token; a submission decided already is a 409 page.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -14,7 +13,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Refusal, Session, field, localized, page, see_other};
+use super::{ConsoleForm, Refusal, Session, localized, page, see_other};
 use crate::store::{Decided, SubmissionStatus};
 use crate::web::AppState;
 use crate::web::error::{PageError, Problem};
@@ -109,12 +108,14 @@ async fn decided(
 
 async fn approve(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session,
+        lang,
+        body: _,
+    } = form;
     let outcome = state
         .store
         .approve_submission(id, state.clock.now())
@@ -124,12 +125,14 @@ async fn approve(
 
 async fn reject(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session,
+        lang,
+        body: _,
+    } = form;
     let outcome = state.store.reject_submission(id, state.clock.now()).await?;
     decided(&state, &session, outcome, lang).await
 }

@@ -9,7 +9,6 @@
 //! …/{id}/erase` (a form field `confirm=yes`).
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Session, field, page, see_other};
+use super::{ConsoleForm, Session, field, page, see_other};
 use crate::domain::{SubscriberStatus, Token, TopicSlug};
 use crate::store::{BoxError, SubscriberQuery};
 use crate::web::AppState;
@@ -221,11 +220,14 @@ async fn detail(
 
 async fn unsubscribe(
     State(state): State<AppState>,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _,
+        body: _,
+        ..
+    } = form;
     state
         .store
         .unsubscribe(id, state.clock.now())
@@ -237,11 +239,14 @@ async fn unsubscribe(
 
 async fn resend(
     State(state): State<AppState>,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _,
+        body: _,
+        ..
+    } = form;
     let now = state.clock.now();
     let token = Token::generate();
     let expires_at = now + state.config.confirmation_lifetime;
@@ -288,11 +293,12 @@ async fn erase_form(
 
 async fn erase(
     State(state): State<AppState>,
-    session: Session,
     Path(id): Path<i64>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _, body, ..
+    } = form;
     if field(&body, "confirm") != "yes" {
         return Ok(see_other(&format!("/admin/subscribers/{id}/erase"), None));
     }

@@ -6,14 +6,13 @@
 //! session's CSRF token; a refused form comes back with the reason above it.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{Refusal, Session, field, localized, page, see_other};
+use super::{ConsoleForm, Refusal, Session, field, localized, page, see_other};
 use crate::domain::{Locale, TopicSlug};
 use crate::store::{StoreError, TopicChange};
 use crate::web::AppState;
@@ -63,13 +62,12 @@ fn slug(value: &str) -> Result<TopicSlug, FieldError> {
     TopicSlug::parse(value.trim()).map_err(|e| FieldError::new("slug", e))
 }
 
-async fn create(
-    State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+async fn create(State(state): State<AppState>, form: ConsoleForm) -> Result<Response, PageError> {
+    let ConsoleForm {
+        session,
+        lang,
+        body,
+    } = form;
     let checked = slug(&field(&body, "slug")).and_then(|slug| {
         let name = input::topic_name(&field(&body, "name"))?;
         let description = input::text("description", Some(field(&body, "description")), 2000)?;
@@ -98,12 +96,14 @@ async fn create(
 
 async fn rename(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(slug): Path<String>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session,
+        lang,
+        body,
+    } = form;
     let slug = TopicSlug::parse(&slug).map_err(|_| Problem::NotFound)?;
     let name = match input::topic_name(&field(&body, "name")) {
         Ok(name) => name,
@@ -124,12 +124,14 @@ async fn rename(
 
 async fn retire(
     State(state): State<AppState>,
-    lang: PageLang,
-    session: Session,
     Path(slug): Path<String>,
-    body: Bytes,
+    form: ConsoleForm,
 ) -> Result<Response, PageError> {
-    session.check(&field(&body, "csrf"))?;
+    let ConsoleForm {
+        session: _,
+        lang,
+        body: _,
+    } = form;
     let slug = TopicSlug::parse(&slug).map_err(|_| Problem::NotFound)?;
     state
         .store
