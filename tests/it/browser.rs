@@ -191,7 +191,7 @@ impl Browser {
     pub async fn login(&self, base: &str) {
         self.goto(&format!("{base}/admin/login?lang=en")).await;
         self.fill("#token", ADMIN_TOKEN).await;
-        self.click_and_wait("form[action='/admin/login'] button[type=submit]")
+        self.click_and_wait("form[action^='/admin/login'] button[type=submit]")
             .await;
         assert_eq!(self.path().await, "/admin", "the dashboard after login");
     }
