@@ -7,16 +7,8 @@
 
 use serde_json::Value;
 
-use crate::browser::{Browser, console_errors};
-use crate::harness::{Api, Backend, Serve, SmtpSink, TestDb, a_day_with_a_digest};
-
-/// `serve` whose scheduler stays still: the test runs the pass it wants itself.
-async fn serve(db: &TestDb, sink: &SmtpSink) -> Serve {
-    let serve =
-        Serve::start_on_own_port(db, &sink.url(), "[digest]\nrun_scheduler = false\n").await;
-    serve.wait_ready(&reqwest::Client::new()).await;
-    serve
-}
+use crate::browser::{Browser, console_errors, console_serve};
+use crate::harness::{Api, Backend, SmtpSink, TestDb, a_day_with_a_digest};
 
 /// The sum of one column (0 = the first number after the day) of the dashboard's
 /// table of the last 30 days, as the browser shows it.
@@ -137,7 +129,7 @@ async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_
 ) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
-    let serve = serve(&db, &sink).await;
+    let serve = console_serve(&db, &sink, "").await;
     let http = reqwest::Client::new();
     let api = serve.api(&http);
     let reader = a_day_with_a_digest(api, &sink).await;
@@ -167,7 +159,7 @@ async fn an_operator_signs_in_reads_the_day_finds_and_erases_a_reader_and_signs_
 async fn a_wrong_token_is_refused_on_the_form_and_then_throttled(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
-    let serve = serve(&db, &sink).await;
+    let serve = console_serve(&db, &sink, "").await;
     let browser = Browser::start().await;
     let login = format!("{}/admin/login?lang=en", serve.base);
     for attempt in 1..=5 {
