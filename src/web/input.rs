@@ -101,8 +101,7 @@ pub fn new_feed(
         return Err(FieldError::new("topic", format!("unknown topic {topic:?}")));
     }
     let schedule = FeedSchedule::parse(schedule).map_err(|e| FieldError::new("schedule", e))?;
-    let name = text("name", name, 200)?
-        .unwrap_or_else(|| url.host_and_path());
+    let name = text("name", name, 200)?.unwrap_or_else(|| url.host_and_path());
     Ok(FeedSpec {
         name,
         url,

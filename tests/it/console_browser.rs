@@ -67,7 +67,9 @@ async fn the_dashboard_shows_the_day(browser: &Browser, shots: &str) {
 
 /// From the dashboard: searches `reader` by a prefix in other case, opens them.
 async fn search(browser: &Browser, reader: &str, shots: &str) {
-    browser.click_and_wait("a[href^='/admin/subscribers?']").await;
+    browser
+        .click_and_wait("a[href^='/admin/subscribers?']")
+        .await;
     browser
         .check_page(&format!("{shots}/console-subscribers"))
         .await;

@@ -72,7 +72,9 @@ async fn add_and_hide_items(browser: &Browser, api: Api<'_>, shots: &str) {
     let kept = item_id(api, "Aus dem Browser").await;
     let hidden = item_id(api, "Zurückgezogen").await;
     browser
-        .click_and_wait(&format!("form[action^='/admin/items/{hidden}/hide'] button"))
+        .click_and_wait(&format!(
+            "form[action^='/admin/items/{hidden}/hide'] button"
+        ))
         .await;
     assert!(
         !browser
@@ -165,7 +167,9 @@ async fn a_held_submission_is_approved_in_the_browser(backend: Backend) {
     let browser = Browser::start().await;
     browser.login(&serve.base).await;
 
-    browser.click_and_wait("a[href^='/admin/submissions?']").await;
+    browser
+        .click_and_wait("a[href^='/admin/submissions?']")
+        .await;
     let held = browser.text("article.submission").await;
     assert!(
         held.contains("Erste Mitteilung") && held.contains("pr@agentur.example"),
@@ -207,7 +211,10 @@ async fn preview_and_send_a_test_copy(browser: &Browser, sink: &SmtpSink, shots:
     assert!(browser.text("main h2").await.starts_with("Your news of"));
     let text = browser.text("pre.digest-preview").await;
     assert!(text.contains("* Museum opens a new wing"), "{text}");
-    assert!(!text.contains("Quartalszahlen"), "not a chosen topic: {text}");
+    assert!(
+        !text.contains("Quartalszahlen"),
+        "not a chosen topic: {text}"
+    );
     let frame = browser.find("iframe.digest-preview").await;
     frame.enter_frame().await.expect("enter the frame");
     let part = browser.text("body").await;
@@ -216,7 +223,9 @@ async fn preview_and_send_a_test_copy(browser: &Browser, sink: &SmtpSink, shots:
         part.contains("Your news of") && part.contains("Museum opens a new wing"),
         "{part}"
     );
-    browser.check_page(&format!("{shots}/console-preview")).await;
+    browser
+        .check_page(&format!("{shots}/console-preview"))
+        .await;
 
     let before = sink.raw_messages().len();
     browser.fill("#preview-to", to).await;
@@ -230,9 +239,7 @@ async fn preview_and_send_a_test_copy(browser: &Browser, sink: &SmtpSink, shots:
     assert!(copy.contains("* Museum opens a new wing"), "{copy}");
 }
 
-async fn a_digest_is_previewed_and_sent_and_webhooks_are_listed_in_the_browser(
-    backend: Backend,
-) {
+async fn a_digest_is_previewed_and_sent_and_webhooks_are_listed_in_the_browser(backend: Backend) {
     let receiver = Receiver::start().await;
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start();
@@ -253,7 +260,9 @@ async fn a_digest_is_previewed_and_sent_and_webhooks_are_listed_in_the_browser(
     assert!(browser.text("main ul").await.contains(&receiver.url));
     let row = browser.reload_until("main tbody tr", "delivered").await;
     assert!(row.contains("subscriber.confirmed"), "{row}");
-    browser.check_page(&format!("{shots}/console-webhooks")).await;
+    browser
+        .check_page(&format!("{shots}/console-webhooks"))
+        .await;
     browser.close().await;
 }
 
