@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN, free_port, listens_on};
+use crate::harness::{ADMIN_TOKEN, Serve, SmtpSink, TestDb, free_port, listens_on};
 
 /// Debian's paths (packages `chromium` and `chromium-driver`).
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -191,9 +191,39 @@ impl Browser {
     pub async fn login(&self, base: &str) {
         self.goto(&format!("{base}/admin/login?lang=en")).await;
         self.fill("#token", ADMIN_TOKEN).await;
-        self.click_and_wait("form[action='/admin/login'] button[type=submit]")
+        self.click_and_wait("form[action^='/admin/login'] button[type=submit]")
             .await;
         assert_eq!(self.path().await, "/admin", "the dashboard after login");
+    }
+
+    /// Whether the page shown now has an element `css` selects (without waiting).
+    pub async fn has(&self, css: &str) -> bool {
+        !self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("look for elements")
+            .is_empty()
+    }
+
+    /// Reloads the page until the text of the element `css` selects contains
+    /// `needle` (something the server does in the background, such as a feed's
+    /// poll, has shown up); returns that text.
+    pub async fn reload_until(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = self.text(css).await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in {css} of {}: {text}",
+                self.url_now().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.client.refresh().await.expect("reload the page");
+        }
     }
 
     /// Resizes the window to `width` px (and the test's usual height).
@@ -242,6 +272,20 @@ impl Browser {
             .map(|u| u.to_string())
             .unwrap_or_default()
     }
+}
+
+/// `postbote serve` for the console's browser tests, ready: its scheduler stays
+/// still (a test runs the digest passes it wants through the admin API); `extra`
+/// is appended to its configuration.
+pub async fn console_serve(db: &TestDb, sink: &SmtpSink, extra: &str) -> Serve {
+    let serve = Serve::start_on_own_port(
+        db,
+        &sink.url(),
+        &format!("[digest]\nrun_scheduler = false\n{extra}"),
+    )
+    .await;
+    serve.wait_ready(&reqwest::Client::new()).await;
+    serve
 }
 
 /// Where the screenshots go: `target/screenshots/` of this checkout.

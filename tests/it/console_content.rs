@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use postbote::clock::Clock;
 
 use crate::console::{Console, get, login, post};
-use crate::feeds::{SUBMISSIONS, fixture_server, inbound};
+use crate::feeds::{fixture_server, hold};
 use crate::harness::{Backend, TestApp, app_at, delivered, parse, run_to_end_async, utc};
 
 /// Every page of this area.
@@ -45,16 +45,8 @@ async fn api_json(app: &TestApp, path: &str) -> serde_json::Value {
 /// Two submissions held for a decision, made by `postbote inbound` from an allowed
 /// sender without authentication; returns their ids.
 async fn two_held(db: &crate::harness::TestDb, app: &TestApp) -> Vec<i64> {
-    let file = db.dir.path().join("inbound.toml");
-    std::fs::write(&file, SUBMISSIONS).unwrap();
-    let to = "presse+wirtschaft@news.example.org";
     for (id, subject) in [("m1", "Erste Mitteilung"), ("m2", "Zweite Mitteilung")] {
-        let message = format!(
-            "From: pr@agentur.example\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{id}@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText von {subject}.\r\n"
-        );
-        let (code, out) = inbound(db, &file, to, &message).await;
-        assert_eq!(code, 0, "{out}");
-        assert!(out.starts_with("held"), "{out}");
+        hold(db, id, subject).await;
     }
     let held = api_json(app, "/submissions").await;
     held["submissions"]

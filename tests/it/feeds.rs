@@ -398,6 +398,21 @@ pub async fn inbound(
 /// DNS (postbote's own DKIM check is off).
 pub const SUBMISSIONS: &str = "[submissions]\naddress = \"presse+{topic}@news.example.org\"\nallowed_senders = [\"pr@agentur.example\", \"@trusted.example\"]\nauthserv_id = \"mx.news.example.org\"\nverify_dkim = false\n";
 
+/// Mails a press release with `subject` (and Message-ID `<id@agentur.example>`) for
+/// the topic wirtschaft through `postbote inbound` with [`SUBMISSIONS`]: from an
+/// allowed sender but without authentication, so it is held for a decision.
+pub async fn hold(db: &TestDb, id: &str, subject: &str) {
+    let file = db.dir.path().join("inbound.toml");
+    std::fs::write(&file, SUBMISSIONS).unwrap();
+    let to = "presse+wirtschaft@news.example.org";
+    let message = format!(
+        "From: pr@agentur.example\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{id}@agentur.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText von {subject}.\r\n"
+    );
+    let (code, out) = inbound(db, &file, to, &message).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("held"), "{out}");
+}
+
 async fn press_releases_mailed_in_from_allowed_senders_become_items(backend: Backend) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start_with(&[]);

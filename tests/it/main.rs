@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod console;
 mod console_browser;
+mod console_browser_content;
 mod console_content;
 mod console_preview;
 mod contrib;

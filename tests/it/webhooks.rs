@@ -39,7 +39,7 @@ unsubscribe_address = "unsubscribe+{id}@bounces.example.org"
 
 /// One request as a receiver got it.
 #[derive(Debug, Clone)]
-struct Received {
+pub struct Received {
     id: String,
     timestamp: String,
     signature: String,
@@ -84,8 +84,9 @@ type Inbox = Arc<Mutex<Vec<Received>>>;
 
 /// A webhook receiver on loopback: answers 204 to a request that verifies with
 /// [`SECRET`], 401 to any other.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    /// Where `serve` sends (`http://127.0.0.1:<port>/hooks`).
+    pub url: String,
     accepted: Inbox,
     task: tokio::task::JoinHandle<()>,
 }
@@ -112,7 +113,8 @@ async fn receive(State(inbox): State<Inbox>, headers: HeaderMap, body: Bytes) ->
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    /// A receiver on a loopback port of its own.
+    pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::on(listener)
     }
@@ -138,7 +140,7 @@ impl Receiver {
     }
 
     /// Waits (polling) until at least `n` requests were accepted.
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let got = self.accepted();
@@ -161,7 +163,7 @@ impl Drop for Receiver {
 }
 
 /// `[webhooks]` for `serve`, sending to `url`, retrying quickly.
-fn webhooks_config(url: &str) -> String {
+pub fn webhooks_config(url: &str) -> String {
     format!(
         "[webhooks]\nurls = [\"{url}\"]\nsecret = \"{SECRET}\"\npoll_interval_ms = 100\n\
          retry_base_ms = 200\nretry_max_ms = 500\ntimeout_ms = 5000\n"
