@@ -87,14 +87,22 @@ async fn texts(app: &TestApp, sink: &SmtpSink) -> Vec<String> {
 
 async fn a_pause_sends_nothing_and_the_next_digest_lists_what_came_meanwhile(backend: Backend) {
     let (app, sink, _db, clock, link) = reader_with_a_digest(backend).await;
-    clock.set(utc("2027-05-02T10:00:00Z"));
-    let (status, page) = save_pause(&app, &link, "2027-05-05").await;
-    assert_eq!(status, 200, "{page}");
-    assert!(page.contains("Your changes are saved") && page.contains("value=\"2027-05-05\""));
-    let change = &app.export(READER).await.unwrap()["preference_changes"][0];
-    assert_eq!(change["paused_until"], "2027-05-05", "kept with the change");
-
+    // Paused up to and including the very next slot's day, 3 May; on 3 May,
+    // after its slot, the reader extends the pause to 5 May.
+    let pauses = [
+        ("03", "2027-05-02T10:00:00Z", "2027-05-03"),
+        ("04", "2027-05-03T10:00:00Z", "2027-05-05"),
+    ];
     for (i, day) in ["03", "04", "05"].iter().enumerate() {
+        if let Some((_, set_at, until)) = pauses.iter().find(|p| p.0 == *day) {
+            clock.set(utc(set_at));
+            let (status, page) = save_pause(&app, &link, until).await;
+            assert_eq!(status, 200, "{page}");
+            assert!(page.contains("Your changes are saved"));
+            assert!(page.contains(&format!("value=\"{until}\"")));
+            let changes = &app.export(READER).await.unwrap()["preference_changes"];
+            assert_eq!(changes[i.min(1)]["paused_until"], *until, "kept with the change");
+        }
         clock.set(utc(&format!("2027-05-{day}T03:00:00Z")));
         for n in 0..2 {
             app.post_item(&["wirtschaft"], &format!("During the pause {i}{n}"))
