@@ -13,7 +13,13 @@ const READER: &str = "urlaub@example.org";
 /// on 2 May 2027; returns the app and their preferences link.
 async fn reader_with_a_digest(
     backend: Backend,
-) -> (TestApp, SmtpSink, crate::harness::TestDb, ManualClock, String) {
+) -> (
+    TestApp,
+    SmtpSink,
+    crate::harness::TestDb,
+    ManualClock,
+    String,
+) {
     let (app, sink, db, clock) = app_at(backend, "2027-05-01T08:00:00Z", |c| {
         c.digest.max_items = 3;
     })
@@ -43,7 +49,15 @@ async fn save_pause_in(
     paused_until: &str,
     locale: &str,
 ) -> (u16, String) {
-    let page = app.http.get(link).send().await.unwrap().text().await.unwrap();
+    let page = app
+        .http
+        .get(link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let needle = "name=\"csrf\" value=\"";
     let at = page.find(needle).expect("a form token") + needle.len();
     let csrf = page[at..].split('"').next().unwrap();
@@ -101,7 +115,11 @@ async fn a_pause_sends_nothing_and_the_next_digest_lists_what_came_meanwhile(bac
             assert!(page.contains("Your changes are saved"));
             assert!(page.contains(&format!("value=\"{until}\"")));
             let changes = &app.export(READER).await.unwrap()["preference_changes"];
-            assert_eq!(changes[i.min(1)]["paused_until"], *until, "kept with the change");
+            assert_eq!(
+                changes[i.min(1)]["paused_until"],
+                *until,
+                "kept with the change"
+            );
         }
         clock.set(utc(&format!("2027-05-{day}T03:00:00Z")));
         for n in 0..2 {
@@ -123,7 +141,11 @@ async fn a_pause_sends_nothing_and_the_next_digest_lists_what_came_meanwhile(bac
     assert!(after.contains("During the pause 21") && !after.contains("During the pause 00"));
     assert!(after.contains("… and 3 more"), "{after}");
     assert!(!after.contains("Before the pause"), "listed before already");
-    assert_eq!(app.run_pass("2027-05-07T05:00:00Z").await.1, 0, "nothing new");
+    assert_eq!(
+        app.run_pass("2027-05-07T05:00:00Z").await.1,
+        0,
+        "nothing new"
+    );
 }
 
 async fn clearing_the_pause_resumes_the_digests(backend: Backend) {
@@ -138,7 +160,10 @@ async fn clearing_the_pause_resumes_the_digests(backend: Backend) {
     assert_eq!(status, 200);
     assert!(page.contains("id=\"paused_until\" name=\"paused_until\" value=\"\""));
     let export = app.export(READER).await.unwrap();
-    assert_eq!(export["preference_changes"][1]["paused_until"], serde_json::Value::Null);
+    assert_eq!(
+        export["preference_changes"][1]["paused_until"],
+        serde_json::Value::Null
+    );
     assert_eq!(app.run_pass("2027-05-04T05:00:00Z").await, (1, 1));
     let texts = texts(&app, &sink).await;
     assert!(texts[1].contains("While paused"), "nothing lost");
@@ -162,7 +187,10 @@ async fn a_past_or_far_pause_is_refused_and_nothing_changes(backend: Backend) {
     // In German too, and still nothing changed.
     let (status, page) = save_pause_in(&app, &link, "2027-04-30", "de").await;
     assert_eq!(status, 422);
-    assert!(page.contains("Dieses Datum liegt in der Vergangenheit."), "{page}");
+    assert!(
+        page.contains("Dieses Datum liegt in der Vergangenheit."),
+        "{page}"
+    );
     let export = app.export(READER).await.unwrap();
     assert_eq!(export["preference_changes"], serde_json::json!([]));
     assert_eq!(export["schedule"]["locale"], "en");

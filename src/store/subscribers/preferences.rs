@@ -128,7 +128,10 @@ impl Store {
             .next_slot_for(subscriber_id, &schedule, paused_until, now)
             .await?;
         let settings = (&schedule, locale, paused_until);
-        if !tx.update_settings(subscriber_id, settings, now, next).await? {
+        if !tx
+            .update_settings(subscriber_id, settings, now, next)
+            .await?
+        {
             tx.rollback().await?;
             return Ok(false);
         }
