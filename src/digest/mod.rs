@@ -9,6 +9,10 @@
 //! runs one as of any instant. Which items a digest lists is decided by arrival
 //! order (arrival numbers up to the pass's watermark), never by a clock.
 //!
+//! A reader who paused (the preferences page's "pause until") is passed over like
+//! on a weekday that is off: their slot moves past the pause and their watermark
+//! stays, so the first digest after it lists what arrived meanwhile.
+//!
 //! The console's preview ([`Digester::preview`], `digest/preview.rs`) plans and
 //! renders one unstored reader's next digest with the same [`Planner`].
 //!
@@ -349,6 +353,21 @@ impl DigestPlanner for Planner<'_> {
         let mut keys: HashMap<BodySpec, Option<String>> = HashMap::new();
         let mut plans = Vec::with_capacity(batch.readers.len());
         for reader in &batch.readers {
+            let next_slot_at = reader
+                .schedule
+                .next_after_pause(self.at, reader.paused_until);
+            if reader.schedule.paused_at(self.at, reader.paused_until) {
+                // Like a weekday that is off: no digest, and the watermark stays,
+                // so the first digest after the pause lists what came meanwhile.
+                plans.push(DigestPlan {
+                    subscriber_id: reader.id,
+                    slot_at: reader.next_slot_at,
+                    next_slot_at,
+                    last_item_id: reader.last_item_id,
+                    digest: None,
+                });
+                continue;
+            }
             let mut topics = reader.topic_ids.clone();
             topics.sort_unstable();
             topics.dedup();
@@ -380,7 +399,7 @@ impl DigestPlanner for Planner<'_> {
             plans.push(DigestPlan {
                 subscriber_id: reader.id,
                 slot_at: reader.next_slot_at,
-                next_slot_at: reader.schedule.next_after(self.at),
+                next_slot_at,
                 last_item_id: reader.last_item_id.max(batch.watermark),
                 digest,
             });

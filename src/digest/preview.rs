@@ -61,6 +61,8 @@ impl Digester {
             last_item_id: 0,
             next_slot_at: at,
             topic_ids: reader.topic_ids,
+            // The preview shows what a digest would list; it is never paused.
+            paused_until: None,
         };
         let batch = self
             .store

@@ -4,7 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{
-    DateTime, LocalResult, NaiveDateTime, NaiveTime, Offset, TimeZone as _, Timelike, Utc,
+    DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone as _, Timelike,
+    Utc,
 };
 use serde::{Deserialize, Serialize};
 
@@ -219,6 +220,40 @@ impl DeliverySchedule {
     }
 }
 
+impl DeliverySchedule {
+    /// The reader's local date at `at`.
+    pub fn local_date(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.timezone.tz()).date_naive()
+    }
+
+    /// Whether a reader who paused until `paused_until` gets no digest at `at`: a
+    /// pause covers their local dates up to and including that date.
+    pub fn paused_at(&self, at: DateTime<Utc>, paused_until: Option<NaiveDate>) -> bool {
+        paused_until.is_some_and(|until| self.local_date(at) <= until)
+    }
+
+    /// The first slot strictly after `after` that is not paused: like a weekday
+    /// that is off, the days up to and including `paused_until` are skipped.
+    pub fn next_after_pause(
+        &self,
+        after: DateTime<Utc>,
+        paused_until: Option<NaiveDate>,
+    ) -> DateTime<Utc> {
+        let next = self.next_after(after);
+        let Some(day_after) = paused_until.and_then(|until| until.succ_opt()) else {
+            return next;
+        };
+        if !self.paused_at(next, paused_until) {
+            return next;
+        }
+        // The first instant of the day after the pause, less a second: slots are
+        // whole minutes, so one at local midnight is still found.
+        let resume = wall_to_instant(self.timezone.tz(), day_after.and_time(NaiveTime::MIN))
+            - chrono::Duration::seconds(1);
+        self.next_after(resume.max(after))
+    }
+}
+
 /// The instant a wall-clock time of `tz` stands for (see [`DeliverySchedule::next_after`]).
 fn wall_to_instant(tz: chrono_tz::Tz, wall: NaiveDateTime) -> DateTime<Utc> {
     match tz.from_local_datetime(&wall) {
@@ -367,5 +402,20 @@ mod tests {
         assert_eq!(Weekdays::from_bits(0b101).unwrap().names(), ["Mon", "Wed"]);
         assert!(Weekdays::from_bits(0).is_none());
         assert!(Weekdays::from_bits(128).is_none());
+    }
+
+    #[test]
+    fn a_pause_skips_its_days_up_to_and_including_the_last() {
+        let s = schedule("00:00", "Europe/Berlin");
+        let until = NaiveDate::from_ymd_opt(2027, 5, 10);
+        // Midnight Berlin on 11 May (22:00 UTC on the 10th) is the first slot after.
+        let next = s.next_after_pause(utc("2027-05-05T12:00:00Z"), until);
+        assert_eq!(next, utc("2027-05-10T22:00:00Z"));
+        assert!(s.paused_at(utc("2027-05-10T21:59:00Z"), until));
+        assert!(!s.paused_at(next, until));
+        // Not paused, or the pause is over: the ordinary next slot.
+        let after = utc("2027-05-12T12:00:00Z");
+        assert_eq!(s.next_after_pause(after, until), s.next_after(after));
+        assert_eq!(s.next_after_pause(after, None), s.next_after(after));
     }
 }

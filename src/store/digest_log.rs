@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::FromRow;
 
 use super::counters::Tally;
@@ -33,6 +33,8 @@ pub struct DueReader {
     pub next_slot_at: DateTime<Utc>,
     /// Chosen topic ids.
     pub topic_ids: Vec<i64>,
+    /// No digest on their local dates up to and including this one.
+    pub paused_until: Option<NaiveDate>,
 }
 
 #[derive(FromRow)]
@@ -45,6 +47,7 @@ struct DueRow {
     weekdays: i64,
     last_item_id: i64,
     next_slot_at: DateTime<Utc>,
+    paused_until: Option<NaiveDate>,
 }
 
 impl TryFrom<DueRow> for DueReader {
@@ -60,6 +63,7 @@ impl TryFrom<DueRow> for DueReader {
             last_item_id: r.last_item_id,
             next_slot_at: r.next_slot_at,
             topic_ids: Vec::new(),
+            paused_until: r.paused_until,
         })
     }
 }
@@ -148,10 +152,10 @@ pub struct BatchOutcome {
     pub enqueued: usize,
 }
 
-const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
+const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, paused_until \
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2 \
     FOR UPDATE SKIP LOCKED";
-const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at \
+const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, paused_until \
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2";
 
 /// Rows per multi-row statement.

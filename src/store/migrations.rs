@@ -85,6 +85,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0013_hidden_items.sql"),
         include_str!("../../migrations/sqlite/0013_hidden_items.sql"),
     ),
+    (
+        14,
+        "pause",
+        include_str!("../../migrations/postgres/0014_pause.sql"),
+        include_str!("../../migrations/sqlite/0014_pause.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

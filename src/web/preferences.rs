@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -22,6 +23,9 @@ use crate::domain::{
     DeliverySchedule, DeliveryTime, Locale, ManageToken, TimeZone, TopicSlug, Weekdays,
 };
 use crate::store::{Preferences, Topic};
+
+/// How far ahead a pause may reach, in days.
+const PAUSE_MAX_DAYS: i64 = 365;
 
 /// How long a shown form can be submitted.
 const FORM_LIFETIME_SECS: i64 = 24 * 3600;
@@ -82,7 +86,7 @@ async fn show(
         StatusCode::OK,
         locale,
         &token,
-        &FormValues::from(&prefs),
+        &FormValues::new(&prefs, state.clock.now()),
         &FieldErrors::new(),
         false,
     )
@@ -98,10 +102,20 @@ struct FormValues {
     timezone: String,
     weekdays: i64,
     locale: Locale,
+    /// `YYYY-MM-DD`, or empty when not paused.
+    paused_until: String,
 }
 
-impl From<&Preferences> for FormValues {
-    fn from(p: &Preferences) -> Self {
+impl FormValues {
+    /// The stored settings as of `now`: a pause that is over shows as none, so
+    /// saving the form again does not trip over a date now in the past.
+    fn new(p: &Preferences, now: DateTime<Utc>) -> Self {
+        let schedule = DeliverySchedule {
+            time: p.delivery_time,
+            timezone: p.timezone,
+            weekdays: p.weekdays,
+        };
+        let today = schedule.local_date(now);
         Self {
             email: p.email.to_string(),
             topics: p.topics.iter().map(ToString::to_string).collect(),
@@ -109,6 +123,11 @@ impl From<&Preferences> for FormValues {
             timezone: p.timezone.to_string(),
             weekdays: p.weekdays.bits(),
             locale: p.locale,
+            paused_until: p
+                .paused_until
+                .filter(|until| *until >= today)
+                .map(|until| until.to_string())
+                .unwrap_or_default(),
         }
     }
 }
@@ -143,6 +162,7 @@ async fn page(
         "timezones": timezones,
         "weekdays": weekdays,
         "locale": prefs.locale,
+        "paused_until": prefs.paused_until,
         "errors": errors,
         "saved": saved,
     });
@@ -180,11 +200,11 @@ async fn change(
     }
     let locale = Locale::parse(form.one("locale")).unwrap_or(lang.locale);
     let offered = state.store.list_topics(false).await.in_locale(locale)?;
-    let (topics, schedule) = match read_change(&state, locale, &form, &offered) {
+    let (topics, schedule, paused_until) = match read_change(&state, locale, &form, &offered) {
         Ok(change) => change,
         Err(errors) => {
             // Show the form again with what the reader chose.
-            let mut shown = FormValues::from(&prefs);
+            let mut shown = FormValues::new(&prefs, now);
             form.fill(&mut shown);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
             return page(&state, status, locale, &token, &shown, &errors, false).await;
@@ -193,7 +213,7 @@ async fn change(
     let id = token.subscriber_id;
     let store = &state.store;
     let found = store
-        .update_preferences(id, &topics, schedule, locale, now)
+        .update_preferences(id, &topics, schedule, locale, paused_until, now)
         .await;
     if !found.in_locale(locale)? {
         return Err(Problem::UnknownLink.in_locale(locale));
@@ -206,7 +226,7 @@ async fn change(
         StatusCode::OK,
         locale,
         &token,
-        &FormValues::from(&saved),
+        &FormValues::new(&saved, now),
         &FieldErrors::new(),
         true,
     )
@@ -273,16 +293,18 @@ impl Form {
         prefs.delivery_time = self.one("delivery_time").to_owned();
         prefs.timezone = self.one("timezone").to_owned();
         prefs.weekdays = self.weekday_bits();
+        prefs.paused_until = self.one("paused_until").to_owned();
     }
 }
 
-/// The new topics and schedule, or every field's problem in the reader's language.
+/// The new topics, schedule and pause, or every field's problem in the reader's
+/// language.
 fn read_change(
     state: &AppState,
     locale: Locale,
     form: &Form,
     offered: &[Topic],
-) -> Result<(Vec<TopicSlug>, DeliverySchedule), FieldErrors> {
+) -> Result<(Vec<TopicSlug>, DeliverySchedule, Option<NaiveDate>), FieldErrors> {
     let t = |key: &str| state.templates.string(locale, key);
     let mut errors = FieldErrors::new();
     let chosen = form.all("topics");
@@ -310,15 +332,42 @@ fn read_change(
     if weekdays.is_none() {
         errors.insert("weekdays", t("err_weekdays"));
     }
-    match (time, zone, weekdays) {
-        (Ok(time), Ok(timezone), Some(weekdays)) if errors.is_empty() => Ok((
+    // "Today" is the reader's, in the zone they chose (UTC when that is no zone:
+    // the form is refused then anyway).
+    let tz = zone.as_ref().map_or(chrono_tz::UTC, |z| z.tz());
+    let today = state.clock.now().with_timezone(&tz).date_naive();
+    let pause = read_pause(form.one("paused_until"), today);
+    if let Err(key) = pause {
+        errors.insert("paused_until", t(key));
+    }
+    match (time, zone, weekdays, pause) {
+        (Ok(time), Ok(timezone), Some(weekdays), Ok(pause)) if errors.is_empty() => Ok((
             topics,
             DeliverySchedule {
                 time,
                 timezone,
                 weekdays,
             },
+            pause,
         )),
         _ => Err(errors),
     }
+}
+
+/// The "pause until" field: empty for no pause, else a date from `today` to
+/// [`PAUSE_MAX_DAYS`] ahead; the error is the locale key of the problem.
+fn read_pause(field: &str, today: NaiveDate) -> Result<Option<NaiveDate>, &'static str> {
+    let field = field.trim();
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let until =
+        NaiveDate::parse_from_str(field, "%Y-%m-%d").map_err(|_| "err_paused_until_invalid")?;
+    if until < today {
+        return Err("err_paused_until_past");
+    }
+    if (until - today).num_days() > PAUSE_MAX_DAYS {
+        return Err("err_paused_until_far");
+    }
+    Ok(Some(until))
 }

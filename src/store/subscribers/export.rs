@@ -193,7 +193,7 @@ impl Store {
             id,
         ).await?;
         export.preference_changes = self.history(
-            "SELECT changed_at, topics, delivery_time, timezone, weekdays, locale FROM preference_changes \
+            "SELECT changed_at, topics, delivery_time, timezone, weekdays, locale, paused_until FROM preference_changes \
              WHERE subscriber_id = $1 ORDER BY id",
             id,
         ).await?;

@@ -1,7 +1,7 @@
 //! A reader's settings: reading them for the preferences page and changing them,
 //! with each change kept with its time.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
@@ -31,6 +31,8 @@ pub struct Preferences {
     pub locale: Locale,
     /// Chosen topics, by slug.
     pub topics: Vec<TopicSlug>,
+    /// No digest on the reader's local dates up to and including this one.
+    pub paused_until: Option<NaiveDate>,
 }
 
 #[derive(FromRow)]
@@ -42,6 +44,7 @@ struct PreferencesRow {
     timezone: String,
     weekdays: i64,
     locale: String,
+    paused_until: Option<NaiveDate>,
 }
 
 impl TryFrom<PreferencesRow> for Preferences {
@@ -59,6 +62,7 @@ impl TryFrom<PreferencesRow> for Preferences {
             weekdays: schedule.weekdays,
             locale: row.parse("locale", r.locale.as_str(), Locale::parse)?,
             topics: Vec::new(),
+            paused_until: r.paused_until,
         })
     }
 }
@@ -78,7 +82,12 @@ pub struct PreferenceChange {
     pub weekdays: i64,
     /// Language.
     pub locale: String,
+    /// The pause set (`YYYY-MM-DD`), if any.
+    pub paused_until: Option<NaiveDate>,
 }
+
+/// What a preference change sets besides the topics: schedule, language, pause.
+type Settings<'a> = (&'a DeliverySchedule, Locale, Option<NaiveDate>);
 
 impl Store {
     /// A reader's settings.
@@ -87,7 +96,7 @@ impl Store {
     /// When the database fails, or the reader's row does not parse.
     pub async fn preferences(&self, subscriber_id: i64) -> StoreResult<Option<Preferences>> {
         let row: Option<PreferencesRow> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT id, email, status, delivery_time, timezone, weekdays, locale FROM subscribers WHERE id = $1",
+            "SELECT id, email, status, delivery_time, timezone, weekdays, locale, paused_until FROM subscribers WHERE id = $1",
         )
         .bind(subscriber_id)
         .fetch_optional(pool)
@@ -98,8 +107,9 @@ impl Store {
         Ok(Some(p))
     }
 
-    /// Changes a reader's topics, schedule and language, keeps the change with its
-    /// time, and moves a confirmed reader's next digest to the new schedule.
+    /// Changes a reader's topics, schedule, language and pause, keeps the change
+    /// with its time, and moves a confirmed reader's next digest to the new
+    /// schedule (past the pause, if any).
     /// Returns false when there is no such reader.
     ///
     /// # Errors
@@ -110,19 +120,23 @@ impl Store {
         topics: &[TopicSlug],
         schedule: DeliverySchedule,
         locale: Locale,
+        paused_until: Option<NaiveDate>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
-        let next = tx.next_slot_for(subscriber_id, &schedule, now).await?;
+        let next = tx
+            .next_slot_for(subscriber_id, &schedule, paused_until, now)
+            .await?;
+        let settings = (&schedule, locale, paused_until);
         if !tx
-            .update_settings(subscriber_id, &schedule, locale, now, next)
+            .update_settings(subscriber_id, settings, now, next)
             .await?
         {
             tx.rollback().await?;
             return Ok(false);
         }
         tx.replace_topics(subscriber_id, topics).await?;
-        tx.record_preference_change(subscriber_id, topics, &schedule, locale, now)
+        tx.record_preference_change(subscriber_id, topics, settings, now)
             .await?;
         tx.commit().await?;
         Ok(true)
@@ -130,14 +144,15 @@ impl Store {
 }
 
 impl Tx {
-    /// The reader's next slot on a new schedule: one digest a day, so if the
-    /// reader had today's already, a later time today waits for tomorrow. On
+    /// The reader's next slot on a new schedule and pause: one digest a day, so if
+    /// the reader had today's already, a later time today waits for tomorrow. On
     /// PostgreSQL the reader is locked first: a pass serving them right now
     /// finishes first, so its digest is seen here.
     async fn next_slot_for(
         &mut self,
         subscriber_id: i64,
         schedule: &DeliverySchedule,
+        paused_until: Option<NaiveDate>,
         now: DateTime<Utc>,
     ) -> StoreResult<DateTime<Utc>> {
         let postgres = self.is_postgres();
@@ -153,30 +168,28 @@ impl Tx {
                 .fetch_one(&mut *tx)
                 .await?
         });
-        let next = schedule.next_after(now);
-        let tz = schedule.timezone.tz();
-        let day = |at: DateTime<Utc>| at.with_timezone(&tz).date_naive();
+        let next = schedule.next_after_pause(now, paused_until);
+        let day = |at: DateTime<Utc>| schedule.local_date(at);
         Ok(if last.is_some_and(|l| day(l) == day(next)) {
-            schedule.next_after(next)
+            schedule.next_after_pause(next, paused_until)
         } else {
             next
         })
     }
 
-    /// Stores the new schedule and language; a confirmed reader's next slot
-    /// becomes `next`. False when there is no such reader.
+    /// Stores the new schedule, language and pause; a confirmed reader's next
+    /// slot becomes `next`. False when there is no such reader.
     async fn update_settings(
         &mut self,
         subscriber_id: i64,
-        schedule: &DeliverySchedule,
-        locale: Locale,
+        (schedule, locale, paused_until): Settings<'_>,
         now: DateTime<Utc>,
         next: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let updated = on_tx!(self, tx => sqlx::query(
             "UPDATE subscribers SET delivery_time = $2, timezone = $3, weekdays = $4, locale = $5, \
-             updated_at = $6, next_slot_at = CASE WHEN status = 'confirmed' THEN $7 ELSE next_slot_at END \
-             WHERE id = $1",
+             updated_at = $6, next_slot_at = CASE WHEN status = 'confirmed' THEN $7 ELSE next_slot_at END, \
+             paused_until = $8 WHERE id = $1",
         )
         .bind(subscriber_id)
         .bind(schedule.time.to_string())
@@ -185,6 +198,7 @@ impl Tx {
         .bind(locale.as_str())
         .bind(now)
         .bind(next)
+        .bind(paused_until)
         .execute(&mut *tx)
         .await
         .map(|r| r.rows_affected()))?;
@@ -196,8 +210,7 @@ impl Tx {
         &mut self,
         subscriber_id: i64,
         topics: &[TopicSlug],
-        schedule: &DeliverySchedule,
-        locale: Locale,
+        (schedule, locale, paused_until): Settings<'_>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let slugs = topics
@@ -206,8 +219,8 @@ impl Tx {
             .collect::<Vec<_>>()
             .join(",");
         on_tx!(self, tx => sqlx::query(
-            "INSERT INTO preference_changes (subscriber_id, changed_at, topics, delivery_time, timezone, weekdays, locale) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO preference_changes (subscriber_id, changed_at, topics, delivery_time, timezone, weekdays, locale, paused_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(subscriber_id)
         .bind(now)
@@ -216,6 +229,7 @@ impl Tx {
         .bind(schedule.timezone.to_string())
         .bind(schedule.weekdays.bits())
         .bind(locale.as_str())
+        .bind(paused_until)
         .execute(&mut *tx)
         .await
         .map(|r| r.rows_affected()))?;
