@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::templates::{RenderedMail, TemplateError, Templates};
 use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
+use crate::config::SiteSettings;
 use crate::links::Links;
 use crate::store::NewMail;
 
@@ -44,6 +45,8 @@ pub struct Composer {
     list_id: String,
     /// VERP bounce and mailto unsubscribe address templates.
     addresses: ReturnAddresses,
+    /// Name, logo and accent colour of the mails' header, imprint and privacy links.
+    site: SiteSettings,
 }
 
 /// Address templates with an `{id}` placeholder for the reader (see
@@ -75,7 +78,36 @@ impl Composer {
             lifetime_days: lifetime.num_days().max(1),
             list_id,
             addresses,
+            site: SiteSettings::default(),
         }
+    }
+
+    /// This composer with the site's branding in every mail.
+    pub fn with_site(mut self, site: SiteSettings) -> Self {
+        self.site = site;
+        self
+    }
+
+    /// The site's branding as the mail templates see it (`site.name`,
+    /// `site.logo_url`, `site.accent`, `site.imprint_url`, `site.privacy_url`): the
+    /// configured name, else the language's `site_title`.
+    fn site_data(&self, locale: Locale) -> serde_json::Value {
+        let url = |u: &Option<crate::domain::HttpUrl>| u.as_ref().map(|u| u.as_str().to_owned());
+        json!({
+            "name": self.site_name(locale),
+            "logo_url": url(&self.site.logo_url),
+            "accent": self.site.accent_color.as_str(),
+            "imprint_url": url(&self.site.imprint_url),
+            "privacy_url": url(&self.site.privacy_url),
+        })
+    }
+
+    /// The newsletter's name in `locale`: configured, else the `site_title` text.
+    pub fn site_name(&self, locale: Locale) -> String {
+        self.site
+            .name
+            .clone()
+            .unwrap_or_else(|| self.templates.string(locale, "site_title"))
     }
 
     /// A composer as the configuration says, building its links with `links`.
@@ -96,15 +128,17 @@ impl Composer {
                 unsubscribe: config.unsubscribe_address.clone(),
             },
         )
+        .with_site(config.site.clone())
     }
 
-    /// What digest content depends on besides its data: the template set and the
-    /// public URL its links start with.
+    /// What digest content depends on besides its data: the template set, the
+    /// public URL its links start with and the site's branding in its header.
     pub fn content_fingerprint(&self) -> String {
         format!(
-            "{}|{}",
+            "{}|{}|{:?}",
             self.templates.fingerprint(),
-            self.links.public_url()
+            self.links.public_url(),
+            self.site
         )
     }
 
@@ -162,6 +196,7 @@ impl Composer {
             "email": to.as_str(),
             "confirm_url": self.links.confirm(token),
             "lifetime_days": self.lifetime_days,
+            "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, "confirm", &data)?;
         self.build(
@@ -217,6 +252,8 @@ impl Composer {
         let data = json!({
             "email": to.as_str(),
             "preferences_url": self.links.preferences(subscriber_id),
+            "link_url": self.links.link_page(),
+            "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, name, &data)?;
         self.build(name, to, subscriber_id, rendered, now, &[auto_submitted()])
@@ -316,6 +353,16 @@ pub struct DigestEntry {
     pub url: Option<String>,
     /// Teaser.
     pub summary: Option<String>,
+    /// Where it comes from: the host of its own link (`www.` dropped), if it has one.
+    pub source: Option<String>,
+}
+
+impl DigestEntry {
+    /// The source shown for an item linking `url`: its host without `www.`.
+    pub fn source_of(url: &str) -> Option<String> {
+        let host = url::Url::parse(url).ok()?.host_str()?.to_owned();
+        Some(host.strip_prefix("www.").map_or(host.clone(), str::to_owned))
+    }
 }
 
 impl Composer {
@@ -347,6 +394,7 @@ impl Composer {
             "archive_url": format!("{}/archive", self.links.public_url()),
             "view_url": view_url,
             "topics": topics,
+            "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, "digest", &data)?;
         Ok(DigestBody {
@@ -377,6 +425,7 @@ impl Composer {
             "unsubscribe_url": unsubscribe,
             "preferences_url": self.links.preferences(subscriber_id),
             "link_url": self.links.link_page(),
+            "site": self.site_data(body.locale),
         });
         let footer = self
             .templates

@@ -487,9 +487,8 @@ fn check_digest_content(
     text: &Handlebars<'static>,
     locale: Locale,
 ) -> Result<(), TemplateError> {
-    let item =
-        serde_json::json!({"title": "Titel", "url": "https://example.org/a", "summary": "Text"});
-    let bare = serde_json::json!({"title": "Titel", "url": null, "summary": null});
+    let item = serde_json::json!({"title": "Titel", "url": "https://example.org/a", "summary": "Text", "source": "example.org"});
+    let bare = serde_json::json!({"title": "Titel", "url": null, "summary": null, "source": null});
     let content = serde_json::json!({
         "date": "01.01.2027",
         "count": 3,
@@ -498,6 +497,7 @@ fn check_digest_content(
         "archive_url": "https://example.org/archive",
         "view_url": "https://example.org/digest?topics=thema&since=0&upto=3&date=2027-01-01&lang=de",
         "topics": "Thema",
+        "site": {"name": "Presse-Newsletter", "logo_url": "https://example.org/logo.png", "accent": "#004a8f", "imprint_url": "https://example.org/impressum", "privacy_url": null},
     });
     let contract = |part: &str, message: String| TemplateError::Contract {
         file: mail_file(locale, "digest", part),
@@ -567,6 +567,7 @@ fn check_digest_footer(
         "unsubscribe_url": unsubscribe,
         "preferences_url": preferences,
         "link_url": "https://example.org/link",
+        "site": {"name": "Presse-Newsletter", "logo_url": "https://example.org/logo.png", "accent": "#004a8f", "imprint_url": "https://example.org/impressum", "privacy_url": null},
     });
     for (reg, part) in [(text, "body.txt"), (html, "body.html")] {
         let contract = |message: String| TemplateError::Contract {
