@@ -27,6 +27,7 @@ mod link;
 mod postfix_bounce;
 mod public_browser;
 mod signup;
+mod site;
 mod store_contract;
 mod tls_relay;
 mod webhooks;
