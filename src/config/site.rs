@@ -69,9 +69,7 @@ impl Default for AccentColor {
 pub(super) fn resolve(file: FileSite) -> Result<SiteSettings, ConfigError> {
     let url = |key: &str, value: Option<String>| {
         value
-            .map(|v| {
-                HttpUrl::parse(v.trim()).map_err(|e| ConfigError::new(key, e.to_string()))
-            })
+            .map(|v| HttpUrl::parse(v.trim()).map_err(|e| ConfigError::new(key, e.to_string())))
             .transpose()
     };
     let name = match file.name.map(|n| n.trim().to_owned()) {
@@ -79,7 +77,10 @@ pub(super) fn resolve(file: FileSite) -> Result<SiteSettings, ConfigError> {
         n => n,
     };
     let logo_url = url("site.logo_url", file.logo_url)?;
-    if logo_url.as_ref().is_some_and(|u| u.url().scheme() != "https") {
+    if logo_url
+        .as_ref()
+        .is_some_and(|u| u.url().scheme() != "https")
+    {
         return Err(ConfigError::new(
             "site.logo_url",
             "must be an https URL (mail clients block other images)",

@@ -11,8 +11,8 @@ use rand::RngCore;
 use serde_json::json;
 
 use super::templates::{RenderedMail, TemplateError, Templates};
-use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
 use crate::config::SiteSettings;
+use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
 use crate::links::Links;
 use crate::store::NewMail;
 
@@ -361,7 +361,10 @@ impl DigestEntry {
     /// The source shown for an item linking `url`: its host without `www.`.
     pub fn source_of(url: &str) -> Option<String> {
         let host = url::Url::parse(url).ok()?.host_str()?.to_owned();
-        Some(host.strip_prefix("www.").map_or(host.clone(), str::to_owned))
+        Some(
+            host.strip_prefix("www.")
+                .map_or(host.clone(), str::to_owned),
+        )
     }
 }
 

@@ -46,7 +46,10 @@ impl Stylesheet {
         use sha2::Digest as _;
         let body = format!("{STYLESHEET}:root{{--accent:{}}}\n", accent.as_str());
         let digest = sha2::Sha256::digest(body.as_bytes());
-        let href = format!("/assets/postbote.{}.css", &crate::domain::hex(&digest)[..10]);
+        let href = format!(
+            "/assets/postbote.{}.css",
+            &crate::domain::hex(&digest)[..10]
+        );
         Self { body, href }
     }
 

@@ -100,7 +100,9 @@ pub fn render(
     }
     match state.templates.page(name, &data) {
         Ok(html) => match logo_policy(state) {
-            Some(csp) => (status, [(header::CONTENT_SECURITY_POLICY, csp)], Html(html)).into_response(),
+            Some(csp) => {
+                (status, [(header::CONTENT_SECURITY_POLICY, csp)], Html(html)).into_response()
+            }
             None => (status, Html(html)).into_response(),
         },
         Err(e) => {
