@@ -621,7 +621,7 @@ mod tests {
     fn built_in_templates_compile_and_render_both_languages() {
         let t = Templates::load(None).unwrap();
         for locale in Locale::ALL {
-            let data = serde_json::json!({"email": "a@example.org", "confirm_url": "http://x/confirm/<t>", "lifetime_days": 7});
+            let data = serde_json::json!({"email": "a@example.org", "confirm_url": "http://x/confirm/<t>", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}});
             let m = t.mail(locale, "confirm", &data).unwrap();
             assert!(!m.subject.is_empty() && !m.subject.contains('\n'));
             assert!(
@@ -650,7 +650,7 @@ mod tests {
             .mail(
                 Locale::En,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7}),
+                &serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
             )
             .unwrap();
         assert_eq!(m.subject, "Welcome a@b.de");
@@ -751,7 +751,7 @@ mod tests {
             .mail(
                 Locale::De,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de"}),
+                &serde_json::json!({"email": "a@b.de", "site": {"name": "Presse-Newsletter", "logo_url": null, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
             )
             .unwrap_err()
             .to_string();
