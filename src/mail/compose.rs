@@ -483,3 +483,44 @@ impl Composer {
         self.build("digest", &address, subscriber_id, rendered, now, &extra)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn composer() -> Composer {
+        Composer::new(
+            Arc::new(Templates::load(None).expect("built-in templates")),
+            "News <news@example.org>".parse().expect("mailbox"),
+            "https://news.example.org".into(),
+            chrono::Duration::days(7),
+            LinkKey::new(vec![1; 32]),
+            "news.example.org".into(),
+            ReturnAddresses::default(),
+        )
+    }
+
+    /// A digest body cached under one site name, logo or colour is not reused
+    /// after the operator changes it.
+    #[test]
+    fn the_content_fingerprint_follows_the_site_branding() {
+        let plain = composer();
+        let named = composer().with_site(SiteSettings {
+            name: Some("Pressedienst".into()),
+            ..SiteSettings::default()
+        });
+        let coloured = composer().with_site(SiteSettings {
+            accent_color: crate::config::AccentColor::parse("#112233").unwrap(),
+            ..SiteSettings::default()
+        });
+        let prints = [
+            plain.content_fingerprint(),
+            named.content_fingerprint(),
+            coloured.content_fingerprint(),
+        ];
+        assert_ne!(prints[0], prints[1]);
+        assert_ne!(prints[0], prints[2]);
+        assert_eq!(plain.site_name(Locale::De), "Presse-Newsletter");
+        assert_eq!(named.site_name(Locale::En), "Pressedienst");
+    }
+}
