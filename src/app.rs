@@ -100,6 +100,7 @@ impl App {
                 None
             }
         };
+        let stylesheet = Arc::new(web::assets::Stylesheet::new(&config.site.accent_color));
         let state = AppState {
             digester,
             store,
@@ -117,6 +118,7 @@ impl App {
             composer,
             admin_token: admin_token.into(),
             mail_wake: wake,
+            stylesheet,
         };
         Ok(Self {
             listener,

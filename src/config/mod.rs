@@ -8,7 +8,7 @@
 //! the `resolve` that checks them: the top-level keys in `storage`, `web`, `mail`
 //! and `signup` (the groups of the example file), then one file per `[section]`:
 //! `http`, `defaults`, `rate_limit`, `delivery`, `digest`, `bounces`, `dkim`,
-//! `feeds`, `polling`, `submissions`, `topics`, `webhooks`.
+//! `feeds`, `polling`, `submissions`, `topics`, `webhooks`, `site`.
 
 mod bounces;
 mod defaults;
@@ -21,6 +21,7 @@ mod mail;
 mod polling;
 mod rate_limit;
 mod signup;
+mod site;
 mod storage;
 mod submissions;
 #[cfg(test)]
@@ -46,6 +47,7 @@ pub use http::HttpSettings;
 pub use mail::{SmtpRelay, SmtpTls, Transport};
 pub use polling::PollingSettings;
 pub use rate_limit::RateLimits;
+pub use site::{AccentColor, SiteSettings};
 pub use submissions::SubmissionSettings;
 pub use topics::TopicSeed;
 pub use web::{IpNetwork, Secret};
@@ -105,6 +107,7 @@ struct FileConfig {
     bounce_address: Option<String>,
     unsubscribe_address: Option<String>,
     webhooks: webhooks::FileWebhooks,
+    site: site::FileSite,
 }
 
 /// The `POSTBOTE_*` environment variables; a variable wins over its key in the file.
@@ -206,6 +209,8 @@ pub struct Config {
     pub topics: Vec<TopicSeed>,
     /// Signed webhooks; `None` when no URL is configured.
     pub webhooks: Option<WebhookSettings>,
+    /// Name, logo, accent colour, imprint and privacy links of pages and mails.
+    pub site: SiteSettings,
 }
 
 impl Config {
@@ -294,6 +299,7 @@ impl Config {
             submissions: submissions::resolve(file.submissions)?,
             topics: topics::resolve(file.topics)?,
             webhooks: webhooks::resolve(env, file.webhooks)?,
+            site: site::resolve(file.site)?,
         })
     }
 

@@ -300,6 +300,7 @@ impl Digester {
                             .unwrap_or_else(|| self.composer.links().item(i.id)),
                     ),
                     summary: i.summary.clone(),
+                    source: i.url.as_deref().and_then(DigestEntry::source_of),
                 })
                 .collect();
             if !entries.is_empty() {

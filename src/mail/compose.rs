@@ -11,6 +11,7 @@ use rand::RngCore;
 use serde_json::json;
 
 use super::templates::{RenderedMail, TemplateError, Templates};
+use crate::config::SiteSettings;
 use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
 use crate::links::Links;
 use crate::store::NewMail;
@@ -44,6 +45,8 @@ pub struct Composer {
     list_id: String,
     /// VERP bounce and mailto unsubscribe address templates.
     addresses: ReturnAddresses,
+    /// Name, logo and accent colour of the mails' header, imprint and privacy links.
+    site: SiteSettings,
 }
 
 /// Address templates with an `{id}` placeholder for the reader (see
@@ -75,7 +78,36 @@ impl Composer {
             lifetime_days: lifetime.num_days().max(1),
             list_id,
             addresses,
+            site: SiteSettings::default(),
         }
+    }
+
+    /// This composer with the site's branding in every mail.
+    pub fn with_site(mut self, site: SiteSettings) -> Self {
+        self.site = site;
+        self
+    }
+
+    /// The site's branding as the mail templates see it (`site.name`,
+    /// `site.logo_url`, `site.accent`, `site.imprint_url`, `site.privacy_url`): the
+    /// configured name, else the language's `site_title`.
+    fn site_data(&self, locale: Locale) -> serde_json::Value {
+        let url = |u: &Option<crate::domain::HttpUrl>| u.as_ref().map(|u| u.as_str().to_owned());
+        json!({
+            "name": self.site_name(locale),
+            "logo_url": url(&self.site.logo_url),
+            "accent": self.site.accent_color.as_str(),
+            "imprint_url": url(&self.site.imprint_url),
+            "privacy_url": url(&self.site.privacy_url),
+        })
+    }
+
+    /// The newsletter's name in `locale`: configured, else the `site_title` text.
+    pub fn site_name(&self, locale: Locale) -> String {
+        self.site
+            .name
+            .clone()
+            .unwrap_or_else(|| self.templates.string(locale, "site_title"))
     }
 
     /// A composer as the configuration says, building its links with `links`.
@@ -96,15 +128,17 @@ impl Composer {
                 unsubscribe: config.unsubscribe_address.clone(),
             },
         )
+        .with_site(config.site.clone())
     }
 
-    /// What digest content depends on besides its data: the template set and the
-    /// public URL its links start with.
+    /// What digest content depends on besides its data: the template set, the
+    /// public URL its links start with and the site's branding in its header.
     pub fn content_fingerprint(&self) -> String {
         format!(
-            "{}|{}",
+            "{}|{}|{:?}",
             self.templates.fingerprint(),
-            self.links.public_url()
+            self.links.public_url(),
+            self.site
         )
     }
 
@@ -162,6 +196,7 @@ impl Composer {
             "email": to.as_str(),
             "confirm_url": self.links.confirm(token),
             "lifetime_days": self.lifetime_days,
+            "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, "confirm", &data)?;
         self.build(
@@ -217,6 +252,8 @@ impl Composer {
         let data = json!({
             "email": to.as_str(),
             "preferences_url": self.links.preferences(subscriber_id),
+            "link_url": self.links.link_page(),
+            "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, name, &data)?;
         self.build(name, to, subscriber_id, rendered, now, &[auto_submitted()])
@@ -316,6 +353,19 @@ pub struct DigestEntry {
     pub url: Option<String>,
     /// Teaser.
     pub summary: Option<String>,
+    /// Where it comes from: the host of its own link (`www.` dropped), if it has one.
+    pub source: Option<String>,
+}
+
+impl DigestEntry {
+    /// The source shown for an item linking `url`: its host without `www.`.
+    pub fn source_of(url: &str) -> Option<String> {
+        let host = url::Url::parse(url).ok()?.host_str()?.to_owned();
+        Some(
+            host.strip_prefix("www.")
+                .map_or(host.clone(), str::to_owned),
+        )
+    }
 }
 
 impl Composer {
@@ -347,6 +397,7 @@ impl Composer {
             "archive_url": format!("{}/archive", self.links.public_url()),
             "view_url": view_url,
             "topics": topics,
+            "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, "digest", &data)?;
         Ok(DigestBody {
@@ -377,6 +428,7 @@ impl Composer {
             "unsubscribe_url": unsubscribe,
             "preferences_url": self.links.preferences(subscriber_id),
             "link_url": self.links.link_page(),
+            "site": self.site_data(body.locale),
         });
         let footer = self
             .templates
@@ -429,5 +481,46 @@ impl Composer {
             ),
         ];
         self.build("digest", &address, subscriber_id, rendered, now, &extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn composer() -> Composer {
+        Composer::new(
+            Arc::new(Templates::load(None).expect("built-in templates")),
+            "News <news@example.org>".parse().expect("mailbox"),
+            "https://news.example.org".into(),
+            chrono::Duration::days(7),
+            LinkKey::new(vec![1; 32]),
+            "news.example.org".into(),
+            ReturnAddresses::default(),
+        )
+    }
+
+    /// A digest body cached under one site name, logo or colour is not reused
+    /// after the operator changes it.
+    #[test]
+    fn the_content_fingerprint_follows_the_site_branding() {
+        let plain = composer();
+        let named = composer().with_site(SiteSettings {
+            name: Some("Pressedienst".into()),
+            ..SiteSettings::default()
+        });
+        let coloured = composer().with_site(SiteSettings {
+            accent_color: crate::config::AccentColor::parse("#112233").unwrap(),
+            ..SiteSettings::default()
+        });
+        let prints = [
+            plain.content_fingerprint(),
+            named.content_fingerprint(),
+            coloured.content_fingerprint(),
+        ];
+        assert_ne!(prints[0], prints[1]);
+        assert_ne!(prints[0], prints[2]);
+        assert_eq!(plain.site_name(Locale::De), "Presse-Newsletter");
+        assert_eq!(named.site_name(Locale::En), "Pressedienst");
     }
 }

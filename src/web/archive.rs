@@ -135,10 +135,7 @@ async fn feed(
 ) -> Result<Response, PageError> {
     let topic = topic_by_slug(&state, &slug).await?;
     let entries = state.store.archive_page(topic.id, None, FEED).await?;
-    let site = state.templates.strings(lang.locale)["site_title"]
-        .as_str()
-        .unwrap_or("postbote")
-        .to_owned();
+    let site = state.composer.site_name(lang.locale);
     let atom = atom_feed(&AtomFeed {
         base: state.links.public_url(),
         site: &site,

@@ -116,6 +116,8 @@ pub struct AppState {
     pub mail_wake: Arc<Notify>,
     /// Runs digest passes (for `POST /api/v1/digests/run`).
     pub digester: Digester,
+    /// The pages' stylesheet with the accent colour, under its content-hashed name.
+    pub stylesheet: Arc<assets::Stylesheet>,
 }
 
 /// The whole HTTP surface.

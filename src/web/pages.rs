@@ -96,14 +96,46 @@ pub fn render(
             "lang_switch_href".into(),
             json!(format!("{path}?lang={other}")),
         );
+        map.insert("site".into(), site_data(state, locale));
     }
     match state.templates.page(name, &data) {
-        Ok(html) => (status, Html(html)).into_response(),
+        Ok(html) => match logo_policy(state) {
+            Some(csp) => {
+                (status, [(header::CONTENT_SECURITY_POLICY, csp)], Html(html)).into_response()
+            }
+            None => (status, Html(html)).into_response(),
+        },
         Err(e) => {
             tracing::error!(error = %e, "rendering a page failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
     }
+}
+
+/// With a logo configured, the Content-Security-Policy of pages also allows images
+/// from the logo's origin (the one remote file a page loads).
+fn logo_policy(state: &AppState) -> Option<String> {
+    let logo = state.config.site.logo_url.as_ref()?;
+    Some(format!(
+        "{}; img-src 'self' {}",
+        super::CONTENT_SECURITY_POLICY,
+        logo.url().origin().ascii_serialization()
+    ))
+}
+
+/// The site's branding as the layout sees it: `site.name` (configured, else the
+/// language's `site_title`), `site.logo_url`, `site.imprint_url`,
+/// `site.privacy_url` and `site.stylesheet`, the stylesheet's content-hashed path.
+fn site_data(state: &AppState, locale: Locale) -> Value {
+    let site = &state.config.site;
+    let url = |u: &Option<crate::domain::HttpUrl>| u.as_ref().map(|u| u.as_str().to_owned());
+    json!({
+        "name": state.composer.site_name(locale),
+        "logo_url": url(&site.logo_url),
+        "imprint_url": url(&site.imprint_url),
+        "privacy_url": url(&site.privacy_url),
+        "stylesheet": state.stylesheet.href(),
+    })
 }
 
 /// A page with a heading, a text and an optional link back to the sign-up.

@@ -29,6 +29,7 @@ mod pause;
 mod postfix_bounce;
 mod public_browser;
 mod signup;
+mod site;
 mod store_contract;
 mod tls_relay;
 mod webhooks;
