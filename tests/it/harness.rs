@@ -339,7 +339,9 @@ impl SmtpSink {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
-        files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        // Each file's time read once: a file still being written changes its time,
+        // and a key that changes during the sort breaks its order (std panics).
+        files.sort_by_cached_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
         files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
     }
 
