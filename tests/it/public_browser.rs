@@ -1,8 +1,10 @@
 //! The reader's pages in headless Chromium against the real `postbote serve`
 //! binary, in German and in English: sign up on the form, confirm with the link from
-//! the mail and its button, open the preferences from the digest and change the
-//! topics, unsubscribe from the digest's link; the digest itself is screenshotted
-//! as a page. Every page is screenshotted at 1280
+//! the mail and its button (weekdays chosen on the sign-up page), open the
+//! digest's "view in browser" page and the archive, open the preferences from the
+//! digest and change topics, time, weekdays and a pause, get the preferences link
+//! again through "send me my link", unsubscribe from the digest's link; the digest
+//! itself is screenshotted as a page. Every page is screenshotted at 1280
 //! and 375 px, checked by axe-core and has no console error (see
 //! [`Browser::check_page`]), and is in the reader's language.
 
@@ -102,6 +104,8 @@ async fn sign_up(r: &Reader<'_>, base: &str) {
     page(r, "subscribe_heading", "sign-up").await;
     browser.fill("#email", &r.email).await;
     r.tick(&["wirtschaft", "kultur"]).await;
+    // All seven days come ticked; this reader wants none on Sundays.
+    browser.click("input[name=weekdays][value=sun]").await;
     browser
         .find("#locale")
         .await
@@ -128,6 +132,24 @@ async fn confirm(r: &Reader<'_>, sink: &SmtpSink) {
     r.browser.click_and_wait("form button").await;
     page(r, "confirmed_heading", "confirmed").await;
     assert_eq!(r.status().await, "confirmed");
+    assert_eq!(
+        r.api.export(&r.email).await.unwrap()["schedule"]["weekdays"],
+        serde_json::json!(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]),
+        "the weekdays ticked on the sign-up page"
+    );
+}
+
+/// Sets the value of the input `id` as a reader's picker would (time and date
+/// inputs take keys in the browser's own format, so the value is set directly).
+async fn set_value(r: &Reader<'_>, id: &str, value: &str) {
+    r.browser
+        .client
+        .execute(
+            "document.getElementById(arguments[0]).value = arguments[1];",
+            vec![serde_json::json!(id), serde_json::json!(value)],
+        )
+        .await
+        .unwrap();
 }
 
 /// Opens the preferences from the digest's link, trades wirtschaft for sport.
@@ -136,6 +158,10 @@ async fn change_topics(r: &Reader<'_>, digest: &str) {
     r.browser.goto(&link).await;
     page(r, "preferences_heading", "preferences").await;
     r.tick(&["wirtschaft", "sport"]).await;
+    set_value(r, "delivery_time", "06:30").await;
+    r.browser.click("input[name=weekdays][value=sat]").await;
+    let pause = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
+    set_value(r, "paused_until", &pause.to_string()).await;
     r.browser
         .click_and_wait("form input[value=save] ~ button")
         .await;
@@ -144,10 +170,66 @@ async fn change_topics(r: &Reader<'_>, digest: &str) {
         r.t["preferences_saved"].as_str().unwrap()
     );
     page(r, "preferences_heading", "preferences-saved").await;
+    let export = r.api.export(&r.email).await.unwrap();
+    assert_eq!(export["topics"], serde_json::json!(["kultur", "sport"]));
+    assert_eq!(export["schedule"]["delivery_time"], "06:30");
     assert_eq!(
-        r.api.export(&r.email).await.unwrap()["topics"],
-        serde_json::json!(["kultur", "sport"])
+        export["schedule"]["weekdays"],
+        serde_json::json!(["Mon", "Tue", "Wed", "Thu", "Fri"])
     );
+    let changes = export["preference_changes"].as_array().unwrap();
+    assert_eq!(
+        changes.last().unwrap()["paused_until"],
+        pause.to_string(),
+        "{changes:?}"
+    );
+}
+
+/// Asks for the preferences link on "send me my link" and finds it in the mail
+/// that is mail number `n` (from 0).
+async fn send_me_my_link(r: &Reader<'_>, base: &str, sink: &SmtpSink, n: usize) {
+    r.browser
+        .goto(&format!("{base}/link?lang={}", r.lang))
+        .await;
+    page(r, "link_heading", "link").await;
+    r.browser.fill("#email", &r.email).await;
+    r.browser
+        .click_and_wait("form[action='/link'] button")
+        .await;
+    page(r, "link_sent_heading", "link-sent").await;
+    let mail = mail_text(sink, n).await;
+    let link = find_link(&mail, "preferences").expect("the preferences link, mailed");
+    r.browser.goto(&link).await;
+    page(r, "preferences_heading", "preferences-from-link").await;
+}
+
+/// The digest's "view in browser" page and the archive it points to.
+async fn the_archive(r: &Reader<'_>, base: &str, digest: &str) {
+    let view = digest
+        .split_whitespace()
+        .find(|w| w.contains("/digest?"))
+        .expect("a view-in-browser link");
+    r.browser.goto(view).await;
+    assert!(
+        r.browser
+            .text("body")
+            .await
+            .contains("Premiere im Stadttheater")
+    );
+    r.browser
+        .check_page(&format!("{}/digest-view", r.shots))
+        .await;
+    r.browser
+        .goto(&format!("{base}/archive?lang={}", r.lang))
+        .await;
+    page(r, "archive_heading", "archive").await;
+    r.browser
+        .goto(&format!("{base}/archive/kultur?lang={}", r.lang))
+        .await;
+    assert_eq!(r.browser.text("h1").await, "Kultur");
+    r.browser
+        .check_page(&format!("{}/archive-topic", r.shots))
+        .await;
 }
 
 /// Opens the digest's unsubscribe link and presses the button.
@@ -196,7 +278,9 @@ async fn a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend: Bac
     assert_eq!(api.run_pass(&at).await, (1, 1));
     let digest = mail_text(&sink, 1).await;
     show_the_digest(&r, &sink.wait_for(2).await[1]).await;
+    the_archive(&r, &serve.base, &digest).await;
     change_topics(&r, &digest).await;
+    send_me_my_link(&r, &serve.base, &sink, 2).await;
     unsubscribe(&r, &digest).await;
     browser.close().await;
 }
