@@ -4,7 +4,7 @@
 //! pause resumes, and a date in the past or more than a year ahead is refused with
 //! nothing changed; on both backends with the real app and a real SMTP server.
 
-use crate::harness::{Backend, SmtpSink, TestApp, app_at, delivered, find_link, parse, utc};
+use crate::harness::{Backend, SmtpSink, TestApp, app_at, delivered, find_link, form, parse, utc};
 use postbote::clock::ManualClock;
 
 const READER: &str = "urlaub@example.org";
@@ -202,7 +202,40 @@ async fn a_past_or_far_pause_is_refused_and_nothing_changes(backend: Backend) {
     assert!(texts(&app, &sink).await[1].contains("Later"));
 }
 
+async fn signing_up_again_after_unsubscribing_ends_an_old_pause(backend: Backend) {
+    let (app, sink, _db, clock, link) = reader_with_a_digest(backend).await;
+    clock.set(utc("2027-05-02T10:00:00Z"));
+    assert_eq!(save_pause(&app, &link, "2027-05-20").await.0, 200);
+    let digest = texts(&app, &sink).await.remove(0);
+    let unsubscribe = find_link(&digest, "unsubscribe").expect("an unsubscribe link");
+    assert_eq!(
+        app.http.post(&unsubscribe).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(app.export(READER).await.unwrap()["status"], "unsubscribed");
+
+    // Back through the sign-up form (07:30 Berlin) and its confirmation link: a new
+    // subscription, with the settings of the new form and no pause left over.
+    let r = app.sign_up_form(&form(READER, &["wirtschaft"])).await;
+    assert_eq!(r.status(), 200);
+    let mail = parse(&sink.wait_for(2).await[1])
+        .body_text(0)
+        .unwrap()
+        .into_owned();
+    let confirm = find_link(&mail, "confirm").expect("a confirmation link");
+    assert_eq!(app.http.post(&confirm).send().await.unwrap().status(), 200);
+    assert_eq!(app.export(READER).await.unwrap()["status"], "confirmed");
+    clock.set(utc("2027-05-02T11:00:00Z"));
+    app.post_item(&["wirtschaft"], "After coming back").await;
+    assert_eq!(
+        app.run_pass("2027-05-03T05:30:00Z").await,
+        (1, 1),
+        "3 May lies inside the old pause, which the new sign-up ended"
+    );
+}
+
 crate::on_both_backends!(
+    signing_up_again_after_unsubscribing_ends_an_old_pause,
     a_pause_sends_nothing_and_the_next_digest_lists_what_came_meanwhile,
     clearing_the_pause_resumes_the_digests,
     a_past_or_far_pause_is_refused_and_nothing_changes,

@@ -468,11 +468,12 @@ impl Tx {
         Ok((found.id, kind))
     }
 
-    /// Sets a reader pending with the requested settings.
+    /// Sets a reader pending with the requested settings (a pause from an earlier
+    /// subscription ends: the new one starts as the form says).
     async fn make_pending(&mut self, id: i64, req: &SignUp) -> StoreResult<()> {
         on_tx!(self, tx => sqlx::query(
             "UPDATE subscribers SET status = 'pending', locale = $2, delivery_time = $3, \
-             timezone = $4, updated_at = $5, weekdays = $6 WHERE id = $1",
+             timezone = $4, updated_at = $5, weekdays = $6, paused_until = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(req.locale.as_str())
