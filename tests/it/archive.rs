@@ -195,7 +195,38 @@ async fn a_digest_links_its_browser_view_with_the_same_items_and_the_rest_in_the
     assert!(!view.contains("leser"));
 }
 
+async fn hostile_archive_queries_are_refused_and_never_shown_back(backend: Backend) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    app.post_item(&["kultur"], "Premiere").await;
+    let script = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    for (path, status) in [
+        ("/archive/kultur?before=abc", 400),
+        (&format!("/archive/{script}") as &str, 404),
+        (&format!("/archive/{script}/feed.atom"), 404),
+        ("/digest?topics=kultur&since=x&upto=9&date=2027-05-02", 400),
+        ("/digest?topics=kultur&since=0&upto=9&date=gestern", 400),
+        ("/digest?topics=&since=0&upto=9&date=2027-05-02", 404),
+    ] {
+        let (got, body) = get(&app.url(path)).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(!body.contains("<script>"), "{path} shows markup back");
+    }
+    // More topics than a digest can name: refused, not a query with thousands of binds.
+    let many = vec!["kultur"; 101].join(",");
+    let path = format!("/digest?topics={many}&since=0&upto=9&date=2027-05-02");
+    assert_eq!(get(&app.url(&path)).await.0, 404);
+    // Topics that do not exist or markup in the list name nothing and show nothing.
+    let path = format!("/digest?topics=kultur,{script}&since=0&upto=1000&date=2027-05-02");
+    let (status, page) = get(&app.url(&path)).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Premiere") && !page.contains("<script>"),
+        "{page}"
+    );
+}
+
 on_both_backends!(
+    hostile_archive_queries_are_refused_and_never_shown_back,
     the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items,
     the_atom_feed_carries_what_the_schema_requires_and_a_feed_reader_reads_it,
     a_digest_links_its_browser_view_with_the_same_items_and_the_rest_in_the_archive,
