@@ -35,6 +35,41 @@ const TOPIC_PAGE: &str = "SELECT i.id, i.title, i.url, i.summary, i.published_at
     WHERE it.topic_id = $1 AND it.arrival < $2 AND i.hidden_at IS NULL \
     ORDER BY it.arrival DESC LIMIT $3";
 
+/// At most this many topic links of a digest window are looked at for its
+/// browser view (see [`Store::archive_window`]).
+pub const WINDOW_CAP: i64 = 1_000;
+
+/// A digest window's items as its browser view shows them.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// The newest visible items, at most the limit asked for.
+    pub shown: Vec<ArchiveEntry>,
+    /// How many visible items the window holds (a lower bound when `capped`).
+    pub total: usize,
+    /// The window held more than [`WINDOW_CAP`] topic links; only the newest
+    /// were counted.
+    pub capped: bool,
+}
+
+#[derive(FromRow)]
+struct WindowRow {
+    #[sqlx(flatten)]
+    entry: ArchiveEntry,
+    total: i64,
+    looked_at: i64,
+}
+
+/// Appends `ids` as a comma-separated list of binds.
+fn push_list<DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<DB>, ids: &[i64])
+where
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+}
+
 impl Store {
     /// Up to `limit` visible items of topic `topic_id` that arrived before
     /// `before` (an arrival number; `None` for the newest), newest first.
@@ -60,6 +95,11 @@ impl Store {
     /// `(since, upto]`, newest first: what a digest for those topics covering that
     /// window lists (up to `limit`), and how many there are in all.
     ///
+    /// The window comes from a public URL, so the work is bounded whatever it
+    /// says: only the newest [`WINDOW_CAP`] topic links of the window are looked
+    /// at, and [`Window::capped`] says when there were more (the count is then a
+    /// lower bound). No more than `limit` rows leave the database.
+    ///
     /// # Errors
     /// When the database fails.
     pub async fn archive_window(
@@ -68,29 +108,40 @@ impl Store {
         since: i64,
         upto: i64,
         limit: u32,
-    ) -> StoreResult<(Vec<ArchiveEntry>, usize)> {
-        if topic_ids.is_empty() {
-            return Ok((Vec::new(), 0));
+    ) -> StoreResult<Window> {
+        if topic_ids.is_empty() || upto <= since {
+            return Ok(Window::default());
         }
-        let all: Vec<ArchiveEntry> = on_pool!(self, pool => {
+        let rows: Vec<WindowRow> = on_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new(
-                "SELECT i.id, i.title, i.url, i.summary, i.published_at, i.created_at, w.arrival FROM \
-                 (SELECT it.item_id, MIN(it.arrival) AS arrival FROM item_topics it WHERE it.topic_id IN (",
+                "WITH cand AS (SELECT c.item_id FROM item_topics c WHERE c.topic_id IN (",
             );
-            let mut list = q.separated(", ");
-            for id in topic_ids {
-                list.push_bind(*id);
-            }
-            q.push(") GROUP BY it.item_id) w JOIN items i ON i.id = w.item_id WHERE i.hidden_at IS NULL AND w.arrival > ")
+            push_list(&mut q, topic_ids);
+            q.push(") AND c.arrival > ")
                 .push_bind(since)
-                .push(" AND w.arrival <= ")
+                .push(" AND c.arrival <= ")
                 .push_bind(upto)
-                .push(" ORDER BY w.arrival DESC, i.id DESC");
+                .push(" ORDER BY c.arrival DESC LIMIT ")
+                .push_bind(WINDOW_CAP)
+                .push("), w AS (SELECT it.item_id, MIN(it.arrival) AS arrival FROM item_topics it \
+                       WHERE it.item_id IN (SELECT item_id FROM cand) AND it.topic_id IN (");
+            push_list(&mut q, topic_ids);
+            q.push(") GROUP BY it.item_id) \
+                    SELECT i.id, i.title, i.url, i.summary, i.published_at, i.created_at, w.arrival, \
+                    COUNT(*) OVER () AS total, (SELECT COUNT(*) FROM cand) AS looked_at \
+                    FROM w JOIN items i ON i.id = w.item_id \
+                    WHERE i.hidden_at IS NULL AND w.arrival > ")
+                .push_bind(since)
+                .push(" ORDER BY w.arrival DESC, i.id DESC LIMIT ")
+                .push_bind(i64::from(limit));
             q.build_query_as().fetch_all(pool).await
         })?;
-        let total = all.len();
-        let shown = all.into_iter().take(limit as usize).collect();
-        Ok((shown, total))
+        let (total, looked_at) = rows.first().map_or((0, 0), |r| (r.total, r.looked_at));
+        Ok(Window {
+            shown: rows.into_iter().map(|r| r.entry).collect(),
+            total: usize::try_from(total).unwrap_or(0),
+            capped: looked_at >= WINDOW_CAP,
+        })
     }
 
     /// The topics each of `items` was in by arrival `upto`, as `(item, topic)`
@@ -109,10 +160,7 @@ impl Store {
         let pairs = on_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new("SELECT item_id, topic_id FROM item_topics WHERE arrival <= ");
             q.push_bind(upto).push(" AND item_id IN (");
-            let mut list = q.separated(", ");
-            for id in items {
-                list.push_bind(*id);
-            }
+            push_list(&mut q, items);
             q.push(")");
             q.build_query_as().fetch_all(pool).await
         })?;

@@ -51,7 +51,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use archive::ArchiveEntry;
+pub use archive::{ArchiveEntry, WINDOW_CAP, Window};
 pub use console::{
     Dashboard, DayCounts, ExportRow, FeedHealth, HourCount, QueueHealth, Rate, SubscriberQuery,
     SubscriberRow,

@@ -49,6 +49,29 @@ impl Store {
         Ok(topics)
     }
 
+    /// The topics (retired ones too) whose slugs are among `slugs`, ordered by
+    /// name; a slug that names no topic is left out.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn topics_by_slugs(&self, slugs: &[&str]) -> StoreResult<Vec<Topic>> {
+        if slugs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topics = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT id, slug, name, description, created_at, retired_at FROM topics WHERE slug IN (",
+            );
+            let mut list = q.separated(", ");
+            for slug in slugs {
+                list.push_bind(*slug);
+            }
+            q.push(") ORDER BY name, id");
+            q.build_query_as().fetch_all(pool).await
+        })?;
+        Ok(topics)
+    }
+
     /// Creates a topic.
     ///
     /// # Errors

@@ -52,11 +52,8 @@ fn entry_json(state: &AppState, locale: Locale, e: &ArchiveEntry) -> serde_json:
 
 /// The topic named by `slug` (offered or retired: old digests link to it).
 async fn topic_by_slug(state: &AppState, slug: &str) -> Result<Topic, PageError> {
-    let topics = state.store.list_topics(true).await?;
-    Ok(topics
-        .into_iter()
-        .find(|t| t.slug == slug)
-        .ok_or(Problem::NotFound)?)
+    let mut topics = state.store.topics_by_slugs(&[slug]).await?;
+    Ok(topics.pop().ok_or(Problem::NotFound)?)
 }
 
 async fn index(State(state): State<AppState>, lang: PageLang) -> Result<Response, PageError> {
@@ -259,28 +256,23 @@ async fn digest_view(
     if wanted.is_empty() || wanted.len() > MAX_VIEW_TOPICS {
         return Err(Problem::NotFound.into());
     }
-    let mut chosen: Vec<Topic> = state
-        .store
-        .list_topics(true)
-        .await?
-        .into_iter()
-        .filter(|t| wanted.contains(&t.slug.as_str()))
-        .collect();
     // The mail's order: topics by name, an item under the first of its topics.
+    let mut chosen = state.store.topics_by_slugs(&wanted).await?;
     chosen.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     let ids: Vec<i64> = chosen.iter().map(|t| t.id).collect();
     let limit = u32::try_from(state.config.digest.max_items).unwrap_or(u32::MAX);
-    let (shown, total) = state
+    let window = state
         .store
         .archive_window(&ids, q.since, q.upto, limit)
         .await?;
-    let groups = view_groups(&state, locale, &chosen, &shown, q.upto).await?;
+    let groups = view_groups(&state, locale, &chosen, &window.shown, q.upto).await?;
     let data = json!({
         "title": state.templates.strings(locale)["digest_view_heading"],
         "date": local_date(locale, q.date.and_time(chrono::NaiveTime::MIN).and_utc()),
         "groups": groups,
-        "count": total,
-        "more": total.saturating_sub(shown.len()),
+        "count": window.total,
+        "more": window.total.saturating_sub(window.shown.len()),
+        "more_than": window.capped,
         "archive_href": format!("/archive?lang={locale}"),
     });
     Ok(render(

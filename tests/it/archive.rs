@@ -225,7 +225,89 @@ async fn hostile_archive_queries_are_refused_and_never_shown_back(backend: Backe
     );
 }
 
+/// Runs `sql` on the app's database, whichever it is.
+async fn execute(store: &postbote::store::Store, sql: String) {
+    use postbote::store::Store;
+    match store {
+        Store::Postgres(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Store::Sqlite(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn a_digest_view_window_from_the_url_reads_a_bounded_number_of_items(backend: Backend) {
+    use postbote::store::WINDOW_CAP;
+    let (app, _sink, _db, _clock) =
+        app_at(backend, "2027-05-01T08:00:00Z", |c| c.digest.max_items = 5).await;
+    app.post_item(&["kultur"], "Erste Premiere").await;
+    let topic = app.store.topics_by_slugs(&["kultur"]).await.unwrap()[0].id;
+    // More items in one topic than a view ever looks at, written straight into the
+    // tables (thousands of API calls would only slow the test down).
+    let bulk = WINDOW_CAP + 200;
+    execute(
+        &app.store,
+        format!(
+            "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < {bulk}) \
+             INSERT INTO items (dedup_key, title, source, created_at) \
+             SELECT 'bulk:' || k, 'Massenmeldung ' || k, source, created_at \
+             FROM n, items WHERE items.id = (SELECT MIN(id) FROM items); \
+             INSERT INTO item_topics (item_id, topic_id, arrival) \
+             SELECT id, {topic}, id FROM items WHERE dedup_key LIKE 'bulk:%';"
+        ),
+    )
+    .await;
+
+    // The whole history asked for at once: the newest `max_items`, a count that
+    // says it stopped looking, and never more rows than the cap.
+    let all = app
+        .store
+        .archive_window(&[topic], 0, i64::MAX, 5)
+        .await
+        .unwrap();
+    assert_eq!(all.shown.len(), 5);
+    assert!(all.capped, "more links than the cap: the count says so");
+    assert!(all.total <= WINDOW_CAP as usize, "{}", all.total);
+    assert!(all.shown[0].title.starts_with("Massenmeldung"));
+    let path = format!(
+        "/digest?topics=kultur&since=0&upto={}&date=2027-05-02&lang=de",
+        i64::MAX
+    );
+    let (status, page) = get(&app.url(&path)).await;
+    assert_eq!(status, 200);
+    assert_eq!(page.matches("Massenmeldung ").count(), 5, "{page}");
+    assert!(page.contains("… und mehr als "), "{page}");
+
+    // A window of a real digest's size is counted exactly.
+    let newest = all.shown[0].arrival;
+    let small = app
+        .store
+        .archive_window(&[topic], newest - 7, newest, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        (small.shown.len(), small.total, small.capped),
+        (5, 7, false)
+    );
+    // An empty or reversed window reads nothing.
+    let none = app
+        .store
+        .archive_window(&[topic], newest, newest - 100, 5)
+        .await
+        .unwrap();
+    assert_eq!((none.shown.len(), none.total), (0, 0));
+}
+
 on_both_backends!(
+    a_digest_view_window_from_the_url_reads_a_bounded_number_of_items,
     hostile_archive_queries_are_refused_and_never_shown_back,
     the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items,
     the_atom_feed_carries_what_the_schema_requires_and_a_feed_reader_reads_it,
