@@ -88,13 +88,7 @@ impl Digester {
             .render(&batch, &planned.body_key)
             .map_err(StoreError::Callback)?;
         let item_count = body.item_count;
-        let body = DigestBody {
-            locale: body.locale,
-            subject: body.subject,
-            text: body.text,
-            html: body.html,
-            topics: body.topics,
-        };
+        let body = DigestBody::new(body.locale, body.subject, body.text, body.html, body.topics);
         let mail = self
             .composer
             .digest(&body, reader.email.as_str(), PREVIEW_READER, now)

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use lettre::Message;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use rand::RngCore;
 use serde_json::json;
 
@@ -268,6 +269,31 @@ impl Composer {
         now: DateTime<Utc>,
         extra_headers: &[HeaderValue],
     ) -> Result<NewMail, ComposeError> {
+        let parts = MultiPart::alternative_plain_html(mail.text, mail.html);
+        self.assemble(
+            kind,
+            to,
+            subscriber_id,
+            mail.subject,
+            parts,
+            now,
+            extra_headers,
+        )
+    }
+
+    /// The message around `parts`: sender, recipient, subject, date, id and
+    /// `extra_headers`.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        &self,
+        kind: &'static str,
+        to: &EmailAddress,
+        subscriber_id: i64,
+        subject: String,
+        parts: MultiPart,
+        now: DateTime<Utc>,
+        extra_headers: &[HeaderValue],
+    ) -> Result<NewMail, ComposeError> {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
         let domain = self.from.email.domain().to_owned();
@@ -277,13 +303,13 @@ impl Composer {
                 None,
                 crate::domain::ascii_address(to.as_str()).parse()?,
             ))
-            .subject(mail.subject)
+            .subject(subject)
             .date(now.into())
             .message_id(Some(format!("<{}@{domain}>", hex(&id))));
         for header in extra_headers {
             builder = builder.raw_header(header.clone());
         }
-        let message = builder.multipart(MultiPart::alternative_plain_html(mail.text, mail.html))?;
+        let message = builder.multipart(parts)?;
         Ok(NewMail {
             kind,
             recipient: to.as_str().to_owned(),
@@ -317,6 +343,88 @@ pub struct DigestBody {
     pub html: String,
     /// The readers' topics, named again in the reader's part ("why you get this").
     pub topics: String,
+    /// Both parts as they go on the wire, encoded on first use: every reader's
+    /// copy then encodes only its own part.
+    wire: std::sync::OnceLock<Arc<WireBody>>,
+}
+
+impl DigestBody {
+    /// A digest's shared content.
+    #[must_use]
+    pub fn new(
+        locale: Locale,
+        subject: String,
+        text: String,
+        html: String,
+        topics: String,
+    ) -> Self {
+        Self {
+            locale,
+            subject,
+            text,
+            html,
+            topics,
+            wire: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn wire(&self) -> Arc<WireBody> {
+        self.wire
+            .get_or_init(|| {
+                Arc::new(WireBody {
+                    text: EncodedPrefix::new(&self.text),
+                    html: EncodedPrefix::new(&self.html),
+                })
+            })
+            .clone()
+    }
+}
+
+/// A digest body's two parts, quoted-printable encoded up to their last line
+/// break.
+#[derive(Debug)]
+struct WireBody {
+    text: EncodedPrefix,
+    html: EncodedPrefix,
+}
+
+/// A part's shared content, encoded once. Quoted-printable encodes line by line,
+/// so content that ends with a line break, encoded on its own, followed by the
+/// encoding of what comes after it, is the encoding of the whole; the unfinished
+/// last line (if any) is kept as text and encoded with each reader's part.
+#[derive(Debug)]
+struct EncodedPrefix {
+    /// The encoded lines up to and including the last line break.
+    lines: Vec<u8>,
+    /// What follows the last line break, not yet encoded.
+    rest: String,
+}
+
+impl EncodedPrefix {
+    fn new(content: &str) -> Self {
+        let split = content.rfind('\n').map_or(0, |i| i + 1);
+        let (lines, rest) = content.split_at(split);
+        Self {
+            lines: quoted_printable(lines.to_owned()),
+            rest: rest.to_owned(),
+        }
+    }
+
+    /// The whole part, the shared content followed by `tail`, as a body encoded
+    /// quoted-printable.
+    fn followed_by(&self, tail: &str) -> Body {
+        let tail = quoted_printable([self.rest.as_str(), tail].concat());
+        Body::dangerous_pre_encoded(
+            [self.lines.as_slice(), &tail].concat(),
+            ContentTransferEncoding::QuotedPrintable,
+        )
+    }
+}
+
+/// `text` with CRLF line breaks, quoted-printable encoded.
+fn quoted_printable(text: String) -> Vec<u8> {
+    Body::new_with_encoding(text, ContentTransferEncoding::QuotedPrintable)
+        .map_or_else(|unencoded| unencoded, Body::into_vec)
 }
 
 /// What belongs to one reader in a digest: rendered from the `digest-footer`
@@ -400,13 +508,13 @@ impl Composer {
             "site": self.site_data(locale),
         });
         let rendered = self.templates.mail(locale, "digest", &data)?;
-        Ok(DigestBody {
+        Ok(DigestBody::new(
             locale,
-            subject: rendered.subject,
-            text: rendered.text,
-            html: rendered.html,
+            rendered.subject,
+            rendered.text,
+            rendered.html,
             topics,
-        })
+        ))
     }
 
     /// One reader's part of a digest: the `digest-footer` templates rendered with
@@ -464,11 +572,18 @@ impl Composer {
         let address =
             EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
         let part = self.reader_part(body, &address, subscriber_id)?;
-        let rendered = RenderedMail {
-            subject: body.subject.clone(),
-            text: [body.text.as_str(), &part.text].concat(),
-            html: [body.html.as_str(), &part.html].concat(),
-        };
+        let wire = body.wire();
+        let parts = MultiPart::alternative()
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(wire.text.followed_by(&part.text)),
+            )
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(wire.html.followed_by(&part.html)),
+            );
         let header = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
         };
@@ -480,7 +595,15 @@ impl Composer {
                 "List-Unsubscribe=One-Click".to_owned(),
             ),
         ];
-        self.build("digest", &address, subscriber_id, rendered, now, &extra)
+        self.assemble(
+            "digest",
+            &address,
+            subscriber_id,
+            body.subject.clone(),
+            parts,
+            now,
+            &extra,
+        )
     }
 }
 
@@ -522,5 +645,74 @@ mod tests {
         assert_ne!(prints[0], prints[2]);
         assert_eq!(plain.site_name(Locale::De), "Presse-Newsletter");
         assert_eq!(named.site_name(Locale::En), "Pressedienst");
+    }
+
+    /// A digest assembled from its once-encoded shared parts and the reader's part
+    /// reads exactly like the same mail rendered and encoded whole, keeps
+    /// quoted-printable's line limit, and shares nearly all of its bytes.
+    #[test]
+    fn a_digest_from_its_encoded_shared_parts_reads_as_the_mail_built_whole() {
+        let c = composer();
+        let entry = |title: &str, summary: String| DigestEntry {
+            title: title.into(),
+            url: Some("https://www.example.org/a?x=1&y=2".into()),
+            summary: Some(summary),
+            source: DigestEntry::source_of("https://www.example.org/a"),
+        };
+        let groups = vec![DigestGroup {
+            topic: "Wirtschaft".into(),
+            items: vec![
+                entry(
+                    "Grüße & <b>Märkte</b> …",
+                    "Ein sehr langer Absatz über Zölle. ".repeat(12),
+                ),
+                entry(
+                    "=?utf-8?q?kein Kopf?=",
+                    "Gleichheitszeichen = und Punkt\n.\nam Zeilenanfang".into(),
+                ),
+            ],
+            archive_url: "https://news.example.org/archive/wirtschaft".into(),
+        }];
+        let date = chrono::NaiveDate::from_ymd_opt(2027, 5, 2).unwrap();
+        let now = date.and_hms_opt(5, 0, 0).unwrap().and_utc();
+        let body = c
+            .digest_body(
+                Locale::De,
+                date,
+                &groups,
+                5,
+                &["Wirtschaft".into()],
+                "https://news.example.org/digest?t=1",
+            )
+            .unwrap();
+        let to = EmailAddress::parse("leser@example.org").unwrap();
+        let shared = c.digest(&body, to.as_str(), 7, now).unwrap().message;
+        let part = c.reader_part(&body, &to, 7).unwrap();
+        let whole = RenderedMail {
+            subject: body.subject.clone(),
+            text: [body.text.as_str(), &part.text].concat(),
+            html: [body.html.as_str(), &part.html].concat(),
+        };
+        let whole = c.build("digest", &to, 7, whole, now, &[]).unwrap().message;
+        let parser = mail_parser::MessageParser::default();
+        let (a, b) = (
+            parser.parse(&shared).unwrap(),
+            parser.parse(&whole).unwrap(),
+        );
+        assert_eq!(a.body_text(0), b.body_text(0));
+        assert_eq!(a.body_html(0), b.body_html(0));
+        assert!(a.body_text(0).unwrap().contains("Grüße & <b>Märkte</b>"));
+        let text = String::from_utf8(shared).unwrap();
+        assert!(text.is_ascii(), "every byte encoded");
+        let (_, body_lines) = text.split_once("\r\n\r\n").unwrap();
+        let long: Vec<&str> = body_lines.split("\r\n").filter(|l| l.len() > 76).collect();
+        assert!(long.is_empty(), "QP line limit: {long:?}");
+        let wire = body.wire();
+        assert!(
+            wire.text.rest.len() < 200 && wire.html.rest.len() < 200,
+            "the unshared rests are short: {} / {}",
+            wire.text.rest.len(),
+            wire.html.rest.len()
+        );
     }
 }

@@ -109,13 +109,9 @@ impl BodyCache {
             loaded.clear();
         }
         for b in stored {
-            let body = Arc::new(DigestBody {
-                locale: b.locale,
-                subject: b.subject,
-                text: b.text,
-                html: b.html,
-                topics: b.topics,
-            });
+            let body = Arc::new(DigestBody::new(
+                b.locale, b.subject, b.text, b.html, b.topics,
+            ));
             loaded.insert(b.id, body.clone());
             bodies.insert(b.id, body);
         }
