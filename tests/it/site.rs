@@ -55,6 +55,11 @@ fn assert_branded(what: &str, page: &str) {
         page.contains(&format!("src=\"{LOGO}\"")),
         "{what}: the logo"
     );
+    assert!(
+        page.contains("<nav aria-label=\"Sprachwahl\">")
+            || page.contains("<nav aria-label=\"Language\">"),
+        "{what}: the header's navigation is named"
+    );
     let footer = page
         .split("<footer")
         .nth(1)
