@@ -47,7 +47,7 @@ pub use http::HttpSettings;
 pub use mail::{SmtpRelay, SmtpTls, Transport};
 pub use polling::PollingSettings;
 pub use rate_limit::RateLimits;
-pub use site::{AccentColor, SiteSettings};
+pub use site::{AccentColor, LogoWidth, SiteSettings};
 pub use submissions::SubmissionSettings;
 pub use topics::TopicSeed;
 pub use web::{IpNetwork, Secret};

@@ -12,6 +12,7 @@ use crate::domain::HttpUrl;
 pub(super) struct FileSite {
     name: Option<String>,
     logo_url: Option<String>,
+    logo_width: Option<u32>,
     accent_color: Option<String>,
     imprint_url: Option<String>,
     privacy_url: Option<String>,
@@ -24,12 +25,50 @@ pub struct SiteSettings {
     pub name: Option<String>,
     /// An `https` logo shown in page and mail headers (the only remote image).
     pub logo_url: Option<HttpUrl>,
+    /// The logo's width in px when shown 40 px high: mails give it as the `<img>`'s
+    /// `width` (Outlook sizes images by their attributes, not by CSS).
+    pub logo_width: LogoWidth,
     /// `#rrggbb` for links and buttons.
     pub accent_color: AccentColor,
     /// The operator's imprint (Impressum).
     pub imprint_url: Option<HttpUrl>,
     /// The operator's privacy policy.
     pub privacy_url: Option<HttpUrl>,
+}
+
+/// The logo's width in px at [`LogoWidth::HEIGHT`], 1 to [`LogoWidth::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogoWidth(u32);
+
+impl LogoWidth {
+    /// The height every page and mail shows the logo at, in px.
+    pub const HEIGHT: u32 = 40;
+    /// The widest logo the 600 px mail column holds beside its padding.
+    pub const MAX: u32 = 552;
+
+    /// A width of 1 to [`Self::MAX`] px.
+    ///
+    /// # Errors
+    /// A message when `px` is 0 or wider than the mail column.
+    pub fn new(px: u32) -> Result<Self, String> {
+        if (1..=Self::MAX).contains(&px) {
+            Ok(Self(px))
+        } else {
+            Err(format!("{px} is not a width from 1 to {} px", Self::MAX))
+        }
+    }
+
+    /// The width in px.
+    pub fn px(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for LogoWidth {
+    /// Square, as high as wide.
+    fn default() -> Self {
+        Self(Self::HEIGHT)
+    }
 }
 
 /// A colour written `#rrggbb`, lower-cased.
@@ -64,8 +103,8 @@ impl Default for AccentColor {
     }
 }
 
-/// Checks `[site]`: a name that is not blank, an `https` logo, a `#rrggbb` accent
-/// colour, `http(s)` imprint and privacy URLs.
+/// Checks `[site]`: a name that is not blank, an `https` logo 1 to 552 px wide, a
+/// `#rrggbb` accent colour, `http(s)` imprint and privacy URLs.
 pub(super) fn resolve(file: FileSite) -> Result<SiteSettings, ConfigError> {
     let url = |key: &str, value: Option<String>| {
         value
@@ -86,6 +125,10 @@ pub(super) fn resolve(file: FileSite) -> Result<SiteSettings, ConfigError> {
             "must be an https URL (mail clients block other images)",
         ));
     }
+    let logo_width = match file.logo_width {
+        Some(px) => LogoWidth::new(px).map_err(|e| ConfigError::new("site.logo_width", e))?,
+        None => LogoWidth::default(),
+    };
     let accent_color = match file.accent_color {
         Some(c) => AccentColor::parse(&c).map_err(|e| ConfigError::new("site.accent_color", e))?,
         None => AccentColor::default(),
@@ -93,6 +136,7 @@ pub(super) fn resolve(file: FileSite) -> Result<SiteSettings, ConfigError> {
     Ok(SiteSettings {
         name,
         logo_url,
+        logo_width,
         accent_color,
         imprint_url: url("site.imprint_url", file.imprint_url)?,
         privacy_url: url("site.privacy_url", file.privacy_url)?,

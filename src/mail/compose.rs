@@ -90,13 +90,14 @@ impl Composer {
     }
 
     /// The site's branding as the mail templates see it (`site.name`,
-    /// `site.logo_url`, `site.accent`, `site.imprint_url`, `site.privacy_url`): the
-    /// configured name, else the language's `site_title`.
+    /// `site.logo_url`, `site.logo_width`, `site.accent`, `site.imprint_url`,
+    /// `site.privacy_url`): the configured name, else the language's `site_title`.
     fn site_data(&self, locale: Locale) -> serde_json::Value {
         let url = |u: &Option<crate::domain::HttpUrl>| u.as_ref().map(|u| u.as_str().to_owned());
         json!({
             "name": self.site_name(locale),
             "logo_url": url(&self.site.logo_url),
+            "logo_width": self.site.logo_width.px(),
             "accent": self.site.accent_color.as_str(),
             "imprint_url": url(&self.site.imprint_url),
             "privacy_url": url(&self.site.privacy_url),

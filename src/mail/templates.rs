@@ -497,7 +497,7 @@ fn check_digest_content(
         "archive_url": "https://example.org/archive",
         "view_url": "https://example.org/digest?topics=thema&since=0&upto=3&date=2027-01-01&lang=de",
         "topics": "Thema",
-        "site": {"name": "Presse-Newsletter", "logo_url": "https://example.org/logo.png", "accent": "#004a8f", "imprint_url": "https://example.org/impressum", "privacy_url": null},
+        "site": {"name": "Presse-Newsletter", "logo_url": "https://example.org/logo.png", "logo_width": 40, "accent": "#004a8f", "imprint_url": "https://example.org/impressum", "privacy_url": null},
     });
     let contract = |part: &str, message: String| TemplateError::Contract {
         file: mail_file(locale, "digest", part),
@@ -567,7 +567,7 @@ fn check_digest_footer(
         "unsubscribe_url": unsubscribe,
         "preferences_url": preferences,
         "link_url": "https://example.org/link",
-        "site": {"name": "Presse-Newsletter", "logo_url": "https://example.org/logo.png", "accent": "#004a8f", "imprint_url": "https://example.org/impressum", "privacy_url": null},
+        "site": {"name": "Presse-Newsletter", "logo_url": "https://example.org/logo.png", "logo_width": 40, "accent": "#004a8f", "imprint_url": "https://example.org/impressum", "privacy_url": null},
     });
     for (reg, part) in [(text, "body.txt"), (html, "body.html")] {
         let contract = |message: String| TemplateError::Contract {
@@ -621,7 +621,7 @@ mod tests {
     fn built_in_templates_compile_and_render_both_languages() {
         let t = Templates::load(None).unwrap();
         for locale in Locale::ALL {
-            let data = serde_json::json!({"email": "a@example.org", "confirm_url": "http://x/confirm/<t>", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}});
+            let data = serde_json::json!({"email": "a@example.org", "confirm_url": "http://x/confirm/<t>", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}});
             let m = t.mail(locale, "confirm", &data).unwrap();
             assert!(!m.subject.is_empty() && !m.subject.contains('\n'));
             assert!(
@@ -650,7 +650,7 @@ mod tests {
             .mail(
                 Locale::En,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
+                &serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
             )
             .unwrap();
         assert_eq!(m.subject, "Welcome a@b.de");
@@ -751,7 +751,7 @@ mod tests {
             .mail(
                 Locale::De,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de", "site": {"name": "Presse-Newsletter", "logo_url": null, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
+                &serde_json::json!({"email": "a@b.de", "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
             )
             .unwrap_err()
             .to_string();

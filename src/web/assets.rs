@@ -1,12 +1,16 @@
 //! `GET /assets/postbote.<hash>.css`, the pages' stylesheet with the configured
-//! accent colour, named after its content so browsers may keep it for a year;
-//! `GET /assets/postbote.css` (the same bytes under the old name, kept for an hour)
-//! and `GET /assets/timezone.js`, the sign-up page's time-zone script, built into
-//! the binary; and `GET /favicon.ico`, which every browser asks for (a 404 there is
-//! an error in its console on every page). They are files, not inline code, so the
-//! Content-Security-Policy can allow scripts and styles from postbote itself and
-//! nothing inline (see [`super::CONTENT_SECURITY_POLICY`]); that is also why the
-//! accent colour is written into the stylesheet at start instead of a `style=`.
+//! accent colour, and `GET /assets/timezone.<hash>.js`, the sign-up page's
+//! time-zone script, each named after its content ([`HashedAsset`]) so browsers
+//! may keep it for a year; the same files under their old names
+//! (`GET /assets/postbote.css`, `GET /assets/timezone.js`, kept for an hour), built
+//! into the binary; and `GET /favicon.ico`, which every browser asks for (a 404
+//! there is an error in its console on every page). They are files, not inline
+//! code, so the Content-Security-Policy can allow scripts and styles from postbote
+//! itself and nothing inline (see [`super::CONTENT_SECURITY_POLICY`]); that is also
+//! why the accent colour is written into the stylesheet at start instead of a
+//! `style=`.
+
+use std::sync::LazyLock;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -30,39 +34,45 @@ const CACHE: &str = "public, max-age=3600";
 /// Files named after their content never change under that name.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// The stylesheet as served: the built-in rules and the accent colour, and the
-/// content-hashed path the pages link it under.
+/// A file served under a name that holds the first 10 hex digits of its content's
+/// SHA-256 (`/assets/<stem>.<hash>.<extension>`): a new content is a new name, so
+/// the file may be cached as immutable.
 #[derive(Debug, Clone)]
-pub struct Stylesheet {
-    /// The CSS.
+pub struct HashedAsset {
+    /// The file's bytes.
     body: String,
-    /// `/assets/postbote.<first 10 hex digits of its SHA-256>.css`.
+    /// `/assets/<stem>.<hash>.<extension>`.
     href: String,
+    /// Its `Content-Type`.
+    content_type: &'static str,
 }
 
-impl Stylesheet {
-    /// The built-in stylesheet with `accent` as its `--accent` colour.
-    pub fn new(accent: &AccentColor) -> Self {
+impl HashedAsset {
+    /// `body` under its content-hashed name.
+    fn new(stem: &str, extension: &str, content_type: &'static str, body: String) -> Self {
         use sha2::Digest as _;
-        let body = format!("{STYLESHEET}:root{{--accent:{}}}\n", accent.as_str());
         let digest = sha2::Sha256::digest(body.as_bytes());
         let href = format!(
-            "/assets/postbote.{}.css",
+            "/assets/{stem}.{}.{extension}",
             &crate::domain::hex(&digest)[..10]
         );
-        Self { body, href }
+        Self {
+            body,
+            href,
+            content_type,
+        }
     }
 
-    /// The path pages link the stylesheet under.
+    /// The path pages link the file under.
     pub fn href(&self) -> &str {
         &self.href
     }
 
-    /// The CSS with the cache lifetime `cache`.
+    /// The file with the cache lifetime `cache`.
     fn response(&self, cache: &'static str) -> Response {
         (
             [
-                (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+                (header::CONTENT_TYPE, self.content_type),
                 (header::CACHE_CONTROL, cache),
             ],
             self.body.clone(),
@@ -71,26 +81,54 @@ impl Stylesheet {
     }
 }
 
+/// The stylesheet as served: the built-in rules and the accent colour, under its
+/// content-hashed name (which the configured colour decides, so it is made at start).
+#[derive(Debug, Clone)]
+pub struct Stylesheet(HashedAsset);
+
+impl Stylesheet {
+    /// The built-in stylesheet with `accent` as its `--accent` colour.
+    pub fn new(accent: &AccentColor) -> Self {
+        let body = format!("{STYLESHEET}:root{{--accent:{}}}\n", accent.as_str());
+        Self(HashedAsset::new(
+            "postbote",
+            "css",
+            "text/css; charset=utf-8",
+            body,
+        ))
+    }
+
+    /// The path pages link the stylesheet under.
+    pub fn href(&self) -> &str {
+        self.0.href()
+    }
+}
+
+/// The time-zone script under its content-hashed name (the same for every
+/// installation of a build, so made once).
+pub fn timezone_script() -> &'static HashedAsset {
+    static SCRIPT: LazyLock<HashedAsset> = LazyLock::new(|| {
+        HashedAsset::new(
+            "timezone",
+            "js",
+            "text/javascript; charset=utf-8",
+            TIMEZONE_SCRIPT.to_owned(),
+        )
+    });
+    &SCRIPT
+}
+
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/assets/postbote.css",
-            get(|State(state): State<AppState>| async move { state.stylesheet.response(CACHE) }),
+            get(|State(state): State<AppState>| async move { state.stylesheet.0.response(CACHE) }),
         )
         .route("/assets/{file}", get(hashed))
         .route(
             "/assets/timezone.js",
-            get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-                        (header::CACHE_CONTROL, CACHE),
-                    ],
-                    TIMEZONE_SCRIPT,
-                )
-                    .into_response()
-            }),
+            get(|| async { timezone_script().response(CACHE) }),
         )
         .route(
             "/favicon.ico",
@@ -107,15 +145,16 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// `GET /assets/postbote.<hash>.css`: the stylesheet under its current name; any
-/// other name (an old hash, a file that does not exist) is a 404.
+/// `GET /assets/postbote.<hash>.css` and `GET /assets/timezone.<hash>.js`: a
+/// [`HashedAsset`] under its current name; any other name (an old hash, a file that
+/// does not exist) is a 404.
 async fn hashed(
     State(state): State<AppState>,
     Path(file): Path<String>,
 ) -> Result<Response, PageError> {
-    if state.stylesheet.href().strip_prefix("/assets/") == Some(file.as_str()) {
-        Ok(state.stylesheet.response(IMMUTABLE))
-    } else {
-        Err(Problem::NotFound.into())
-    }
+    [&state.stylesheet.0, timezone_script()]
+        .into_iter()
+        .find(|asset| asset.href().strip_prefix("/assets/") == Some(file.as_str()))
+        .map(|asset| asset.response(IMMUTABLE))
+        .ok_or_else(|| Problem::NotFound.into())
 }

@@ -125,7 +125,8 @@ fn logo_policy(state: &AppState) -> Option<String> {
 
 /// The site's branding as the layout sees it: `site.name` (configured, else the
 /// language's `site_title`), `site.logo_url`, `site.imprint_url`,
-/// `site.privacy_url` and `site.stylesheet`, the stylesheet's content-hashed path.
+/// `site.privacy_url`, `site.stylesheet` and `site.timezone_script`, the
+/// content-hashed paths of the stylesheet and the sign-up page's time-zone script.
 fn site_data(state: &AppState, locale: Locale) -> Value {
     let site = &state.config.site;
     let url = |u: &Option<crate::domain::HttpUrl>| u.as_ref().map(|u| u.as_str().to_owned());
@@ -135,6 +136,7 @@ fn site_data(state: &AppState, locale: Locale) -> Value {
         "imprint_url": url(&site.imprint_url),
         "privacy_url": url(&site.privacy_url),
         "stylesheet": state.stylesheet.href(),
+        "timezone_script": super::assets::timezone_script().href(),
     })
 }
 
@@ -202,10 +204,33 @@ pub fn after_unsubscribe(
     Ok(unsubscribed(state, theirs))
 }
 
-/// A date as a page shows it in `locale` ("02.12.2026", "2 December 2026").
+/// The months in German (chrono names them in English only).
+const MONTHS_DE: [&str; 12] = [
+    "Januar",
+    "Februar",
+    "März",
+    "April",
+    "Mai",
+    "Juni",
+    "Juli",
+    "August",
+    "September",
+    "Oktober",
+    "November",
+    "Dezember",
+];
+
+/// A date as a page shows it in `locale`, the month in words ("2. Dezember 2026",
+/// "2 December 2026").
 pub fn local_date(locale: Locale, at: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Datelike as _;
     match locale {
-        Locale::De => at.format("%d.%m.%Y").to_string(),
+        Locale::De => format!(
+            "{}. {} {}",
+            at.day(),
+            MONTHS_DE[at.month0() as usize],
+            at.year()
+        ),
         Locale::En => at.format("%-d %B %Y").to_string(),
     }
 }

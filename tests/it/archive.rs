@@ -1,6 +1,9 @@
 //! The public archive: topic pages paged by arrival, the Atom feed, and a digest's
-//! "view in browser" page with the same items as the mail, on both backends.
+//! "view in browser" page with the same items as the mail; a submission held by
+//! the real `postbote inbound` shows nowhere until the operator approves it; on
+//! both backends.
 
+use crate::feeds::hold;
 use crate::harness::{Backend, app_at, delivered, parse, utc};
 
 /// GET `url`: status and body.
@@ -306,8 +309,62 @@ async fn a_digest_view_window_from_the_url_reads_a_bounded_number_of_items(backe
     assert_eq!((none.shown.len(), none.total), (0, 0));
 }
 
+/// The archive's front page, the topic's page and its feed.
+const ARCHIVE_PAGES: [&str; 3] = [
+    "/archive?lang=de",
+    "/archive/wirtschaft?lang=de",
+    "/archive/wirtschaft/feed.atom",
+];
+
+async fn a_held_submission_is_in_no_archive_until_it_is_approved(backend: Backend) {
+    let (app, _sink, db, _clock) = app_at(backend, "2027-05-03T06:00:00Z", |_| {}).await;
+    app.post_item(&["wirtschaft"], "Öffentliche Meldung").await;
+    // From an allowed sender without authentication: held for a decision.
+    hold(&db, "held-1", "Zurückgehaltene Mitteilung").await;
+    let held: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/submissions", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let held = &held["submissions"][0];
+    assert_eq!(held["title"], "Zurückgehaltene Mitteilung", "{held}");
+    for path in ARCHIVE_PAGES {
+        let (status, body) = get(&app.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains("Öffentliche Meldung"), "{path}: {body}");
+        assert!(
+            !body.contains("Zurückgehaltene Mitteilung"),
+            "{path} shows a held submission: {body}"
+        );
+    }
+
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/submissions/{}/approve", held["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for path in ARCHIVE_PAGES {
+        let (status, body) = get(&app.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            body.contains("Zurückgehaltene Mitteilung"),
+            "{path}: approved, so published: {body}"
+        );
+    }
+    // Dates on the pages are written with the month in words.
+    let (_, de) = get(&app.url("/archive/wirtschaft?lang=de")).await;
+    assert!(de.contains("3. Mai 2027"), "{de}");
+    let (_, en) = get(&app.url("/archive/wirtschaft?lang=en")).await;
+    assert!(en.contains("3 May 2027"), "{en}");
+}
+
 on_both_backends!(
     a_digest_view_window_from_the_url_reads_a_bounded_number_of_items,
+    a_held_submission_is_in_no_archive_until_it_is_approved,
     hostile_archive_queries_are_refused_and_never_shown_back,
     the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items,
     the_atom_feed_carries_what_the_schema_requires_and_a_feed_reader_reads_it,

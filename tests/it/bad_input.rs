@@ -400,30 +400,51 @@ mod open_internet {
 
         let page = app.http.get(app.url("/")).send().await.unwrap();
         let html = page.text().await.unwrap();
-        assert!(html.contains("<script src=\"/assets/timezone.js\" defer></script>"));
+        // The script under its content-hashed name (timezone.<10 hex digits>.js),
+        // kept for a year like the stylesheet.
+        let src = html
+            .split("<script src=\"")
+            .nth(1)
+            .and_then(|s| s.split_once("\" defer></script>"))
+            .map(|(src, _)| src.to_owned())
+            .expect("a script tag");
+        let hash = src
+            .strip_prefix("/assets/timezone.")
+            .and_then(|s| s.strip_suffix(".js"))
+            .unwrap_or_else(|| panic!("{src}"));
+        assert!(
+            hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{src}"
+        );
         assert!(
             html.contains("<option selected>Europe/Berlin</option>"),
             "without JavaScript the configured time zone is chosen"
         );
-        let script = app
-            .http
-            .get(app.url("/assets/timezone.js"))
-            .send()
-            .await
-            .unwrap();
+        let script = app.http.get(app.url(&src)).send().await.unwrap();
+        assert_eq!(
+            script.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        let old = app.http.get(app.url("/assets/timezone.js")).send().await;
+        let old = old.unwrap().text().await.unwrap();
+        assert_eq!(
+            app.http
+                .get(app.url("/assets/timezone.0000000000.js"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
         assert!(
             script.headers()["content-type"]
                 .to_str()
                 .unwrap()
                 .starts_with("text/javascript")
         );
-        assert!(
-            script
-                .text()
-                .await
-                .unwrap()
-                .contains("resolvedOptions().timeZone")
-        );
+        let body = script.text().await.unwrap();
+        assert!(body.contains("resolvedOptions().timeZone"));
+        assert_eq!(old, body, "the old name keeps working");
     }
 
     /// Reads until the server closes the connection; the instant it did, or

@@ -59,6 +59,11 @@ impl Browser {
     /// Starts chromedriver and a Chromium session; fails the test with what to do
     /// when either is not installed.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with `extra` Chromium flags.
+    pub async fn start_with(extra: &[String]) -> Self {
         for path in [CHROMEDRIVER, CHROMIUM] {
             assert!(
                 Path::new(path).exists(),
@@ -71,6 +76,7 @@ impl Browser {
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
         args.push(format!("--window-size={WIDE},{HEIGHT}"));
+        args.extend_from_slice(extra);
         let capabilities = json!({
             "browserName": "chrome",
             // English unless a page is asked for another language with `?lang=`.

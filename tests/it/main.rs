@@ -25,6 +25,7 @@ mod feeds;
 mod hygiene;
 mod inbound;
 mod link;
+mod mail_html;
 mod pause;
 mod postfix_bounce;
 mod public_browser;

@@ -7,9 +7,19 @@
 //! itself is screenshotted as a page. Every page is screenshotted at 1280
 //! and 375 px, checked by axe-core and has no console error (see
 //! [`Browser::check_page`]), and is in the reader's language.
+//!
+//! Also the sign-up page of a branded installation (`[site] name`, `logo_url`,
+//! `accent_color`): the logo is a real `https` image on loopback (see
+//! [`LogoServer`]), so it loads as it would in production and a failed load
+//! would still be a console error.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::browser::{Browser, NARROW, WIDE};
-use crate::harness::{Api, Backend, Serve, SmtpSink, TestDb, find_link, parse};
+use crate::harness::{
+    Api, Backend, Serve, SmtpSink, Spawned, TestDb, find_link, free_port, listens_on, parse,
+};
 
 /// The page texts of `lang`, as the templates have them.
 fn texts(lang: &str) -> toml::Table {
@@ -293,4 +303,149 @@ async fn the_reader_path_in_english(backend: Backend) {
     a_reader_signs_up_confirms_changes_topics_and_unsubscribes(backend, "en").await
 }
 
-on_both_backends!(the_reader_path_in_german, the_reader_path_in_english);
+/// The logo of the branded installation: 120 × 40 px in the accent colour.
+const LOGO_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="120" height="40" viewBox="0 0 120 40"><rect width="120" height="40" rx="6" fill="#7a1f5c"/><path d="M14 12h28v16H14z M14 12l14 10 14-10" fill="none" stroke="#fff" stroke-width="2"/></svg>"##;
+
+/// A logo served over HTTPS on loopback by `openssl s_server -HTTP`, with a
+/// certificate made for the test. The configuration takes only `https` logos and
+/// the pages' Content-Security-Policy allows images from the logo's origin, so the
+/// image must come from an `https` origin to load at all; Chromium is told to trust
+/// this certificate's key and no other (`--ignore-certificate-errors-spki-list`).
+struct LogoServer {
+    /// `https://127.0.0.1:<port>/logo.svg`.
+    url: String,
+    /// The Chromium flag that trusts the certificate's key.
+    trust: String,
+    /// The server, killed when the value is dropped.
+    _server: Spawned,
+    /// Certificate, key and the response file.
+    _dir: tempfile::TempDir,
+}
+
+impl LogoServer {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a folder");
+        let sh = |script: &str| {
+            let out = Command::new("sh")
+                .args(["-c", script])
+                .current_dir(dir.path())
+                .output()
+                .expect("sh");
+            assert!(out.status.success(), "{script}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        sh(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout key.pem -out cert.pem -days 2 -subj /CN=127.0.0.1 \
+            -addext subjectAltName=IP:127.0.0.1 2>/dev/null",
+        );
+        let spki = sh(
+            "openssl x509 -in cert.pem -noout -pubkey | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+        );
+        // s_server -HTTP sends the file as the whole response, headers included.
+        let response = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: image/svg+xml\r\nContent-Length: {}\r\n\r\n{LOGO_SVG}",
+            LOGO_SVG.len()
+        );
+        std::fs::write(dir.path().join("logo.svg"), response).unwrap();
+        let port = free_port();
+        let server = Spawned::start(
+            Command::new("openssl")
+                .args([
+                    "s_server", "-quiet", "-HTTP", "-cert", "cert.pem", "-key", "key.pem",
+                ])
+                .arg("-accept")
+                .arg(format!("127.0.0.1:{port}"))
+                .current_dir(dir.path()),
+            None,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !listens_on(server.id(), port) {
+            assert!(
+                Instant::now() < deadline,
+                "openssl s_server did not listen: {}",
+                server.output_so_far()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            url: format!("https://127.0.0.1:{port}/logo.svg"),
+            trust: format!("--ignore-certificate-errors-spki-list={spki}"),
+            _server: server,
+            _dir: dir,
+        }
+    }
+}
+
+/// Runs `script` in the page and returns what it returns.
+async fn js(browser: &Browser, script: &str) -> serde_json::Value {
+    browser.client.execute(script, vec![]).await.expect(script)
+}
+
+async fn the_sign_up_page_wears_the_configured_name_logo_and_accent_colour(backend: Backend) {
+    const NAME: &str = "Pressedienst Musterstadt";
+    let logo = LogoServer::start().await;
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let site = format!(
+        "[digest]\nrun_scheduler = false\n[site]\nname = \"{NAME}\"\nlogo_url = \"{}\"\nlogo_width = 120\naccent_color = \"#7A1F5C\"\n",
+        logo.url
+    );
+    let serve = Serve::start_on_own_port(&db, &sink.url(), &site).await;
+    let http = reqwest::Client::new();
+    serve.wait_ready(&http).await;
+    serve.api(&http).create_topic("kultur", "Kultur").await;
+    let browser = Browser::start_with(std::slice::from_ref(&logo.trust)).await;
+    browser.goto(&format!("{}/?lang=de", serve.base)).await;
+
+    assert!(browser.text("header.site .site-name").await.contains(NAME));
+    // The logo loaded (a broken image has no natural width), with an alt text
+    // that is empty on purpose: the name beside it in the same link names the link.
+    let loaded = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const img = document.querySelector('header.site .site-name img');
+             if (!img) { done('no logo'); return; }
+             const report = () => done({ src: img.currentSrc, width: img.naturalWidth,
+               alt: img.getAttribute('alt') });
+             if (img.complete) report(); else { img.onload = report; img.onerror = report; }",
+            vec![],
+        )
+        .await
+        .expect("look at the logo");
+    assert_eq!(loaded["src"], logo.url.as_str(), "{loaded}");
+    assert_eq!(loaded["width"], 120, "the logo loaded: {loaded}");
+    assert_eq!(loaded["alt"], "", "{loaded}");
+
+    // #7a1f5c on the button and the header's rule.
+    let accent = "rgb(122, 31, 92)";
+    let button = js(
+        &browser,
+        "return getComputedStyle(document.querySelector(\"form[action='/subscribe'] button\")).backgroundColor;",
+    )
+    .await;
+    assert_eq!(button, accent, "the button wears the accent colour");
+    let rule = js(
+        &browser,
+        "return getComputedStyle(document.querySelector('header.site')).borderBottomColor;",
+    )
+    .await;
+    assert_eq!(rule, accent);
+    let title = js(&browser, "return document.title;").await;
+    assert!(
+        title.as_str().unwrap().ends_with(&format!(" – {NAME}")),
+        "{title}"
+    );
+    browser
+        .check_page(&format!("{backend:?}/branded/sign-up").to_lowercase())
+        .await;
+    browser.close().await;
+}
+
+on_both_backends!(
+    the_reader_path_in_german,
+    the_reader_path_in_english,
+    the_sign_up_page_wears_the_configured_name_logo_and_accent_colour,
+);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use postbote::config::{AccentColor, Config, SiteSettings};
+use postbote::config::{AccentColor, Config, LogoWidth, SiteSettings};
 use postbote::domain::HttpUrl;
 
 use crate::harness::{Backend, app_at, delivered, find_link, parse, utc};
@@ -20,6 +20,7 @@ fn branded() -> SiteSettings {
     SiteSettings {
         name: Some(NAME.to_owned()),
         logo_url: url(LOGO),
+        logo_width: LogoWidth::new(120).unwrap(),
         accent_color: AccentColor::parse("#7A1F5C").unwrap(),
         imprint_url: url(IMPRINT),
         privacy_url: url(PRIVACY),
@@ -53,6 +54,11 @@ fn assert_branded(what: &str, page: &str) {
     assert!(
         page.contains(&format!("src=\"{LOGO}\"")),
         "{what}: the logo"
+    );
+    assert!(
+        page.contains("<nav aria-label=\"Sprachwahl\">")
+            || page.contains("<nav aria-label=\"Language\">"),
+        "{what}: the header's navigation is named"
     );
     let footer = page
         .split("<footer")
@@ -91,8 +97,10 @@ async fn the_configured_site_shows_on_every_page_and_in_the_digest(backend: Back
         "the name heads the digest"
     );
     assert!(
-        html.contains(&format!("<img src=\"{LOGO}\"")),
-        "the logo in the header"
+        html.contains(&format!(
+            "<img src=\"{LOGO}\" alt=\"{NAME}\" width=\"120\" height=\"40\""
+        )),
+        "the logo in the header, sized for Outlook: {html}"
     );
     assert_eq!(html.matches("<img").count(), 1, "no other image");
     assert!(html.contains("#7a1f5c"), "the accent colour");
@@ -185,6 +193,11 @@ fn a_bad_accent_colour_is_a_configuration_error_naming_the_key() {
     .unwrap();
     let e = Config::from_sources(Some(&file), &HashMap::new()).unwrap_err();
     assert_eq!(e.key, "site.logo_url", "{e}");
+    for bad in ["0", "553"] {
+        std::fs::write(&file, format!("[site]\nlogo_width = {bad}\n")).unwrap();
+        let e = Config::from_sources(Some(&file), &HashMap::new()).unwrap_err();
+        assert_eq!(e.key, "site.logo_width", "{bad}: {e}");
+    }
     std::fs::write(&file, "[site]\naccent_color = \"#A0b1C2\"\n").unwrap();
     let c = Config::from_sources(Some(&file), &HashMap::new()).unwrap();
     assert_eq!(c.site.accent_color.as_str(), "#a0b1c2");
