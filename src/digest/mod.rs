@@ -256,7 +256,12 @@ impl Digester {
             )?;
             let size = self
                 .composer
-                .digest(&body, SIZE_PROBE.0, SIZE_PROBE.1, self.clock.now())?
+                .digest(
+                    &body.prepare(),
+                    SIZE_PROBE.0,
+                    SIZE_PROBE.1,
+                    self.clock.now(),
+                )?
                 .message
                 .len();
             if size <= MAX_DIGEST_BYTES || shown == 0 {

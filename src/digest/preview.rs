@@ -91,7 +91,7 @@ impl Digester {
         let body = DigestBody::new(body.locale, body.subject, body.text, body.html, body.topics);
         let mail = self
             .composer
-            .digest(&body, reader.email.as_str(), PREVIEW_READER, now)
+            .digest(&body.prepare(), reader.email.as_str(), PREVIEW_READER, now)
             .map_err(|e| StoreError::Callback(Box::new(e)))?;
         Ok(Some(DigestPreview { mail, item_count }))
     }

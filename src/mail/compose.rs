@@ -344,9 +344,6 @@ pub struct DigestBody {
     pub html: String,
     /// The readers' topics, named again in the reader's part ("why you get this").
     pub topics: String,
-    /// Both parts as they go on the wire, encoded on first use: every reader's
-    /// copy then encodes only its own part.
-    wire: std::sync::OnceLock<Arc<WireBody>>,
 }
 
 impl DigestBody {
@@ -365,19 +362,44 @@ impl DigestBody {
             text,
             html,
             topics,
-            wire: std::sync::OnceLock::new(),
         }
     }
 
-    fn wire(&self) -> Arc<WireBody> {
-        self.wire
-            .get_or_init(|| {
-                Arc::new(WireBody {
-                    text: EncodedPrefix::new(&self.text),
-                    html: EncodedPrefix::new(&self.html),
-                })
-            })
-            .clone()
+    /// The body ready to go out: both parts encoded once, so that every reader's
+    /// copy encodes only its own part.
+    #[must_use]
+    pub fn prepare(&self) -> PreparedBody {
+        PreparedBody {
+            locale: self.locale,
+            subject: self.subject.clone(),
+            topics: self.topics.clone(),
+            wire: WireBody {
+                text: EncodedPrefix::new(&self.text),
+                html: EncodedPrefix::new(&self.html),
+            },
+        }
+    }
+}
+
+/// A [`DigestBody`] as it goes on the wire: what the reader's part needs, and
+/// the two parts encoded (the content itself is not kept).
+#[derive(Debug)]
+pub struct PreparedBody {
+    /// Picks the language of the reader's part.
+    pub locale: Locale,
+    /// One line, the same for every reader.
+    pub subject: String,
+    /// The readers' topics, named again in the reader's part.
+    pub topics: String,
+    wire: WireBody,
+}
+
+impl PreparedBody {
+    /// About how many bytes of memory it holds.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        let part = |p: &EncodedPrefix| p.lines.len() + p.rest.len();
+        self.subject.len() + self.topics.len() + part(&self.wire.text) + part(&self.wire.html)
     }
 }
 
@@ -526,7 +548,7 @@ impl Composer {
     /// A [`ComposeError`] when rendering fails.
     pub fn reader_part(
         &self,
-        body: &DigestBody,
+        body: &PreparedBody,
         to: &EmailAddress,
         subscriber_id: i64,
     ) -> Result<ReaderPart, ComposeError> {
@@ -565,7 +587,7 @@ impl Composer {
     /// fails.
     pub fn digest(
         &self,
-        body: &DigestBody,
+        body: &PreparedBody,
         to: &str,
         subscriber_id: i64,
         now: DateTime<Utc>,
@@ -573,7 +595,7 @@ impl Composer {
         let address =
             EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
         let part = self.reader_part(body, &address, subscriber_id)?;
-        let wire = body.wire();
+        let wire = &body.wire;
         let parts = MultiPart::alternative()
             .singlepart(
                 SinglePart::builder()
@@ -687,8 +709,9 @@ mod tests {
             )
             .unwrap();
         let to = EmailAddress::parse("leser@example.org").unwrap();
-        let shared = c.digest(&body, to.as_str(), 7, now).unwrap().message;
-        let part = c.reader_part(&body, &to, 7).unwrap();
+        let prepared = body.prepare();
+        let shared = c.digest(&prepared, to.as_str(), 7, now).unwrap().message;
+        let part = c.reader_part(&prepared, &to, 7).unwrap();
         let whole = RenderedMail {
             subject: body.subject.clone(),
             text: [body.text.as_str(), &part.text].concat(),
@@ -708,7 +731,7 @@ mod tests {
         let (_, body_lines) = text.split_once("\r\n\r\n").unwrap();
         let long: Vec<&str> = body_lines.split("\r\n").filter(|l| l.len() > 76).collect();
         assert!(long.is_empty(), "QP line limit: {long:?}");
-        let wire = body.wire();
+        let wire = &prepared.wire;
         assert!(
             wire.text.rest.len() < 200 && wire.html.rest.len() < 200,
             "the unshared rests are short: {} / {}",

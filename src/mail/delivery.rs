@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::compose::{Composer, DigestBody};
+use super::compose::{Composer, DigestBody, PreparedBody};
 use super::dkim::Signer;
 use super::transport::{SendError, Sender};
 use crate::clock::Clock;
@@ -30,8 +30,11 @@ use crate::store::{ClaimedMail, EventEffect, Store, StoreResult};
 
 /// Mails one worker claims at a time.
 const BATCH: u32 = 32;
-/// Digest bodies a process keeps in memory: those of the mails being sent.
-const BODY_CACHE: usize = 256;
+/// Bytes of encoded digest bodies a process keeps in memory, the oldest loaded
+/// going first: enough for a fan-out of a thousand distinct bodies of 16 KB
+/// (every reader's mail refers to one of them, in no particular order), which
+/// are then read from the database and encoded once instead of once per batch.
+const BODY_CACHE_BYTES: usize = 24 << 20;
 /// How often an idle worker other than the lookout looks for due mail on its own:
 /// only a safety net, as the lookout wakes the others when it finds a full batch.
 const IDLE_POLL: Duration = Duration::from_secs(60);
@@ -66,23 +69,51 @@ pub struct DeliveryContext {
     pub recorder: Recorder,
 }
 
-/// Digest bodies by id, loaded once for all the mails that refer to them.
+/// Digest bodies by id, loaded and encoded once for all the mails that refer to
+/// them, within [`BODY_CACHE_BYTES`].
 #[derive(Debug, Default)]
 pub struct BodyCache {
-    /// What is loaded; emptied when it would grow past [`BODY_CACHE`].
-    bodies: std::sync::Mutex<std::collections::HashMap<i64, Arc<DigestBody>>>,
+    loaded: std::sync::Mutex<Loaded>,
+}
+
+/// What a [`BodyCache`] holds, and in which order it was loaded.
+#[derive(Debug, Default)]
+struct Loaded {
+    bodies: std::collections::HashMap<i64, Arc<PreparedBody>>,
+    order: std::collections::VecDeque<i64>,
+    bytes: usize,
+}
+
+impl Loaded {
+    /// Keeps `body`, letting the oldest go while over `budget` bytes.
+    fn keep(&mut self, id: i64, body: Arc<PreparedBody>, budget: usize) {
+        self.bytes += body.size();
+        if let Some(old) = self.bodies.insert(id, body) {
+            self.bytes -= old.size();
+        } else {
+            self.order.push_back(id);
+        }
+        while self.bytes > budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.bodies.remove(&oldest) {
+                self.bytes -= gone.size();
+            }
+        }
+    }
 }
 
 impl BodyCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Arc<DigestBody>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
         // A panic while holding this lock cannot leave the map inconsistent.
-        self.bodies
+        self.loaded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The bodies `mails` refer to: from memory, the others read in one query. The
-    /// batch keeps what it gets, whatever other batches load meanwhile.
+    /// The bodies `mails` refer to: from memory, the others read in one query and
+    /// encoded. The batch keeps what it gets, whatever other batches load meanwhile.
     async fn load(&self, store: &Store, mails: &[ClaimedMail]) -> StoreResult<BatchBodies> {
         let mut wanted: Vec<i64> = mails.iter().filter_map(|m| m.body_id).collect();
         wanted.sort_unstable();
@@ -92,7 +123,7 @@ impl BodyCache {
         {
             let loaded = self.lock();
             for id in wanted {
-                match loaded.get(&id) {
+                match loaded.bodies.get(&id) {
                     Some(body) => {
                         bodies.insert(id, body.clone());
                     }
@@ -104,23 +135,24 @@ impl BodyCache {
             return Ok(bodies);
         }
         let stored = store.digest_bodies(&missing).await?;
+        let prepared: Vec<(i64, Arc<PreparedBody>)> = stored
+            .into_iter()
+            .map(|b| {
+                let body = DigestBody::new(b.locale, b.subject, b.text, b.html, b.topics);
+                (b.id, Arc::new(body.prepare()))
+            })
+            .collect();
         let mut loaded = self.lock();
-        if loaded.len() + stored.len() > BODY_CACHE {
-            loaded.clear();
-        }
-        for b in stored {
-            let body = Arc::new(DigestBody::new(
-                b.locale, b.subject, b.text, b.html, b.topics,
-            ));
-            loaded.insert(b.id, body.clone());
-            bodies.insert(b.id, body);
+        for (id, body) in prepared {
+            loaded.keep(id, body.clone(), BODY_CACHE_BYTES);
+            bodies.insert(id, body);
         }
         Ok(bodies)
     }
 }
 
 /// The digest bodies of one claimed batch, by id.
-type BatchBodies = std::collections::HashMap<i64, Arc<DigestBody>>;
+type BatchBodies = std::collections::HashMap<i64, Arc<PreparedBody>>;
 
 /// A sent mail handed to the [`Recorder`], and where to say whether it was recorded.
 type SentMail = (i64, tokio::sync::oneshot::Sender<bool>);
@@ -848,5 +880,44 @@ mod tests {
         assert_eq!(backoff(&s, 2), Duration::from_secs(60));
         assert_eq!(backoff(&s, 3), Duration::from_secs(120));
         assert_eq!(backoff(&s, 30), Duration::from_secs(3600));
+    }
+
+    /// The body cache stays within its byte budget by letting the oldest bodies go,
+    /// and keeps the newest.
+    #[test]
+    fn the_body_cache_lets_the_oldest_go_past_its_budget() {
+        let body = |n: usize| {
+            let text = format!("Zeile {n:03}\n").repeat(1_000);
+            Arc::new(
+                DigestBody::new(
+                    crate::domain::Locale::De,
+                    "Betreff".into(),
+                    text,
+                    "<p>x</p>\n".into(),
+                    "A".into(),
+                )
+                .prepare(),
+            )
+        };
+        let one = body(0).size();
+        let budget = 20 * one + one / 2;
+        let mut loaded = Loaded::default();
+        let count = 25;
+        for n in 0..count {
+            loaded.keep(i64::try_from(n).unwrap(), body(n), budget);
+        }
+        assert!(loaded.bytes <= budget);
+        assert_eq!(
+            loaded.bytes,
+            loaded.bodies.values().map(|b| b.size()).sum::<usize>()
+        );
+        assert_eq!(loaded.bodies.len(), loaded.order.len());
+        assert!(!loaded.bodies.contains_key(&0), "the oldest went first");
+        assert!(
+            loaded
+                .bodies
+                .contains_key(&i64::try_from(count - 1).unwrap())
+        );
+        assert_eq!(loaded.bodies.len(), 20, "as many as fit");
     }
 }
