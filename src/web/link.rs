@@ -130,7 +130,7 @@ async fn send(state: &AppState, email: &EmailAddress) -> Result<(), PageError> {
     };
     let refused = match outcome {
         LinkOutcome::Queued => {
-            state.mail_wake.notify_waiters();
+            state.mail_wake.notify_one();
             None
         }
         LinkOutcome::NoMail => None,

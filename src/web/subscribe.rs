@@ -426,7 +426,7 @@ fn accepted(
     let (scope, retry_at) = match outcome {
         SignUpOutcome::Accepted(kind) => {
             tracing::info!(?kind, "sign-up accepted");
-            state.mail_wake.notify_waiters();
+            state.mail_wake.notify_one();
             return Ok(match format {
                 Format::Json => {
                     (StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response()

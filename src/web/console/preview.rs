@@ -209,7 +209,7 @@ async fn send(State(state): State<AppState>, form: ConsoleForm) -> Result<Respon
         .store
         .queue_test_mail(&mail, state.clock.now())
         .await?;
-    state.mail_wake.notify_waiters();
+    state.mail_wake.notify_one();
     tracing::info!("console: a test digest was queued");
     Ok(see_other(
         &format!("/admin/preview?{}&sent=1", choice.query(locale)),

@@ -262,7 +262,7 @@ async fn resend(
     if !sent {
         return Err(Problem::NotFound.into());
     }
-    state.mail_wake.notify_waiters();
+    state.mail_wake.notify_one();
     tracing::info!(subscriber.id = id, "console: confirmation sent again");
     Ok(see_other(&format!("/admin/subscribers/{id}"), None))
 }
