@@ -18,7 +18,8 @@
 //!
 //! Whatever arrived, a digest stays small: a batch loads at most
 //! `digest.max_items + 1` items per topic, and a digest whose mail would exceed
-//! [`MAX_DIGEST_BYTES`] lists fewer items and counts the rest in "… and N more".
+//! [`MAX_DIGEST_BYTES`], or whose HTML part would exceed [`MAX_HTML_BYTES`], lists
+//! fewer items and counts the rest in "… and N more".
 
 mod preview;
 
@@ -51,6 +52,11 @@ const PASS_LANES: usize = 2;
 /// the rest is room for DKIM signatures and for readers of the same content whose
 /// address or links are longer than those of the reader the size was measured with.
 pub const MAX_DIGEST_BYTES: usize = 240 * 1024;
+
+/// Largest HTML part of a digest, in bytes as sent. Gmail clips a mail whose HTML
+/// is larger than 102 KB: it shows "[Message clipped]" and hides the rest, the
+/// footer with the unsubscribe and preferences links included.
+pub const MAX_HTML_BYTES: usize = 96 * 1024;
 
 /// Address and reader id the size of a digest is measured with: longer than most, so
 /// the margin below [`MAX_DIGEST_BYTES`] covers the rest.
@@ -254,17 +260,15 @@ impl Digester {
                 &names,
                 &view_url,
             )?;
+            let prepared = body.prepare();
+            let (to, reader) = SIZE_PROBE;
             let size = self
                 .composer
-                .digest(
-                    &body.prepare(),
-                    SIZE_PROBE.0,
-                    SIZE_PROBE.1,
-                    self.clock.now(),
-                )?
+                .digest(&prepared, to, reader, self.clock.now())?
                 .message
                 .len();
-            if size <= MAX_DIGEST_BYTES || shown == 0 {
+            let html = self.composer.digest_html_size(&prepared, to, reader)?;
+            if (size <= MAX_DIGEST_BYTES && html <= MAX_HTML_BYTES) || shown == 0 {
                 return Ok(NewBody {
                     key: key.to_owned(),
                     locale: spec.locale,
@@ -275,9 +279,17 @@ impl Digester {
                     item_count: i32::try_from(total).unwrap_or(i32::MAX),
                 });
             }
-            // Fewer items, in proportion and a tenth more, at least one fewer.
-            let fits = shown * MAX_DIGEST_BYTES / size * 9 / 10;
-            tracing::debug!(shown, fits, size, "digest too large; listing fewer items");
+            // Fewer items, in proportion to the tighter limit and a tenth more, at
+            // least one fewer.
+            let fits =
+                (shown * MAX_DIGEST_BYTES / size).min(shown * MAX_HTML_BYTES / html) * 9 / 10;
+            tracing::debug!(
+                shown,
+                fits,
+                size,
+                html,
+                "digest too large; listing fewer items"
+            );
             shown = fits.min(shown - 1);
         }
     }

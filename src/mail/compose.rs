@@ -578,6 +578,23 @@ impl Composer {
         })
     }
 
+    /// The size in bytes, as sent, of the HTML part of `body`'s mail to `to`
+    /// (reader `subscriber_id`).
+    ///
+    /// # Errors
+    /// A [`ComposeError`] when the address is unusable or rendering fails.
+    pub fn digest_html_size(
+        &self,
+        body: &PreparedBody,
+        to: &str,
+        subscriber_id: i64,
+    ) -> Result<usize, ComposeError> {
+        let address =
+            EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
+        let part = self.reader_part(body, &address, subscriber_id)?;
+        Ok(body.wire.html.followed_by(&part.html).len())
+    }
+
     /// One reader's copy of a digest: the shared content followed by the reader's
     /// part, joined as they are (no byte of either is searched or replaced), with
     /// the list headers (RFC 2369, RFC 8058 one-click).

@@ -4,7 +4,7 @@
 //! both backends.
 
 use crate::feeds::hold;
-use crate::harness::{Backend, app_at, delivered, parse, utc};
+use crate::harness::{Backend, app_at, delivered, execute_sql, parse, utc};
 
 /// GET `url`: status and body.
 async fn get(url: &str) -> (u16, String) {
@@ -228,25 +228,6 @@ async fn hostile_archive_queries_are_refused_and_never_shown_back(backend: Backe
     );
 }
 
-/// Runs `sql` on the app's database, whichever it is.
-async fn execute(store: &postbote::store::Store, sql: String) {
-    use postbote::store::Store;
-    match store {
-        Store::Postgres(pool) => {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(pool)
-                .await
-                .unwrap();
-        }
-        Store::Sqlite(pool) => {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(pool)
-                .await
-                .unwrap();
-        }
-    }
-}
-
 async fn a_digest_view_window_from_the_url_reads_a_bounded_number_of_items(backend: Backend) {
     use postbote::store::WINDOW_CAP;
     let (app, _sink, _db, _clock) =
@@ -256,7 +237,7 @@ async fn a_digest_view_window_from_the_url_reads_a_bounded_number_of_items(backe
     // More items in one topic than a view ever looks at, written straight into the
     // tables (thousands of API calls would only slow the test down).
     let bulk = WINDOW_CAP + 200;
-    execute(
+    execute_sql(
         &app.store,
         format!(
             "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < {bulk}) \

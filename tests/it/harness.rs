@@ -1168,3 +1168,23 @@ pub async fn a_day_with_a_digest(api: Api<'_>, sink: &SmtpSink) -> &'static str 
     sink.wait_for(3).await;
     reader
 }
+
+/// Runs `sql` (one or more statements) on `store`'s database, whichever it is:
+/// for rows a test writes straight into the tables (thousands of API calls would
+/// only slow it down, or the state cannot be reached through the product).
+pub async fn execute_sql(store: &Store, sql: String) {
+    match store {
+        Store::Postgres(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Store::Sqlite(pool) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}

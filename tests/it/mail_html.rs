@@ -19,7 +19,9 @@
 //!   and the links on its own;
 //! - the HTML part (as sent, transfer-encoded) under Gmail's 102 KB clipping limit.
 
-use crate::harness::{Backend, SmtpSink, TestApp, app_at, delivered, find_link, parse, utc};
+use crate::harness::{
+    Backend, SmtpSink, TestApp, app_at, delivered, execute_sql, find_link, parse, utc,
+};
 use postbote::config::LogoWidth;
 use postbote::domain::HttpUrl;
 
@@ -341,7 +343,102 @@ async fn the_mails_in_english_with_a_logo(backend: Backend) {
     every_mail_keeps_to_what_mail_clients_render(backend, "en", Some(LOGO)).await
 }
 
+/// A digest for [`READER`] from 1,010 short items in one topic with `max_items` at
+/// its highest (1,000), checked: under the size at which Gmail clips a mail and
+/// hides its end (the footer with the unsubscribe link), the rest counted, the
+/// footer in the HTML. With `html_template`, the German digest's HTML template is
+/// replaced by it and the text template by a bare list of titles (`templates_dir`).
+async fn a_digest_of_many_items(backend: Backend, html_template: Option<&str>) -> usize {
+    let templates = tempfile::tempdir().unwrap();
+    if let Some(template) = html_template {
+        let dir = templates.path().join("mail/de/digest");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("body.html.hbs"), template).unwrap();
+        std::fs::write(
+            dir.join("body.txt.hbs"),
+            "{{#each groups}}{{#each items}}* {{title}}\n{{/each}}{{/each}}{{#if more}}… und {{more}} weitere Meldungen\n{{/if}}",
+        )
+        .unwrap();
+    }
+    let (app, sink, _db, clock) = app_at(backend, "2027-05-01T08:00:00Z", |c| {
+        c.digest.max_items = 1000;
+        if html_template.is_some() {
+            c.templates_dir = Some(templates.path().to_owned());
+        }
+    })
+    .await;
+    let now = utc("2027-05-01T08:00:00Z");
+    app.reader(READER, &["wirtschaft"], "07:00", "Europe/Berlin", "de", now)
+        .await;
+    clock.set(utc("2027-05-01T09:00:00Z"));
+    // One item through the API, the rest as copies of it straight into the tables.
+    let body = serde_json::json!({
+        "topics": ["wirtschaft"],
+        "title": title(0),
+        "summary": "Der Rat stimmt zu.",
+        "url": "https://presse.example.org/meldungen/0",
+    });
+    let r = app.admin(reqwest::Method::POST, "/items", Some(body)).await;
+    assert_eq!(r.status(), 201);
+    let posted = 1010;
+    let topic = app.store.topics_by_slugs(&["wirtschaft"]).await.unwrap()[0].id;
+    execute_sql(
+        &app.store,
+        format!(
+            "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < {copies}) \
+             INSERT INTO items (dedup_key, title, url, summary, source, created_at) \
+             SELECT 'copy:' || k, 'Kopie ' || k || ': ' || title, url || '-' || k, summary, source, created_at \
+             FROM n, items WHERE items.id = (SELECT MIN(id) FROM items); \
+             INSERT INTO item_topics (item_id, topic_id, arrival) \
+             SELECT id, {topic}, id FROM items WHERE dedup_key LIKE 'copy:%';",
+            copies = posted - 1
+        ),
+    )
+    .await;
+    assert_eq!(app.run_pass("2027-05-02T05:00:00Z").await, (1, 1));
+    let digest = delivered(&app, &sink).await[READER][0].clone();
+    // Checks the size as sent and decoded against Gmail's limit.
+    let html = html_part("a digest of many items", &digest);
+    let text = text_part(&digest);
+    let listed = text.lines().filter(|l| l.starts_with("* ")).count();
+    assert!(listed > 10 && listed < 1000, "{listed} listed");
+    assert!(
+        text.contains(&format!("… und {} weitere Meldungen", posted - listed)),
+        "the rest counted: {text}"
+    );
+    let unsubscribe = find_link(&text, "unsubscribe").expect("the unsubscribe link");
+    assert!(
+        html.contains(&format!("href=\"{unsubscribe}\"")),
+        "the footer is in the HTML"
+    );
+    app.stop().await;
+    listed
+}
+
+/// The built-in templates: the size limit of the whole mail binds first.
+async fn a_digest_of_many_items_lists_fewer_before_gmail_clips_it(backend: Backend) {
+    a_digest_of_many_items(backend, None).await;
+}
+
+/// An operator's own HTML template with heavy markup per item: the whole mail would
+/// still be within its limit with the HTML part far past Gmail's, so the HTML part's
+/// own limit lists fewer items.
+async fn an_own_template_with_heavy_markup_lists_fewer_before_gmail_clips_it(backend: Backend) {
+    let cell = format!(
+        "<td style=\"{}\">",
+        "padding:0;margin:0;border:0;".repeat(30)
+    );
+    let template = format!(
+        "<!DOCTYPE html><html lang=\"de\"><body><table role=\"presentation\" width=\"600\">\n\
+         {{{{#each groups}}}}{{{{#each items}}}}<tr>{cell}{{{{title}}}}</td></tr>\n{{{{/each}}}}{{{{/each}}}}"
+    );
+    let listed = a_digest_of_many_items(backend, Some(&template)).await;
+    assert!(listed < 200, "{listed} listed");
+}
+
 on_both_backends!(
+    a_digest_of_many_items_lists_fewer_before_gmail_clips_it,
+    an_own_template_with_heavy_markup_lists_fewer_before_gmail_clips_it,
     the_mails_in_german_with_a_logo,
     the_mails_in_english_without_a_logo,
     the_mails_in_english_with_a_logo,
