@@ -160,8 +160,10 @@ const TOKEN_PAGES: [&str; 3] = ["/confirm/", "/unsubscribe/", "/preferences/"];
 
 /// The one middleware every request passes: the request body gets a deadline (a
 /// client that sends it slowly is cut off), and every response gets
-/// `X-Content-Type-Options`, `Content-Security-Policy` and `Referrer-Policy` (the
-/// token in a token page's URL must not leak to the sites an item links to);
+/// `X-Content-Type-Options`, `Content-Security-Policy` and `Referrer-Policy:
+/// same-origin` (the token in a token page's URL must not leak to the sites an
+/// item links to; our own pages still get their origin, so a browser's form post
+/// carries `Origin` and not `null`);
 /// token pages also `Cache-Control: no-store`.
 pub async fn harden(
     State(body_timeout): State<Duration>,
@@ -177,7 +179,7 @@ pub async fn harden(
     for (name, value) in [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
     ] {
         headers
             .entry(name)

@@ -710,9 +710,11 @@ fn chosen_topics(
 /// `Origin` other than the origin (scheme, host, port) of `public_url` (`null`
 /// included). `same-origin`, `same-site` and `none` are fine, and so is a request
 /// with neither header: curl and API clients send none, and they cannot be made to
-/// post by a web page. A browser that sends `Sec-Fetch-Site` has said it all: our
-/// pages' `Referrer-Policy: no-referrer` makes it send `Origin: null` with the
-/// form, even from our own page (the browser test of the sign-up page found that).
+/// post by a web page. A browser that sends `Sec-Fetch-Site` has said it all (a
+/// page of ours under an older `Referrer-Policy: no-referrer`, still cached, makes
+/// it send `Origin: null` with the form). Where a browser sends no
+/// `Sec-Fetch-Site` (plain HTTP under a name: no secure context), the pages'
+/// `Referrer-Policy: same-origin` lets it send our origin.
 fn cross_site(headers: &HeaderMap, public_url: &str) -> Option<String> {
     let mut fetch_site = headers.get_all("sec-fetch-site").iter().peekable();
     if fetch_site.peek().is_some() {
@@ -890,7 +892,7 @@ mod tests {
                 ("origin", "https://news.example.org"),
                 ("sec-fetch-site", "same-origin"),
             ],
-            // What Chromium sends from our own page under `no-referrer`.
+            // What Chromium sends from a page of ours under `no-referrer`.
             &[("origin", "null"), ("sec-fetch-site", "same-origin")],
         ] {
             assert_eq!(check(fine), None, "{fine:?}");

@@ -299,7 +299,7 @@ mod open_internet {
     fn assert_hardened(what: &str, r: &reqwest::Response) {
         let h = r.headers();
         assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
-        assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
+        assert_eq!(h["referrer-policy"], "same-origin", "{what}");
         let csp = h["content-security-policy"].to_str().unwrap();
         for directive in [
             "default-src 'self'",

@@ -26,6 +26,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// The widths every page is looked at: a desktop window and a small phone.
 pub const WIDE: u32 = 1280;
 pub const NARROW: u32 = 375;
+/// The narrowest phone a reader's page must fit without scrolling sideways.
+pub const NARROWEST: u32 = 320;
 /// The window's height while a test works in it (a screenshot takes the whole page).
 const HEIGHT: u32 = 900;
 /// How long a page may take to load, a script to run, an element to show up.
@@ -262,6 +264,32 @@ impl Browser {
             errors.is_empty(),
             "console errors on {name} ({}): {errors:#?}",
             self.url_now().await
+        );
+    }
+
+    /// The page shown now fits a window [`NARROWEST`] px wide: nothing on it makes
+    /// the page scroll sideways (a screenshot `<name>-320.png` shows it).
+    pub async fn assert_fits_narrowest(&self, name: &str) {
+        self.set_width(NARROWEST).await;
+        self.screenshot(&format!("{name}-{NARROWEST}")).await;
+        let widths = self
+            .client
+            .execute(
+                "const e = document.documentElement; return [e.clientWidth, e.scrollWidth];",
+                vec![],
+            )
+            .await
+            .expect("the page's widths");
+        self.set_width(WIDE).await;
+        let width = |i: usize| widths[i].as_u64().expect("a width");
+        let (shown, needed) = (width(0), width(1));
+        assert!(
+            shown <= u64::from(NARROWEST),
+            "{name}: the window did not get narrow enough ({shown} px)"
+        );
+        assert!(
+            needed <= shown,
+            "{name} scrolls sideways at {NARROWEST} px: {needed} px of content in {shown}"
         );
     }
 

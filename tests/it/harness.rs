@@ -963,13 +963,30 @@ impl Serve {
         port: u16,
         extra: &str,
     ) -> Self {
+        Self::spawn(db, database_url, smtp_url, port, extra, None)
+    }
+
+    /// Starts serve on `port`; with `public_host`, its `public_url` is
+    /// `http://<public_host>:<port>` (the browser reaches it by that name).
+    fn spawn(
+        db: &TestDb,
+        database_url: &str,
+        smtp_url: &str,
+        port: u16,
+        extra: &str,
+        public_host: Option<&str>,
+    ) -> Self {
         let config = db.dir.path().join(format!("postbote-{port}.toml"));
         std::fs::write(
             &config,
             format!("[delivery]\npoll_interval_ms = 100\nretry_base_ms = 200\nretry_max_ms = 500\n{extra}"),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_postbote"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_postbote"));
+        if let Some(host) = public_host {
+            command.env("POSTBOTE_PUBLIC_URL", format!("http://{host}:{port}"));
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(&config)
             .env("POSTBOTE_DATABASE_URL", database_url)
@@ -1003,9 +1020,31 @@ impl Serve {
         smtp_url: &str,
         extra: &str,
     ) -> Self {
+        Self::start_on_own_port_as(db, database_url, smtp_url, extra, None).await
+    }
+
+    /// [`Serve::start_on_own_port`] with `public_url` `http://<public_host>:<port>`:
+    /// a deployment on plain HTTP under a name, which a browser does not treat as
+    /// a secure context (as it does 127.0.0.1).
+    pub async fn start_on_own_port_at_host(
+        db: &TestDb,
+        smtp_url: &str,
+        extra: &str,
+        public_host: &str,
+    ) -> Self {
+        Self::start_on_own_port_as(db, &db.url, smtp_url, extra, Some(public_host)).await
+    }
+
+    async fn start_on_own_port_as(
+        db: &TestDb,
+        database_url: &str,
+        smtp_url: &str,
+        extra: &str,
+        public_host: Option<&str>,
+    ) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut serve = Self::start_with_url(db, database_url, smtp_url, port, extra);
+            let mut serve = Self::spawn(db, database_url, smtp_url, port, extra, public_host);
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if listens_on(serve.child.id(), port) {

@@ -84,6 +84,9 @@ async fn page(r: &Reader<'_>, heading: &str, name: &str) {
         "{name}"
     );
     browser.check_page(&format!("{}/{name}", r.shots)).await;
+    browser
+        .assert_fits_narrowest(&format!("{}/{name}", r.shots))
+        .await;
 }
 
 /// Screenshots of the digest's HTML part as a mail client would show it, at both
@@ -444,7 +447,52 @@ async fn the_sign_up_page_wears_the_configured_name_logo_and_accent_colour(backe
     browser.close().await;
 }
 
+/// A deployment on plain HTTP under a name (an intranet, a test installation): a
+/// browser treats it as no secure context and sends no `Sec-Fetch-Site`, so the
+/// form's `Origin` decides whether the post is our own. Under `Referrer-Policy:
+/// no-referrer` Chromium sent `Origin: null` even from our own page, and the
+/// sign-up was refused as cross-site.
+async fn a_sign_up_on_plain_http_under_a_name_is_accepted(backend: Backend) {
+    const HOST: &str = "postbote.test";
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let serve = Serve::start_on_own_port_at_host(
+        &db,
+        &sink.url(),
+        "[digest]\nrun_scheduler = false\n",
+        HOST,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    serve.wait_ready(&http).await;
+    serve.api(&http).create_topic("kultur", "Kultur").await;
+    let port = serve.base.rsplit(':').next().unwrap();
+    let browser =
+        Browser::start_with(&[format!("--host-resolver-rules=MAP {HOST} 127.0.0.1")]).await;
+    browser
+        .goto(&format!("http://{HOST}:{port}/?lang=de"))
+        .await;
+    browser.fill("#email", "leser@example.org").await;
+    browser.click("input[name=topics][value=kultur]").await;
+    browser.click("input[name=consent]").await;
+    browser
+        .click_and_wait("form[action='/subscribe'] button")
+        .await;
+    assert_eq!(
+        browser.text("h1").await,
+        texts("de")["thanks_heading"].as_str().unwrap(),
+        "the sign-up was accepted"
+    );
+    let mail = mail_text(&sink, 0).await;
+    assert!(
+        mail.contains(&format!("http://{HOST}:{port}/confirm")),
+        "{mail}"
+    );
+    browser.close().await;
+}
+
 on_both_backends!(
+    a_sign_up_on_plain_http_under_a_name_is_accepted,
     the_reader_path_in_german,
     the_reader_path_in_english,
     the_sign_up_page_wears_the_configured_name_logo_and_accent_colour,
