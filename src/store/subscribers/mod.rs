@@ -220,22 +220,34 @@ impl Tx {
         subscriber_id: i64,
         topics: &[TopicSlug],
     ) -> StoreResult<()> {
+        on_tx!(self, tx => sqlx::query("DELETE FROM subscriber_topics WHERE subscriber_id = $1")
+            .bind(subscriber_id)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected()))?;
+        self.add_topics(subscriber_id, topics).await
+    }
+
+    /// Gives a reader the topics named `topics` (slugs that name no topic are
+    /// left out), in one statement.
+    pub(super) async fn add_topics(
+        &mut self,
+        subscriber_id: i64,
+        topics: &[TopicSlug],
+    ) -> StoreResult<()> {
+        if topics.is_empty() {
+            return Ok(());
+        }
         on_tx!(self, tx => {
-            sqlx::query("DELETE FROM subscriber_topics WHERE subscriber_id = $1")
-                .bind(subscriber_id)
-                .execute(&mut *tx)
-                .await?;
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ");
+            q.push_bind(subscriber_id).push(", id FROM topics WHERE slug IN (");
+            let mut list = q.separated(", ");
             for slug in topics {
-                sqlx::query(
-                    "INSERT INTO subscriber_topics (subscriber_id, topic_id) \
-                     SELECT $1, id FROM topics WHERE slug = $2 ON CONFLICT DO NOTHING",
-                )
-                .bind(subscriber_id)
-                .bind(slug.as_str())
-                .execute(&mut *tx)
-                .await?;
+                list.push_bind(slug.as_str());
             }
-        });
+            q.push(") ON CONFLICT DO NOTHING");
+            q.build().execute(&mut *tx).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 

@@ -421,9 +421,14 @@ impl Tx {
         tally: &mut Tally,
     ) -> StoreResult<(i64, SignUpKind)> {
         let (id, kind) = self.insert_or_lock(req, tally).await?;
-        if kind != SignUpKind::Confirmed {
-            self.make_pending(id, req).await?;
-            self.replace_topics(id, &req.topics).await?;
+        match kind {
+            // The row was just written with the form's settings and has no topics.
+            SignUpKind::New => self.add_topics(id, &req.topics).await?,
+            SignUpKind::Confirmed => {}
+            SignUpKind::Pending | SignUpKind::Returning | SignUpKind::Suppressed => {
+                self.make_pending(id, req).await?;
+                self.replace_topics(id, &req.topics).await?;
+            }
         }
         self.insert_consent(id, req).await?;
         if kind != SignUpKind::Confirmed {
