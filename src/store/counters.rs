@@ -29,8 +29,11 @@ use serde::Serialize;
 use super::{LimitScope, Store, StoreResult, on_pool};
 use crate::domain::{MailEventKind, SubscriberStatus};
 
-/// Rows each counter is spread over.
-pub(super) const SHARDS: i64 = 8;
+/// Rows each counter is spread over: twice the connections that commonly write at
+/// once (32 sign-ups or 32 delivery workers), so that few transactions wait for
+/// another's counter row while it commits (with 8, the counter upsert was the
+/// slowest statement of a sign-up, 0.44 ms on average, most of it waiting).
+pub(super) const SHARDS: i64 = 64;
 
 /// The upsert that adds a tally to the counters; rows are bound after it.
 pub(super) const UPSERT_HEAD: &str = "INSERT INTO counters (name, shard, value) ";
