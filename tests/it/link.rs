@@ -154,7 +154,7 @@ async fn only_a_confirmed_reader_gets_the_link_and_every_address_the_same_answer
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
-        html.contains("action=\"/link\"") && html.contains("name=\"email\""),
+        html.contains("action=\"/link?lang=de\"") && html.contains("name=\"email\""),
         "{html}"
     );
 

@@ -1142,7 +1142,36 @@ async fn an_unreachable_database_answers_503_with_retry_after(backend: Backend) 
     }
 }
 
+/// The sign-up and "send me my link" forms post to an address that names their
+/// page's language: a refusal answered before the form is read (another site, a
+/// client over its limit) comes in the reader's language, not the browser's.
+async fn the_forms_post_in_the_language_of_their_page(backend: Backend) {
+    let (app, _sink, _db) = ordered_app(backend, None, |_| {}).await;
+    for (path, action) in [
+        ("/?lang=en", "/subscribe?lang=en"),
+        ("/?lang=de", "/subscribe?lang=de"),
+        ("/link?lang=en", "/link?lang=en"),
+        ("/link?lang=de", "/link?lang=de"),
+    ] {
+        let page = app
+            .http
+            .get(app.url(path))
+            .header("accept-language", "fr")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("<form method=\"post\" action=\"{action}\"")),
+            "{path}: {page}"
+        );
+    }
+}
+
 on_both_backends!(
+    the_forms_post_in_the_language_of_their_page,
     an_unreachable_database_answers_503_with_retry_after,
     an_address_with_an_internationalised_domain_gets_its_mail,
     sign_up_confirm_and_export_the_proof,
