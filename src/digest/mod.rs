@@ -262,12 +262,10 @@ impl Digester {
             )?;
             let prepared = body.prepare();
             let (to, reader) = SIZE_PROBE;
-            let size = self
-                .composer
-                .digest(&prepared, to, reader, self.clock.now())?
-                .message
-                .len();
-            let html = self.composer.digest_html_size(&prepared, to, reader)?;
+            let (mail, html) =
+                self.composer
+                    .measured_digest(&prepared, to, reader, self.clock.now())?;
+            let size = mail.message.len();
             if (size <= MAX_DIGEST_BYTES && html <= MAX_HTML_BYTES) || shown == 0 {
                 return Ok(NewBody {
                     key: key.to_owned(),

@@ -578,23 +578,6 @@ impl Composer {
         })
     }
 
-    /// The size in bytes, as sent, of the HTML part of `body`'s mail to `to`
-    /// (reader `subscriber_id`).
-    ///
-    /// # Errors
-    /// A [`ComposeError`] when the address is unusable or rendering fails.
-    pub fn digest_html_size(
-        &self,
-        body: &PreparedBody,
-        to: &str,
-        subscriber_id: i64,
-    ) -> Result<usize, ComposeError> {
-        let address =
-            EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
-        let part = self.reader_part(body, &address, subscriber_id)?;
-        Ok(body.wire.html.followed_by(&part.html).len())
-    }
-
     /// One reader's copy of a digest: the shared content followed by the reader's
     /// part, joined as they are (no byte of either is searched or replaced), with
     /// the list headers (RFC 2369, RFC 8058 one-click).
@@ -609,10 +592,27 @@ impl Composer {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
+        self.measured_digest(body, to, subscriber_id, now)
+            .map(|(mail, _)| mail)
+    }
+
+    /// [`Composer::digest`], and the size in bytes of its HTML part as sent.
+    ///
+    /// # Errors
+    /// As [`Composer::digest`].
+    pub fn measured_digest(
+        &self,
+        body: &PreparedBody,
+        to: &str,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(NewMail, usize), ComposeError> {
         let address =
             EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
         let part = self.reader_part(body, &address, subscriber_id)?;
         let wire = &body.wire;
+        let html = wire.html.followed_by(&part.html);
+        let html_size = html.len();
         let parts = MultiPart::alternative()
             .singlepart(
                 SinglePart::builder()
@@ -622,7 +622,7 @@ impl Composer {
             .singlepart(
                 SinglePart::builder()
                     .header(ContentType::TEXT_HTML)
-                    .body(wire.html.followed_by(&part.html)),
+                    .body(html),
             );
         let header = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
@@ -635,7 +635,7 @@ impl Composer {
                 "List-Unsubscribe=One-Click".to_owned(),
             ),
         ];
-        self.assemble(
+        let mail = self.assemble(
             "digest",
             &address,
             subscriber_id,
@@ -643,7 +643,8 @@ impl Composer {
             parts,
             now,
             &extra,
-        )
+        )?;
+        Ok((mail, html_size))
     }
 }
 

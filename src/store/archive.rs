@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{Store, StoreResult, on_pool};
+use super::{Store, StoreResult, on_pool, push_list};
 
 /// An item as the archive shows it, with the arrival that orders it.
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -59,17 +59,6 @@ struct WindowRow {
     looked_at: i64,
 }
 
-/// Appends `ids` as a comma-separated list of binds.
-fn push_list<DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<DB>, ids: &[i64])
-where
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-}
-
 impl Store {
     /// Up to `limit` visible items of topic `topic_id` that arrived before
     /// `before` (an arrival number; `None` for the newest), newest first.
@@ -116,7 +105,7 @@ impl Store {
             let mut q = sqlx::QueryBuilder::new(
                 "WITH cand AS (SELECT c.item_id FROM item_topics c WHERE c.topic_id IN (",
             );
-            push_list(&mut q, topic_ids);
+            push_list(&mut q, topic_ids.iter().copied());
             q.push(") AND c.arrival > ")
                 .push_bind(since)
                 .push(" AND c.arrival <= ")
@@ -125,7 +114,7 @@ impl Store {
                 .push_bind(WINDOW_CAP)
                 .push("), w AS (SELECT it.item_id, MIN(it.arrival) AS arrival FROM item_topics it \
                        WHERE it.item_id IN (SELECT item_id FROM cand) AND it.topic_id IN (");
-            push_list(&mut q, topic_ids);
+            push_list(&mut q, topic_ids.iter().copied());
             q.push(") GROUP BY it.item_id) \
                     SELECT i.id, i.title, i.url, i.summary, i.published_at, i.created_at, w.arrival, \
                     COUNT(*) OVER () AS total, (SELECT COUNT(*) FROM cand) AS looked_at \
@@ -160,7 +149,7 @@ impl Store {
         let pairs = on_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new("SELECT item_id, topic_id FROM item_topics WHERE arrival <= ");
             q.push_bind(upto).push(" AND item_id IN (");
-            push_list(&mut q, items);
+            push_list(&mut q, items.iter().copied());
             q.push(")");
             q.build_query_as().fetch_all(pool).await
         })?;

@@ -290,3 +290,16 @@ impl Store {
         on_pool!(self, pool => pool.close().await);
     }
 }
+
+/// Appends `values` to `q` as a comma-separated list of binds (the inside of an
+/// `IN (…)`).
+fn push_list<'t, DB, T>(q: &mut sqlx::QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
+where
+    DB: sqlx::Database,
+    T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut list = q.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+}

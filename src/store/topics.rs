@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Store, StoreError, StoreResult, on_pool};
+use super::{Store, StoreError, StoreResult, on_pool, push_list};
 use crate::domain::TopicSlug;
 
 /// A topic as stored.
@@ -62,10 +62,7 @@ impl Store {
             let mut q = sqlx::QueryBuilder::new(
                 "SELECT id, slug, name, description, created_at, retired_at FROM topics WHERE slug IN (",
             );
-            let mut list = q.separated(", ");
-            for slug in slugs {
-                list.push_bind(*slug);
-            }
+            push_list(&mut q, slugs.iter().copied());
             q.push(") ORDER BY name, id");
             q.build_query_as().fetch_all(pool).await
         })?;

@@ -241,10 +241,7 @@ impl Tx {
         on_tx!(self, tx => {
             let mut q = sqlx::QueryBuilder::new("INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ");
             q.push_bind(subscriber_id).push(", id FROM topics WHERE slug IN (");
-            let mut list = q.separated(", ");
-            for slug in topics {
-                list.push_bind(slug.as_str());
-            }
+            super::push_list(&mut q, topics.iter().map(TopicSlug::as_str));
             q.push(") ON CONFLICT DO NOTHING");
             q.build().execute(&mut *tx).await.map(|r| r.rows_affected())
         })?;
