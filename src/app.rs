@@ -22,8 +22,9 @@ use crate::digest::Digester;
 use crate::domain::hex;
 use crate::feeds::Poller;
 use crate::mail::compose::Composer;
-use crate::mail::delivery::{DeliveryContext, Pace, Recorder, run_retention, run_worker};
+use crate::mail::delivery::{BATCH, DeliveryContext, Pace, Recorder, run_retention, run_worker};
 use crate::mail::dkim::Signer;
+use crate::mail::handoff::Handoff;
 use crate::services::{Schema, Services};
 use crate::store::Store;
 use crate::web::error::ErrorChain;
@@ -81,6 +82,7 @@ impl App {
             settings: config.digest.clone(),
             clock: clock.clone(),
             mail_wake: wake.clone(),
+            handoff: Some(delivery.handoff.clone()),
         };
         let poller = Poller::new(
             store.clone(),
@@ -195,6 +197,7 @@ impl App {
         }
         tracing::info!("HTTP server stopped; finishing deliveries in progress");
         workers_stop.cancel();
+        delivery.handoff.close();
         let joined = tokio::time::timeout(TASKS_GRACE, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -317,6 +320,15 @@ fn delivery_context(
         signer,
         composer: composer.clone(),
         bodies: Arc::default(),
+        // A batch per worker may wait; none when paced (see `mail::handoff`).
+        handoff: Arc::new(Handoff::new(
+            BATCH as usize,
+            if config.delivery.max_per_second == 0 {
+                config.delivery.workers * BATCH as usize
+            } else {
+                0
+            },
+        )),
         recorder: {
             let tasks = Recorder::tasks_for(store, config.delivery.workers);
             Recorder::start(

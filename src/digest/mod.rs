@@ -37,9 +37,11 @@ use crate::clock::Clock;
 use crate::config::DigestSettings;
 use crate::domain::{Locale, hex};
 use crate::mail::compose::{Composer, DigestEntry, DigestGroup};
+use crate::mail::delivery::LEASE;
+use crate::mail::handoff::Handoff;
 use crate::store::{
-    BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, NewBody, PlannedDigest, Store,
-    StoreError,
+    BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, LeaseTerms, NewBody, PlannedDigest,
+    Store, StoreError,
 };
 
 /// Readers claimed per transaction: large enough to share rendered bodies and
@@ -102,6 +104,9 @@ pub struct Digester {
     pub clock: Arc<dyn Clock>,
     /// Rung when digests were queued.
     pub mail_wake: Arc<Notify>,
+    /// To this process's delivery workers: a pass queues its digests leased to
+    /// them and hands them over (`None`: queued for whoever claims them).
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 impl Digester {
@@ -172,10 +177,25 @@ impl Digester {
             known,
             fingerprint: self.composer.content_fingerprint(),
             wanted: HashMap::new(),
+            lease: None,
         };
+        let mut more_due = false;
         loop {
             let now = self.clock.now();
             let per_topic = self.settings.max_items + 1;
+            let lease = match &self.handoff {
+                Some(handoff) => {
+                    // After a full batch (more are likely due) the workers set the
+                    // pace: no more is leased than they take soon. Otherwise the
+                    // batch is leased if there is room, or queued for a claim.
+                    if more_due {
+                        handoff.room().await;
+                    }
+                    handoff.terms(LEASE)
+                }
+                None => None,
+            };
+            planner.lease = lease.map(|(terms, _)| terms);
             let batch = self
                 .store
                 .digest_batch(at, watermark, BATCH, per_topic, now, &mut planner)
@@ -185,8 +205,16 @@ impl Digester {
             }
             total.due += batch.due;
             total.enqueued += batch.enqueued;
-            if batch.enqueued > 0 {
-                self.mail_wake.notify_waiters();
+            more_due = batch.due >= BATCH as usize;
+            match (&self.handoff, lease) {
+                (Some(handoff), Some((_, until))) if !batch.leased.is_empty() => {
+                    // One worker woken per batch; busy ones take the rest next.
+                    for _ in 0..handoff.give(batch.leased, until) {
+                        self.mail_wake.notify_one();
+                    }
+                }
+                _ if batch.enqueued > 0 => self.mail_wake.notify_waiters(),
+                _ => {}
             }
         }
     }
@@ -359,9 +387,15 @@ struct Planner<'a> {
     fingerprint: String,
     /// What each body key of the current batch is rendered from.
     wanted: HashMap<String, BodySpec>,
+    /// The lease the current batch's mails are queued under, if handed over.
+    lease: Option<LeaseTerms>,
 }
 
 impl DigestPlanner for Planner<'_> {
+    fn lease(&self) -> Option<LeaseTerms> {
+        self.lease
+    }
+
     fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError> {
         self.wanted.clear();
         // Readers with the same content share its key, or its lack of news: each

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compose::{Composer, DigestBody, PreparedBody};
 use super::dkim::Signer;
+use super::handoff::{Handed, Handoff};
 use super::transport::{SendError, Sender};
 use crate::clock::Clock;
 use crate::config::{Delivery, Transport};
@@ -29,7 +30,7 @@ use crate::domain::MailEventKind;
 use crate::store::{ClaimedMail, EventEffect, Store, StoreResult};
 
 /// Mails one worker claims at a time.
-const BATCH: u32 = 32;
+pub const BATCH: u32 = 32;
 /// Bytes of encoded digest bodies a process keeps in memory, the oldest loaded
 /// going first: enough for a fan-out of a thousand distinct bodies of 16 KB
 /// (every reader's mail refers to one of them, in no particular order), which
@@ -67,6 +68,9 @@ pub struct DeliveryContext {
     pub bodies: Arc<BodyCache>,
     /// Records the workers' deliveries together.
     pub recorder: Recorder,
+    /// Batches a digest pass of this process queued already leased for the
+    /// workers; taken before any claim.
+    pub handoff: Arc<Handoff>,
 }
 
 /// Digest bodies by id, loaded and encoded once for all the mails that refer to
@@ -405,14 +409,12 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
         tokio::pin!(wake);
         wake.as_mut().enable();
 
-        let owner: i64 = rand::random();
-        let claimed_at = tokio::time::Instant::now();
-        let (batch, bodies) = match claim(&ctx, owner).await {
-            Ok((batch, bodies)) if !batch.is_empty() => {
-                if batch.len() == BATCH as usize {
+        let (owner, batch, bodies, until) = match next_batch(&ctx).await {
+            Ok(next) if !next.1.is_empty() => {
+                if next.1.len() == BATCH as usize {
                     ctx.wake.notify_waiters();
                 }
-                (batch, bodies)
+                next
             }
             Ok(_) => {
                 // Nothing due: wait for new mail, the poll interval (the lookout) or
@@ -435,7 +437,7 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
         let lease = Arc::new(Lease::new(
             owner,
             batch.iter().map(|m| m.id).collect(),
-            claimed_at + LEASE,
+            until,
         ));
         let work = Batch {
             mails: &batch,
@@ -458,8 +460,23 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
     sender.close().await;
 }
 
-/// Claims a batch for `owner` and loads the digest bodies its mails refer to.
-async fn claim(ctx: &DeliveryContext, owner: i64) -> StoreResult<(Vec<ClaimedMail>, BatchBodies)> {
+/// A batch to send, its lease holder and until when the lease holds.
+type NextBatch = (i64, Vec<ClaimedMail>, BatchBodies, tokio::time::Instant);
+
+/// The next batch: one a pass handed over, or else one claimed from the queue
+/// (empty when nothing is due); with the digest bodies its mails refer to.
+async fn next_batch(ctx: &DeliveryContext) -> StoreResult<NextBatch> {
+    if let Some(Handed {
+        owner,
+        mails,
+        until,
+    }) = ctx.handoff.take()
+    {
+        let bodies = load_bodies(ctx, owner, &mails).await?;
+        return Ok((owner, mails, bodies, until));
+    }
+    let owner: i64 = rand::random();
+    let claimed_at = tokio::time::Instant::now();
     let now = ctx.clock.now();
     let real_now = chrono::Utc::now();
     let lease_length = chrono::Duration::from_std(LEASE).unwrap_or_default();
@@ -467,11 +484,21 @@ async fn claim(ctx: &DeliveryContext, owner: i64) -> StoreResult<(Vec<ClaimedMai
         .store
         .claim_mail(now, real_now, real_now + lease_length, owner, BATCH)
         .await?;
-    match ctx.bodies.load(&ctx.store, &batch).await {
-        Ok(bodies) => Ok((batch, bodies)),
+    let bodies = load_bodies(ctx, owner, &batch).await?;
+    Ok((owner, batch, bodies, claimed_at + LEASE))
+}
+
+/// Loads the digest bodies `batch` refers to; if that fails, the mails go back
+/// untouched and are claimed again.
+async fn load_bodies(
+    ctx: &DeliveryContext,
+    owner: i64,
+    batch: &[ClaimedMail],
+) -> StoreResult<BatchBodies> {
+    match ctx.bodies.load(&ctx.store, batch).await {
+        Ok(bodies) => Ok(bodies),
         Err(e) => {
-            // The mails go back untouched and are claimed again.
-            for mail in &batch {
+            for mail in batch {
                 let _ = ctx.store.mail_release(mail.id, owner, None).await;
             }
             Err(e)

@@ -5,6 +5,7 @@
 pub mod compose;
 pub mod delivery;
 pub mod dkim;
+pub mod handoff;
 
 pub mod templates;
 pub mod transport;

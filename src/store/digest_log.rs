@@ -13,6 +13,7 @@ use super::counters::Tally;
 use super::decode::StoredRow;
 use super::digest_bodies::{BodyIds, NewBody};
 use super::items::load_digest_items;
+use super::mail_queue::{ClaimedMail, LeaseTerms, LeasedBatch};
 use super::{BoxError, DigestItems, Store, StoreError, StoreResult, Tx, on_tx};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale};
 
@@ -141,15 +142,32 @@ pub trait DigestPlanner {
 
     /// The bodies of a batch that committed: later batches may refer to them.
     fn stored(&mut self, bodies: &BodyIds);
+
+    /// The lease to queue the batch's mails under, if any ([`LeaseTerms`]: the
+    /// hand-over to this process's workers); by default none.
+    fn lease(&self) -> Option<LeaseTerms> {
+        None
+    }
 }
 
 /// What a batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
     /// Readers whose slot had come.
     pub due: usize,
     /// Digests queued.
     pub enqueued: usize,
+    /// The digests queued already leased, when the pass asked for that: all of
+    /// them then, in batches by lease holder.
+    pub leased: Vec<LeasedBatch>,
+}
+
+/// A digest queued already leased, with its lease holder.
+#[derive(FromRow)]
+struct LeasedRow {
+    lease_owner: i64,
+    #[sqlx(flatten)]
+    mail: ClaimedMail,
 }
 
 const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, paused_until \
@@ -165,7 +183,8 @@ impl Store {
     /// Claims up to `limit` readers due at `at`, loads at most `per_topic` items per
     /// topic of theirs (the newest arrivals up to `watermark`), lets `plan` decide their digests,
     /// and records everything in the same transaction: next slots, watermarks,
-    /// digest log rows and queued mails. Two instances never claim the same reader
+    /// digest log rows and queued mails (under the planner's lease, if it has one:
+    /// see [`LeaseTerms`]). Two instances never claim the same reader
     /// (`FOR UPDATE SKIP LOCKED`); once committed, a reader is not due again before
     /// their next slot. `(subscriber, slot)` is unique in the digest log, so a slot
     /// can never produce a second digest. A reader whose row does not parse is
@@ -188,7 +207,7 @@ impl Store {
             tx.commit().await?;
             return Ok(BatchOutcome {
                 due: skipped,
-                enqueued: 0,
+                ..BatchOutcome::default()
             });
         }
         tx.attach_topics(&mut readers).await?;
@@ -205,6 +224,8 @@ impl Store {
         let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.digest.is_some()).collect();
         let mut refused: HashSet<i64> = HashSet::new();
         let mut enqueued = 0;
+        let mut leased = Vec::new();
+        let lease = planner.lease();
         for chunk in with_mail.chunks(CHUNK) {
             let accepted = tx.log_digests(chunk, &bodies, now).await?;
             refused.extend(
@@ -213,7 +234,11 @@ impl Store {
                     .map(|p| p.subscriber_id)
                     .filter(|id| !accepted.contains(id)),
             );
-            enqueued += tx.queue_digests(chunk, &accepted, &bodies, now).await?;
+            let queued = tx
+                .queue_digests(chunk, &accepted, &bodies, now, lease)
+                .await?;
+            enqueued += queued.0;
+            leased.extend(queued.1);
         }
         tx.advance_readers(&batch.readers, &plans, &refused).await?;
         let mut tally = Tally::default();
@@ -223,6 +248,7 @@ impl Store {
         Ok(BatchOutcome {
             due: batch.readers.len() + skipped,
             enqueued,
+            leased,
         })
     }
 }
@@ -403,14 +429,15 @@ impl Tx {
     }
 
     /// Queues the digests of the `accepted` ones of `plans`, each referring to its
-    /// body; returns how many.
+    /// body, leased under `lease` if given; returns how many, and the leased ones.
     async fn queue_digests(
         &mut self,
         plans: &[&DigestPlan],
         accepted: &HashSet<i64>,
         bodies: &BodyIds,
         now: DateTime<Utc>,
-    ) -> StoreResult<usize> {
+        lease: Option<LeaseTerms>,
+    ) -> StoreResult<(usize, Vec<LeasedBatch>)> {
         let jobs: Vec<(i64, &PlannedDigest, i64)> = plans
             .iter()
             .filter(|p| accepted.contains(&p.subscriber_id))
@@ -421,14 +448,29 @@ impl Tx {
             })
             .collect();
         if jobs.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let n = jobs.len();
-        on_tx!(self, tx => {
+        // Under a lease every `per_owner` mails get their own holder, as a claim
+        // of that many would, and count their first attempt as a claim does.
+        let owners: Vec<i64> = match lease {
+            Some(terms) => (0..n.div_ceil(terms.per_owner.max(1)))
+                .map(|_| rand::random())
+                .collect(),
+            None => Vec::new(),
+        };
+        let per_owner = lease.map_or(1, |terms| terms.per_owner.max(1));
+        let no_message = if self.is_postgres() {
+            "''::bytea"
+        } else {
+            "X''"
+        };
+        let rows: Vec<LeasedRow> = on_tx!(self, tx => {
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, body_id, status, next_attempt_at, created_at) ",
+                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, body_id, status, next_attempt_at, created_at, \
+                 locked_until, lease_owner, attempts) ",
             );
-            insert.push_values(jobs, |mut row, (id, digest, body)| {
+            insert.push_values(jobs.into_iter().enumerate(), |mut row, (i, (id, digest, body))| {
                 row.push_bind(id)
                     .push_bind("digest")
                     .push_bind(digest.recipient.clone())
@@ -436,11 +478,25 @@ impl Tx {
                     .push_bind(body)
                     .push_bind("queued")
                     .push_bind(now)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(lease.map(|terms| terms.until))
+                    .push_bind(owners.get(i / per_owner).copied())
+                    .push_bind(i32::from(lease.is_some()));
             });
-            insert.build().execute(&mut *tx).await?;
+            if lease.is_some() {
+                insert.push(format!(
+                    " RETURNING lease_owner, id, subscriber_id, kind, recipient, envelope_from, \
+                     COALESCE(message, {no_message}) AS message, body_id, attempts"
+                ));
+                insert.build_query_as().fetch_all(&mut *tx).await?
+            } else {
+                insert.build().execute(&mut *tx).await?;
+                Vec::new()
+            }
         });
-        Ok(n)
+        let leased =
+            LeasedBatch::group(rows.into_iter().map(|r| (r.lease_owner, r.mail)).collect());
+        Ok((n, leased))
     }
 
     /// Moves each planned reader to their next slot and watermark. A slot the log

@@ -47,6 +47,47 @@ pub struct ClaimedMail {
     pub attempts: i32,
 }
 
+/// How mails queued by a digest pass are leased at once to this process's delivery
+/// workers, which then need not claim them (`mail::handoff`): the same lease a claim
+/// writes, in the same statement as the mails.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTerms {
+    /// Until when the lease holds, on the system clock (as a claim's lease).
+    pub until: DateTime<Utc>,
+    /// Mails per lease holder: the size of a worker's batch.
+    pub per_owner: usize,
+}
+
+/// Mails queued already leased to `owner` ([`LeaseTerms`]): a worker sends them
+/// as if it had claimed them.
+#[derive(Debug, Clone)]
+pub struct LeasedBatch {
+    /// The random token written into their `lease_owner`.
+    pub owner: i64,
+    /// The mails, by id.
+    pub mails: Vec<ClaimedMail>,
+}
+
+impl LeasedBatch {
+    /// Groups mails returned with their lease owner into batches, each by id.
+    pub(super) fn group(rows: Vec<(i64, ClaimedMail)>) -> Vec<Self> {
+        let mut batches: Vec<Self> = Vec::new();
+        for (owner, mail) in rows {
+            match batches.iter_mut().find(|b| b.owner == owner) {
+                Some(batch) => batch.mails.push(mail),
+                None => batches.push(Self {
+                    owner,
+                    mails: vec![mail],
+                }),
+            }
+        }
+        for batch in &mut batches {
+            batch.mails.sort_by_key(|m| m.id);
+        }
+        batches
+    }
+}
+
 /// Finished mail of one reader, day and kind whose rows the retention purge
 /// deleted: the compact delivery history the export keeps showing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]

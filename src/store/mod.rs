@@ -70,7 +70,7 @@ pub use items::{
     PoolItem,
 };
 pub use mail_events::{EventEffect, MailEvent};
-pub use mail_queue::{ClaimedMail, DeliveryDay, NewMail};
+pub use mail_queue::{ClaimedMail, DeliveryDay, LeaseTerms, LeasedBatch, NewMail};
 pub use submissions::{Decided, NewSubmission, Submission, SubmissionStatus};
 pub use subscribers::{
     ConfirmOutcome, ConfirmationProof, ConsentProof, ConsentRecord, DeliveryRecord, ImportResult,

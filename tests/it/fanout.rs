@@ -443,3 +443,56 @@ async fn a_worker_that_stalled_past_its_lease_sends_none_of_the_mail_taken_over(
     );
     assert_eq!(queued_and_leased(&store).await.0, 0);
 }
+
+/// A pass inside `serve` hands its digests to the process's own workers
+/// (`mail::handoff`): they are queued already leased, in batches of a worker's
+/// claim, each under its own holder, and no worker has to claim them. Seen with a
+/// relay that accepts connections and never greets: the only worker is stuck on its
+/// first batch, yet right after the pass no queued digest is without a lease (a
+/// claim would have leased 32).
+async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: Backend) {
+    const FEW: usize = 100;
+    let db = TestDb::new(backend).await;
+    let silent = crate::harness::RefusedPort::new();
+    let relay = silent.smtp_url();
+    // Connections complete in the backlog; nobody ever reads or writes them.
+    let _silent = silent.listen();
+    let http = reqwest::Client::new();
+    let serve = Serve::start_on_own_port(
+        &db,
+        &relay,
+        "workers = 1\n[digest]\nrun_scheduler = false\n",
+    )
+    .await;
+    serve.wait_ready(&http).await;
+    setup(&http, &serve, &db, FEW).await;
+    let at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    assert_eq!(serve.run_pass(&http, &at).await["enqueued"], FEW as u64);
+
+    let rows = db
+        .text_rows(
+            "SELECT CAST(lease_owner AS TEXT), CAST(attempts AS TEXT) FROM mail_jobs \
+             WHERE kind = 'digest' AND status = 'queued'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows.len(), FEW, "every digest still queued");
+    let unleased = rows.iter().filter(|r| r[0].is_none()).count();
+    assert_eq!(unleased, 0, "digests queued without a lease, for a claim");
+    let owners: std::collections::HashSet<&Option<String>> = rows.iter().map(|r| &r[0]).collect();
+    assert_eq!(owners.len(), FEW.div_ceil(32), "one holder per 32 mails");
+    assert!(
+        rows.iter().all(|r| r[1].as_deref() == Some("1")),
+        "the first attempt, as a claim counts it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers_on_postgres() {
+    a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers_on_sqlite() {
+    a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(Backend::Sqlite).await;
+}

@@ -8,7 +8,7 @@ use postbote::domain::{
 };
 use postbote::store::{
     BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, Decided, DeliveryDay, DigestBatch,
-    DigestPlan, DigestPlanner, EventEffect, FeedSpec, NewBody, NewMail, NewSubmission,
+    DigestPlan, DigestPlanner, EventEffect, FeedSpec, LeaseTerms, NewBody, NewMail, NewSubmission,
     PlannedDigest, SignUp, SignUpKind, SignUpOutcome, Stats, Store, StoreError, TokenState,
     TopicChange,
 };
@@ -46,6 +46,38 @@ fn sign_up(email: &str, topics: &[&str], at: DateTime<Utc>, confirm: &Token) -> 
 /// A digest planner for store tests: the closure plans, and every digest shares one
 /// small body.
 struct OneBody<F>(F);
+
+/// [`OneBody`] queuing its mails under a lease.
+struct Leasing<F>(OneBody<F>, LeaseTerms);
+
+impl<F> DigestPlanner for Leasing<F>
+where
+    F: FnMut(&DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError>,
+{
+    fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError> {
+        self.0.plan(batch)
+    }
+
+    fn known(&self, key: &str) -> Option<(i64, i32)> {
+        self.0.known(key)
+    }
+
+    fn render(
+        &mut self,
+        batch: &DigestBatch,
+        key: &str,
+    ) -> Result<NewBody, postbote::store::BoxError> {
+        self.0.render(batch, key)
+    }
+
+    fn stored(&mut self, bodies: &BodyIds) {
+        self.0.stored(bodies);
+    }
+
+    fn lease(&self) -> Option<LeaseTerms> {
+        Some(self.1)
+    }
+}
 
 impl<F> DigestPlanner for OneBody<F>
 where
@@ -1317,7 +1349,128 @@ async fn a_due_reader_whose_row_does_not_parse_is_named_and_skipped_for_a_day(ba
     assert_eq!((id, column), (anna, "timezone"));
 }
 
+/// A pass's digests queued under a lease (the hand-over to the workers of its
+/// process) come back in batches of the lease's size, each under its own holder,
+/// as a claim would leave them: nobody else claims them while the lease holds,
+/// the holder renews them, and once it has run out they are claimed like any
+/// other mail, as a second attempt.
+async fn digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_out(
+    backend: Backend,
+) {
+    let (store, _db) = store(backend).await;
+    let day = |d: i64| t0() + Duration::days(d);
+    let readers = [
+        "leser0@example.org",
+        "leser1@example.org",
+        "leser2@example.org",
+        "leser3@example.org",
+        "leser4@example.org",
+    ];
+    for who in readers {
+        let token = signed_up(&store, who, t0()).await;
+        store
+            .confirm(&token.hash(), t0(), None, Duration::hours(24))
+            .await
+            .unwrap();
+    }
+    // The confirmation mails are out of the way.
+    let confirmations = store.claim_mail(t0(), t0(), day(1), 1, 10).await.unwrap();
+    let ids: Vec<i64> = confirmations.iter().map(|m| m.id).collect();
+    store.mails_sent(&ids, t0()).await.unwrap();
+
+    let lease_until = day(2) + Duration::seconds(30);
+    let outcome = store
+        .digest_batch(
+            day(2),
+            0,
+            500,
+            51,
+            day(2),
+            &mut Leasing(
+                OneBody(|batch: &DigestBatch| {
+                    Ok(batch
+                        .readers
+                        .iter()
+                        .map(|r| DigestPlan {
+                            subscriber_id: r.id,
+                            slot_at: r.next_slot_at,
+                            next_slot_at: day(3),
+                            last_item_id: 0,
+                            digest: Some(PlannedDigest {
+                                body_key: "one body".into(),
+                                recipient: r.email.as_str().to_owned(),
+                                envelope_from: "bounces@example.org".into(),
+                            }),
+                        })
+                        .collect())
+                }),
+                LeaseTerms {
+                    until: lease_until,
+                    per_owner: 2,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.enqueued, 5);
+    let sizes: Vec<usize> = outcome.leased.iter().map(|b| b.mails.len()).collect();
+    assert_eq!(sizes, [2, 2, 1], "batches of the lease's size");
+    let owners: std::collections::HashSet<i64> = outcome.leased.iter().map(|b| b.owner).collect();
+    assert_eq!(owners.len(), 3, "each batch under its own holder");
+    let mut leased: Vec<&ClaimedMail> = outcome.leased.iter().flat_map(|b| &b.mails).collect();
+    leased.sort_by_key(|m| m.id);
+    let mut to_whom: Vec<&str> = leased.iter().map(|m| m.recipient.as_str()).collect();
+    to_whom.sort_unstable();
+    assert_eq!(to_whom, readers);
+    for mail in &leased {
+        assert_eq!(mail.kind, "digest");
+        assert_eq!(mail.attempts, 1, "the first attempt, as a claim counts it");
+        assert!(
+            mail.message.is_empty() && mail.body_id.is_some(),
+            "a reference to the body"
+        );
+        assert_eq!(mail.envelope_from, "bounces@example.org");
+    }
+
+    // While the lease holds nobody claims them; their holder renews them.
+    let claimed = store
+        .claim_mail(day(2), day(2), day(2) + Duration::seconds(60), 7, 10)
+        .await
+        .unwrap();
+    assert!(
+        claimed.is_empty(),
+        "claimed under a running lease: {claimed:?}"
+    );
+    let first = &outcome.leased[0];
+    let ids: Vec<i64> = first.mails.iter().map(|m| m.id).collect();
+    let kept = store
+        .renew_mail_leases(first.owner, &ids, lease_until + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 2);
+    let stranger = store
+        .renew_mail_leases(first.owner ^ 1, &ids, lease_until)
+        .await
+        .unwrap();
+    assert!(stranger.is_empty(), "only the holder renews");
+
+    // Run out (the holder died): the others are claimed again, as second attempts;
+    // the renewed batch only after its own lease.
+    let later = lease_until + Duration::seconds(1);
+    let again = store
+        .claim_mail(later, later, later + Duration::seconds(30), 8, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(
+        again
+            .iter()
+            .all(|m| m.attempts == 2 && !ids.contains(&m.id))
+    );
+}
+
 on_both_backends!(
+    digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_out,
     a_lease_is_renewed_only_by_its_holder_and_a_lost_one_is_noticed,
     counters_equal_a_recount_after_every_kind_of_change,
     the_retention_purge_deletes_old_finished_mail_and_keeps_the_history,

@@ -1,0 +1,225 @@
+//! The hand-over from a digest pass to the delivery workers of the same process.
+//!
+//! A pass that runs inside `serve` queues its digests already leased, in batches
+//! of a worker's size ([`LeaseTerms`]), and hands the batches to the workers here:
+//! they send them as if they had claimed them, so a fan-out costs no claim (a write
+//! per mail, and a walk over the queue's index) and no reading back. The queue rows
+//! stay the truth: a handed batch carries the lease a claim would have written, so
+//! a crash, a shutdown with batches still waiting, or a worker that takes one late
+//! leaves them to run out their lease and be claimed again like any other mail,
+//! and a worker renews before sending what it got late (`mail::delivery`).
+//!
+//! After a full batch a pass waits while `room` mails wait ([`Handoff::room`]), so
+//! the workers set its pace and no more is leased than they will take within
+//! seconds; a batch finding no room is queued unleased ([`Handoff::terms`]). A process
+//! with a send rate (`delivery.max_per_second`) has no room at all: it would only
+//! hoard mail that other instances could send; its passes queue unleased mail for
+//! whichever worker of whichever process claims it first, and never wait.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::store::{ClaimedMail, LeaseTerms, LeasedBatch};
+
+/// Mails handed over, not yet taken by a worker.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The batches waiting, oldest first, and whether the workers have stopped.
+    waiting: std::sync::Mutex<Waiting>,
+    /// Mails that may wait at most (0: nothing is handed over).
+    room: usize,
+    /// Rung when a worker takes a batch (there may be room now) and on close.
+    taken: Notify,
+    /// Mails per batch: a worker's claim.
+    per_owner: usize,
+}
+
+/// What is waiting.
+#[derive(Debug, Default)]
+struct Waiting {
+    batches: VecDeque<Handed>,
+    mails: usize,
+    closed: bool,
+}
+
+/// A batch handed over: leased to `owner` until `until` (this process's clock).
+#[derive(Debug)]
+pub struct Handed {
+    /// The lease holder written into the rows.
+    pub owner: i64,
+    /// The mails, by id.
+    pub mails: Vec<ClaimedMail>,
+    /// When the lease written with them runs out, at the latest.
+    pub until: tokio::time::Instant,
+}
+
+impl Handoff {
+    /// A hand-over of batches of `per_owner` mails that lets about `room` mails
+    /// wait for a worker (none if `room` is 0).
+    pub fn new(per_owner: usize, room: usize) -> Self {
+        Self {
+            waiting: std::sync::Mutex::default(),
+            room,
+            taken: Notify::new(),
+            per_owner: per_owner.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        // Pushing and popping cannot leave the queue inconsistent on a panic.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until fewer than `room` mails wait, the workers have stopped, or
+    /// nothing is ever handed over (no room).
+    pub async fn room(&self) {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            {
+                let waiting = self.lock();
+                if waiting.closed || self.room == 0 || waiting.mails < self.room {
+                    return;
+                }
+            }
+            taken.await;
+        }
+    }
+
+    /// The lease for mails queued now and handed over after, lasting `lease` from
+    /// now on both clocks; `None` while `room` mails wait or once the workers have
+    /// stopped: the mails are then queued for any worker to claim.
+    pub fn terms(&self, lease: Duration) -> Option<(LeaseTerms, tokio::time::Instant)> {
+        {
+            let waiting = self.lock();
+            if waiting.closed || waiting.mails >= self.room {
+                return None;
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let until = chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        Some((
+            LeaseTerms {
+                until,
+                per_owner: self.per_owner,
+            },
+            started + lease,
+        ))
+    }
+
+    /// Hands `batches` over, leased until `until`; returns how many.
+    pub fn give(&self, batches: Vec<LeasedBatch>, until: tokio::time::Instant) -> usize {
+        let mut waiting = self.lock();
+        let n = batches.len();
+        for batch in batches {
+            waiting.mails += batch.mails.len();
+            waiting.batches.push_back(Handed {
+                owner: batch.owner,
+                mails: batch.mails,
+                until,
+            });
+        }
+        n
+    }
+
+    /// The oldest batch waiting, if any.
+    pub fn take(&self) -> Option<Handed> {
+        let handed = {
+            let mut waiting = self.lock();
+            let handed = waiting.batches.pop_front()?;
+            waiting.mails -= handed.mails.len();
+            handed
+        };
+        self.taken.notify_waiters();
+        Some(handed)
+    }
+
+    /// The workers have stopped: nothing is leased for them any more and no pass
+    /// waits. What still waits runs out its lease and is claimed after the next start.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.taken.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(owner: i64, ids: std::ops::Range<i64>) -> LeasedBatch {
+        LeasedBatch {
+            owner,
+            mails: ids
+                .map(|id| ClaimedMail {
+                    id,
+                    subscriber_id: Some(id),
+                    kind: "digest".into(),
+                    recipient: format!("r{id}@example.org"),
+                    envelope_from: "b@example.org".into(),
+                    message: Vec::new(),
+                    body_id: Some(1),
+                    attempts: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn beyond_its_room_or_once_closed_nothing_is_leased() {
+        let lease = Duration::from_secs(30);
+        let handoff = Handoff::new(2, 4);
+        let (terms, until) = handoff.terms(lease).expect("room");
+        assert_eq!(terms.per_owner, 2);
+        assert!(terms.until > chrono::Utc::now() + chrono::Duration::seconds(29));
+        assert_eq!(handoff.give(vec![batch(1, 0..2)], until), 1);
+        assert!(handoff.terms(lease).is_some(), "2 of 4 wait");
+        handoff.give(vec![batch(2, 2..4)], until);
+        assert!(
+            handoff.terms(lease).is_none(),
+            "4 of 4 wait: queued unleased"
+        );
+        let first = handoff.take().expect("a batch");
+        assert_eq!((first.owner, first.mails.len()), (1, 2), "oldest first");
+        assert!(handoff.terms(lease).is_some(), "room again after a take");
+        handoff.close();
+        assert!(handoff.terms(lease).is_none(), "workers stopped");
+        assert_eq!(handoff.take().map(|h| h.owner), Some(2), "what waits stays");
+        assert!(handoff.take().is_none());
+        assert!(
+            Handoff::new(2, 0).terms(lease).is_none(),
+            "no room: never leased"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_waits_for_room_until_a_worker_takes_a_batch() {
+        let handoff = std::sync::Arc::new(Handoff::new(2, 4));
+        let (_, until) = handoff.terms(Duration::from_secs(30)).expect("room");
+        handoff.give(vec![batch(1, 0..2), batch(2, 2..4)], until);
+        let waiter = {
+            let handoff = handoff.clone();
+            tokio::spawn(async move { handoff.room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "4 mails wait: no room");
+        handoff.take().expect("a batch");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("room after a take")
+            .expect("joined");
+        let full = Handoff::new(2, 2);
+        full.give(vec![batch(3, 0..2)], until);
+        full.close();
+        tokio::time::timeout(Duration::from_secs(5), full.room())
+            .await
+            .expect("a closed hand-over holds no pass back");
+        tokio::time::timeout(Duration::from_secs(5), Handoff::new(2, 0).room())
+            .await
+            .expect("no room: a pass never waits");
+    }
+}
