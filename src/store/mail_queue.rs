@@ -109,6 +109,12 @@ const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient
     envelope_from, message, status, next_attempt_at, created_at) \
     VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6)";
 
+/// Queues one mail leased at once (see [`LeaseTerms`]); bind subscriber id, kind,
+/// recipient, envelope sender, message, now, lease until, lease holder.
+const INSERT_LEASED_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
+    envelope_from, message, status, next_attempt_at, created_at, locked_until, lease_owner, attempts) \
+    VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, 1) RETURNING id";
+
 const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3 \
@@ -502,6 +508,44 @@ impl Tx {
             .map(|r| r.rows_affected()))?;
         tally.mails(mail.kind, None, Some("queued"), 1);
         Ok(())
+    }
+
+    /// [`Tx::queue_mail`] under `lease`, for one worker of this process: the mail
+    /// as that worker would have claimed it.
+    pub(super) async fn queue_leased_mail(
+        &mut self,
+        subscriber_id: i64,
+        mail: NewMail,
+        now: DateTime<Utc>,
+        lease: LeaseTerms,
+        tally: &mut Tally,
+    ) -> StoreResult<LeasedBatch> {
+        let owner: i64 = rand::random();
+        let id: i64 = on_tx!(self, tx => sqlx::query_scalar(INSERT_LEASED_MAIL)
+            .bind(subscriber_id)
+            .bind(mail.kind)
+            .bind(&mail.recipient)
+            .bind(&mail.envelope_from)
+            .bind(&mail.message)
+            .bind(now)
+            .bind(lease.until)
+            .bind(owner)
+            .fetch_one(&mut *tx)
+            .await)?;
+        tally.mails(mail.kind, None, Some("queued"), 1);
+        Ok(LeasedBatch {
+            owner,
+            mails: vec![ClaimedMail {
+                id,
+                subscriber_id: Some(subscriber_id),
+                kind: mail.kind.to_owned(),
+                recipient: mail.recipient,
+                envelope_from: mail.envelope_from,
+                message: mail.message,
+                body_id: None,
+                attempts: 1,
+            }],
+        })
     }
 
     /// Withdraws the digests still queued for a reader who is no longer confirmed

@@ -30,6 +30,7 @@ use super::{AppState, BODY_LIMIT, client_ip};
 use crate::domain::{
     DeliveryTime, EmailAddress, EmailError, Locale, TimeZone, Token, TopicSlug, Weekdays,
 };
+use crate::mail::delivery::LEASE;
 use crate::store::{
     ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Store, StoreError,
     Topic,
@@ -391,6 +392,9 @@ pub(super) fn mail_limits(state: &AppState, now: DateTime<Utc>) -> SignUpLimits 
 /// Stores the sign-up with its mail, within the configured limits. The mail is
 /// rendered inside the transaction, once it is known what the address is (new,
 /// pending, confirmed) and which id it has.
+///
+/// The mail goes straight to a worker of this process when there is room
+/// (`mail::handoff`): queued already leased, it needs no claim.
 async fn sign_up(
     state: &AppState,
     signup: &SignUp,
@@ -400,17 +404,28 @@ async fn sign_up(
     let limits = mail_limits(state, now);
     let composer = &state.composer;
     let locale = signup.locale;
-    state
+    let handoff = state.digester.handoff.as_deref();
+    let lease = handoff.and_then(|h| h.terms(LEASE));
+    let (outcome, leased) = state
         .store
-        .sign_up_limited(signup, &limits, |kind, id| {
-            let mail = if kind == SignUpKind::Confirmed {
-                composer.already_subscribed(&signup.email, locale, id, now)
-            } else {
-                composer.confirmation(&signup.email, locale, confirm_token, id, now)
-            };
-            mail.map_err(Into::into)
-        })
-        .await
+        .sign_up_limited(
+            signup,
+            &limits,
+            lease.map(|(terms, _)| terms),
+            |kind, id| {
+                let mail = if kind == SignUpKind::Confirmed {
+                    composer.already_subscribed(&signup.email, locale, id, now)
+                } else {
+                    composer.confirmation(&signup.email, locale, confirm_token, id, now)
+                };
+                mail.map_err(Into::into)
+            },
+        )
+        .await?;
+    if let (Some(handoff), Some((_, until)), Some(leased)) = (handoff, lease, leased) {
+        handoff.give(vec![leased], until);
+    }
+    Ok(outcome)
 }
 
 /// The answer to a stored sign-up: thanks (the same for every address), or 429

@@ -2,6 +2,8 @@
 //! and a `kill -9` in the middle of a fan-out to 2,000 readers, followed by a
 //! restart or taken over by a second process: either way the dead process's claimed
 //! mail goes out within a minute, and at most one mail per worker goes out twice.
+//! And the hand-over to a process's own workers (`mail::handoff`), on both stores:
+//! digests and sign-up mail are queued already leased to them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -485,6 +487,49 @@ async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: B
         rows.iter().all(|r| r[1].as_deref() == Some("1")),
         "the first attempt, as a claim counts it"
     );
+}
+
+/// A sign-up's confirmation mail goes the same way: queued already leased, each
+/// under its own holder, while the only worker is stuck with the first.
+async fn sign_up_mail_is_queued_leased_to_the_workers_of_the_process(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let silent = crate::harness::RefusedPort::new();
+    let relay = silent.smtp_url();
+    let _silent = silent.listen();
+    let http = reqwest::Client::new();
+    let serve = Serve::start_on_own_port(&db, &relay, "workers = 1\n").await;
+    serve.wait_ready(&http).await;
+    let api = serve.api(&http);
+    api.create_topic("wirtschaft", "Wirtschaft").await;
+    for who in ["a@example.org", "b@example.org", "c@example.org"] {
+        let r = api
+            .sign_up_form(&crate::harness::form(who, &["wirtschaft"]))
+            .await;
+        assert_eq!(r.status(), 200, "sign-up of {who}");
+    }
+    let rows = db
+        .text_rows(
+            "SELECT CAST(lease_owner AS TEXT) FROM mail_jobs WHERE kind = 'confirm' AND status = 'queued'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows.len(), 3, "the three confirmation mails wait");
+    assert!(
+        rows.iter().all(|r| r[0].is_some()),
+        "confirmation mails queued without a lease, for a claim: {rows:?}"
+    );
+    let owners: std::collections::HashSet<&Option<String>> = rows.iter().map(|r| &r[0]).collect();
+    assert_eq!(owners.len(), 3, "each under its own holder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_mail_is_queued_leased_to_the_workers_of_the_process_on_postgres() {
+    sign_up_mail_is_queued_leased_to_the_workers_of_the_process(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_mail_is_queued_leased_to_the_workers_of_the_process_on_sqlite() {
+    sign_up_mail_is_queued_leased_to_the_workers_of_the_process(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

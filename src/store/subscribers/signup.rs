@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::super::counters::Tally;
-use super::super::mail_queue::NewMail;
+use super::super::mail_queue::{LeaseTerms, LeasedBatch, NewMail};
 use super::super::{BoxError, Store, StoreError, StoreResult, Tx, on_pool, on_tx};
 use crate::domain::{
     DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug, Weekdays,
@@ -242,7 +242,9 @@ impl Store {
             },
             None => SignUpLimits::none(req.proof.at),
         };
-        self.sign_up_limited(req, &limits, mail).await
+        self.sign_up_limited(req, &limits, None, mail)
+            .await
+            .map(|(outcome, _)| outcome)
     }
 
     /// Records a sign-up in one transaction: the subscriber (new, or updated while
@@ -259,6 +261,9 @@ impl Store {
     /// everything back. An address in its quiet period after a bounce or complaint
     /// is counted like any other, but nothing is stored and no mail is rendered.
     ///
+    /// With a `lease` the mail is queued leased (see [`LeaseTerms`]) and returned,
+    /// for the workers of this process to take instead of claiming it.
+    ///
     /// # Errors
     /// When the database fails or `mail` does; nothing is stored then.
     #[tracing::instrument(skip_all)]
@@ -266,15 +271,16 @@ impl Store {
         &self,
         req: &SignUp,
         limits: &SignUpLimits,
+        lease: Option<LeaseTerms>,
         mail: impl FnOnce(SignUpKind, i64) -> Result<NewMail, BoxError>,
-    ) -> StoreResult<SignUpOutcome> {
+    ) -> StoreResult<(SignUpOutcome, Option<LeasedBatch>)> {
         let counting = Counting::new(&req.email, limits, req.proof.at);
         let mut tx = self.begin().await?;
         let mut tally = Tally::default();
         let (kind, mail) = match tx.mailbox_gate(&req.email, limits, &counting).await? {
             Gate::Limited { retry_at } => {
                 tx.rollback().await?;
-                return Ok(SignUpOutcome::Limited { retry_at });
+                return Ok((SignUpOutcome::Limited { retry_at }, None));
             }
             Gate::Quiet => (SignUpKind::Suppressed, None),
             Gate::Open => {
@@ -285,13 +291,21 @@ impl Store {
         };
         if let Some((limit, retry_at)) = tx.capped_or_counted(limits, &counting).await? {
             tx.rollback().await?;
-            return Ok(SignUpOutcome::Capped { limit, retry_at });
+            return Ok((SignUpOutcome::Capped { limit, retry_at }, None));
         }
-        if let Some((id, mail)) = mail {
-            tx.queue_mail(id, &mail, counting.now, &mut tally).await?;
-        }
+        let leased = match (mail, lease) {
+            (Some((id, mail)), Some(lease)) => Some(
+                tx.queue_leased_mail(id, mail, counting.now, lease, &mut tally)
+                    .await?,
+            ),
+            (Some((id, mail)), None) => {
+                tx.queue_mail(id, &mail, counting.now, &mut tally).await?;
+                None
+            }
+            (None, _) => None,
+        };
         tx.commit_with(tally).await?;
-        Ok(SignUpOutcome::Accepted(kind))
+        Ok((SignUpOutcome::Accepted(kind), leased))
     }
 
     /// Adds to the counters of refused sign-ups, per limit (`rate_limited:<scope>`
