@@ -39,6 +39,10 @@ const BODY_CACHE_BYTES: usize = 24 << 20;
 /// How often an idle worker other than the lookout looks for due mail on its own:
 /// only a safety net, as the lookout wakes the others when it finds a full batch.
 const IDLE_POLL: Duration = Duration::from_secs(60);
+/// How long an idle worker keeps its SMTP connection open for the next mail: a
+/// connection per mail costs a TCP handshake, `EHLO` (and TLS) and `QUIT` on both
+/// sides. Well below the idle limits of relays and `transport`'s 20 s.
+const KEEP_OPEN: Duration = Duration::from_secs(5);
 /// Deliveries written in one statement at most.
 const RECORD_ROUND: usize = 512;
 /// Bodies no queued mail refers to are deleted once they are this old: a pass
@@ -418,13 +422,20 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
             }
             Ok(_) => {
                 // Nothing due: wait for new mail, the poll interval (the lookout) or
-                // shutdown. Idle connections are closed meanwhile.
-                sender.close().await;
+                // shutdown. The connection stays open for a moment, as mail comes in
+                // runs (sign-ups one by one); then it is closed while idle.
                 let poll = if lookout {
                     ctx.settings.poll_interval
                 } else {
                     IDLE_POLL
                 };
+                if sender.is_open() {
+                    tokio::select! {
+                        () = cancel.cancelled() => continue,
+                        () = wake.as_mut() => continue,
+                        () = tokio::time::sleep(poll.min(KEEP_OPEN)) => sender.close().await,
+                    }
+                }
                 wait(&cancel, poll, Some(wake)).await;
                 continue;
             }

@@ -168,6 +168,12 @@ impl Sender {
         }
     }
 
+    /// Whether an SMTP session is open.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+
     /// Ends the SMTP session politely, if one is open.
     pub async fn close(&mut self) {
         if let Some((mut conn, _)) = self.conn.take() {
