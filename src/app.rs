@@ -22,7 +22,9 @@ use crate::digest::Digester;
 use crate::domain::hex;
 use crate::feeds::Poller;
 use crate::mail::compose::Composer;
-use crate::mail::delivery::{BATCH, DeliveryContext, Pace, Recorder, run_retention, run_worker};
+use crate::mail::delivery::{
+    BATCH, DeliveryContext, Pace, Recorder, release_handed, run_retention, run_worker,
+};
 use crate::mail::dkim::Signer;
 use crate::mail::handoff::Handoff;
 use crate::services::{Schema, Services};
@@ -121,6 +123,7 @@ impl App {
             admin_token: admin_token.into(),
             mail_wake: wake,
             stylesheet,
+            thanks_pages: Arc::default(),
         };
         Ok(Self {
             listener,
@@ -197,7 +200,7 @@ impl App {
         }
         tracing::info!("HTTP server stopped; finishing deliveries in progress");
         workers_stop.cancel();
-        delivery.handoff.close();
+        release_handed(&store, delivery.handoff.close()).await;
         let joined = tokio::time::timeout(TASKS_GRACE, async {
             while tasks.join_next().await.is_some() {}
         })

@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::config::DigestSettings;
 use crate::domain::{Locale, hex};
 use crate::mail::compose::{Composer, DigestEntry, DigestGroup};
-use crate::mail::delivery::LEASE;
+use crate::mail::delivery::{LEASE, release_handed};
 use crate::mail::handoff::Handoff;
 use crate::store::{
     BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, LeaseTerms, NewBody, PlannedDigest,
@@ -209,9 +209,12 @@ impl Digester {
             match (&self.handoff, lease) {
                 (Some(handoff), Some((_, until))) if !batch.leased.is_empty() => {
                     // One worker woken per batch; busy ones take the rest next.
-                    for _ in 0..handoff.give(batch.leased, until) {
+                    let given = batch.leased.len();
+                    let refused = handoff.give(batch.leased, until);
+                    for _ in refused.len()..given {
                         self.mail_wake.notify_one();
                     }
+                    release_handed(&self.store, refused).await;
                 }
                 _ if batch.enqueued > 0 => self.mail_wake.notify_waiters(),
                 _ => {}

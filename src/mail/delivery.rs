@@ -660,6 +660,18 @@ async fn release(
     }
 }
 
+/// Gives back handed-over batches no worker took (shutdown): unleased, their
+/// attempt not counted, as [`release`] gives back what a worker did not send.
+pub async fn release_handed(store: &Store, batches: Vec<crate::store::LeasedBatch>) {
+    for batch in batches {
+        for mail in batch.mails {
+            if let Err(e) = store.mail_release(mail.id, batch.owner, None).await {
+                tracing::warn!(mail.id, error = %e, "releasing mail failed; its lease will run out");
+            }
+        }
+    }
+}
+
 /// Deletes finished mail older than `delivery.keep_days` at start and then every
 /// hour, in batches, keeping each reader's delivery history as daily counts
 /// (`Store::purge_finished_mail`), until `cancel` fires.

@@ -5,9 +5,10 @@
 //! they send them as if they had claimed them, so a fan-out costs no claim (a write
 //! per mail, and a walk over the queue's index) and no reading back. The queue rows
 //! stay the truth: a handed batch carries the lease a claim would have written, so
-//! a crash, a shutdown with batches still waiting, or a worker that takes one late
-//! leaves them to run out their lease and be claimed again like any other mail,
-//! and a worker renews before sending what it got late (`mail::delivery`).
+//! a crash, or a worker that takes one late, leaves them to run out their lease and
+//! be claimed again like any other mail, and a worker renews before sending what it
+//! got late (`mail::delivery`). At shutdown what still waits is released at once,
+//! as a worker releases what it did not send.
 //!
 //! After a full batch a pass waits while `room` mails wait ([`Handoff::room`]), so
 //! the workers set its pace and no more is leased than they will take within
@@ -112,10 +113,15 @@ impl Handoff {
         ))
     }
 
-    /// Hands `batches` over, leased until `until`; returns how many.
-    pub fn give(&self, batches: Vec<LeasedBatch>, until: tokio::time::Instant) -> usize {
+    /// Hands `batches` over, leased until `until`. Once the workers have stopped
+    /// nothing is taken: the batches come back, for the caller to release
+    /// ([`crate::mail::delivery::release_handed`]).
+    #[must_use]
+    pub fn give(&self, batches: Vec<LeasedBatch>, until: tokio::time::Instant) -> Vec<LeasedBatch> {
         let mut waiting = self.lock();
-        let n = batches.len();
+        if waiting.closed {
+            return batches;
+        }
         for batch in batches {
             waiting.mails += batch.mails.len();
             waiting.batches.push_back(Handed {
@@ -124,7 +130,7 @@ impl Handoff {
                 until,
             });
         }
-        n
+        Vec::new()
     }
 
     /// The oldest batch waiting, if any.
@@ -139,11 +145,24 @@ impl Handoff {
         Some(handed)
     }
 
-    /// The workers have stopped: nothing is leased for them any more and no pass
-    /// waits. What still waits runs out its lease and is claimed after the next start.
-    pub fn close(&self) {
-        self.lock().closed = true;
+    /// The workers have stopped: nothing is leased for them any more, no pass
+    /// waits, and what still waits comes back, for the caller to release (so it is
+    /// claimed at once after a restart, its attempt not counted).
+    pub fn close(&self) -> Vec<LeasedBatch> {
+        let waiting = {
+            let mut waiting = self.lock();
+            waiting.closed = true;
+            waiting.mails = 0;
+            std::mem::take(&mut waiting.batches)
+        };
         self.taken.notify_waiters();
+        waiting
+            .into_iter()
+            .map(|h| LeasedBatch {
+                owner: h.owner,
+                mails: h.mails,
+            })
+            .collect()
     }
 }
 
@@ -176,9 +195,9 @@ mod tests {
         let (terms, until) = handoff.terms(lease).expect("room");
         assert_eq!(terms.per_owner, 2);
         assert!(terms.until > chrono::Utc::now() + chrono::Duration::seconds(29));
-        assert_eq!(handoff.give(vec![batch(1, 0..2)], until), 1);
+        assert!(handoff.give(vec![batch(1, 0..2)], until).is_empty());
         assert!(handoff.terms(lease).is_some(), "2 of 4 wait");
-        handoff.give(vec![batch(2, 2..4)], until);
+        assert!(handoff.give(vec![batch(2, 2..4)], until).is_empty());
         assert!(
             handoff.terms(lease).is_none(),
             "4 of 4 wait: queued unleased"
@@ -186,9 +205,16 @@ mod tests {
         let first = handoff.take().expect("a batch");
         assert_eq!((first.owner, first.mails.len()), (1, 2), "oldest first");
         assert!(handoff.terms(lease).is_some(), "room again after a take");
-        handoff.close();
+        let back = handoff.close();
+        assert_eq!(
+            back.iter().map(|b| b.owner).collect::<Vec<_>>(),
+            [2],
+            "what waits comes back"
+        );
         assert!(handoff.terms(lease).is_none(), "workers stopped");
-        assert_eq!(handoff.take().map(|h| h.owner), Some(2), "what waits stays");
+        assert!(handoff.take().is_none());
+        let refused = handoff.give(vec![batch(3, 4..6)], until);
+        assert_eq!(refused.len(), 1, "given after the close: back to the giver");
         assert!(handoff.take().is_none());
         assert!(
             Handoff::new(2, 0).terms(lease).is_none(),
@@ -200,7 +226,11 @@ mod tests {
     async fn a_pass_waits_for_room_until_a_worker_takes_a_batch() {
         let handoff = std::sync::Arc::new(Handoff::new(2, 4));
         let (_, until) = handoff.terms(Duration::from_secs(30)).expect("room");
-        handoff.give(vec![batch(1, 0..2), batch(2, 2..4)], until);
+        assert!(
+            handoff
+                .give(vec![batch(1, 0..2), batch(2, 2..4)], until)
+                .is_empty()
+        );
         let waiter = {
             let handoff = handoff.clone();
             tokio::spawn(async move { handoff.room().await })
@@ -213,8 +243,8 @@ mod tests {
             .expect("room after a take")
             .expect("joined");
         let full = Handoff::new(2, 2);
-        full.give(vec![batch(3, 0..2)], until);
-        full.close();
+        assert!(full.give(vec![batch(3, 0..2)], until).is_empty());
+        assert_eq!(full.close().len(), 1);
         tokio::time::timeout(Duration::from_secs(5), full.room())
             .await
             .expect("a closed hand-over holds no pass back");

@@ -121,6 +121,8 @@ pub struct AppState {
     pub digester: Digester,
     /// The pages' stylesheet with the accent colour, under its content-hashed name.
     pub stylesheet: Arc<assets::Stylesheet>,
+    /// The thank-you page after a sign-up, rendered once per language.
+    pub thanks_pages: Arc<pages::FixedPages>,
 }
 
 /// The whole HTTP surface.

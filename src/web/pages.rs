@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{PageError, Problem};
 use crate::domain::Locale;
+use crate::mail::templates::TemplateError;
 
 /// `?lang=` on any page.
 #[derive(Debug, Default, Deserialize)]
@@ -79,9 +80,29 @@ pub fn render(
     locale: Locale,
     name: &str,
     title_key: &str,
-    mut data: Value,
+    data: Value,
     path: &str,
 ) -> Response {
+    page_response(
+        state,
+        status,
+        render_html(state, locale, name, title_key, data, path),
+    )
+}
+
+/// The HTML of page `name` with `data` and what every page shows (texts, language
+/// switch to `path`, site).
+///
+/// # Errors
+/// When the template fails.
+pub fn render_html(
+    state: &AppState,
+    locale: Locale,
+    name: &str,
+    title_key: &str,
+    mut data: Value,
+    path: &str,
+) -> Result<String, TemplateError> {
     let t = state.templates.strings(locale);
     let other = if locale == Locale::De {
         Locale::En
@@ -98,7 +119,17 @@ pub fn render(
         );
         map.insert("site".into(), site_data(state, locale));
     }
-    match state.templates.page(name, &data) {
+    state.templates.page(name, &data)
+}
+
+/// `html` as a page with `status` and the pages' headers, or a plain 500 when
+/// rendering failed.
+pub fn page_response(
+    state: &AppState,
+    status: StatusCode,
+    html: Result<String, TemplateError>,
+) -> Response {
+    match html {
         Ok(html) => match logo_policy(state) {
             Some(csp) => {
                 (status, [(header::CONTENT_SECURITY_POLICY, csp)], Html(html)).into_response()
@@ -109,6 +140,33 @@ pub fn render(
             tracing::error!(error = %e, "rendering a page failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
+    }
+}
+
+/// Pages that are the same for every request in a language (the thank-you page
+/// after a sign-up), rendered once per language: the busiest page of the site is
+/// then no template work at all.
+#[derive(Debug, Default)]
+pub struct FixedPages {
+    by_locale: [std::sync::OnceLock<String>; 2],
+}
+
+impl FixedPages {
+    /// The page for `locale`, rendered by `render` the first time it succeeds.
+    ///
+    /// # Errors
+    /// When `render` fails (nothing is kept then).
+    pub fn get(
+        &self,
+        locale: Locale,
+        render: impl FnOnce() -> Result<String, TemplateError>,
+    ) -> Result<String, TemplateError> {
+        let slot = &self.by_locale[usize::from(locale == Locale::En)];
+        if let Some(html) = slot.get() {
+            return Ok(html.clone());
+        }
+        let html = render()?;
+        Ok(slot.get_or_init(|| html).clone())
     }
 }
 
@@ -238,4 +296,36 @@ pub fn local_date(locale: Locale, at: chrono::DateTime<chrono::Utc>) -> String {
 /// Fallback for unknown routes.
 pub async fn not_found(_lang: PageLang) -> PageError {
     Problem::NotFound.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_page_is_rendered_once_per_language_and_a_failure_is_not_kept() {
+        let pages = FixedPages::default();
+        let failed = pages.get(Locale::De, || {
+            Err(TemplateError::Render(
+                "pages/message".into(),
+                "broken".into(),
+            ))
+        });
+        assert!(failed.is_err());
+        let mut renders = 0;
+        for _ in 0..3 {
+            let html = pages.get(Locale::De, || {
+                renders += 1;
+                Ok("<p>Danke</p>".into())
+            });
+            assert_eq!(html.expect("rendered"), "<p>Danke</p>");
+        }
+        assert_eq!(renders, 1, "rendered once after the failure");
+        let en = pages.get(Locale::En, || Ok("<p>Thanks</p>".into()));
+        assert_eq!(
+            en.expect("rendered"),
+            "<p>Thanks</p>",
+            "each language its own"
+        );
+    }
 }

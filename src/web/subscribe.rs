@@ -24,13 +24,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::error::{InLocale, PageError, Problem};
-use super::pages::{PageLang, render};
+use super::pages::{PageLang, page_response, render, render_html};
 use super::weekdays;
 use super::{AppState, BODY_LIMIT, client_ip};
 use crate::domain::{
     DeliveryTime, EmailAddress, EmailError, Locale, TimeZone, Token, TopicSlug, Weekdays,
 };
-use crate::mail::delivery::LEASE;
+use crate::mail::delivery::{LEASE, release_handed};
 use crate::store::{
     ConsentProof, LimitScope, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Store, StoreError,
     Topic,
@@ -423,7 +423,7 @@ async fn sign_up(
         )
         .await?;
     if let (Some(handoff), Some((_, until)), Some(leased)) = (handoff, lease, leased) {
-        handoff.give(vec![leased], until);
+        release_handed(&state.store, handoff.give(vec![leased], until)).await;
     }
     Ok(outcome)
 }
@@ -447,16 +447,12 @@ fn accepted(
                     (StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response()
                 }
                 Format::Html => {
-                    let data = thanks(state, locale);
-                    render(
-                        state,
-                        StatusCode::OK,
-                        locale,
-                        "message",
-                        "thanks_heading",
-                        data,
-                        "/",
-                    )
+                    // The same for every sign-up: rendered once per language.
+                    let html = state.thanks_pages.get(locale, || {
+                        let data = thanks(state, locale);
+                        render_html(state, locale, "message", "thanks_heading", data, "/")
+                    });
+                    page_response(state, StatusCode::OK, html)
                 }
             });
         }
