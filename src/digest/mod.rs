@@ -189,7 +189,7 @@ impl Digester {
                     // pace: no more is leased than they take soon. Otherwise the
                     // batch is leased if there is room, or queued for a claim.
                     if more_due {
-                        handoff.room().await;
+                        handoff.room(LEASE / 3).await;
                     }
                     handoff.terms(LEASE)
                 }

@@ -2,9 +2,10 @@
 //! and the retention task that purges finished mail after `delivery.keep_days`.
 //!
 //! Each worker owns one [`Sender`] (one SMTP connection), so `delivery.workers`
-//! bounds the concurrency towards the relay. Mails are claimed with a short
-//! [`LEASE`] that a heartbeat renews every [`HEARTBEAT`] while the worker holds
-//! them; a worker that dies stops renewing and its mails are claimed again within
+//! bounds the concurrency towards the relay. A batch that a pass or a sign-up of
+//! this process queued already leased is taken from the [`Handoff`] instead of
+//! claimed. Mails are claimed with a short [`LEASE`] that a heartbeat renews every
+//! [`HEARTBEAT`] while the worker holds them; a worker that dies stops renewing and its mails are claimed again within
 //! the lease. A digest is queued as a reference to its shared body: the worker
 //! loads the bodies of a claimed batch once ([`BodyCache`]), adds the reader's part
 //! and signs the mail while the previous one is on the wire or being recorded.
@@ -413,9 +414,11 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
         tokio::pin!(wake);
         wake.as_mut().enable();
 
-        let (owner, batch, bodies, until) = match next_batch(&ctx).await {
+        let (owner, batch, bodies, until, _) = match next_batch(&ctx).await {
             Ok(next) if !next.1.is_empty() => {
-                if next.1.len() == BATCH as usize {
+                // A full claim: there may be more in the queue. (A pass wakes one
+                // worker per batch it hands over.)
+                if next.4 && next.1.len() == BATCH as usize {
                     ctx.wake.notify_waiters();
                 }
                 next
@@ -429,14 +432,17 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
                 } else {
                     IDLE_POLL
                 };
+                let mut rest = poll;
                 if sender.is_open() {
+                    let keep = poll.min(KEEP_OPEN);
                     tokio::select! {
                         () = cancel.cancelled() => continue,
                         () = wake.as_mut() => continue,
-                        () = tokio::time::sleep(poll.min(KEEP_OPEN)) => sender.close().await,
+                        () = tokio::time::sleep(keep) => sender.close().await,
                     }
+                    rest = poll.saturating_sub(keep);
                 }
-                wait(&cancel, poll, Some(wake)).await;
+                wait(&cancel, rest, Some(wake)).await;
                 continue;
             }
             Err(e) => {
@@ -471,8 +477,15 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
     sender.close().await;
 }
 
-/// A batch to send, its lease holder and until when the lease holds.
-type NextBatch = (i64, Vec<ClaimedMail>, BatchBodies, tokio::time::Instant);
+/// A batch to send, its lease holder, until when the lease holds, and whether it
+/// was claimed (not handed over).
+type NextBatch = (
+    i64,
+    Vec<ClaimedMail>,
+    BatchBodies,
+    tokio::time::Instant,
+    bool,
+);
 
 /// The next batch: one a pass handed over, or else one claimed from the queue
 /// (empty when nothing is due); with the digest bodies its mails refer to.
@@ -484,7 +497,7 @@ async fn next_batch(ctx: &DeliveryContext) -> StoreResult<NextBatch> {
     }) = ctx.handoff.take()
     {
         let bodies = load_bodies(ctx, owner, &mails).await?;
-        return Ok((owner, mails, bodies, until));
+        return Ok((owner, mails, bodies, until, false));
     }
     let owner: i64 = rand::random();
     let claimed_at = tokio::time::Instant::now();
@@ -496,7 +509,7 @@ async fn next_batch(ctx: &DeliveryContext) -> StoreResult<NextBatch> {
         .claim_mail(now, real_now, real_now + lease_length, owner, BATCH)
         .await?;
     let bodies = load_bodies(ctx, owner, &batch).await?;
-    Ok((owner, batch, bodies, claimed_at + LEASE))
+    Ok((owner, batch, bodies, claimed_at + LEASE, true))
 }
 
 /// Loads the digest bodies `batch` refers to; if that fails, the mails go back

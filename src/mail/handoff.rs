@@ -75,9 +75,15 @@ impl Handoff {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until fewer than `room` mails wait, the workers have stopped, or
-    /// nothing is ever handed over (no room).
-    pub async fn room(&self) {
+    /// Waits until fewer than `room` mails wait, the workers have stopped,
+    /// nothing is ever handed over (no room), or `patience` has passed (the
+    /// workers may be waiting out a relay that is down: the pass then queues
+    /// unleased mail rather than stall).
+    pub async fn room(&self, patience: Duration) {
+        let _ = tokio::time::timeout(patience, self.until_room()).await;
+    }
+
+    async fn until_room(&self) {
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
@@ -93,21 +99,24 @@ impl Handoff {
     }
 
     /// The lease for mails queued now and handed over after, lasting `lease` from
-    /// now on both clocks; `None` while `room` mails wait or once the workers have
-    /// stopped: the mails are then queued for any worker to claim.
+    /// now on both clocks, for as many mails as there is room for; `None` while
+    /// `room` mails wait or once the workers have stopped: the mails are then
+    /// queued for any worker to claim.
     pub fn terms(&self, lease: Duration) -> Option<(LeaseTerms, tokio::time::Instant)> {
-        {
+        let free = {
             let waiting = self.lock();
             if waiting.closed || waiting.mails >= self.room {
                 return None;
             }
-        }
+            self.room - waiting.mails
+        };
         let started = tokio::time::Instant::now();
         let until = chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
         Some((
             LeaseTerms {
                 until,
                 per_owner: self.per_owner,
+                limit: free.div_ceil(self.per_owner) * self.per_owner,
             },
             started + lease,
         ))
@@ -193,10 +202,11 @@ mod tests {
         let lease = Duration::from_secs(30);
         let handoff = Handoff::new(2, 4);
         let (terms, until) = handoff.terms(lease).expect("room");
-        assert_eq!(terms.per_owner, 2);
+        assert_eq!((terms.per_owner, terms.limit), (2, 4));
         assert!(terms.until > chrono::Utc::now() + chrono::Duration::seconds(29));
         assert!(handoff.give(vec![batch(1, 0..2)], until).is_empty());
-        assert!(handoff.terms(lease).is_some(), "2 of 4 wait");
+        let (terms, _) = handoff.terms(lease).expect("2 of 4 wait");
+        assert_eq!(terms.limit, 2, "leased: no more than there is room for");
         assert!(handoff.give(vec![batch(2, 2..4)], until).is_empty());
         assert!(
             handoff.terms(lease).is_none(),
@@ -233,7 +243,7 @@ mod tests {
         );
         let waiter = {
             let handoff = handoff.clone();
-            tokio::spawn(async move { handoff.room().await })
+            tokio::spawn(async move { handoff.room(Duration::from_secs(60)).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "4 mails wait: no room");
@@ -245,11 +255,22 @@ mod tests {
         let full = Handoff::new(2, 2);
         assert!(full.give(vec![batch(3, 0..2)], until).is_empty());
         assert_eq!(full.close().len(), 1);
-        tokio::time::timeout(Duration::from_secs(5), full.room())
+        tokio::time::timeout(Duration::from_secs(5), full.room(Duration::from_secs(60)))
             .await
             .expect("a closed hand-over holds no pass back");
-        tokio::time::timeout(Duration::from_secs(5), Handoff::new(2, 0).room())
-            .await
-            .expect("no room: a pass never waits");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            Handoff::new(2, 0).room(Duration::from_secs(60)),
+        )
+        .await
+        .expect("no room: a pass never waits");
+        let stuck = Handoff::new(2, 2);
+        assert!(stuck.give(vec![batch(4, 0..2)], until).is_empty());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            stuck.room(Duration::from_millis(20)),
+        )
+        .await
+        .expect("workers that take nothing hold a pass back no longer than its patience");
     }
 }

@@ -162,10 +162,10 @@ pub struct BatchOutcome {
     pub leased: Vec<LeasedBatch>,
 }
 
-/// A digest queued already leased, with its lease holder.
+/// A digest queued, with its lease holder if it was leased.
 #[derive(FromRow)]
 struct LeasedRow {
-    lease_owner: i64,
+    lease_owner: Option<i64>,
     #[sqlx(flatten)]
     mail: ClaimedMail,
 }
@@ -451,10 +451,11 @@ impl Tx {
             return Ok((0, Vec::new()));
         }
         let n = jobs.len();
-        // Under a lease every `per_owner` mails get their own holder, as a claim
-        // of that many would, and count their first attempt as a claim does.
+        // Under a lease every `per_owner` mails (up to its limit) get their own
+        // holder, as a claim of that many would, and count their first attempt as
+        // a claim does; the rest are queued for a claim.
         let owners: Vec<i64> = match lease {
-            Some(terms) => (0..n.div_ceil(terms.per_owner.max(1)))
+            Some(terms) => (0..n.min(terms.limit).div_ceil(terms.per_owner.max(1)))
                 .map(|_| rand::random())
                 .collect(),
             None => Vec::new(),
@@ -479,9 +480,9 @@ impl Tx {
                     .push_bind("queued")
                     .push_bind(now)
                     .push_bind(now)
-                    .push_bind(lease.map(|terms| terms.until))
+                    .push_bind(owners.get(i / per_owner).and(lease.map(|terms| terms.until)))
                     .push_bind(owners.get(i / per_owner).copied())
-                    .push_bind(i32::from(lease.is_some()));
+                    .push_bind(i32::from(owners.get(i / per_owner).is_some()));
             });
             if lease.is_some() {
                 insert.push(format!(
@@ -494,8 +495,11 @@ impl Tx {
                 Vec::new()
             }
         });
-        let leased =
-            LeasedBatch::group(rows.into_iter().map(|r| (r.lease_owner, r.mail)).collect());
+        let leased = LeasedBatch::group(
+            rows.into_iter()
+                .filter_map(|r| Some((r.lease_owner?, r.mail)))
+                .collect(),
+        );
         Ok((n, leased))
     }
 

@@ -1,7 +1,8 @@
 //! The durable mail queue. A mail is a row written in the same transaction as the
-//! change that causes it; workers claim due rows with a short lease that they renew
-//! while they work (see `mail::delivery`), deliver them and record each outcome as
-//! it happens. A worker that dies stops renewing: its lease runs out within
+//! change that causes it (written already leased when it is handed straight to a
+//! worker of the same process, see [`LeaseTerms`]); workers claim due rows with a
+//! short lease that they renew while they work (see `mail::delivery`), deliver them
+//! and record each outcome as it happens. A worker that dies stops renewing: its lease runs out within
 //! [`crate::mail::delivery::LEASE`] and the mail is claimed again, so at most the
 //! mails in flight at a crash (one per worker) can be sent twice. Finished rows are
 //! aggregated into `delivery_days` and deleted after `delivery.keep_days`.
@@ -56,6 +57,9 @@ pub struct LeaseTerms {
     pub until: DateTime<Utc>,
     /// Mails per lease holder: the size of a worker's batch.
     pub per_owner: usize,
+    /// Mails leased at most (the room the workers have); the others are queued
+    /// unleased, for a claim.
+    pub limit: usize,
 }
 
 /// Mails queued already leased to `owner` ([`LeaseTerms`]): a worker sends them

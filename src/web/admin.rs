@@ -320,7 +320,16 @@ async fn run_digests(State(state): State<AppState>, body: Bytes) -> Result<Respo
             "must lie between the years 2000 and 2099",
         ));
     }
-    let outcome = state.digester.run_pass(at).await?;
+    // On a task of its own: a client that hangs up does not cut a batch off
+    // between its commit and its hand-over to the workers.
+    let digester = state.digester.clone();
+    let outcome = tokio::spawn(async move { digester.run_pass(at).await })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Callback(
+                format!("the pass stopped: {e}").into(),
+            ))
+        })?;
     Ok(Json(outcome).into_response())
 }
 

@@ -161,7 +161,10 @@ impl FixedPages {
         locale: Locale,
         render: impl FnOnce() -> Result<String, TemplateError>,
     ) -> Result<String, TemplateError> {
-        let slot = &self.by_locale[usize::from(locale == Locale::En)];
+        let slot = match locale {
+            Locale::De => &self.by_locale[0],
+            Locale::En => &self.by_locale[1],
+        };
         if let Some(html) = slot.get() {
             return Ok(html.clone());
         }

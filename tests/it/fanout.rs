@@ -446,19 +446,33 @@ async fn a_worker_that_stalled_past_its_lease_sends_none_of_the_mail_taken_over(
     assert_eq!(queued_and_leased(&store).await.0, 0);
 }
 
+/// A relay that accepts connections and never says a word; counts them.
+fn silent_relay() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let port = crate::harness::RefusedPort::new();
+    let url = port.smtp_url();
+    let listener = port.listen();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (url, accepted)
+}
+
 /// A pass inside `serve` hands its digests to the process's own workers
-/// (`mail::handoff`): they are queued already leased, in batches of a worker's
-/// claim, each under its own holder, and no worker has to claim them. Seen with a
-/// relay that accepts connections and never greets: the only worker is stuck on its
-/// first batch, yet right after the pass no queued digest is without a lease (a
-/// claim would have leased 32).
+/// (`mail::handoff`): as many as they have room for (32 per worker) are queued
+/// already leased, in batches of a worker's claim, and the rest is queued for a
+/// claim. Seen with a relay that accepts connections and never greets, and the only
+/// worker stuck on a sign-up's mail before the pass: it claims nothing, yet right
+/// after the pass 32 digests are leased to one holder.
 async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: Backend) {
     const FEW: usize = 100;
     let db = TestDb::new(backend).await;
-    let silent = crate::harness::RefusedPort::new();
-    let relay = silent.smtp_url();
-    // Connections complete in the backlog; nobody ever reads or writes them.
-    let _silent = silent.listen();
+    let (relay, connections) = silent_relay();
     let http = reqwest::Client::new();
     let serve = Serve::start_on_own_port(
         &db,
@@ -468,6 +482,16 @@ async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: B
     .await;
     serve.wait_ready(&http).await;
     setup(&http, &serve, &db, FEW).await;
+    let r = serve
+        .api(&http)
+        .sign_up_form(&crate::harness::form("vorher@example.org", &["wirtschaft"]))
+        .await;
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while connections.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the worker never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let at = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
     assert_eq!(serve.run_pass(&http, &at).await["enqueued"], FEW as u64);
 
@@ -479,13 +503,23 @@ async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: B
         )
         .await;
     assert_eq!(rows.len(), FEW, "every digest still queued");
-    let unleased = rows.iter().filter(|r| r[0].is_none()).count();
-    assert_eq!(unleased, 0, "digests queued without a lease, for a claim");
-    let owners: std::collections::HashSet<&Option<String>> = rows.iter().map(|r| &r[0]).collect();
-    assert_eq!(owners.len(), FEW.div_ceil(32), "one holder per 32 mails");
+    let leased: Vec<&Vec<Option<String>>> = rows.iter().filter(|r| r[0].is_some()).collect();
+    assert_eq!(
+        leased.len(),
+        32,
+        "leased to the stuck worker's room: {rows:?}"
+    );
+    let owners: std::collections::HashSet<&Option<String>> = leased.iter().map(|r| &r[0]).collect();
+    assert_eq!(owners.len(), 1, "32 mails, one holder");
     assert!(
-        rows.iter().all(|r| r[1].as_deref() == Some("1")),
+        leased.iter().all(|r| r[1].as_deref() == Some("1")),
         "the first attempt, as a claim counts it"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r[0].is_none())
+            .all(|r| r[1].as_deref() == Some("0")),
+        "the rest queued for a claim"
     );
 }
 
@@ -493,9 +527,7 @@ async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: B
 /// under its own holder, while the only worker is stuck with the first.
 async fn sign_up_mail_is_queued_leased_to_the_workers_of_the_process(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let silent = crate::harness::RefusedPort::new();
-    let relay = silent.smtp_url();
-    let _silent = silent.listen();
+    let (relay, _connections) = silent_relay();
     let http = reqwest::Client::new();
     let serve = Serve::start_on_own_port(&db, &relay, "workers = 1\n").await;
     serve.wait_ready(&http).await;
