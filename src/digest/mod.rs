@@ -186,10 +186,11 @@ impl Digester {
             let lease = match &self.handoff {
                 Some(handoff) => {
                     // After a full batch (more are likely due) the workers set the
-                    // pace: no more is leased than they take soon. Otherwise the
-                    // batch is leased if there is room, or queued for a claim.
+                    // pace: the next waits for room for a whole batch. Otherwise
+                    // the batch is leased as far as there is room, the rest queued
+                    // for a claim.
                     if more_due {
-                        handoff.room(LEASE / 3).await;
+                        handoff.room(LEASE / 3, BATCH as usize).await;
                     }
                     handoff.terms(LEASE)
                 }

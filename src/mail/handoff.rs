@@ -75,22 +75,23 @@ impl Handoff {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Waits until fewer than `room` mails wait, the workers have stopped,
-    /// nothing is ever handed over (no room), or `patience` has passed (the
-    /// workers may be waiting out a relay that is down: the pass then queues
-    /// unleased mail rather than stall).
-    pub async fn room(&self, patience: Duration) {
-        let _ = tokio::time::timeout(patience, self.until_room()).await;
+    /// Waits until there is room for `wanted` more mails (or the queue is empty, if
+    /// `wanted` is more than it ever holds), the workers have stopped, nothing is
+    /// ever handed over (no room), or `patience` has passed (the workers may be
+    /// waiting out a relay that is down: the pass then queues unleased mail rather
+    /// than stall).
+    pub async fn room(&self, patience: Duration, wanted: usize) {
+        let _ = tokio::time::timeout(patience, self.until_room(wanted.min(self.room))).await;
     }
 
-    async fn until_room(&self) {
+    async fn until_room(&self, wanted: usize) {
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
             taken.as_mut().enable();
             {
                 let waiting = self.lock();
-                if waiting.closed || self.room == 0 || waiting.mails < self.room {
+                if waiting.closed || self.room == 0 || waiting.mails + wanted <= self.room {
                     return;
                 }
             }
@@ -243,7 +244,7 @@ mod tests {
         );
         let waiter = {
             let handoff = handoff.clone();
-            tokio::spawn(async move { handoff.room(Duration::from_secs(60)).await })
+            tokio::spawn(async move { handoff.room(Duration::from_secs(60), 1).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "4 mails wait: no room");
@@ -252,15 +253,27 @@ mod tests {
             .await
             .expect("room after a take")
             .expect("joined");
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(50),
+                handoff.room(Duration::from_secs(60), 3)
+            )
+            .await
+            .is_err(),
+            "2 of 4 wait: no room for 3 more"
+        );
         let full = Handoff::new(2, 2);
         assert!(full.give(vec![batch(3, 0..2)], until).is_empty());
         assert_eq!(full.close().len(), 1);
-        tokio::time::timeout(Duration::from_secs(5), full.room(Duration::from_secs(60)))
-            .await
-            .expect("a closed hand-over holds no pass back");
         tokio::time::timeout(
             Duration::from_secs(5),
-            Handoff::new(2, 0).room(Duration::from_secs(60)),
+            full.room(Duration::from_secs(60), 1),
+        )
+        .await
+        .expect("a closed hand-over holds no pass back");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            Handoff::new(2, 0).room(Duration::from_secs(60), 1),
         )
         .await
         .expect("no room: a pass never waits");
@@ -268,7 +281,7 @@ mod tests {
         assert!(stuck.give(vec![batch(4, 0..2)], until).is_empty());
         tokio::time::timeout(
             Duration::from_secs(5),
-            stuck.room(Duration::from_millis(20)),
+            stuck.room(Duration::from_millis(20), 1),
         )
         .await
         .expect("workers that take nothing hold a pass back no longer than its patience");
