@@ -468,7 +468,7 @@ fn silent_relay() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 /// already leased, in batches of a worker's claim, and the rest is queued for a
 /// claim. Seen with a relay that accepts connections and never greets, and the only
 /// worker stuck on a sign-up's mail before the pass: it claims nothing, yet right
-/// after the pass 32 digests are leased to one holder.
+/// after the pass 32 digests are leased to one holder (per lane of the pass).
 async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: Backend) {
     const FEW: usize = 100;
     let db = TestDb::new(backend).await;
@@ -503,14 +503,25 @@ async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(backend: B
         )
         .await;
     assert_eq!(rows.len(), FEW, "every digest still queued");
+    // PostgreSQL runs two lanes side by side; each may lease the room it saw.
+    let lanes = if backend == Backend::Postgres { 2 } else { 1 };
     let leased: Vec<&Vec<Option<String>>> = rows.iter().filter(|r| r[0].is_some()).collect();
-    assert_eq!(
-        leased.len(),
-        32,
-        "leased to the stuck worker's room: {rows:?}"
+    assert!(
+        (32..=32 * lanes).contains(&leased.len()),
+        "leased: the stuck worker's room of 32 (per lane): {rows:?}"
     );
-    let owners: std::collections::HashSet<&Option<String>> = leased.iter().map(|r| &r[0]).collect();
-    assert_eq!(owners.len(), 1, "32 mails, one holder");
+    let mut per_owner: HashMap<&Option<String>, usize> = HashMap::new();
+    for r in &leased {
+        *per_owner.entry(&r[0]).or_default() += 1;
+    }
+    assert!(
+        per_owner.len() <= lanes,
+        "one holder per lane: {per_owner:?}"
+    );
+    assert!(
+        per_owner.values().all(|n| *n <= 32),
+        "32 mails per holder: {per_owner:?}"
+    );
     assert!(
         leased.iter().all(|r| r[1].as_deref() == Some("1")),
         "the first attempt, as a claim counts it"
