@@ -210,6 +210,11 @@ impl Digester {
             match (&self.handoff, lease) {
                 (Some(handoff), Some((_, until))) if !batch.leased.is_empty() => {
                     // One worker woken per batch; busy ones take the rest next.
+                    // Mail beyond the room is queued for a claim: everyone looks.
+                    let leased: usize = batch.leased.iter().map(|b| b.mails.len()).sum();
+                    if batch.enqueued > leased {
+                        self.mail_wake.notify_waiters();
+                    }
                     let given = batch.leased.len();
                     let refused = handoff.give(batch.leased, until);
                     for _ in refused.len()..given {

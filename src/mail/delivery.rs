@@ -409,48 +409,35 @@ impl Drop for Heartbeat {
 pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout: bool) {
     let mut sender = Sender::new(ctx.transport.clone(), ctx.settings.smtp_timeout);
     let mut relay_failures: i32 = 0;
+    // After a batch handed over and sent, with no wake rung meanwhile, an empty
+    // hand-over means nothing new: whoever queues mail for a claim rings the wake.
+    // The worker then waits instead of asking the database for nothing.
+    let mut handed_last = false;
     while !cancel.is_cancelled() {
         let wake = ctx.wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
 
-        let (owner, batch, bodies, until, _) = match next_batch(&ctx).await {
-            Ok(next) if !next.1.is_empty() => {
-                // A full claim: there may be more in the queue. (A pass wakes one
-                // worker per batch it hands over.)
-                if next.4 && next.1.len() == BATCH as usize {
-                    ctx.wake.notify_waiters();
-                }
-                next
-            }
-            Ok(_) => {
-                // Nothing due: wait for new mail, the poll interval (the lookout) or
-                // shutdown. The connection stays open for a moment, as mail comes in
-                // runs (sign-ups one by one); then it is closed while idle.
-                let poll = if lookout {
-                    ctx.settings.poll_interval
-                } else {
-                    IDLE_POLL
-                };
-                let mut rest = poll;
-                if sender.is_open() {
-                    let keep = poll.min(KEEP_OPEN);
-                    tokio::select! {
-                        () = cancel.cancelled() => continue,
-                        () = wake.as_mut() => continue,
-                        () = tokio::time::sleep(keep) => sender.close().await,
+        let (owner, batch, bodies, until, claimed) =
+            match next_batch(&ctx, std::mem::take(&mut handed_last)).await {
+                Ok(next) if !next.1.is_empty() => {
+                    // A full claim: there may be more in the queue. (A pass wakes one
+                    // worker per batch it hands over.)
+                    if next.4 && next.1.len() == BATCH as usize {
+                        ctx.wake.notify_waiters();
                     }
-                    rest = poll.saturating_sub(keep);
+                    next
                 }
-                wait(&cancel, rest, Some(wake)).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming mail failed; retrying");
-                wait(&cancel, ctx.settings.poll_interval, None).await;
-                continue;
-            }
-        };
+                Ok(_) => {
+                    idle(&ctx, &mut sender, &cancel, wake, lookout).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming mail failed; retrying");
+                    wait(&cancel, ctx.settings.poll_interval, None).await;
+                    continue;
+                }
+            };
         let lease = Arc::new(Lease::new(
             owner,
             batch.iter().map(|m| m.id).collect(),
@@ -462,6 +449,13 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
             lease: &lease,
         };
         let relay_down = serve_batch(&ctx, &mut sender, &work, &cancel).await;
+        // Rung while this batch was sent (this wake is dropped at the loop's end)?
+        let woken = tokio::select! {
+            biased;
+            () = wake.as_mut() => true,
+            () = std::future::ready(()) => false,
+        };
+        handed_last = !claimed && !woken && relay_down.is_none();
         match relay_down {
             Some(reason) => {
                 // The relay is the problem, not the mails: they keep their attempts
@@ -477,6 +471,34 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
     sender.close().await;
 }
 
+/// Nothing due: waits for new mail, the poll interval (the lookout) or shutdown.
+/// The connection stays open for a moment, as mail comes in runs (sign-ups one by
+/// one); then it is closed while idle.
+async fn idle(
+    ctx: &DeliveryContext,
+    sender: &mut Sender,
+    cancel: &CancellationToken,
+    mut wake: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    lookout: bool,
+) {
+    let poll = if lookout {
+        ctx.settings.poll_interval
+    } else {
+        IDLE_POLL
+    };
+    let mut rest = poll;
+    if sender.is_open() {
+        let keep = poll.min(KEEP_OPEN);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = wake.as_mut() => return,
+            () = tokio::time::sleep(keep) => sender.close().await,
+        }
+        rest = poll.saturating_sub(keep);
+    }
+    wait(cancel, rest, Some(wake)).await;
+}
+
 /// A batch to send, its lease holder, until when the lease holds, and whether it
 /// was claimed (not handed over).
 type NextBatch = (
@@ -488,8 +510,9 @@ type NextBatch = (
 );
 
 /// The next batch: one a pass handed over, or else one claimed from the queue
-/// (empty when nothing is due); with the digest bodies its mails refer to.
-async fn next_batch(ctx: &DeliveryContext) -> StoreResult<NextBatch> {
+/// (empty when nothing is due, or when `no_claim` and nothing was handed over);
+/// with the digest bodies its mails refer to.
+async fn next_batch(ctx: &DeliveryContext, no_claim: bool) -> StoreResult<NextBatch> {
     if let Some(Handed {
         owner,
         mails,
@@ -498,6 +521,15 @@ async fn next_batch(ctx: &DeliveryContext) -> StoreResult<NextBatch> {
     {
         let bodies = load_bodies(ctx, owner, &mails).await?;
         return Ok((owner, mails, bodies, until, false));
+    }
+    if no_claim {
+        return Ok((
+            0,
+            Vec::new(),
+            BatchBodies::new(),
+            tokio::time::Instant::now(),
+            true,
+        ));
     }
     let owner: i64 = rand::random();
     let claimed_at = tokio::time::Instant::now();
