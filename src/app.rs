@@ -23,7 +23,7 @@ use crate::domain::hex;
 use crate::feeds::Poller;
 use crate::mail::compose::Composer;
 use crate::mail::delivery::{
-    BATCH, DeliveryContext, Pace, Recorder, release_handed, run_retention, run_worker,
+    DeliveryContext, Pace, Recorder, release_handed, run_retention, run_worker,
 };
 use crate::mail::dkim::Signer;
 use crate::mail::handoff::Handoff;
@@ -323,15 +323,7 @@ fn delivery_context(
         signer,
         composer: composer.clone(),
         bodies: Arc::default(),
-        // A batch per worker may wait; none when paced (see `mail::handoff`).
-        handoff: Arc::new(Handoff::new(
-            BATCH as usize,
-            if config.delivery.max_per_second == 0 {
-                config.delivery.workers * BATCH as usize
-            } else {
-                0
-            },
-        )),
+        handoff: Arc::new(Handoff::for_workers(&config.delivery)),
         recorder: {
             let tasks = Recorder::tasks_for(store, config.delivery.workers);
             Recorder::start(

@@ -5,8 +5,8 @@
 //! bounds the concurrency towards the relay. A batch that a pass or a sign-up of
 //! this process queued already leased is taken from the [`Handoff`] instead of
 //! claimed. Mails are claimed with a short [`LEASE`] that a heartbeat renews every
-//! [`HEARTBEAT`] while the worker holds them; a worker that dies stops renewing and its mails are claimed again within
-//! the lease. A digest is queued as a reference to its shared body: the worker
+//! [`HEARTBEAT`] while the worker holds them; a worker that dies stops renewing and
+//! its mails are claimed again within the lease. A digest is queued as a reference to its shared body: the worker
 //! loads the bodies of a claimed batch once ([`BodyCache`]), adds the reader's part
 //! and signs the mail while the previous one is on the wire or being recorded.
 //! Every delivery is recorded before the worker sends its next mail, so a crash
@@ -418,34 +418,33 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
         tokio::pin!(wake);
         wake.as_mut().enable();
 
-        let (owner, batch, bodies, until, claimed) =
-            match next_batch(&ctx, std::mem::take(&mut handed_last)).await {
-                Ok(next) if !next.1.is_empty() => {
-                    // A full claim: there may be more in the queue. (A pass wakes one
-                    // worker per batch it hands over.)
-                    if next.4 && next.1.len() == BATCH as usize {
-                        ctx.wake.notify_waiters();
-                    }
-                    next
+        let next = match next_batch(&ctx, std::mem::take(&mut handed_last)).await {
+            Ok(Some(next)) => {
+                // A full claim: there may be more in the queue. (A pass wakes one
+                // worker per batch it hands over.)
+                if next.claimed && next.mails.len() == BATCH as usize {
+                    ctx.wake.notify_waiters();
                 }
-                Ok(_) => {
-                    idle(&ctx, &mut sender, &cancel, wake, lookout).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming mail failed; retrying");
-                    wait(&cancel, ctx.settings.poll_interval, None).await;
-                    continue;
-                }
-            };
+                next
+            }
+            Ok(None) => {
+                idle(&ctx, &mut sender, &cancel, wake, lookout).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming mail failed; retrying");
+                wait(&cancel, ctx.settings.poll_interval, None).await;
+                continue;
+            }
+        };
         let lease = Arc::new(Lease::new(
-            owner,
-            batch.iter().map(|m| m.id).collect(),
-            until,
+            next.owner,
+            next.mails.iter().map(|m| m.id).collect(),
+            next.until,
         ));
         let work = Batch {
-            mails: &batch,
-            bodies: &bodies,
+            mails: &next.mails,
+            bodies: &next.bodies,
             lease: &lease,
         };
         let relay_down = serve_batch(&ctx, &mut sender, &work, &cancel).await;
@@ -455,7 +454,7 @@ pub async fn run_worker(ctx: DeliveryContext, cancel: CancellationToken, lookout
             () = wake.as_mut() => true,
             () = std::future::ready(()) => false,
         };
-        handed_last = !claimed && !woken && relay_down.is_none();
+        handed_last = !next.claimed && !woken && relay_down.is_none();
         match relay_down {
             Some(reason) => {
                 // The relay is the problem, not the mails: they keep their attempts
@@ -499,20 +498,23 @@ async fn idle(
     wait(cancel, rest, Some(wake)).await;
 }
 
-/// A batch to send, its lease holder, until when the lease holds, and whether it
-/// was claimed (not handed over).
-type NextBatch = (
-    i64,
-    Vec<ClaimedMail>,
-    BatchBodies,
-    tokio::time::Instant,
-    bool,
-);
+/// A batch to send.
+struct NextBatch {
+    /// Its lease holder.
+    owner: i64,
+    /// The mails, by id.
+    mails: Vec<ClaimedMail>,
+    /// The digest bodies they refer to.
+    bodies: BatchBodies,
+    /// Until when the lease holds, at the latest.
+    until: tokio::time::Instant,
+    /// Claimed from the queue, not handed over.
+    claimed: bool,
+}
 
-/// The next batch: one a pass handed over, or else one claimed from the queue
-/// (empty when nothing is due, or when `no_claim` and nothing was handed over);
-/// with the digest bodies its mails refer to.
-async fn next_batch(ctx: &DeliveryContext, no_claim: bool) -> StoreResult<NextBatch> {
+/// The next batch: one a pass handed over, or else one claimed from the queue;
+/// `None` when nothing is due, or when `no_claim` and nothing was handed over.
+async fn next_batch(ctx: &DeliveryContext, no_claim: bool) -> StoreResult<Option<NextBatch>> {
     if let Some(Handed {
         owner,
         mails,
@@ -520,28 +522,37 @@ async fn next_batch(ctx: &DeliveryContext, no_claim: bool) -> StoreResult<NextBa
     }) = ctx.handoff.take()
     {
         let bodies = load_bodies(ctx, owner, &mails).await?;
-        return Ok((owner, mails, bodies, until, false));
+        return Ok(Some(NextBatch {
+            owner,
+            mails,
+            bodies,
+            until,
+            claimed: false,
+        }));
     }
     if no_claim {
-        return Ok((
-            0,
-            Vec::new(),
-            BatchBodies::new(),
-            tokio::time::Instant::now(),
-            true,
-        ));
+        return Ok(None);
     }
     let owner: i64 = rand::random();
     let claimed_at = tokio::time::Instant::now();
     let now = ctx.clock.now();
     let real_now = chrono::Utc::now();
     let lease_length = chrono::Duration::from_std(LEASE).unwrap_or_default();
-    let batch = ctx
+    let mails = ctx
         .store
         .claim_mail(now, real_now, real_now + lease_length, owner, BATCH)
         .await?;
-    let bodies = load_bodies(ctx, owner, &batch).await?;
-    Ok((owner, batch, bodies, claimed_at + LEASE, true))
+    if mails.is_empty() {
+        return Ok(None);
+    }
+    let bodies = load_bodies(ctx, owner, &mails).await?;
+    Ok(Some(NextBatch {
+        owner,
+        mails,
+        bodies,
+        until: claimed_at + LEASE,
+        claimed: true,
+    }))
 }
 
 /// Loads the digest bodies `batch` refers to; if that fails, the mails go back

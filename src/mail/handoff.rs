@@ -57,6 +57,20 @@ pub struct Handed {
 }
 
 impl Handoff {
+    /// The hand-over for a process's delivery workers: a batch of
+    /// [`crate::mail::delivery::BATCH`] per worker may wait; nothing is handed over
+    /// when `delivery.max_per_second` paces them.
+    #[must_use]
+    pub fn for_workers(settings: &crate::config::Delivery) -> Self {
+        let batch = crate::mail::delivery::BATCH as usize;
+        let room = if settings.max_per_second == 0 {
+            settings.workers * batch
+        } else {
+            0
+        };
+        Self::new(batch, room)
+    }
+
     /// A hand-over of batches of `per_owner` mails that lets about `room` mails
     /// wait for a worker (none if `room` is 0).
     pub fn new(per_owner: usize, room: usize) -> Self {

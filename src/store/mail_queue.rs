@@ -2,10 +2,11 @@
 //! change that causes it (written already leased when it is handed straight to a
 //! worker of the same process, see [`LeaseTerms`]); workers claim due rows with a
 //! short lease that they renew while they work (see `mail::delivery`), deliver them
-//! and record each outcome as it happens. A worker that dies stops renewing: its lease runs out within
-//! [`crate::mail::delivery::LEASE`] and the mail is claimed again, so at most the
-//! mails in flight at a crash (one per worker) can be sent twice. Finished rows are
-//! aggregated into `delivery_days` and deleted after `delivery.keep_days`.
+//! and record each outcome as it happens. A worker that dies stops renewing: its
+//! lease runs out within [`crate::mail::delivery::LEASE`] and the mail is claimed
+//! again, so at most the mails in flight at a crash (one per worker) can be sent
+//! twice. Finished rows are aggregated into `delivery_days` and deleted after
+//! `delivery.keep_days`.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -108,16 +109,13 @@ pub struct DeliveryDay {
     pub last_error: Option<String>,
 }
 
-/// Queues one mail; bind subscriber id, kind, recipient, envelope sender, message, now.
+/// Queues one mail; bind subscriber id, kind, recipient, envelope sender, message,
+/// now, and the lease until and holder (both NULL: not leased; see [`LeaseTerms`]).
+/// A leased mail counts its first attempt, as a claim does.
 const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
-    envelope_from, message, status, next_attempt_at, created_at) \
-    VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6)";
-
-/// Queues one mail leased at once (see [`LeaseTerms`]); bind subscriber id, kind,
-/// recipient, envelope sender, message, now, lease until, lease holder.
-const INSERT_LEASED_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
     envelope_from, message, status, next_attempt_at, created_at, locked_until, lease_owner, attempts) \
-    VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, 1) RETURNING id";
+    VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, CASE WHEN $8 IS NULL THEN 0 ELSE 1 END) \
+    RETURNING id";
 
 const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
@@ -480,6 +478,8 @@ impl Store {
                 .bind(&mail.envelope_from)
                 .bind(&mail.message)
                 .bind(now)
+                .bind(None::<DateTime<Utc>>)
+                .bind(None::<i64>)
                 .execute(&mut *tx)
                 .await?;
             let mut tally = Tally::default();
@@ -500,18 +500,9 @@ impl Tx {
         now: DateTime<Utc>,
         tally: &mut Tally,
     ) -> StoreResult<()> {
-        on_tx!(self, tx => sqlx::query(INSERT_MAIL)
-            .bind(subscriber_id)
-            .bind(mail.kind)
-            .bind(&mail.recipient)
-            .bind(&mail.envelope_from)
-            .bind(&mail.message)
-            .bind(now)
-            .execute(&mut *tx)
+        self.insert_mail(subscriber_id, mail, now, None, tally)
             .await
-            .map(|r| r.rows_affected()))?;
-        tally.mails(mail.kind, None, Some("queued"), 1);
-        Ok(())
+            .map(|_| ())
     }
 
     /// [`Tx::queue_mail`] under `lease`, for one worker of this process: the mail
@@ -525,18 +516,9 @@ impl Tx {
         tally: &mut Tally,
     ) -> StoreResult<LeasedBatch> {
         let owner: i64 = rand::random();
-        let id: i64 = on_tx!(self, tx => sqlx::query_scalar(INSERT_LEASED_MAIL)
-            .bind(subscriber_id)
-            .bind(mail.kind)
-            .bind(&mail.recipient)
-            .bind(&mail.envelope_from)
-            .bind(&mail.message)
-            .bind(now)
-            .bind(lease.until)
-            .bind(owner)
-            .fetch_one(&mut *tx)
-            .await)?;
-        tally.mails(mail.kind, None, Some("queued"), 1);
+        let id = self
+            .insert_mail(subscriber_id, &mail, now, Some((lease.until, owner)), tally)
+            .await?;
         Ok(LeasedBatch {
             owner,
             mails: vec![ClaimedMail {
@@ -550,6 +532,31 @@ impl Tx {
                 attempts: 1,
             }],
         })
+    }
+
+    /// Inserts one mail, leased until a time to a holder if given, counted;
+    /// returns its id.
+    async fn insert_mail(
+        &mut self,
+        subscriber_id: i64,
+        mail: &NewMail,
+        now: DateTime<Utc>,
+        lease: Option<(DateTime<Utc>, i64)>,
+        tally: &mut Tally,
+    ) -> StoreResult<i64> {
+        let id: i64 = on_tx!(self, tx => sqlx::query_scalar(INSERT_MAIL)
+            .bind(subscriber_id)
+            .bind(mail.kind)
+            .bind(&mail.recipient)
+            .bind(&mail.envelope_from)
+            .bind(&mail.message)
+            .bind(now)
+            .bind(lease.map(|(until, _)| until))
+            .bind(lease.map(|(_, owner)| owner))
+            .fetch_one(&mut *tx)
+            .await)?;
+        tally.mails(mail.kind, None, Some("queued"), 1);
+        Ok(id)
     }
 
     /// Withdraws the digests still queued for a reader who is no longer confirmed

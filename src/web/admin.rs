@@ -320,16 +320,10 @@ async fn run_digests(State(state): State<AppState>, body: Bytes) -> Result<Respo
             "must lie between the years 2000 and 2099",
         ));
     }
-    // On a task of its own: a client that hangs up does not cut a batch off
-    // between its commit and its hand-over to the workers.
+    // A client that hangs up does not cut a batch off between its commit and its
+    // hand-over to the workers.
     let digester = state.digester.clone();
-    let outcome = tokio::spawn(async move { digester.run_pass(at).await })
-        .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Callback(
-                format!("the pass stopped: {e}").into(),
-            ))
-        })?;
+    let outcome = super::detached(async move { digester.run_pass(at).await }).await?;
     Ok(Json(outcome).into_response())
 }
 

@@ -125,6 +125,19 @@ pub struct AppState {
     pub thanks_pages: Arc<pages::FixedPages>,
 }
 
+/// Runs `work` on a task of its own and waits for it. A client that hangs up drops
+/// the handler, not the work: a commit and the hand-over of its mail to the workers
+/// (`mail::handoff`) stay together.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(crate::store::StoreError::Callback(
+            format!("the task stopped: {e}").into(),
+        ))
+    })
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let body_timeout = state.config.http.body_timeout;

@@ -277,18 +277,10 @@ async fn subscribe(
         confirm_expires_at: now + state.config.confirmation_lifetime,
         mail_limit: None,
     };
-    // Stored and handed over on a task of its own: a client that hangs up must not
-    // cut the two apart (a mail committed leased but not handed over would wait
-    // for its lease to run out).
+    // Stored and handed over on a task of its own (`detached`).
     let outcome = {
         let (state, signup, token) = (state.clone(), signup.clone(), confirm_token.clone());
-        tokio::spawn(async move { sign_up(&state, &signup, &token, now).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Callback(
-                    format!("the sign-up stopped: {e}").into(),
-                ))
-            })
+        super::detached(async move { sign_up(&state, &signup, &token, now).await }).await
     };
     let outcome = outcome.in_locale(signup.locale).map_err(refuse)?;
     accepted(&state, format, &signup, outcome, now).map_err(refuse)
