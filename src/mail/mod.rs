@@ -7,5 +7,6 @@ pub mod delivery;
 pub mod dkim;
 pub mod handoff;
 
+pub mod smtp;
 pub mod templates;
 pub mod transport;

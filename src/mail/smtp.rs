@@ -1,0 +1,886 @@
+//! The client side of an SMTP session with the relay, spoken over a stream
+//! [`super::transport`] opened and secured: the greeting, `EHLO`, `STARTTLS`,
+//! `AUTH PLAIN` or `AUTH LOGIN`, and one transaction per mail.
+//!
+//! A transaction is pipelined when the relay offers `PIPELINING` (RFC 2920):
+//! `MAIL FROM`, `RCPT TO` and `DATA` go out in one write and their replies are read
+//! together, then the message with its final dot in a second write. That is two
+//! round trips per mail where command by command takes four, and two writes where
+//! lettre's client made five. Each reply is still matched to its command, so a
+//! refusal says which command it answered ([`Step`], [`refusal`]): the relay's
+//! answer to `RCPT TO` can condemn a reader's address, its answer to `MAIL FROM`
+//! never does.
+//!
+//! The relay is not trusted to be well-behaved: a reply is read through a cap on
+//! its line length and line count, and bytes that arrive with the go-ahead for
+//! `STARTTLS`, before TLS protects anything, end the session instead of being read
+//! as the relay's later replies.
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::transport::SendError;
+
+/// A byte stream an SMTP session runs over: a TCP socket, or TLS over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The longest reply line read, CRLF included; RFC 5321 allows 512.
+const MAX_LINE: u64 = 4096;
+
+/// The most lines one reply may have (an `EHLO` reply has one per extension).
+const MAX_LINES: usize = 128;
+
+/// Most of a relay's reply kept with the mail and the reader's history.
+const MAX_REPLY_CHARS: usize = 500;
+
+/// A reply of the relay: its code and the text of each line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    code: u16,
+    lines: Vec<String>,
+}
+
+impl Reply {
+    /// Whether the code is of class `class` (2: done, 3: go on, 4: try later, 5: no).
+    fn is(&self, class: u16) -> bool {
+        self.code / 100 == class
+    }
+
+    /// The lines' text on one line, the first [`MAX_REPLY_CHARS`] of it.
+    fn text(&self) -> String {
+        self.lines.join(" ").chars().take(MAX_REPLY_CHARS).collect()
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text().trim())
+    }
+}
+
+/// The SMTP extensions of the relay this session uses, from its `EHLO` reply.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Extensions {
+    pipelining: bool,
+    smtputf8: bool,
+    eight_bit_mime: bool,
+    starttls: bool,
+    auth_plain: bool,
+    auth_login: bool,
+}
+
+impl Extensions {
+    /// The extensions an `EHLO` reply names, one per line after the first.
+    fn of(ehlo: &Reply) -> Self {
+        let mut found = Self::default();
+        for line in ehlo.lines.iter().skip(1) {
+            // `AUTH=PLAIN LOGIN` is the pre-standard spelling some relays still use.
+            let mut words = line.split([' ', '=']).filter(|w| !w.is_empty());
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => found.pipelining = true,
+                "SMTPUTF8" => found.smtputf8 = true,
+                "8BITMIME" => found.eight_bit_mime = true,
+                "STARTTLS" => found.starttls = true,
+                "AUTH" => {
+                    for mechanism in words {
+                        match mechanism.to_ascii_uppercase().as_str() {
+                            "PLAIN" => found.auth_plain = true,
+                            "LOGIN" => found.auth_login = true,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+}
+
+/// The command of an SMTP transaction a reply answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `MAIL FROM`: the reply is about our envelope sender (or the session).
+    MailFrom,
+    /// `RCPT TO`: the reply is about the reader's address, unless it names our
+    /// sender instead.
+    RcptTo,
+    /// `DATA`, before the message.
+    Data,
+    /// The reply after the message's final dot: about the message as a whole.
+    EndOfData,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::MailFrom => "MAIL FROM",
+            Self::RcptTo => "RCPT TO",
+            Self::Data => "DATA",
+            Self::EndOfData => "the message",
+        })
+    }
+}
+
+/// An SMTP session in the state for a next transaction.
+pub struct Session<S> {
+    io: BufReader<S>,
+    extensions: Extensions,
+    /// The bytes of the next write, kept to spare an allocation per mail.
+    out: Vec<u8>,
+    /// The reply line being read.
+    line: Vec<u8>,
+}
+
+impl<S: Stream> Session<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            io: BufReader::new(stream),
+            extensions: Extensions::default(),
+            out: Vec::new(),
+            line: Vec::new(),
+        }
+    }
+
+    /// Reads the relay's greeting and introduces us as `hello` (`EHLO`, or `HELO`
+    /// to a relay that does not know `EHLO`).
+    ///
+    /// # Errors
+    /// What went wrong, for the caller to report as the relay's fault.
+    pub async fn greet(stream: S, hello: &str) -> Result<Self, String> {
+        let mut session = Self::new(stream);
+        let greeting = session
+            .reply()
+            .await
+            .map_err(|e| format!("greeting: {e}"))?;
+        if !greeting.is(2) {
+            return Err(format!("greeting: {greeting}"));
+        }
+        session.hello(hello).await?;
+        Ok(session)
+    }
+
+    /// Continues over `stream`, the TLS session begun after `STARTTLS`: the relay
+    /// sends no second greeting, and what it offers is asked again (RFC 3207).
+    ///
+    /// # Errors
+    /// As [`Session::greet`].
+    pub async fn resume(stream: S, hello: &str) -> Result<Self, String> {
+        let mut session = Self::new(stream);
+        session.hello(hello).await?;
+        Ok(session)
+    }
+
+    async fn hello(&mut self, hello: &str) -> Result<(), String> {
+        let ehlo = self.command(&format!("EHLO {hello}\r\n")).await?;
+        if ehlo.is(2) {
+            self.extensions = Extensions::of(&ehlo);
+            return Ok(());
+        }
+        if !ehlo.is(5) {
+            return Err(format!("EHLO: {ehlo}"));
+        }
+        let helo = self.command(&format!("HELO {hello}\r\n")).await?;
+        if !helo.is(2) {
+            return Err(format!("HELO: {helo}"));
+        }
+        self.extensions = Extensions::default();
+        Ok(())
+    }
+
+    /// Asks the relay to begin TLS and hands back the stream to run it over.
+    ///
+    /// # Errors
+    /// When the relay does not offer `STARTTLS` or refuses it, or sent anything after
+    /// its go-ahead: such bytes came before TLS, from anyone on the path, and would
+    /// otherwise be read as replies that came over TLS.
+    pub async fn starttls(mut self) -> Result<S, String> {
+        if !self.extensions.starttls {
+            return Err("the relay does not offer STARTTLS".into());
+        }
+        let reply = self.command("STARTTLS\r\n").await?;
+        if !reply.is(2) {
+            return Err(format!("STARTTLS: {reply}"));
+        }
+        if !self.io.buffer().is_empty() {
+            return Err("the relay sent more after its go-ahead for STARTTLS, \
+                        before TLS began; the session is ended"
+                .into());
+        }
+        Ok(self.io.into_inner())
+    }
+
+    /// Logs in as `user` with `password`: `AUTH PLAIN` when the relay offers it,
+    /// else `AUTH LOGIN`. Neither is ever written to a log or an error.
+    ///
+    /// # Errors
+    /// When the relay offers neither or refuses the credentials.
+    pub async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), String> {
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let reply = if self.extensions.auth_plain {
+            let token = base64.encode(format!("\0{user}\0{password}"));
+            self.command(&format!("AUTH PLAIN {token}\r\n")).await?
+        } else if self.extensions.auth_login {
+            let mut reply = self.command("AUTH LOGIN\r\n").await?;
+            for secret in [user, password] {
+                if !reply.is(3) {
+                    break;
+                }
+                reply = self
+                    .command(&format!("{}\r\n", base64.encode(secret)))
+                    .await?;
+            }
+            reply
+        } else {
+            return Err("the relay offers neither AUTH PLAIN nor AUTH LOGIN".into());
+        };
+        if reply.is(2) {
+            Ok(())
+        } else {
+            Err(reply.to_string())
+        }
+    }
+
+    /// One mail from `from` to `to`. After an error the session is in no known
+    /// state: the caller drops it.
+    ///
+    /// # Errors
+    /// [`SendError`]: a refusal sorted by the command it answered ([`refusal`]),
+    /// or [`SendError::Transient`] for a deferral or a lost connection.
+    pub async fn send(&mut self, from: &str, to: &str, message: &[u8]) -> Result<(), SendError> {
+        let mut parameters = String::new();
+        if !from.is_ascii() || !to.is_ascii() {
+            if !self.extensions.smtputf8 {
+                return Err(SendError::Permanent(
+                    "a non-ASCII address, and the relay does not offer SMTPUTF8".into(),
+                ));
+            }
+            parameters.push_str(" SMTPUTF8");
+        }
+        if !message.is_ascii() {
+            if !self.extensions.eight_bit_mime {
+                return Err(SendError::Permanent(
+                    "a non-ASCII message, and the relay does not offer 8BITMIME".into(),
+                ));
+            }
+            parameters.push_str(" BODY=8BITMIME");
+        }
+        for address in [from, to] {
+            if address.chars().any(|c| c.is_control() || " <>".contains(c)) {
+                return Err(SendError::Permanent(format!(
+                    "an address SMTP cannot carry: {address:?}"
+                )));
+            }
+        }
+        let commands = [
+            (
+                Step::MailFrom,
+                format!("MAIL FROM:<{from}>{parameters}\r\n"),
+            ),
+            (Step::RcptTo, format!("RCPT TO:<{to}>\r\n")),
+            (Step::Data, "DATA\r\n".to_owned()),
+        ];
+        let lost = |step: Step, e: String| SendError::Transient(format!("{step}: {e}"));
+        let refused = |step: Step, reply: Reply| {
+            if reply.is(5) {
+                refusal(step, &reply.code.to_string(), &reply.text(), from, to)
+            } else {
+                let kind = if reply.is(4) {
+                    "transient error"
+                } else {
+                    "unexpected reply"
+                };
+                SendError::Transient(format!("{step}: {kind} ({}): {}", reply.code, reply.text()))
+            }
+        };
+        if self.extensions.pipelining {
+            self.out.clear();
+            for (_, command) in &commands {
+                self.out.extend_from_slice(command.as_bytes());
+            }
+            self.write_out()
+                .await
+                .map_err(|e| lost(Step::MailFrom, e))?;
+        }
+        for (step, command) in &commands {
+            if !self.extensions.pipelining {
+                self.write(command.as_bytes())
+                    .await
+                    .map_err(|e| lost(*step, e))?;
+            }
+            let reply = self.reply().await.map_err(|e| lost(*step, e))?;
+            let expected = if *step == Step::Data { 3 } else { 2 };
+            if !reply.is(expected) {
+                return Err(refused(*step, reply));
+            }
+        }
+        self.out.clear();
+        stuff(message, &mut self.out);
+        self.write_out()
+            .await
+            .map_err(|e| lost(Step::EndOfData, e))?;
+        let reply = self.reply().await.map_err(|e| lost(Step::EndOfData, e))?;
+        if reply.is(2) {
+            Ok(())
+        } else {
+            Err(refused(Step::EndOfData, reply))
+        }
+    }
+
+    /// Ends the session politely.
+    pub async fn quit(&mut self) {
+        let _ = self.command("QUIT\r\n").await;
+    }
+
+    async fn command(&mut self, line: &str) -> Result<Reply, String> {
+        self.write(line.as_bytes()).await?;
+        self.reply().await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let stream = self.io.get_mut();
+        stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Writes the pending bytes in `out`.
+    async fn write_out(&mut self) -> Result<(), String> {
+        let (io, out) = (&mut self.io, &self.out);
+        let stream = io.get_mut();
+        stream.write_all(out).await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Reads one reply, all its lines.
+    async fn reply(&mut self) -> Result<Reply, String> {
+        let mut code = None;
+        let mut lines = Vec::new();
+        loop {
+            self.line.clear();
+            let read = (&mut self.io)
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut self.line)
+                .await
+                .map_err(|e| e.to_string())?;
+            if self.line.last() != Some(&b'\n') {
+                return Err(if read as u64 == MAX_LINE {
+                    format!("a reply line longer than {MAX_LINE} bytes")
+                } else {
+                    "the relay closed the connection".to_owned()
+                });
+            }
+            let line = String::from_utf8_lossy(&self.line);
+            let (this, more, text) = reply_line(line.trim_end_matches(['\r', '\n']))?;
+            if code.is_some_and(|code| code != this) {
+                return Err(format!(
+                    "a reply whose lines disagree on the code: {line:?}"
+                ));
+            }
+            code = Some(this);
+            if lines.len() == MAX_LINES {
+                return Err(format!("a reply of more than {MAX_LINES} lines"));
+            }
+            lines.push(text.to_owned());
+            if !more {
+                return Ok(Reply { code: this, lines });
+            }
+        }
+    }
+}
+
+/// A reply line's code, whether more lines follow, and its text.
+fn reply_line(line: &str) -> Result<(u16, bool, &str), String> {
+    let malformed = || {
+        let shown: String = line.chars().take(80).collect();
+        format!("not an SMTP reply: {shown:?}")
+    };
+    let code = line
+        .get(..3)
+        .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u16>().ok())
+        .filter(|code| (200..600).contains(code))
+        .ok_or_else(malformed)?;
+    match line.as_bytes().get(3) {
+        None => Ok((code, false, "")),
+        Some(b' ') => Ok((code, false, &line[4..])),
+        Some(b'-') => Ok((code, true, &line[4..])),
+        Some(_) => Err(malformed()),
+    }
+}
+
+/// Appends `message` as the DATA phase carries it, final dot included: every line
+/// ends in CRLF (a bare LF becomes CRLF, so no relay can see a line break, or an
+/// end of data, that another would not), and a line that begins with a dot gets a
+/// second one (RFC 5321 §4.5.2), which the relay takes off again.
+fn stuff(message: &[u8], out: &mut Vec<u8>) {
+    out.reserve(message.len() + message.len() / 32 + 5);
+    let mut rest = message;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+        rest = next;
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// Sorts a 5xx reply (`code`, then the reply's text) to `step` of the transaction
+/// from `sender` to `recipient`. The reader's address is dead only when both hold:
+///
+/// - the reply answered `RCPT TO`, unless it names our sender and not the reader (a
+///   relay that checks the sender only once a recipient is known, as Postfix does by
+///   default, refuses the sender at `RCPT TO`); or it answered `DATA` or the message
+///   and names the reader's address;
+/// - its enhanced status code says the destination address is bad: 5.1.1 (no such
+///   mailbox), 5.1.2 (no such domain), 5.1.3 (not a valid address), 5.1.6 (moved,
+///   no forwarding address) or 5.1.10 (the domain takes no mail, null MX).
+///
+/// Everything else fails this mail only: any refusal of `MAIL FROM` (our sender, our
+/// fault), the sender's codes 5.1.7 and 5.1.8, 5.1.0 (unspecified; Postfix uses it
+/// for unknown senders), policy (5.7.x: a spam filter or DMARC said no to this
+/// mail), size (5.3.4, 552: our message), and a reply without an enhanced code,
+/// which does not say whose fault it is.
+fn refusal(step: Step, code: &str, text: &str, sender: &str, recipient: &str) -> SendError {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REPLY_CHARS)
+        .collect();
+    let reason = format!("relay refused {step}: {code} {}", text.trim());
+    let lower = text.to_lowercase();
+    let names = |address: &str| lower.contains(&address.to_lowercase());
+    let about_reader = match step {
+        Step::MailFrom => false,
+        Step::RcptTo => names(recipient) || !names(sender),
+        Step::Data | Step::EndOfData => names(recipient),
+    };
+    let bad_address = text
+        .split_whitespace()
+        .next()
+        .and_then(|word| word.strip_prefix("5.1."))
+        .is_some_and(|detail| matches!(detail, "1" | "2" | "3" | "6" | "10"));
+    if code.starts_with('5') && about_reader && bad_address {
+        SendError::RecipientRefused(reason)
+    } else {
+        SendError::Permanent(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    const SENDER: &str = "bounces+7-0123456789abcdef@bounces.example.org";
+    const READER: &str = "reader@example.net";
+
+    fn sort(step: Step, reply: &str) -> SendError {
+        let (code, text) = reply.split_once(' ').unwrap();
+        refusal(step, code, text, SENDER, READER)
+    }
+
+    fn condemns_the_address(step: Step, reply: &str) -> bool {
+        matches!(sort(step, reply), SendError::RecipientRefused(_))
+    }
+
+    #[test]
+    fn only_a_refused_destination_address_condemns_the_reader() {
+        for reply in [
+            "550 5.1.1 <reader@example.net>: Recipient address rejected: User unknown",
+            "550 5.1.1 The email account that you tried to reach does not exist.",
+            "550 5.1.2 Host unknown (Name server: example.net: host not found)",
+            "556 5.1.10 <reader@example.net>: Recipient address rejected: Domain example.net does not accept mail (nullMX)",
+        ] {
+            assert!(condemns_the_address(Step::RcptTo, reply), "{reply}");
+        }
+        for reply in [
+            "550 5.7.1 <reader@example.net>: Recipient address rejected: Access denied",
+            "554 5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org",
+            "552 5.3.4 Message size exceeds fixed limit",
+            "552 Message size exceeds fixed limit",
+            "550 Requested action not taken: mailbox unavailable",
+            "550 5.1.0 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: User unknown",
+            "553 5.1.8 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: Domain not found",
+            "550 5.1.7 Invalid sender",
+            // A sender check at RCPT time wrapped in a mailbox code names our sender.
+            "550 5.1.1 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: undeliverable address",
+        ] {
+            assert!(!condemns_the_address(Step::RcptTo, reply), "{reply}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_our_sender_fails_the_mail_only() {
+        for reply in [
+            "550 5.1.1 <bounces+7-0123456789abcdef@bounces.example.org>: Sender address rejected: User unknown",
+            "553 5.1.8 Domain of sender address does not exist",
+            "550 5.1.1 User unknown",
+        ] {
+            let sorted = sort(Step::MailFrom, reply);
+            assert!(
+                matches!(sorted, SendError::Permanent(_)),
+                "{reply}: {sorted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_data_only_a_reply_naming_the_reader_condemns_the_address() {
+        let named = "550 5.1.1 <Reader@Example.net>... User unknown";
+        assert!(condemns_the_address(Step::EndOfData, named));
+        assert!(condemns_the_address(Step::Data, named));
+        assert!(!condemns_the_address(
+            Step::EndOfData,
+            "550 5.1.1 User unknown"
+        ));
+        assert!(!condemns_the_address(
+            Step::EndOfData,
+            "554 5.7.1 <reader@example.net>: message rejected as spam"
+        ));
+    }
+
+    #[test]
+    fn the_recorded_reason_names_the_command_on_one_capped_line() {
+        let SendError::RecipientRefused(reason) = sort(
+            Step::RcptTo,
+            "550 5.1.1 <reader@example.net>: Recipient address rejected:\r\nUser unknown",
+        ) else {
+            panic!("a refused mailbox");
+        };
+        assert_eq!(
+            reason,
+            "relay refused RCPT TO: 550 5.1.1 <reader@example.net>: Recipient address rejected:  User unknown"
+        );
+        let long = format!("550 5.7.1 {}", "x".repeat(5000));
+        let SendError::Permanent(reason) = sort(Step::EndOfData, &long) else {
+            panic!("a policy refusal");
+        };
+        assert!(reason.starts_with("relay refused the message: 550 5.7.1 xxx"));
+        assert!(
+            reason.chars().count() < MAX_REPLY_CHARS + 40,
+            "{}",
+            reason.len()
+        );
+    }
+
+    /// How a test relay answers a command.
+    type Answer = fn(&str) -> &'static str;
+
+    /// A relay for one test, on the other end of `io`: greets, answers `EHLO` with
+    /// `ehlo` and every other command with `answer(command)`, takes a message after
+    /// a 354 (answered as `answer(".")`), and returns each chunk it read.
+    async fn relay(
+        mut io: tokio::io::DuplexStream,
+        ehlo: &'static str,
+        answer: Answer,
+    ) -> Vec<String> {
+        let mut chunks = Vec::new();
+        let (mut pending, mut in_data) = (String::new(), false);
+        let mut buf = vec![0; 1 << 16];
+        io.write_all(b"220 relay.test ESMTP\r\n").await.unwrap();
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return chunks;
+            }
+            let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+            pending.push_str(&chunk);
+            chunks.push(chunk);
+            loop {
+                let (end, command) = if in_data {
+                    let Some(end) = pending.find("\r\n.\r\n") else {
+                        break;
+                    };
+                    (end + 5, ".".to_owned())
+                } else {
+                    let Some(end) = pending.find("\r\n") else {
+                        break;
+                    };
+                    (end + 2, pending[..end].to_owned())
+                };
+                pending.drain(..end);
+                let reply = if command.starts_with("EHLO") {
+                    ehlo
+                } else {
+                    answer(&command)
+                };
+                in_data = reply.starts_with("354");
+                io.write_all(format!("{reply}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                if command == "QUIT" {
+                    return chunks;
+                }
+            }
+        }
+    }
+
+    /// A session with [`relay`], and the relay's task.
+    async fn session_with(
+        ehlo: &'static str,
+        answer: Answer,
+    ) -> (
+        Result<Session<tokio::io::DuplexStream>, String>,
+        tokio::task::JoinHandle<Vec<String>>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(relay(server, ehlo, answer));
+        (Session::greet(client, "postbote.test").await, relay)
+    }
+
+    fn accept_all(command: &str) -> &'static str {
+        if command == "DATA" {
+            "354 go ahead"
+        } else {
+            "250 2.0.0 Ok"
+        }
+    }
+
+    const PIPELINING: &str =
+        "250-relay.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME";
+
+    #[tokio::test]
+    async fn a_pipelining_relay_gets_the_envelope_in_one_write_and_the_message_in_another() {
+        let (session, relay) = session_with(PIPELINING, accept_all).await;
+        let mut session = session.unwrap();
+        let message = b"Subject: x\r\n\r\n.a line with a dot\r\nbare LF\nlast";
+        session.send(SENDER, READER, message).await.unwrap();
+        session.quit().await;
+        assert_eq!(
+            relay.await.unwrap(),
+            [
+                "EHLO postbote.test\r\n".to_owned(),
+                format!("MAIL FROM:<{SENDER}>\r\nRCPT TO:<{READER}>\r\nDATA\r\n"),
+                "Subject: x\r\n\r\n..a line with a dot\r\nbare LF\r\nlast\r\n.\r\n".to_owned(),
+                "QUIT\r\n".to_owned(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn without_pipelining_each_command_waits_for_its_reply() {
+        let (session, relay) = session_with("250-relay.test\r\n250 8BITMIME", accept_all).await;
+        let mut session = session.unwrap();
+        session
+            .send(SENDER, READER, "Grüße\r\n".as_bytes())
+            .await
+            .unwrap();
+        session.quit().await;
+        let chunks = relay.await.unwrap();
+        assert_eq!(
+            chunks[1..4],
+            [
+                format!("MAIL FROM:<{SENDER}> BODY=8BITMIME\r\n"),
+                format!("RCPT TO:<{READER}>\r\n"),
+                "DATA\r\n".to_owned()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_refusal_is_sorted_by_the_command_it_answered() {
+        fn refuse_reader(command: &str) -> &'static str {
+            match command {
+                c if c.starts_with("RCPT") => {
+                    "550 5.1.1 <reader@example.net>: Recipient address rejected: User unknown"
+                }
+                "DATA" => "554 5.5.1 Error: no valid recipients",
+                c => accept_all(c),
+            }
+        }
+        fn refuse_sender(command: &str) -> &'static str {
+            match command {
+                c if c.starts_with("MAIL") => "550 5.1.1 User unknown",
+                c if c.starts_with("RCPT") || c == "DATA" => "503 5.5.1 Error: need MAIL command",
+                c => accept_all(c),
+            }
+        }
+        fn defer_data(command: &str) -> &'static str {
+            match command {
+                "DATA" => "451 4.3.0 Error: queue file write error",
+                c => accept_all(c),
+            }
+        }
+        let cases: [(Answer, SendError); 3] = [
+            (
+                refuse_reader,
+                SendError::RecipientRefused(
+                    "relay refused RCPT TO: 550 5.1.1 <reader@example.net>: Recipient address rejected: User unknown".into(),
+                ),
+            ),
+            (
+                refuse_sender,
+                SendError::Permanent("relay refused MAIL FROM: 550 5.1.1 User unknown".into()),
+            ),
+            (
+                defer_data,
+                SendError::Transient(
+                    "DATA: transient error (451): 4.3.0 Error: queue file write error".into(),
+                ),
+            ),
+        ];
+        for (answer, expected) in cases {
+            let (session, _relay) = session_with(PIPELINING, answer).await;
+            let sent = session.unwrap().send(SENDER, READER, b"x\r\n").await;
+            assert_eq!(sent, Err(expected));
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_message_or_address_needs_must_be_offered() {
+        let (session, _relay) = session_with("250 relay.test", accept_all).await;
+        let mut session = session.unwrap();
+        let sent = session.send(SENDER, READER, "Grüße".as_bytes()).await;
+        assert!(
+            matches!(&sent, Err(SendError::Permanent(e)) if e.contains("8BITMIME")),
+            "{sent:?}"
+        );
+        let sent = session.send(SENDER, "zoë@example.net", b"x").await;
+        assert!(
+            matches!(&sent, Err(SendError::Permanent(e)) if e.contains("SMTPUTF8")),
+            "{sent:?}"
+        );
+        let sent = session
+            .send(SENDER, "a@b.example>\r\nRCPT TO:<victim@example.com", b"x")
+            .await;
+        assert!(
+            matches!(&sent, Err(SendError::Permanent(e)) if e.contains("cannot carry")),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_go_ahead_for_starttls_end_the_session() {
+        fn inject(command: &str) -> &'static str {
+            match command {
+                // A man in the middle answers for the relay before TLS begins.
+                "STARTTLS" => "220 2.0.0 Ready to start TLS\r\n250 2.0.0 Ok",
+                c => accept_all(c),
+            }
+        }
+        let (session, _relay) = session_with("250-relay.test\r\n250 STARTTLS", inject).await;
+        let err = session.unwrap().starttls().await.err().unwrap();
+        assert!(err.contains("before TLS began"), "{err}");
+
+        let (session, _relay) = session_with("250 relay.test", accept_all).await;
+        let err = session.unwrap().starttls().await.err().unwrap();
+        assert_eq!(err, "the relay does not offer STARTTLS");
+    }
+
+    #[tokio::test]
+    async fn credentials_go_as_auth_plain_or_auth_login() {
+        fn plain(command: &str) -> &'static str {
+            // base64 of "\0user\0secret"
+            match command {
+                "AUTH PLAIN AHVzZXIAc2VjcmV0" => "235 2.7.0 Authentication successful",
+                _ => "535 5.7.8 Error: authentication failed",
+            }
+        }
+        fn login(command: &str) -> &'static str {
+            match command {
+                "AUTH LOGIN" => "334 VXNlcm5hbWU6",
+                "dXNlcg==" => "334 UGFzc3dvcmQ6",
+                "c2VjcmV0" => "235 2.7.0 Authentication successful",
+                _ => "535 5.7.8 Error: authentication failed",
+            }
+        }
+        let (session, _relay) = session_with("250-relay.test\r\n250 AUTH LOGIN PLAIN", plain).await;
+        assert_eq!(
+            session.unwrap().authenticate("user", "secret").await,
+            Ok(())
+        );
+        let (session, _relay) = session_with("250-relay.test\r\n250 AUTH=LOGIN", login).await;
+        assert_eq!(
+            session.unwrap().authenticate("user", "secret").await,
+            Ok(())
+        );
+
+        let (session, _relay) = session_with("250-relay.test\r\n250 AUTH LOGIN", login).await;
+        let err = session
+            .unwrap()
+            .authenticate("user", "wrong")
+            .await
+            .unwrap_err();
+        assert_eq!(err, "535 5.7.8 Error: authentication failed");
+        let (session, _relay) = session_with("250-relay.test\r\n250 AUTH CRAM-MD5", plain).await;
+        let err = session
+            .unwrap()
+            .authenticate("user", "secret")
+            .await
+            .unwrap_err();
+        assert!(err.contains("neither AUTH PLAIN nor AUTH LOGIN"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_read_through_caps_and_must_be_well_formed() {
+        async fn greeting(bytes: Vec<u8>) -> String {
+            let (client, mut server) = tokio::io::duplex(1 << 20);
+            server.write_all(&bytes).await.unwrap();
+            drop(server);
+            Session::greet(client, "postbote.test").await.err().unwrap()
+        }
+        let long = [b"220 ".as_slice(), &[b'x'; 5000], b"\r\n"].concat();
+        assert!(greeting(long).await.contains("longer than 4096 bytes"));
+        let endless = "220-hello\r\n".repeat(MAX_LINES + 1).into_bytes();
+        assert!(greeting(endless).await.contains("more than 128 lines"));
+        assert!(
+            greeting(b"220-a\r\n250 b\r\n".to_vec())
+                .await
+                .contains("disagree")
+        );
+        assert!(
+            greeting(b"HTTP/1.1 400\r\n".to_vec())
+                .await
+                .contains("not an SMTP reply")
+        );
+        assert!(
+            greeting(b"220 half a line".to_vec())
+                .await
+                .contains("closed the connection")
+        );
+        assert_eq!(
+            greeting(b"554-go away\r\n554 5.7.1 no\r\n".to_vec()).await,
+            "greeting: 554 go away 5.7.1 no"
+        );
+    }
+
+    #[test]
+    fn the_extensions_are_read_from_the_ehlo_reply() {
+        let ehlo = Reply {
+            code: 250,
+            lines: [
+                "relay.test",
+                "pipelining",
+                "AUTH=PLAIN",
+                "SMTPUTF8",
+                "STARTTLS",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        assert_eq!(
+            Extensions::of(&ehlo),
+            Extensions {
+                pipelining: true,
+                smtputf8: true,
+                eight_bit_mime: false,
+                starttls: true,
+                auth_plain: true,
+                auth_login: false,
+            }
+        );
+    }
+}
