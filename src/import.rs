@@ -280,6 +280,9 @@ pub async fn run(
         }
     }
     flush(&mut batch, &mut report).await?;
+    if report.imported > 0 {
+        store.refresh_statistics().await?;
+    }
     progress.finish_and_clear();
     Ok(report)
 }

@@ -51,6 +51,21 @@ impl Store {
             _ => Ok(None),
         }
     }
+
+    /// Has the database gather its planner statistics afresh (`ANALYZE`), as after
+    /// any bulk load. Until autovacuum got round to it, the first digest pass after
+    /// an import of 20,000 readers into PostgreSQL spent a third more time in the
+    /// database: without statistics it chose worse plans for the due readers.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn refresh_statistics(&self) -> StoreResult<()> {
+        match self {
+            Self::Postgres(pool) => drop(sqlx::query("ANALYZE").execute(pool).await?),
+            Self::Sqlite(pool) => drop(sqlx::query("ANALYZE").execute(pool).await?),
+        }
+        Ok(())
+    }
 }
 
 /// What [`Store::import_batch`] did with each row.
