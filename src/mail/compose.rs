@@ -377,6 +377,7 @@ impl DigestBody {
                 text: EncodedPrefix::new(&self.text),
                 html: EncodedPrefix::new(&self.html),
             },
+            footer: std::sync::OnceLock::new(),
         }
     }
 }
@@ -392,6 +393,10 @@ pub struct PreparedBody {
     /// The readers' topics, named again in the reader's part.
     pub topics: String,
     wire: WireBody,
+    /// The readers' footer cut where their values go, made with the first reader's
+    /// footer (`None` inside: this footer template cannot be cut; every reader's is
+    /// rendered).
+    footer: std::sync::OnceLock<Option<FooterSplit>>,
 }
 
 impl PreparedBody {
@@ -399,7 +404,19 @@ impl PreparedBody {
     #[must_use]
     pub fn size(&self) -> usize {
         let part = |p: &EncodedPrefix| p.lines.len() + p.rest.len();
-        self.subject.len() + self.topics.len() + part(&self.wire.text) + part(&self.wire.html)
+        let footer = self.footer.get().and_then(Option::as_ref).map_or(0, |f| {
+            f.text
+                .literals
+                .iter()
+                .chain(&f.html.literals)
+                .map(String::len)
+                .sum()
+        });
+        self.subject.len()
+            + self.topics.len()
+            + part(&self.wire.text)
+            + part(&self.wire.html)
+            + footer
     }
 }
 
@@ -462,6 +479,108 @@ pub struct ReaderPart {
     /// The `List-Unsubscribe` header value (RFC 2369): the one-click link, and the
     /// `mailto:` alternative when `unsubscribe_address` is set.
     pub list_unsubscribe: String,
+}
+
+/// A reader's values in the digest footer.
+struct ReaderValues<'a> {
+    email: &'a str,
+    unsubscribe_url: &'a str,
+    preferences_url: &'a str,
+}
+
+/// One of a reader's values in the digest footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Email,
+    Unsubscribe,
+    Preferences,
+}
+
+impl Slot {
+    const ALL: [Self; 3] = [Self::Email, Self::Unsubscribe, Self::Preferences];
+
+    /// What stands for the value while a footer is rendered to be cut: a name
+    /// between private-use characters, which no escaping changes, with an `&`, which
+    /// the HTML registry escapes wherever it escapes the value, so the cut footer
+    /// knows which values to escape.
+    fn stand_in(self) -> &'static str {
+        match self {
+            Self::Email => "\u{E000}email&\u{E001}",
+            Self::Unsubscribe => "\u{E000}unsubscribe_url&\u{E001}",
+            Self::Preferences => "\u{E000}preferences_url&\u{E001}",
+        }
+    }
+
+    fn of<'a>(self, reader: &ReaderValues<'a>) -> &'a str {
+        match self {
+            Self::Email => reader.email,
+            Self::Unsubscribe => reader.unsubscribe_url,
+            Self::Preferences => reader.preferences_url,
+        }
+    }
+}
+
+/// The digest footer of one body's readers, text and HTML, cut where each
+/// reader's values go: rendered once per body instead of once per reader.
+#[derive(Debug)]
+struct FooterSplit {
+    text: Pieces,
+    html: Pieces,
+}
+
+/// A rendered template cut at its values: `literals` has one more entry than
+/// `slots`, and each slot says whether its value is HTML-escaped.
+#[derive(Debug)]
+struct Pieces {
+    literals: Vec<String>,
+    slots: Vec<(Slot, bool)>,
+}
+
+impl Pieces {
+    /// `rendered` cut at each stand-in, or `None` when something else begins like
+    /// one (a stand-in the template changed).
+    fn cut(rendered: &str) -> Option<Self> {
+        let (mut literals, mut slots) = (Vec::new(), Vec::new());
+        let mut rest = rendered;
+        while let Some(at) = rest.find('\u{E000}') {
+            literals.push(rest[..at].to_owned());
+            let here = &rest[at..];
+            let (slot, escaped, len) = Slot::ALL.iter().find_map(|slot| {
+                let raw = slot.stand_in();
+                let escaped = raw.replace('&', "&amp;");
+                if here.starts_with(raw) {
+                    Some((*slot, false, raw.len()))
+                } else {
+                    here.starts_with(&escaped)
+                        .then_some((*slot, true, escaped.len()))
+                }
+            })?;
+            slots.push((slot, escaped));
+            rest = &here[len..];
+        }
+        literals.push(rest.to_owned());
+        Some(Self { literals, slots })
+    }
+
+    /// The template's output for `reader`.
+    fn fill(&self, reader: &ReaderValues<'_>) -> String {
+        let mut out = String::with_capacity(
+            self.literals.iter().map(String::len).sum::<usize>() + 64 * self.slots.len(),
+        );
+        for (literal, slot) in self
+            .literals
+            .iter()
+            .zip(self.slots.iter().map(Some).chain([None]))
+        {
+            out.push_str(literal);
+            match slot {
+                Some((slot, true)) => out.push_str(&handlebars::html_escape(slot.of(reader))),
+                Some((slot, false)) => out.push_str(slot.of(reader)),
+                None => {}
+            }
+        }
+        out
+    }
 }
 
 /// One topic's section in a digest.
@@ -553,17 +672,26 @@ impl Composer {
         subscriber_id: i64,
     ) -> Result<ReaderPart, ComposeError> {
         let unsubscribe = self.links.unsubscribe(subscriber_id);
-        let data = json!({
-            "email": to.as_str(),
-            "topics": body.topics,
-            "unsubscribe_url": unsubscribe,
-            "preferences_url": self.links.preferences(subscriber_id),
-            "link_url": self.links.link_page(),
-            "site": self.site_data(body.locale),
-        });
-        let footer = self
-            .templates
-            .mail_body(body.locale, "digest-footer", &data)?;
+        let preferences = self.links.preferences(subscriber_id);
+        let reader = ReaderValues {
+            email: to.as_str(),
+            unsubscribe_url: &unsubscribe,
+            preferences_url: &preferences,
+        };
+        let (text, html) = match body.footer.get() {
+            Some(Some(split)) => (split.text.fill(&reader), split.html.fill(&reader)),
+            Some(None) => self.render_footer(body, &reader)?,
+            None => {
+                let rendered = self.render_footer(body, &reader)?;
+                // The cut footer is used only if it gives this reader's footer to
+                // the byte.
+                let split = self
+                    .split_footer(body)
+                    .filter(|s| (s.text.fill(&reader), s.html.fill(&reader)) == rendered);
+                let _ = body.footer.set(split);
+                rendered
+            }
+        };
         let list_unsubscribe = match &self.addresses.unsubscribe {
             Some(template) => {
                 let mailto = template.replace("{id}", &self.verp_id(subscriber_id));
@@ -572,9 +700,45 @@ impl Composer {
             None => format!("<{unsubscribe}>"),
         };
         Ok(ReaderPart {
-            text: footer.text,
-            html: footer.html,
+            text,
+            html,
             list_unsubscribe,
+        })
+    }
+
+    /// The `digest-footer` templates rendered for `reader`: text, then HTML.
+    fn render_footer(
+        &self,
+        body: &PreparedBody,
+        reader: &ReaderValues<'_>,
+    ) -> Result<(String, String), ComposeError> {
+        let data = json!({
+            "email": reader.email,
+            "topics": body.topics,
+            "unsubscribe_url": reader.unsubscribe_url,
+            "preferences_url": reader.preferences_url,
+            "link_url": self.links.link_page(),
+            "site": self.site_data(body.locale),
+        });
+        let footer = self
+            .templates
+            .mail_body(body.locale, "digest-footer", &data)?;
+        Ok((footer.text, footer.html))
+    }
+
+    /// The footer of `body`'s readers rendered once with stand-ins for their values
+    /// and cut where those stand, or `None` when a stand-in came out changed
+    /// (a template that transforms a value cannot be cut).
+    fn split_footer(&self, body: &PreparedBody) -> Option<FooterSplit> {
+        let stand_ins = ReaderValues {
+            email: Slot::Email.stand_in(),
+            unsubscribe_url: Slot::Unsubscribe.stand_in(),
+            preferences_url: Slot::Preferences.stand_in(),
+        };
+        let (text, html) = self.render_footer(body, &stand_ins).ok()?;
+        Some(FooterSplit {
+            text: Pieces::cut(&text)?,
+            html: Pieces::cut(&html)?,
         })
     }
 
@@ -756,5 +920,111 @@ mod tests {
             wire.text.rest.len(),
             wire.html.rest.len()
         );
+    }
+
+    /// A digest body in `locale` with one item, ready to go out.
+    fn prepared_body(c: &Composer, locale: Locale) -> PreparedBody {
+        let groups = vec![DigestGroup {
+            topic: "Wirtschaft".into(),
+            items: vec![DigestEntry {
+                title: "Meldung".into(),
+                url: None,
+                summary: None,
+                source: None,
+            }],
+            archive_url: "https://news.example.org/archive/wirtschaft".into(),
+        }];
+        let date = chrono::NaiveDate::from_ymd_opt(2027, 5, 2).unwrap();
+        let topics = ["Wirtschaft & <Handel>".to_owned()];
+        c.digest_body(
+            locale,
+            date,
+            &groups,
+            1,
+            &topics,
+            "https://news.example.org/d",
+        )
+        .unwrap()
+        .prepare()
+    }
+
+    /// Each reader's footer as rendering it directly gives it.
+    fn assert_footers_as_rendered(c: &Composer, body: &PreparedBody, emails: &[&str]) {
+        for (id, email) in (1..).zip(emails) {
+            let to = EmailAddress::parse(email).unwrap();
+            let part = c.reader_part(body, &to, id).unwrap();
+            let (unsubscribe_url, preferences_url) =
+                (c.links.unsubscribe(id), c.links.preferences(id));
+            let reader = ReaderValues {
+                email,
+                unsubscribe_url: &unsubscribe_url,
+                preferences_url: &preferences_url,
+            };
+            let rendered = c.render_footer(body, &reader).unwrap();
+            assert_eq!((part.text, part.html), rendered, "{email}");
+        }
+    }
+
+    const READERS: [&str; 3] = [
+        "leser@example.org",
+        "o'brien+a=b@example.org",
+        "x&y=`z@example.org",
+    ];
+
+    #[test]
+    fn the_footer_cut_once_per_body_gives_every_reader_the_rendered_footer() {
+        let c = composer();
+        for locale in [Locale::De, Locale::En] {
+            let body = prepared_body(&c, locale);
+            assert!(body.footer.get().is_none());
+            assert_footers_as_rendered(&c, &body, &READERS);
+            let split = body
+                .footer
+                .get()
+                .unwrap()
+                .as_ref()
+                .expect("the built-in footer is cut");
+            assert_eq!(split.text.slots.len(), 3, "{split:?}");
+            assert!(
+                split.html.slots.iter().all(|(_, escaped)| *escaped),
+                "{split:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_operators_footer_that_changes_a_value_is_rendered_for_every_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let footer = dir.path().join("mail/en/digest-footer");
+        std::fs::create_dir_all(&footer).unwrap();
+        let links = "{{unsubscribe_url}} {{preferences_url}}";
+        // Raw in HTML (triple braces): cut, and left unescaped as rendering does.
+        std::fs::write(
+            footer.join("body.html.hbs"),
+            format!("<p>{{{{{{email}}}}}} {links}</p></body></html>"),
+        )
+        .unwrap();
+        // A value's length: nothing to cut at; each reader's is rendered.
+        std::fs::write(
+            footer.join("body.txt.hbs"),
+            format!("{{{{len email}}}} {links}"),
+        )
+        .unwrap();
+        let mut c = composer();
+        c.templates = Arc::new(Templates::load(Some(dir.path())).unwrap());
+        let body = prepared_body(&c, Locale::En);
+        assert_footers_as_rendered(&c, &body, &READERS);
+        assert!(matches!(body.footer.get(), Some(None)), "not cut");
+
+        std::fs::write(
+            footer.join("body.txt.hbs"),
+            format!("{{{{email}}}} {links}"),
+        )
+        .unwrap();
+        c.templates = Arc::new(Templates::load(Some(dir.path())).unwrap());
+        let body = prepared_body(&c, Locale::En);
+        assert_footers_as_rendered(&c, &body, &READERS);
+        let split = body.footer.get().unwrap().as_ref().expect("cut");
+        assert_eq!(split.html.slots[0], (Slot::Email, false), "raw in HTML");
     }
 }

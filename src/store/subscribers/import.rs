@@ -61,8 +61,8 @@ impl Store {
     /// When the database fails.
     pub async fn refresh_statistics(&self) -> StoreResult<()> {
         match self {
-            Self::Postgres(pool) => drop(sqlx::query("ANALYZE").execute(pool).await?),
-            Self::Sqlite(pool) => drop(sqlx::query("ANALYZE").execute(pool).await?),
+            Self::Postgres(pool) => sqlx::query("ANALYZE").execute(pool).await.map(|_| ())?,
+            Self::Sqlite(pool) => sqlx::query("ANALYZE").execute(pool).await.map(|_| ())?,
         }
         Ok(())
     }
