@@ -85,6 +85,7 @@ impl App {
             clock: clock.clone(),
             mail_wake: wake.clone(),
             handoff: Some(delivery.handoff.clone()),
+            bodies: Some(delivery.bodies.clone()),
         };
         let poller = Poller::new(
             store.clone(),

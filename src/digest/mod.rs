@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::DigestSettings;
 use crate::domain::{Locale, hex};
-use crate::mail::compose::{Composer, DigestEntry, DigestGroup};
-use crate::mail::delivery::{LEASE, release_handed};
+use crate::mail::compose::{Composer, DigestEntry, DigestGroup, PreparedBody};
+use crate::mail::delivery::{BodyCache, LEASE, release_handed};
 use crate::mail::handoff::Handoff;
 use crate::store::{
     BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, LeaseTerms, NewBody, PlannedDigest,
@@ -107,6 +107,10 @@ pub struct Digester {
     /// To this process's delivery workers: a pass queues its digests leased to
     /// them and hands them over (`None`: queued for whoever claims them).
     pub handoff: Option<Arc<Handoff>>,
+    /// The body cache of this process's delivery workers: a pass puts each body
+    /// it rendered and stored there, ready to go out, so the workers neither read
+    /// it back from the database nor encode it again (`None`: they do).
+    pub bodies: Option<Arc<BodyCache>>,
 }
 
 impl Digester {
@@ -177,6 +181,7 @@ impl Digester {
             known,
             fingerprint: self.composer.content_fingerprint(),
             wanted: HashMap::new(),
+            rendered: HashMap::new(),
             lease: None,
         };
         let mut more_due = false;
@@ -267,7 +272,12 @@ impl Digester {
     /// `digest.max_items` of the new items, or fewer when the mail would exceed
     /// [`MAX_DIGEST_BYTES`] (measured with [`SIZE_PROBE`]'s reader part); the rest
     /// are counted in "… and N more".
-    fn render(&self, batch: &DigestBatch, spec: &BodySpec, key: &str) -> Result<NewBody, BoxError> {
+    fn render(
+        &self,
+        batch: &DigestBatch,
+        spec: &BodySpec,
+        key: &str,
+    ) -> Result<(NewBody, PreparedBody), BoxError> {
         let (fresh, total) = batch.items.fresh(&spec.topics, spec.since);
         let mut chosen: Vec<(&str, i64)> = spec
             .topics
@@ -304,7 +314,7 @@ impl Digester {
                     .measured_digest(&prepared, to, reader, self.clock.now())?;
             let size = mail.message.len();
             if (size <= MAX_DIGEST_BYTES && html <= MAX_HTML_BYTES) || shown == 0 {
-                return Ok(NewBody {
+                let stored = NewBody {
                     key: key.to_owned(),
                     locale: spec.locale,
                     subject: body.subject,
@@ -312,7 +322,8 @@ impl Digester {
                     html: body.html,
                     topics: body.topics,
                     item_count: i32::try_from(total).unwrap_or(i32::MAX),
-                });
+                };
+                return Ok((stored, prepared));
             }
             // Fewer items, in proportion to the tighter limit and a tenth more, at
             // least one fewer.
@@ -396,6 +407,9 @@ struct Planner<'a> {
     fingerprint: String,
     /// What each body key of the current batch is rendered from.
     wanted: HashMap<String, BodySpec>,
+    /// The bodies the current batch rendered, ready to go out, by key: for the
+    /// workers' cache once they are stored.
+    rendered: HashMap<String, PreparedBody>,
     /// The lease the current batch's mails are queued under, if handed over.
     lease: Option<LeaseTerms>,
 }
@@ -479,10 +493,22 @@ impl DigestPlanner for Planner<'_> {
             .wanted
             .get(key)
             .ok_or_else(|| format!("no digest planned with body key {key}"))?;
-        self.digester.render(batch, spec, key)
+        let (body, prepared) = self.digester.render(batch, spec, key)?;
+        if self.digester.bodies.is_some() {
+            self.rendered.insert(key.to_owned(), prepared);
+        }
+        Ok(body)
     }
 
     fn stored(&mut self, bodies: &BodyIds) {
+        let rendered = std::mem::take(&mut self.rendered);
+        if let Some(cache) = &self.digester.bodies {
+            for (key, prepared) in rendered {
+                if let Some((id, _)) = bodies.get(&key) {
+                    cache.offer(*id, Arc::new(prepared));
+                }
+            }
+        }
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         known.extend(bodies.iter().map(|(k, v)| (k.clone(), *v)));
     }

@@ -79,6 +79,7 @@ impl Digester {
             known: KnownBodies::default(),
             fingerprint: self.composer.content_fingerprint(),
             wanted: HashMap::new(),
+            rendered: HashMap::new(),
             lease: None,
         };
         let plans = planner.plan(&batch).map_err(StoreError::Callback)?;

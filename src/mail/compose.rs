@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use lettre::Message;
+use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
 use lettre::message::header::{ContentTransferEncoding, ContentType};
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
-use rand::RngCore;
+use lettre::message::{Body, Mailbox, Mailboxes, MultiPart};
+use rand::{Rng as _, RngCore};
 use serde_json::json;
 
 use super::templates::{RenderedMail, TemplateError, Templates};
@@ -29,6 +29,9 @@ pub enum ComposeError {
     /// An address lettre cannot use.
     #[error("address: {0}")]
     Address(#[from] lettre::address::AddressError),
+    /// A content type lettre cannot use (should not happen: they are ours).
+    #[error("content type: {0}")]
+    ContentType(#[from] lettre::message::header::ContentTypeErr),
 }
 
 /// Renders and assembles mails. Cheap to share.
@@ -282,6 +285,33 @@ impl Composer {
         )
     }
 
+    /// The headers every mail starts with: sender, recipient, subject, date and a
+    /// new id on the sender's domain.
+    fn headers(
+        &self,
+        to: &EmailAddress,
+        subject: String,
+        now: DateTime<Utc>,
+    ) -> Result<Headers, ComposeError> {
+        let mut headers = Headers::new();
+        let from: header::From = Mailboxes::from(self.from.clone()).into();
+        headers.set(from);
+        let to = Mailbox::new(None, crate::domain::ascii_address(to.as_str()).parse()?);
+        let to: header::To = Mailboxes::from(to).into();
+        headers.set(to);
+        headers.set(header::Subject::from(subject));
+        headers.set(header::Date::new(now.into()));
+        headers.set(header::MessageId::from(self.message_id()));
+        Ok(headers)
+    }
+
+    /// A new `Message-ID` on the sender's domain.
+    fn message_id(&self) -> String {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        format!("<{}@{}>", hex(&id), self.from.email.domain())
+    }
+
     /// The message around `parts`: sender, recipient, subject, date, id and
     /// `extra_headers`.
     #[allow(clippy::too_many_arguments)]
@@ -295,9 +325,6 @@ impl Composer {
         now: DateTime<Utc>,
         extra_headers: &[HeaderValue],
     ) -> Result<NewMail, ComposeError> {
-        let mut id = [0u8; 16];
-        rand::rng().fill_bytes(&mut id);
-        let domain = self.from.email.domain().to_owned();
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(
@@ -306,7 +333,7 @@ impl Composer {
             ))
             .subject(subject)
             .date(now.into())
-            .message_id(Some(format!("<{}@{domain}>", hex(&id))));
+            .message_id(Some(self.message_id()));
         for header in extra_headers {
             builder = builder.raw_header(header.clone());
         }
@@ -403,20 +430,10 @@ impl PreparedBody {
     /// About how many bytes of memory it holds.
     #[must_use]
     pub fn size(&self) -> usize {
+        // The cut footer (a few KB, made later) is not counted: the size must not
+        // change while a cache holds the body.
         let part = |p: &EncodedPrefix| p.lines.len() + p.rest.len();
-        let footer = self.footer.get().and_then(Option::as_ref).map_or(0, |f| {
-            f.text
-                .literals
-                .iter()
-                .chain(&f.html.literals)
-                .map(String::len)
-                .sum()
-        });
-        self.subject.len()
-            + self.topics.len()
-            + part(&self.wire.text)
-            + part(&self.wire.html)
-            + footer
+        self.subject.len() + self.topics.len() + part(&self.wire.text) + part(&self.wire.html)
     }
 }
 
@@ -450,14 +467,10 @@ impl EncodedPrefix {
         }
     }
 
-    /// The whole part, the shared content followed by `tail`, as a body encoded
-    /// quoted-printable.
-    fn followed_by(&self, tail: &str) -> Body {
-        let tail = quoted_printable([self.rest.as_str(), tail].concat());
-        Body::dangerous_pre_encoded(
-            [self.lines.as_slice(), &tail].concat(),
-            ContentTransferEncoding::QuotedPrintable,
-        )
+    /// The encoding of what follows the shared lines: the unfinished last line,
+    /// then `tail`.
+    fn tail(&self, tail: &str) -> Vec<u8> {
+        quoted_printable([self.rest.as_str(), tail].concat())
     }
 }
 
@@ -775,39 +788,60 @@ impl Composer {
             EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
         let part = self.reader_part(body, &address, subscriber_id)?;
         let wire = &body.wire;
-        let html = wire.html.followed_by(&part.html);
-        let html_size = html.len();
-        let parts = MultiPart::alternative()
-            .singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_PLAIN)
-                    .body(wire.text.followed_by(&part.text)),
-            )
-            .singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_HTML)
-                    .body(html),
-            );
+        let (text_tail, html_tail) = (wire.text.tail(&part.text), wire.html.tail(&part.html));
+        let html_size = wire.html.lines.len() + html_tail.len();
         let header = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
         };
-        let extra = [
-            header("List-Id", self.list_id.clone()),
-            header("List-Unsubscribe", part.list_unsubscribe),
-            header(
-                "List-Unsubscribe-Post",
-                "List-Unsubscribe=One-Click".to_owned(),
-            ),
+        let mut headers = self.headers(&address, body.subject.clone(), now)?;
+        headers.insert_raw(header("List-Id", self.list_id.clone()));
+        headers.insert_raw(header("List-Unsubscribe", part.list_unsubscribe));
+        headers.insert_raw(header(
+            "List-Unsubscribe-Post",
+            "List-Unsubscribe=One-Click".to_owned(),
+        ));
+        headers.set(lettre::message::header::MIME_VERSION_1_0);
+        let boundary: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect();
+        headers.set(ContentType::parse(&format!(
+            "multipart/alternative; boundary=\"{boundary}\""
+        ))?);
+        // As lettre's `MultiPart` lays it out, without copying the parts into
+        // it first: the shared lines are copied once, into the message.
+        let parts = [
+            ("text/plain", &wire.text.lines, &text_tail),
+            ("text/html", &wire.html.lines, &html_tail),
         ];
-        let mail = self.assemble(
-            "digest",
-            &address,
-            subscriber_id,
-            body.subject.clone(),
-            parts,
-            now,
-            &extra,
-        )?;
+        let size: usize = parts.iter().map(|(_, l, t)| l.len() + t.len() + 200).sum();
+        let mut message = Vec::with_capacity(size + 1024);
+        message.extend_from_slice(headers.to_string().as_bytes());
+        message.extend_from_slice(b"\r\n");
+        for (kind, lines, tail) in parts {
+            for piece in [
+                b"--".as_slice(),
+                boundary.as_bytes(),
+                b"\r\nContent-Type: ",
+                kind.as_bytes(),
+                b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
+                lines,
+                tail,
+                b"\r\n",
+            ] {
+                message.extend_from_slice(piece);
+            }
+        }
+        for piece in [b"--".as_slice(), boundary.as_bytes(), b"--\r\n"] {
+            message.extend_from_slice(piece);
+        }
+        let mail = NewMail {
+            kind: "digest",
+            recipient: address.as_str().to_owned(),
+            envelope_from: self.envelope_from(subscriber_id),
+            message,
+        };
         Ok((mail, html_size))
     }
 }
@@ -850,6 +884,27 @@ mod tests {
         assert_ne!(prints[0], prints[2]);
         assert_eq!(plain.site_name(Locale::De), "Presse-Newsletter");
         assert_eq!(named.site_name(Locale::En), "Pressedienst");
+    }
+
+    /// The same headers and MIME structure, as lettre lays them out.
+    fn assert_headers_and_parts_alike(a: &mail_parser::Message<'_>, b: &mail_parser::Message<'_>) {
+        assert_eq!(a.subject(), b.subject());
+        assert_eq!(format!("{:?}", a.from()), format!("{:?}", b.from()));
+        assert_eq!(format!("{:?}", a.to()), format!("{:?}", b.to()));
+        use mail_parser::MimeHeaders as _;
+        let kinds = |m: &mail_parser::Message<'_>| -> Vec<String> {
+            m.parts
+                .iter()
+                .map(|p| format!("{:?}", p.content_type().map(|c| (c.ctype(), c.subtype()))))
+                .collect()
+        };
+        assert_eq!(kinds(a), kinds(b));
+        assert_eq!(a.parts.len(), 3, "multipart/alternative: text and HTML");
+        let list_unsubscribe = a.header_raw("List-Unsubscribe").unwrap();
+        assert!(
+            list_unsubscribe.contains("/unsubscribe/7."),
+            "{list_unsubscribe}"
+        );
     }
 
     /// A digest assembled from its once-encoded shared parts and the reader's part
@@ -907,6 +962,7 @@ mod tests {
         );
         assert_eq!(a.body_text(0), b.body_text(0));
         assert_eq!(a.body_html(0), b.body_html(0));
+        assert_headers_and_parts_alike(&a, &b);
         assert!(a.body_text(0).unwrap().contains("Grüße & <b>Märkte</b>"));
         let text = String::from_utf8(shared).unwrap();
         assert!(text.is_ascii(), "every byte encoded");

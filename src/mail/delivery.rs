@@ -114,6 +114,17 @@ impl Loaded {
 }
 
 impl BodyCache {
+    /// Keeps `body`, stored as `id`, for the workers: a digest pass of this
+    /// process offers each body it rendered.
+    pub fn offer(&self, id: i64, body: Arc<PreparedBody>) {
+        self.lock().keep(id, body, BODY_CACHE_BYTES);
+    }
+
+    /// Whether the body stored as `id` is held.
+    pub fn holds(&self, id: i64) -> bool {
+        self.lock().bodies.contains_key(&id)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.loaded

@@ -584,3 +584,73 @@ async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers_on_postgre
 async fn a_pass_in_serve_queues_its_digests_leased_to_its_own_workers_on_sqlite() {
     a_pass_in_serve_queues_its_digests_leased_to_its_own_workers(Backend::Sqlite).await;
 }
+
+/// A pass offers each body it rendered and stored to its process's workers, ready to
+/// go out: they need not read it back from the database nor encode it again. The
+/// pass here is a `Digester` of the test's own with a body cache of its own (the
+/// app's workers fill only theirs), so only the pass can have put the bodies there.
+async fn a_pass_offers_the_bodies_it_stored_to_the_workers(backend: Backend) {
+    use postbote::mail::delivery::BodyCache;
+    use postbote::services::{Schema, Services};
+    use std::sync::Arc;
+
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start();
+    let mut config = crate::harness::test_config(&db, &sink.url());
+    config.digest.run_scheduler = false;
+    let app = crate::harness::TestApp::spawn(config.clone()).await;
+    let now = Utc::now();
+    app.create_topic("wirtschaft", "Wirtschaft").await;
+    app.create_topic("kultur", "Kultur").await;
+    for (email, topics, locale) in [
+        ("a@example.org", &["wirtschaft"][..], "de"),
+        ("b@example.org", &["kultur"], "de"),
+        ("c@example.org", &["wirtschaft", "kultur"], "en"),
+    ] {
+        app.reader(email, topics, "07:00", "Europe/Berlin", locale, now)
+            .await;
+    }
+    app.post_item(&["wirtschaft"], "Zahlen").await;
+    app.post_item(&["kultur"], "Premiere").await;
+
+    let services = Services::open(&config, Schema::Migrate).await.unwrap();
+    let bodies = Arc::new(BodyCache::default());
+    let digester = postbote::digest::Digester {
+        store: app.store.clone(),
+        composer: services.composer(&config, app.base.clone()).await.unwrap(),
+        settings: config.digest.clone(),
+        clock: Arc::new(postbote::clock::SystemClock),
+        mail_wake: Arc::new(tokio::sync::Notify::new()),
+        handoff: None,
+        bodies: Some(bodies.clone()),
+    };
+    let outcome = digester
+        .run_pass(now + chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!(outcome.enqueued, 3, "{outcome:?}");
+    let ids = db
+        .text_rows(
+            "SELECT DISTINCT CAST(body_id AS TEXT) FROM mail_jobs WHERE body_id IS NOT NULL",
+            &[],
+        )
+        .await;
+    assert_eq!(ids.len(), 3, "three distinct bodies: {ids:?}");
+    for row in ids {
+        let id: i64 = row[0].as_deref().unwrap().parse().unwrap();
+        assert!(bodies.holds(id), "body {id} offered to the workers");
+    }
+    // And the app's workers send them, from their own cache or the database.
+    sink.wait_for(3).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_offers_the_bodies_it_stored_to_the_workers_on_postgres() {
+    a_pass_offers_the_bodies_it_stored_to_the_workers(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_offers_the_bodies_it_stored_to_the_workers_on_sqlite() {
+    a_pass_offers_the_bodies_it_stored_to_the_workers(Backend::Sqlite).await;
+}
