@@ -461,8 +461,11 @@ impl EncodedPrefix {
     fn new(content: &str) -> Self {
         let split = content.rfind('\n').map_or(0, |i| i + 1);
         let (lines, rest) = content.split_at(split);
+        let mut lines = quoted_printable(lines.to_owned());
+        // Kept for the life of a cached body: no room to spare.
+        lines.shrink_to_fit();
         Self {
-            lines: quoted_printable(lines.to_owned()),
+            lines,
             rest: rest.to_owned(),
         }
     }
