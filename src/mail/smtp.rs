@@ -48,9 +48,15 @@ impl Reply {
         self.code / 100 == class
     }
 
-    /// The lines' text on one line, the first [`MAX_REPLY_CHARS`] of it.
+    /// The lines' text on one line, the first [`MAX_REPLY_CHARS`] of it, control
+    /// characters as spaces: it goes into logs, errors and the mail's history.
     fn text(&self) -> String {
-        self.lines.join(" ").chars().take(MAX_REPLY_CHARS).collect()
+        self.lines
+            .join(" ")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_REPLY_CHARS)
+            .collect()
     }
 }
 
@@ -204,7 +210,7 @@ impl<S: Stream> Session<S> {
             return Err("the relay does not offer STARTTLS".into());
         }
         let reply = self.command("STARTTLS\r\n").await?;
-        if !reply.is(2) {
+        if reply.code != 220 {
             return Err(format!("STARTTLS: {reply}"));
         }
         if !self.io.buffer().is_empty() {
@@ -253,6 +259,13 @@ impl<S: Stream> Session<S> {
     /// [`SendError`]: a refusal sorted by the command it answered ([`refusal`]),
     /// or [`SendError::Transient`] for a deferral or a lost connection.
     pub async fn send(&mut self, from: &str, to: &str, message: &[u8]) -> Result<(), SendError> {
+        if !self.io.buffer().is_empty() {
+            // A reply nobody asked for would be read as the answer to our next
+            // command, and could condemn a reader's address that was never refused.
+            return Err(SendError::Transient(
+                "the relay sent a reply nobody asked for; the session is ended".into(),
+            ));
+        }
         let mut parameters = String::new();
         if !from.is_ascii() || !to.is_ascii() {
             if !self.extensions.smtputf8 {
@@ -414,9 +427,10 @@ fn reply_line(line: &str) -> Result<(u16, bool, &str), String> {
 }
 
 /// Appends `message` as the DATA phase carries it, final dot included: every line
-/// ends in CRLF (a bare LF becomes CRLF, so no relay can see a line break, or an
-/// end of data, that another would not), and a line that begins with a dot gets a
-/// second one (RFC 5321 §4.5.2), which the relay takes off again.
+/// ends in CRLF (a bare LF or a bare CR becomes CRLF, so no relay can see a line
+/// break, or an end of data, that another would not: SMTP smuggling), and a line
+/// that begins with a dot gets a second one (RFC 5321 §4.5.2), which the relay takes
+/// off again.
 fn stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 32 + 5);
     let mut rest = message;
@@ -426,11 +440,14 @@ fn stuff(message: &[u8], out: &mut Vec<u8>) {
             None => (rest, &[][..]),
         };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.first() == Some(&b'.') {
-            out.push(b'.');
+        // A bare CR is a line break too: some relays end the data at `CR . CR`.
+        for line in line.split(|&b| b == b'\r') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(line);
-        out.extend_from_slice(b"\r\n");
         rest = next;
     }
     out.extend_from_slice(b".\r\n");
@@ -881,6 +898,39 @@ mod tests {
                 auth_plain: true,
                 auth_login: false,
             }
+        );
+    }
+
+    #[test]
+    fn no_bare_line_break_can_end_the_data_early() {
+        let mut out = Vec::new();
+        stuff(b"a\r.\r\nb\n.\nc\r\n.\r\n\r\n..d", &mut out);
+        assert_eq!(
+            out,
+            b"a\r\n..\r\nb\r\n..\r\nc\r\n..\r\n\r\n...d\r\n.\r\n".to_vec()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_nobody_asked_for_ends_the_session() {
+        fn chatty(command: &str) -> &'static str {
+            match command {
+                "DATA" => "354 go ahead",
+                // One reply too many: it would answer the next MAIL FROM.
+                "." => "250 2.0.0 Ok\r\n550 5.1.1 <reader@example.net>: User unknown",
+                c => accept_all(c),
+            }
+        }
+        let (session, _relay) = session_with(PIPELINING, chatty).await;
+        let mut session = session.unwrap();
+        session.send(SENDER, READER, b"x\r\n").await.unwrap();
+        // Wait for the stray reply (it may have come with the 250 already); it is
+        // seen before anything is sent.
+        let _ = session.io.fill_buf().await;
+        let sent = session.send(SENDER, READER, b"y\r\n").await;
+        assert!(
+            matches!(&sent, Err(SendError::Transient(e)) if e.contains("nobody asked for")),
+            "{sent:?}"
         );
     }
 }
