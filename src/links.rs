@@ -55,6 +55,16 @@ impl Links {
         format!("{}/preferences/{}", self.public_url, token.as_str())
     }
 
+    /// A reader's unsubscribe and preferences links, signed once for both (a
+    /// digest's footer carries the two).
+    pub fn unsubscribe_and_preferences(&self, subscriber_id: i64) -> (String, String) {
+        let token = self.key.manage_token(subscriber_id);
+        (
+            format!("{}/unsubscribe/{}", self.public_url, token.as_str()),
+            format!("{}/preferences/{}", self.public_url, token.as_str()),
+        )
+    }
+
     /// A topic's page in the public archive.
     pub fn archive(&self, slug: &str) -> String {
         format!("{}/archive/{slug}", self.public_url)
@@ -99,6 +109,10 @@ mod tests {
     fn reader_links_carry_a_token_the_key_verifies() {
         let links = Links::new("https://news.example.org".into(), LinkKey::new(vec![7; 32]));
         let unsubscribe = links.unsubscribe(42);
+        assert_eq!(
+            links.unsubscribe_and_preferences(42),
+            (unsubscribe.clone(), links.preferences(42))
+        );
         let token = unsubscribe
             .strip_prefix("https://news.example.org/unsubscribe/")
             .expect("under the base URL");

@@ -687,8 +687,7 @@ impl Composer {
         to: &EmailAddress,
         subscriber_id: i64,
     ) -> Result<ReaderPart, ComposeError> {
-        let unsubscribe = self.links.unsubscribe(subscriber_id);
-        let preferences = self.links.preferences(subscriber_id);
+        let (unsubscribe, preferences) = self.links.unsubscribe_and_preferences(subscriber_id);
         let reader = ReaderValues {
             email: to.as_str(),
             unsubscribe_url: &unsubscribe,

@@ -356,17 +356,12 @@ impl<S: Stream> Session<S> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let stream = self.io.get_mut();
-        stream.write_all(bytes).await.map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())
+        write_all(self.io.get_mut(), bytes).await
     }
 
     /// Writes the pending bytes in `out`.
     async fn write_out(&mut self) -> Result<(), String> {
-        let (io, out) = (&mut self.io, &self.out);
-        let stream = io.get_mut();
-        stream.write_all(out).await.map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())
+        write_all(self.io.get_mut(), &self.out).await
     }
 
     /// Reads one reply, all its lines.
@@ -404,6 +399,12 @@ impl<S: Stream> Session<S> {
             }
         }
     }
+}
+
+/// Writes `bytes` to `stream` and flushes them (through TLS, too).
+async fn write_all<S: Stream>(stream: &mut S, bytes: &[u8]) -> Result<(), String> {
+    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
 }
 
 /// A reply line's code, whether more lines follow, and its text.
