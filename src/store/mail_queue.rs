@@ -131,13 +131,16 @@ const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner 
 /// delivery on its own, so this is the hot path of a fan-out (what `Tally::mails`
 /// does for queued → sent, written out).
 ///
-/// The ids are joined as a list, not matched with `id = ANY($2)`: on a queue just
-/// filled (statistics not yet updated) the planner would answer `ANY` by scanning
-/// the whole partial index of queued mail, once per record.
+/// Each id is looked up by the primary key. Still queued is written as "neither
+/// sent nor failed" (the only other states): `status = 'queued'` would let the
+/// planner answer the record by scanning the partial index of queued mail, which
+/// on a queue just filled (no statistics yet) it takes for a handful of rows, so
+/// every record read the whole queue (a fan-out of 20,000: 94 µs per mail
+/// recorded, half of the database's time).
 const SENT_PG: &str = "WITH done AS ( \
     UPDATE mail_jobs SET status = 'sent', message = NULL, body_id = NULL, locked_until = NULL, lease_owner = NULL, \
     last_error = NULL, finished_at = $1 FROM unnest($2::bigint[]) AS sent(id) \
-    WHERE mail_jobs.id = sent.id AND mail_jobs.status = 'queued' RETURNING mail_jobs.kind) \
+    WHERE mail_jobs.id = sent.id AND mail_jobs.status NOT IN ('sent', 'failed') RETURNING mail_jobs.kind) \
     INSERT INTO counters (name, shard, value) \
     SELECT 'mails:' || kind || ':sent', $3, COUNT(*) FROM done GROUP BY kind ORDER BY 1 \
     ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value";

@@ -243,12 +243,18 @@ impl Store {
     /// database server itself can lose the last fraction of a second of them. On
     /// SQLite, the same pool (it has a single writer, and its commits are cheap).
     /// Connections open when first used.
+    ///
+    /// Its statements are planned at every execution (`plan_cache_mode =
+    /// force_custom_plan`): they write to the mail queue, which a fan-out fills
+    /// from empty within seconds, and a plan cached while it was nearly empty
+    /// would go on reading all of it (a sequential scan per delivery record).
     pub fn with_relaxed_commits(&self, connections: u32) -> Self {
         match self {
             Self::Postgres(pool) => {
-                let options = (*pool.connect_options())
-                    .clone()
-                    .options([("synchronous_commit", "off")]);
+                let options = (*pool.connect_options()).clone().options([
+                    ("synchronous_commit", "off"),
+                    ("plan_cache_mode", "force_custom_plan"),
+                ]);
                 let pool = PgPoolOptions::new()
                     .max_connections(connections.max(1))
                     .acquire_timeout(Duration::from_secs(5))
