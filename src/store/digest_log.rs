@@ -202,6 +202,15 @@ impl Store {
         planner: &mut impl DigestPlanner,
     ) -> StoreResult<BatchOutcome> {
         let mut tx = self.begin().await?;
+        if let Tx::Postgres(conn) = &mut tx {
+            // Every statement of a batch reads or writes a few hundred rows by key.
+            // Left to its costs, the planner joins them to a sequential scan of
+            // all readers (or all their topics), once per batch: a pass over N
+            // readers would read N * N / 500 rows.
+            sqlx::query("SET LOCAL enable_seqscan = off")
+                .execute(&mut **conn)
+                .await?;
+        }
         let (mut readers, skipped) = tx.claim_due_readers(at, limit).await?;
         if readers.is_empty() {
             tx.commit().await?;

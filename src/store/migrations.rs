@@ -91,6 +91,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0014_pause.sql"),
         include_str!("../../migrations/sqlite/0014_pause.sql"),
     ),
+    (
+        15,
+        "lean queue",
+        include_str!("../../migrations/postgres/0015_lean_queue.sql"),
+        include_str!("../../migrations/sqlite/0015_lean_queue.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -1179,6 +1179,19 @@ async fn erasing_a_reader_who_got_mail_leaves_only_the_suppressed_hash(backend: 
         "the search finds the address where it is: {before:?}"
     );
     assert!(!rows_of_reader(&db, backend, id).await.is_empty());
+    // A console test mail to the address: queued for no reader, found by address.
+    app.store
+        .queue_test_mail(
+            &postbote::store::NewMail {
+                kind: "test",
+                recipient: "weg@example.org".to_owned(),
+                envelope_from: "bounces@example.org".to_owned(),
+                message: b"Subject: Test\r\n\r\nweg@example.org\r\n".to_vec(),
+            },
+            utc("2027-05-02T10:00:00Z"),
+        )
+        .await
+        .unwrap();
 
     let path = "/subscribers/weg@example.org";
     assert_eq!(

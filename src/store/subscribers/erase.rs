@@ -25,9 +25,13 @@ impl Store {
         // Token hashes would otherwise outlive the row (see purge_pending).
         tx.delete_tokens(reader.id).await?;
         on_tx!(&mut tx, tx => {
-            // Queued and past mails hold the address; they go with everything else.
+            // Queued and past mails hold the address; they go with everything else:
+            // the reader's, and those sent to the address without a reader. (A
+            // mail with a reader was sent to that reader's address, which never
+            // changes: found by reader, it needs no index on its recipient.)
             let mails: Vec<(String, String)> = sqlx::query_as(
-                "DELETE FROM mail_jobs WHERE subscriber_id = $1 OR recipient = $2 RETURNING kind, status",
+                "DELETE FROM mail_jobs WHERE subscriber_id = $1 OR (subscriber_id IS NULL AND recipient = $2) \
+                 RETURNING kind, status",
             )
             .bind(reader.id)
             .bind(email.as_str())

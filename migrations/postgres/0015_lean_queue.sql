@@ -1,0 +1,18 @@
+-- Digest bodies are written once per pass and read back by the workers that send
+-- them: compressed with lz4 (several times faster than the default pglz, in both
+-- directions) where the server was built with it; without it they stay as before.
+-- Only bodies written from now on are affected.
+DO $$
+BEGIN
+    ALTER TABLE digest_bodies
+        ALTER COLUMN text_part SET COMPRESSION lz4,
+        ALTER COLUMN html_part SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'this PostgreSQL has no lz4: digest bodies stay compressed with pglz';
+END $$;
+
+-- Mails are looked up by recipient only when they belong to no reader (an erasure
+-- finds a reader's mails by reader): every digest queued and every delivery
+-- recorded wrote an entry into an index it never needed.
+CREATE INDEX mail_jobs_recipient_unowned ON mail_jobs (recipient) WHERE subscriber_id IS NULL;
+DROP INDEX mail_jobs_recipient;
