@@ -1,14 +1,16 @@
 -- Digest bodies are written once per pass and read back by the workers that send
--- them: compressed with lz4 (several times faster than the default pglz, in both
--- directions) where the server was built with it; without it they stay as before.
--- Only bodies written from now on are affected.
+-- them, and every sign-up queues its whole confirmation mail: compressed with lz4
+-- (several times faster than the default pglz, in both directions) where the
+-- server was built with it; without it they stay as before. Only values written
+-- from now on are affected.
 DO $$
 BEGIN
     ALTER TABLE digest_bodies
         ALTER COLUMN text_part SET COMPRESSION lz4,
         ALTER COLUMN html_part SET COMPRESSION lz4;
+    ALTER TABLE mail_jobs ALTER COLUMN message SET COMPRESSION lz4;
 EXCEPTION WHEN feature_not_supported THEN
-    RAISE NOTICE 'this PostgreSQL has no lz4: digest bodies stay compressed with pglz';
+    RAISE NOTICE 'this PostgreSQL has no lz4: digest bodies and queued mails stay compressed with pglz';
 END $$;
 
 -- Mails are looked up by recipient only when they belong to no reader (an erasure

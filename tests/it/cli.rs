@@ -247,15 +247,17 @@ async fn migrate_creates_every_table_and_records_every_version_once(backend: Bac
     );
 
     if backend == Backend::Postgres {
-        // Debian's PostgreSQL has lz4: digest bodies are written with it (0015).
+        // Debian's PostgreSQL has lz4: digest bodies and queued mails are written
+        // with it (0015).
         let methods = db
             .text_rows(
                 "SELECT CAST(attcompression AS TEXT) FROM pg_attribute \
-                 WHERE attrelid = 'digest_bodies'::regclass AND attname IN ('text_part', 'html_part')",
+                 WHERE (attrelid = 'digest_bodies'::regclass AND attname IN ('text_part', 'html_part')) \
+                 OR (attrelid = 'mail_jobs'::regclass AND attname = 'message')",
                 &[],
             )
             .await;
-        assert_eq!(methods.len(), 2);
+        assert_eq!(methods.len(), 3);
         assert!(
             methods.iter().all(|m| m[0].as_deref() == Some("l")),
             "digest bodies compress with lz4: {methods:?}"
