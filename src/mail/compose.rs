@@ -542,6 +542,76 @@ impl Slot {
 struct FooterSplit {
     text: Pieces,
     html: Pieces,
+    /// The encoded tails of the two parts (the body's unfinished last line, then
+    /// the footer), with only the lines holding a reader's value left to encode.
+    text_tail: EncodedTail,
+    html_tail: EncodedTail,
+}
+
+/// What follows a part's shared lines, quoted-printable encoded once except for
+/// the lines that hold a reader's value. Quoted-printable encodes line by line (see
+/// [`EncodedPrefix`]), so the lines can be encoded apart.
+#[derive(Debug)]
+struct EncodedTail {
+    lines: Vec<TailLines>,
+}
+
+/// Lines of an [`EncodedTail`].
+#[derive(Debug)]
+enum TailLines {
+    /// Lines without a reader's value, encoded.
+    Encoded(Vec<u8>),
+    /// One line with a reader's value, cut there; encoded per reader.
+    Filled(Pieces),
+}
+
+impl EncodedTail {
+    /// `rest` (a body's unfinished last line) followed by `rendered` (the footer
+    /// rendered with stand-ins), or `None` when a line cannot be cut.
+    fn new(rest: &str, rendered: &str) -> Option<Self> {
+        let whole = [rest, rendered].concat();
+        let mut lines: Vec<TailLines> = Vec::new();
+        for line in whole.split_inclusive('\n') {
+            if line.contains('\u{E000}') {
+                lines.push(TailLines::Filled(Pieces::cut(line)?));
+            } else if let Some(TailLines::Encoded(done)) = lines.last_mut() {
+                done.extend(quoted_printable(line.to_owned()));
+            } else {
+                lines.push(TailLines::Encoded(quoted_printable(line.to_owned())));
+            }
+        }
+        Some(Self { lines })
+    }
+
+    /// The encoded tail for `reader`.
+    fn encode(&self, reader: &ReaderValues<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.lines
+                .iter()
+                .map(|l| match l {
+                    TailLines::Encoded(done) => done.len(),
+                    // Encoded, a line may grow by a third (soft breaks, `=3D`).
+                    TailLines::Filled(pieces) => {
+                        2 * pieces.literals.iter().map(String::len).sum::<usize>()
+                            + 320 * pieces.slots.len()
+                    }
+                })
+                .sum(),
+        );
+        for line in &self.lines {
+            match line {
+                TailLines::Encoded(done) => out.extend_from_slice(done),
+                TailLines::Filled(pieces) => out.extend(quoted_printable(pieces.fill(reader))),
+            }
+        }
+        out
+    }
+}
+
+/// A body's footer for one reader: the body's cut, or rendered for the reader.
+enum Footer<'b> {
+    Cut(&'b FooterSplit),
+    Rendered(String, String),
 }
 
 /// A rendered template cut at its values: `literals` has one more entry than
@@ -693,31 +763,72 @@ impl Composer {
             unsubscribe_url: &unsubscribe,
             preferences_url: &preferences,
         };
-        let (text, html) = match body.footer.get() {
-            Some(Some(split)) => (split.text.fill(&reader), split.html.fill(&reader)),
-            Some(None) => self.render_footer(body, &reader)?,
-            None => {
-                let rendered = self.render_footer(body, &reader)?;
-                // The cut footer is used only if it gives this reader's footer to
-                // the byte.
-                let split = self
-                    .split_footer(body)
-                    .filter(|s| (s.text.fill(&reader), s.html.fill(&reader)) == rendered);
-                let _ = body.footer.set(split);
-                rendered
-            }
+        let (text, html) = match self.footer_of(body, &reader)? {
+            Footer::Cut(split) => (split.text.fill(&reader), split.html.fill(&reader)),
+            Footer::Rendered(text, html) => (text, html),
         };
-        let list_unsubscribe = match &self.addresses.unsubscribe {
+        Ok(ReaderPart {
+            text,
+            html,
+            list_unsubscribe: self.list_unsubscribe(&unsubscribe, subscriber_id),
+        })
+    }
+
+    /// The `List-Unsubscribe` value for the reader's one-click link `unsubscribe`.
+    fn list_unsubscribe(&self, unsubscribe: &str, subscriber_id: i64) -> String {
+        match &self.addresses.unsubscribe {
             Some(template) => {
                 let mailto = template.replace("{id}", &self.verp_id(subscriber_id));
                 format!("<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>")
             }
             None => format!("<{unsubscribe}>"),
-        };
-        Ok(ReaderPart {
-            text,
-            html,
-            list_unsubscribe,
+        }
+    }
+
+    /// `body`'s footer for `reader`: cut once per body (with its first reader's
+    /// footer, which is rendered and returned), or rendered for every reader when
+    /// the template cannot be cut.
+    fn footer_of<'b>(
+        &self,
+        body: &'b PreparedBody,
+        reader: &ReaderValues<'_>,
+    ) -> Result<Footer<'b>, ComposeError> {
+        match body.footer.get() {
+            Some(Some(split)) => Ok(Footer::Cut(split)),
+            Some(None) => {
+                let (text, html) = self.render_footer(body, reader)?;
+                Ok(Footer::Rendered(text, html))
+            }
+            None => {
+                let rendered = self.render_footer(body, reader)?;
+                // The cut footer is used only if it gives this reader's footer,
+                // and its encoding, to the byte.
+                let wire = &body.wire;
+                let split = self.split_footer(body).filter(|s| {
+                    (s.text.fill(reader), s.html.fill(reader)) == rendered
+                        && s.text_tail.encode(reader) == wire.text.tail(&rendered.0)
+                        && s.html_tail.encode(reader) == wire.html.tail(&rendered.1)
+                });
+                let _ = body.footer.set(split);
+                Ok(Footer::Rendered(rendered.0, rendered.1))
+            }
+        }
+    }
+
+    /// The encoded tails of a reader's copy (text, then HTML): the body's
+    /// unfinished last lines and the reader's footer.
+    fn reader_tails(
+        &self,
+        body: &PreparedBody,
+        reader: &ReaderValues<'_>,
+    ) -> Result<(Vec<u8>, Vec<u8>), ComposeError> {
+        let wire = &body.wire;
+        Ok(match self.footer_of(body, reader)? {
+            Footer::Cut(split) => (
+                split.text_tail.encode(reader),
+                split.html_tail.encode(reader),
+            ),
+            Footer::Rendered(text, html) => (wire.text.tail(&text), wire.html.tail(&html)),
         })
     }
 
@@ -754,6 +865,8 @@ impl Composer {
         Some(FooterSplit {
             text: Pieces::cut(&text)?,
             html: Pieces::cut(&html)?,
+            text_tail: EncodedTail::new(&body.wire.text.rest, &text)?,
+            html_tail: EncodedTail::new(&body.wire.html.rest, &html)?,
         })
     }
 
@@ -788,16 +901,24 @@ impl Composer {
     ) -> Result<(NewMail, usize), ComposeError> {
         let address =
             EmailAddress::parse(to).map_err(|_| lettre::address::AddressError::MissingParts)?;
-        let part = self.reader_part(body, &address, subscriber_id)?;
+        let (unsubscribe, preferences) = self.links.unsubscribe_and_preferences(subscriber_id);
+        let reader = ReaderValues {
+            email: address.as_str(),
+            unsubscribe_url: &unsubscribe,
+            preferences_url: &preferences,
+        };
+        let (text_tail, html_tail) = self.reader_tails(body, &reader)?;
         let wire = &body.wire;
-        let (text_tail, html_tail) = (wire.text.tail(&part.text), wire.html.tail(&part.html));
         let html_size = wire.html.lines.len() + html_tail.len();
         let header = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
         };
         let mut headers = self.headers(&address, body.subject.clone(), now)?;
         headers.insert_raw(header("List-Id", self.list_id.clone()));
-        headers.insert_raw(header("List-Unsubscribe", part.list_unsubscribe));
+        headers.insert_raw(header(
+            "List-Unsubscribe",
+            self.list_unsubscribe(&unsubscribe, subscriber_id),
+        ));
         headers.insert_raw(header(
             "List-Unsubscribe-Post",
             "List-Unsubscribe=One-Click".to_owned(),
@@ -817,9 +938,11 @@ impl Composer {
             ("text/plain", &wire.text.lines, &text_tail),
             ("text/html", &wire.html.lines, &html_tail),
         ];
-        let size: usize = parts.iter().map(|(_, l, t)| l.len() + t.len() + 200).sum();
-        let mut message = Vec::with_capacity(size + 1024);
-        message.extend_from_slice(headers.to_string().as_bytes());
+        // Sized once: a message outgrowing its buffer was copied whole again.
+        let headers = headers.to_string();
+        let size: usize = parts.iter().map(|(_, l, t)| l.len() + t.len() + 160).sum();
+        let mut message = Vec::with_capacity(headers.len() + size + 64);
+        message.extend_from_slice(headers.as_bytes());
         message.extend_from_slice(b"\r\n");
         for (kind, lines, tail) in parts {
             for piece in [
@@ -1019,6 +1142,15 @@ mod tests {
                 preferences_url: &preferences_url,
             };
             let rendered = c.render_footer(body, &reader).unwrap();
+            let tails = c.reader_tails(body, &reader).unwrap();
+            assert_eq!(
+                tails,
+                (
+                    body.wire.text.tail(&rendered.0),
+                    body.wire.html.tail(&rendered.1)
+                ),
+                "the encoded tails, {email}"
+            );
             assert_eq!((part.text, part.html), rendered, "{email}");
         }
     }
@@ -1043,6 +1175,17 @@ mod tests {
                 .as_ref()
                 .expect("the built-in footer is cut");
             assert_eq!(split.text.slots.len(), 3, "{split:?}");
+            for tail in [&split.text_tail, &split.html_tail] {
+                let filled = tail
+                    .lines
+                    .iter()
+                    .filter(|l| matches!(l, TailLines::Filled(_)))
+                    .count();
+                assert!(
+                    filled >= 1 && filled < tail.lines.len(),
+                    "only the lines with a reader's value are left to encode: {tail:?}"
+                );
+            }
             assert!(
                 split.html.slots.iter().all(|(_, escaped)| *escaped),
                 "{split:?}"

@@ -434,22 +434,34 @@ fn reply_line(line: &str) -> Result<(u16, bool, &str), String> {
 /// off again.
 fn stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 32 + 5);
-    let mut rest = message;
-    while !rest.is_empty() {
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &[][..]),
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        // A bare CR is a line break too: some relays end the data at `CR . CR`.
-        for line in line.split(|&b| b == b'\r') {
-            if line.first() == Some(&b'.') {
-                out.push(b'.');
-            }
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
+    // The bytes between line breaks are copied as they are, in one go each; the
+    // breaks are found with one scan for CR and LF over the whole message.
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    let mut copied = 0;
+    // The LF of a CRLF is found by the scan right after its CR: it is skipped.
+    let mut taken_lf = None;
+    for at in memchr::memchr2_iter(b'\r', b'\n', message) {
+        if taken_lf == Some(at) {
+            continue;
         }
-        rest = next;
+        out.extend_from_slice(&message[copied..at]);
+        out.extend_from_slice(b"\r\n");
+        // A bare CR is a line break too: some relays end the data at `CR . CR`.
+        copied = if message[at] == b'\r' && message.get(at + 1) == Some(&b'\n') {
+            taken_lf = Some(at + 1);
+            at + 2
+        } else {
+            at + 1
+        };
+        if message.get(copied) == Some(&b'.') {
+            out.push(b'.');
+        }
+    }
+    if copied < message.len() {
+        out.extend_from_slice(&message[copied..]);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
 }
@@ -910,6 +922,43 @@ mod tests {
             out,
             b"a\r\n..\r\nb\r\n..\r\nc\r\n..\r\n\r\n...d\r\n.\r\n".to_vec()
         );
+    }
+
+    /// The stuffing as RFC 5321 words it, line by line (the implementation
+    /// before the whole-message scan): the reference for the property below.
+    fn stuffed_line_by_line(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = message;
+        while !rest.is_empty() {
+            let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &[][..]),
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            for line in line.split(|&b| b == b'\r') {
+                if line.first() == Some(&b'.') {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            rest = next;
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+        #[test]
+        fn stuffing_is_the_line_by_line_stuffing(
+            message in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'.', b'\r', b'\n', b' ']), 0..64)
+        ) {
+            let mut out = Vec::new();
+            stuff(&message, &mut out);
+            proptest::prop_assert_eq!(out, stuffed_line_by_line(&message));
+        }
     }
 
     #[tokio::test]
