@@ -2,14 +2,15 @@
 -- them, and every sign-up queues its whole confirmation mail: compressed with lz4
 -- (several times faster than the default pglz, in both directions) where the
 -- server was built with it; without it they stay as before. Only values written
--- from now on are affected.
+-- from now on are affected. (Run through EXECUTE so that a server older than
+-- PostgreSQL 14, which has no SET COMPRESSION, gets the notice too.)
 DO $$
 BEGIN
-    ALTER TABLE digest_bodies
+    EXECUTE 'ALTER TABLE digest_bodies
         ALTER COLUMN text_part SET COMPRESSION lz4,
-        ALTER COLUMN html_part SET COMPRESSION lz4;
-    ALTER TABLE mail_jobs ALTER COLUMN message SET COMPRESSION lz4;
-EXCEPTION WHEN feature_not_supported THEN
+        ALTER COLUMN html_part SET COMPRESSION lz4';
+    EXECUTE 'ALTER TABLE mail_jobs ALTER COLUMN message SET COMPRESSION lz4';
+EXCEPTION WHEN feature_not_supported OR syntax_error THEN
     RAISE NOTICE 'this PostgreSQL has no lz4: digest bodies and queued mails stay compressed with pglz';
 END $$;
 
