@@ -18,4 +18,4 @@ END $$;
 -- finds a reader's mails by reader): every digest queued and every delivery
 -- recorded wrote an entry into an index it never needed.
 CREATE INDEX mail_jobs_recipient_unowned ON mail_jobs (recipient) WHERE subscriber_id IS NULL;
-DROP INDEX mail_jobs_recipient;
+DROP INDEX IF EXISTS mail_jobs_recipient;

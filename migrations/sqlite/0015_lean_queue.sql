@@ -4,4 +4,4 @@
 -- of this migration also compresses digest bodies with lz4; SQLite stores them
 -- as they are.)
 CREATE INDEX mail_jobs_recipient_unowned ON mail_jobs (recipient) WHERE subscriber_id IS NULL;
-DROP INDEX mail_jobs_recipient;
+DROP INDEX IF EXISTS mail_jobs_recipient;

@@ -590,9 +590,9 @@ impl EncodedTail {
                 .iter()
                 .map(|l| match l {
                     TailLines::Encoded(done) => done.len(),
-                    // Encoded, a line may grow by a third (soft breaks, `=3D`).
+                    // Encoded, a byte may take three (`=3D`), plus soft breaks.
                     TailLines::Filled(pieces) => {
-                        2 * pieces.literals.iter().map(String::len).sum::<usize>()
+                        3 * pieces.literals.iter().map(String::len).sum::<usize>()
                             + 320 * pieces.slots.len()
                     }
                 })

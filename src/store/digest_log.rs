@@ -206,7 +206,8 @@ impl Store {
             // Every statement of a batch reads or writes a few hundred rows by key.
             // Left to its costs, the planner joins them to a sequential scan of
             // all readers (or all their topics), once per batch: a pass over N
-            // readers would read N * N / 500 rows.
+            // readers would read N * N / 500 rows. (A cached plan keeps the setting
+            // it was made with; these statements run nowhere else with batches.)
             sqlx::query("SET LOCAL enable_seqscan = off")
                 .execute(&mut **conn)
                 .await?;

@@ -1217,6 +1217,39 @@ async fn erasing_a_reader_who_got_mail_leaves_only_the_suppressed_hash(backend: 
         other,
         "the other reader is untouched"
     );
+
+    // An address that was never a reader, with a console test mail: erased too.
+    app.store
+        .queue_test_mail(
+            &postbote::store::NewMail {
+                kind: "test",
+                recipient: "nie@example.org".to_owned(),
+                envelope_from: "bounces@example.org".to_owned(),
+                message: b"Subject: Test\r\n\r\nnie@example.org\r\n".to_vec(),
+            },
+            utc("2027-05-02T10:00:00Z"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !places_holding(&db, backend, "nie@example.org")
+            .await
+            .is_empty()
+    );
+    let path = "/subscribers/nie@example.org";
+    for expected in [204, 404] {
+        assert_eq!(
+            app.admin(reqwest::Method::DELETE, path, None)
+                .await
+                .status(),
+            expected
+        );
+    }
+    assert_eq!(
+        places_holding(&db, backend, "nie@example.org").await,
+        Vec::<String>::new(),
+        "the test mail to an address without a reader is gone"
+    );
 }
 
 /// Walks `GET /api/v1/subscribers?{query}` in pages of `limit`; returns the emails in

@@ -10,15 +10,27 @@ use crate::domain::EmailAddress;
 
 impl Store {
     /// Erases everything about an address (GDPR Art. 17) and puts a hash of it on
-    /// the suppression list. Returns false when nothing was stored.
+    /// the suppression list. An address without a reader loses only the mails
+    /// sent to it (the console's test digests). Returns false when nothing was
+    /// stored.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn erase(&self, email: &EmailAddress, now: DateTime<Utc>) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
         let Some(reader) = tx.lock_by_email(email).await? else {
-            tx.rollback().await?;
-            return Ok(false);
+            let mut tally = Tally::default();
+            let mails: Vec<(String, String)> = on_tx!(&mut tx, tx => sqlx::query_as(
+                "DELETE FROM mail_jobs WHERE subscriber_id IS NULL AND recipient = $1 RETURNING kind, status",
+            )
+            .bind(email.as_str())
+            .fetch_all(&mut *tx)
+            .await)?;
+            for (kind, status) in &mails {
+                tally.mails(kind, Some(status), None, 1);
+            }
+            tx.commit_with(tally).await?;
+            return Ok(!mails.is_empty());
         };
         let mut tally = Tally::default();
         tally.subscribers(Some(reader.status), None, 1);
