@@ -1194,6 +1194,41 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_carries_a_stand_in_in_its_last_line_is_not_cut() {
+        // An item's text (a press release, a feed) is the attacker's: in the
+        // body's unfinished last line, a stand-in must stay text, never become
+        // a reader's address.
+        let c = composer();
+        let stand_in = Slot::Email.stand_in();
+        let body = DigestBody::new(
+            Locale::De,
+            "Betreff".into(),
+            format!("Kopf\nMeldung {stand_in} Ende"),
+            format!("<html><body><p>Kopf</p>\n<p>{stand_in}</p>"),
+            "Wirtschaft".into(),
+        )
+        .prepare();
+        assert_footers_as_rendered(&c, &body, &READERS);
+        assert!(matches!(body.footer.get(), Some(None)), "not cut");
+        for (id, email) in (1..).zip(READERS) {
+            let (unsubscribe_url, preferences_url) =
+                (c.links.unsubscribe(id), c.links.preferences(id));
+            let reader = ReaderValues {
+                email,
+                unsubscribe_url: &unsubscribe_url,
+                preferences_url: &preferences_url,
+            };
+            let (text, _) = c.reader_tails(&body, &reader).unwrap();
+            let text = String::from_utf8(text).unwrap();
+            // The stand-in as quoted-printable carries it: still there, as text.
+            assert!(
+                text.contains("Meldung =EE=80=80email&=EE=80=81 Ende"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn an_operators_footer_that_changes_a_value_is_rendered_for_every_reader() {
         let dir = tempfile::tempdir().unwrap();
         let footer = dir.path().join("mail/en/digest-footer");
