@@ -483,20 +483,6 @@ fn quoted_printable(text: String) -> Vec<u8> {
         .map_or_else(|unencoded| unencoded, Body::into_vec)
 }
 
-/// What belongs to one reader in a digest: rendered from the `digest-footer`
-/// templates with their address and links, small and cheap next to the shared
-/// [`DigestBody`].
-#[derive(Debug, Clone)]
-pub struct ReaderPart {
-    /// Follows the content's text part.
-    pub text: String,
-    /// Follows the content's HTML part and closes the document.
-    pub html: String,
-    /// The `List-Unsubscribe` header value (RFC 2369): the one-click link, and the
-    /// `mailto:` alternative when `unsubscribe_address` is set.
-    pub list_unsubscribe: String,
-}
-
 /// A reader's values in the digest footer.
 struct ReaderValues<'a> {
     email: &'a str,
@@ -536,16 +522,13 @@ impl Slot {
     }
 }
 
-/// The digest footer of one body's readers, text and HTML, cut where each
-/// reader's values go: rendered once per body instead of once per reader.
+/// The digest footer of one body's readers, text and HTML, after the body's
+/// unfinished last lines: rendered once per body instead of once per reader, and
+/// encoded but for the lines where a reader's values go.
 #[derive(Debug)]
 struct FooterSplit {
-    text: Pieces,
-    html: Pieces,
-    /// The encoded tails of the two parts (the body's unfinished last line, then
-    /// the footer), with only the lines holding a reader's value left to encode.
-    text_tail: EncodedTail,
-    html_tail: EncodedTail,
+    text: EncodedTail,
+    html: EncodedTail,
 }
 
 /// What follows a part's shared lines, quoted-printable encoded once except for
@@ -606,12 +589,6 @@ impl EncodedTail {
         }
         out
     }
-}
-
-/// A body's footer for one reader: the body's cut, or rendered for the reader.
-enum Footer<'b> {
-    Cut(&'b FooterSplit),
-    Rendered(String, String),
 }
 
 /// A rendered template cut at its values: `literals` has one more entry than
@@ -745,35 +722,6 @@ impl Composer {
         ))
     }
 
-    /// One reader's part of a digest: the `digest-footer` templates rendered with
-    /// their address, their signed unsubscribe and preferences links and the
-    /// "send me my link" page, and their `List-Unsubscribe` header.
-    ///
-    /// # Errors
-    /// A [`ComposeError`] when rendering fails.
-    pub fn reader_part(
-        &self,
-        body: &PreparedBody,
-        to: &EmailAddress,
-        subscriber_id: i64,
-    ) -> Result<ReaderPart, ComposeError> {
-        let (unsubscribe, preferences) = self.links.unsubscribe_and_preferences(subscriber_id);
-        let reader = ReaderValues {
-            email: to.as_str(),
-            unsubscribe_url: &unsubscribe,
-            preferences_url: &preferences,
-        };
-        let (text, html) = match self.footer_of(body, &reader)? {
-            Footer::Cut(split) => (split.text.fill(&reader), split.html.fill(&reader)),
-            Footer::Rendered(text, html) => (text, html),
-        };
-        Ok(ReaderPart {
-            text,
-            html,
-            list_unsubscribe: self.list_unsubscribe(&unsubscribe, subscriber_id),
-        })
-    }
-
     /// The `List-Unsubscribe` value for the reader's one-click link `unsubscribe`.
     fn list_unsubscribe(&self, unsubscribe: &str, subscriber_id: i64) -> String {
         match &self.addresses.unsubscribe {
@@ -785,51 +733,28 @@ impl Composer {
         }
     }
 
-    /// `body`'s footer for `reader`: cut once per body (with its first reader's
-    /// footer, which is rendered and returned), or rendered for every reader when
-    /// the template cannot be cut.
-    fn footer_of<'b>(
-        &self,
-        body: &'b PreparedBody,
-        reader: &ReaderValues<'_>,
-    ) -> Result<Footer<'b>, ComposeError> {
-        match body.footer.get() {
-            Some(Some(split)) => Ok(Footer::Cut(split)),
-            Some(None) => {
-                let (text, html) = self.render_footer(body, reader)?;
-                Ok(Footer::Rendered(text, html))
-            }
-            None => {
-                let rendered = self.render_footer(body, reader)?;
-                // The cut footer is used only if it gives this reader's footer,
-                // and its encoding, to the byte.
-                let wire = &body.wire;
-                let split = self.split_footer(body).filter(|s| {
-                    (s.text.fill(reader), s.html.fill(reader)) == rendered
-                        && s.text_tail.encode(reader) == wire.text.tail(&rendered.0)
-                        && s.html_tail.encode(reader) == wire.html.tail(&rendered.1)
-                });
-                let _ = body.footer.set(split);
-                Ok(Footer::Rendered(rendered.0, rendered.1))
-            }
-        }
-    }
-
     /// The encoded tails of a reader's copy (text, then HTML): the body's
-    /// unfinished last lines and the reader's footer.
+    /// unfinished last lines and the reader's footer. The footer is cut once per
+    /// body, with its first reader's footer, which is rendered; an operator's
+    /// footer that cannot be cut is rendered for every reader.
     fn reader_tails(
         &self,
         body: &PreparedBody,
         reader: &ReaderValues<'_>,
     ) -> Result<(Vec<u8>, Vec<u8>), ComposeError> {
-        let wire = &body.wire;
-        Ok(match self.footer_of(body, reader)? {
-            Footer::Cut(split) => (
-                split.text_tail.encode(reader),
-                split.html_tail.encode(reader),
-            ),
-            Footer::Rendered(text, html) => (wire.text.tail(&text), wire.html.tail(&html)),
-        })
+        if let Some(Some(split)) = body.footer.get() {
+            return Ok((split.text.encode(reader), split.html.encode(reader)));
+        }
+        let (text, html) = self.render_footer(body, reader)?;
+        let tails = (body.wire.text.tail(&text), body.wire.html.tail(&html));
+        if body.footer.get().is_none() {
+            // The cut is used only if it gives this reader's tails to the byte.
+            let split = self
+                .split_footer(body)
+                .filter(|s| (s.text.encode(reader), s.html.encode(reader)) == tails);
+            let _ = body.footer.set(split);
+        }
+        Ok(tails)
     }
 
     /// The `digest-footer` templates rendered for `reader`: text, then HTML.
@@ -863,10 +788,8 @@ impl Composer {
         };
         let (text, html) = self.render_footer(body, &stand_ins).ok()?;
         Some(FooterSplit {
-            text: Pieces::cut(&text)?,
-            html: Pieces::cut(&html)?,
-            text_tail: EncodedTail::new(&body.wire.text.rest, &text)?,
-            html_tail: EncodedTail::new(&body.wire.html.rest, &html)?,
+            text: EncodedTail::new(&body.wire.text.rest, &text)?,
+            html: EncodedTail::new(&body.wire.html.rest, &html)?,
         })
     }
 
@@ -1073,11 +996,21 @@ mod tests {
         let to = EmailAddress::parse("leser@example.org").unwrap();
         let prepared = body.prepare();
         let shared = c.digest(&prepared, to.as_str(), 7, now).unwrap().message;
-        let part = c.reader_part(&prepared, &to, 7).unwrap();
+        let (unsubscribe_url, preferences_url) = (c.links.unsubscribe(7), c.links.preferences(7));
+        let footer = c
+            .render_footer(
+                &prepared,
+                &ReaderValues {
+                    email: to.as_str(),
+                    unsubscribe_url: &unsubscribe_url,
+                    preferences_url: &preferences_url,
+                },
+            )
+            .unwrap();
         let whole = RenderedMail {
             subject: body.subject.clone(),
-            text: [body.text.as_str(), &part.text].concat(),
-            html: [body.html.as_str(), &part.html].concat(),
+            text: [body.text.as_str(), &footer.0].concat(),
+            html: [body.html.as_str(), &footer.1].concat(),
         };
         let whole = c.build("digest", &to, 7, whole, now, &[]).unwrap().message;
         let parser = mail_parser::MessageParser::default();
@@ -1129,11 +1062,9 @@ mod tests {
         .prepare()
     }
 
-    /// Each reader's footer as rendering it directly gives it.
+    /// Each reader's footer, encoded, as rendering it directly gives it.
     fn assert_footers_as_rendered(c: &Composer, body: &PreparedBody, emails: &[&str]) {
         for (id, email) in (1..).zip(emails) {
-            let to = EmailAddress::parse(email).unwrap();
-            let part = c.reader_part(body, &to, id).unwrap();
             let (unsubscribe_url, preferences_url) =
                 (c.links.unsubscribe(id), c.links.preferences(id));
             let reader = ReaderValues {
@@ -1151,8 +1082,20 @@ mod tests {
                 ),
                 "the encoded tails, {email}"
             );
-            assert_eq!((part.text, part.html), rendered, "{email}");
         }
+    }
+
+    /// The reader's values a cut tail fills in, in order, and whether each is
+    /// HTML-escaped.
+    fn slots(tail: &EncodedTail) -> Vec<(Slot, bool)> {
+        tail.lines
+            .iter()
+            .filter_map(|l| match l {
+                TailLines::Filled(pieces) => Some(pieces.slots.clone()),
+                TailLines::Encoded(_) => None,
+            })
+            .flatten()
+            .collect()
     }
 
     const READERS: [&str; 3] = [
@@ -1174,8 +1117,8 @@ mod tests {
                 .unwrap()
                 .as_ref()
                 .expect("the built-in footer is cut");
-            assert_eq!(split.text.slots.len(), 3, "{split:?}");
-            for tail in [&split.text_tail, &split.html_tail] {
+            assert_eq!(slots(&split.text).len(), 3, "{split:?}");
+            for tail in [&split.text, &split.html] {
                 let filled = tail
                     .lines
                     .iter()
@@ -1187,7 +1130,7 @@ mod tests {
                 );
             }
             assert!(
-                split.html.slots.iter().all(|(_, escaped)| *escaped),
+                slots(&split.html).iter().all(|(_, escaped)| *escaped),
                 "{split:?}"
             );
         }
@@ -1261,6 +1204,6 @@ mod tests {
         let body = prepared_body(&c, Locale::En);
         assert_footers_as_rendered(&c, &body, &READERS);
         let split = body.footer.get().unwrap().as_ref().expect("cut");
-        assert_eq!(split.html.slots[0], (Slot::Email, false), "raw in HTML");
+        assert_eq!(slots(&split.html)[0], (Slot::Email, false), "raw in HTML");
     }
 }

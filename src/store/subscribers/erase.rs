@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::super::counters::Tally;
 use super::super::suppressions::Reason;
-use super::super::{Store, StoreResult, WebhookEvent, on_tx};
+use super::super::{Store, StoreResult, Tx, WebhookEvent, on_tx};
 use crate::domain::EmailAddress;
 
 impl Store {
@@ -18,40 +18,18 @@ impl Store {
     /// When the database fails.
     pub async fn erase(&self, email: &EmailAddress, now: DateTime<Utc>) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
-        let Some(reader) = tx.lock_by_email(email).await? else {
-            let mut tally = Tally::default();
-            let mails: Vec<(String, String)> = on_tx!(&mut tx, tx => sqlx::query_as(
-                "DELETE FROM mail_jobs WHERE subscriber_id IS NULL AND recipient = $1 RETURNING kind, status",
-            )
-            .bind(email.as_str())
-            .fetch_all(&mut *tx)
-            .await)?;
-            for (kind, status) in &mails {
-                tally.mails(kind, Some(status), None, 1);
-            }
-            tx.commit_with(tally).await?;
-            return Ok(!mails.is_empty());
-        };
         let mut tally = Tally::default();
+        let Some(reader) = tx.lock_by_email(email).await? else {
+            let deleted = tx.delete_mails_to(None, email, &mut tally).await?;
+            tx.commit_with(tally).await?;
+            return Ok(deleted > 0);
+        };
         tally.subscribers(Some(reader.status), None, 1);
         // Token hashes would otherwise outlive the row (see purge_pending).
         tx.delete_tokens(reader.id).await?;
-        on_tx!(&mut tx, tx => {
-            // Queued and past mails hold the address; they go with everything else:
-            // the reader's, and those sent to the address without a reader. (A
-            // mail with a reader was sent to that reader's address, which never
-            // changes: found by reader, it needs no index on its recipient.)
-            let mails: Vec<(String, String)> = sqlx::query_as(
-                "DELETE FROM mail_jobs WHERE subscriber_id = $1 OR (subscriber_id IS NULL AND recipient = $2) \
-                 RETURNING kind, status",
-            )
-            .bind(reader.id)
-            .bind(email.as_str())
-            .fetch_all(&mut *tx)
+        tx.delete_mails_to(Some(reader.id), email, &mut tally)
             .await?;
-            for (kind, status) in &mails {
-                tally.mails(kind, Some(status), None, 1);
-            }
+        on_tx!(&mut tx, tx => {
             sqlx::query("DELETE FROM subscribers WHERE id = $1")
                 .bind(reader.id)
                 .execute(&mut *tx)
@@ -62,5 +40,32 @@ impl Store {
             .await?;
         tx.commit_with(tally).await?;
         Ok(true)
+    }
+}
+
+impl Tx {
+    /// Deletes the mails, queued and past, that hold the address: the reader's
+    /// (if any) and those sent to it without a reader; counts them out of
+    /// `tally` and returns how many. (A mail with a reader was sent to that
+    /// reader's address, which never changes: found by reader, it needs no index
+    /// on its recipient.)
+    async fn delete_mails_to(
+        &mut self,
+        reader: Option<i64>,
+        email: &EmailAddress,
+        tally: &mut Tally,
+    ) -> StoreResult<usize> {
+        let mails: Vec<(String, String)> = on_tx!(self, tx => sqlx::query_as(
+            "DELETE FROM mail_jobs WHERE subscriber_id = $1 OR (subscriber_id IS NULL AND recipient = $2) \
+             RETURNING kind, status",
+        )
+        .bind(reader)
+        .bind(email.as_str())
+        .fetch_all(&mut *tx)
+        .await)?;
+        for (kind, status) in &mails {
+            tally.mails(kind, Some(status), None, 1);
+        }
+        Ok(mails.len())
     }
 }
