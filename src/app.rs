@@ -125,6 +125,7 @@ impl App {
             mail_wake: wake,
             stylesheet,
             thanks_pages: Arc::default(),
+            offered_topics: Arc::default(),
         };
         Ok(Self {
             listener,

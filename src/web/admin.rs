@@ -158,8 +158,9 @@ async fn create_topic(State(state): State<AppState>, body: Bytes) -> Result<Resp
             description.as_deref(),
             state.clock.now(),
         )
-        .await?;
-    Ok((StatusCode::CREATED, Json(topic)).into_response())
+        .await;
+    state.offered_topics.forget();
+    Ok((StatusCode::CREATED, Json(topic?)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -193,7 +194,9 @@ async fn update_topic(
         name: p.name.map(|n| n.trim().to_owned()),
         description,
     };
-    match state.store.update_topic(&slug, &change).await? {
+    let updated = state.store.update_topic(&slug, &change).await;
+    state.offered_topics.forget();
+    match updated? {
         Some(topic) => Ok(Json(topic).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -207,7 +210,9 @@ async fn retire_topic(
     Path(slug): Path<String>,
 ) -> Result<Response, ApiError> {
     let slug = parse_slug(&slug)?;
-    match state.store.retire_topic(&slug, state.clock.now()).await? {
+    let retired = state.store.retire_topic(&slug, state.clock.now()).await;
+    state.offered_topics.forget();
+    match retired? {
         Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -26,6 +26,7 @@ pub mod rate_limit;
 pub mod server;
 pub mod subscribe;
 pub mod tokens;
+pub mod topics;
 pub mod unsubscribe;
 pub mod weekdays;
 
@@ -123,6 +124,9 @@ pub struct AppState {
     pub stylesheet: Arc<assets::Stylesheet>,
     /// The thank-you page after a sign-up, rendered once per language.
     pub thanks_pages: Arc<pages::FixedPages>,
+    /// The offered topics as `POST /subscribe` checks them; every handler that
+    /// changes a topic drops it.
+    pub offered_topics: Arc<topics::OfferedTopics>,
 }
 
 /// Runs `work` on a task of its own and waits for it. A client that hangs up drops

@@ -240,8 +240,8 @@ async fn subscribe(
     limit_client(&state, ip).map_err(refuse)?;
     let (submitted, mut errors) = read_submission(body, format).await?;
     let locale = Locale::parse(&submitted.locale).unwrap_or(lang.locale);
-    let topics = state.store.list_topics(false).await;
-    let topics = topics.in_locale(locale).map_err(refuse)?;
+    let topics = state.offered_topics.get(&state.store, &submitted.topics);
+    let topics = topics.await.in_locale(locale).map_err(refuse)?;
     let valid = validate(&state, locale, &submitted, &topics, &mut errors);
     let Some(valid) = valid.filter(|_| errors.is_empty()) else {
         return Ok(match format {

@@ -484,6 +484,61 @@ async fn the_admin_api_manages_topics_behind_the_token(backend: Backend) {
     assert_eq!(app.export("nobody@example.org").await, Err(404));
 }
 
+/// `POST /subscribe` checks the topics against a copy kept for a second
+/// (`web::topics`): a change through this process's admin API or console is seen
+/// by the next sign-up, and a topic created by another process (the command line,
+/// another instance) is never refused for being missing from the copy.
+async fn sign_ups_see_topic_changes_at_once(backend: Backend) {
+    let (app, _sink, _db) = app_with_topics(backend).await;
+    let sign_up = |email: &str, topic: &str| {
+        app.sign_up_json(serde_json::json!({"email": email, "topics": [topic], "consent": true}))
+    };
+    // The first sign-up reads the list; the next ones would use the copy.
+    let first = sign_up("a@example.org", "it-telekommunikation").await;
+    assert!(first.status().is_success(), "{}", first.status());
+
+    let retired = app
+        .admin(
+            reqwest::Method::DELETE,
+            "/topics/it-telekommunikation",
+            None,
+        )
+        .await;
+    assert_eq!(retired.status(), 204);
+    let r = sign_up("b@example.org", "it-telekommunikation").await;
+    assert_eq!(
+        r.status(),
+        422,
+        "a topic retired through the API is refused"
+    );
+
+    let elsewhere = postbote::domain::TopicSlug::parse("kultur").unwrap();
+    app.store
+        .create_topic(&elsewhere, "Kultur", None, Utc::now())
+        .await
+        .unwrap();
+    let r = sign_up("c@example.org", "kultur").await;
+    assert!(
+        r.status().is_success(),
+        "a topic another process created is accepted: {}",
+        r.status()
+    );
+
+    let console = crate::console::login(&app).await;
+    let r = crate::console::post(
+        &app,
+        &console,
+        "/admin/topics/wirtschaft/retire",
+        &[("csrf", &console.csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let r = sign_up("d@example.org", "wirtschaft").await;
+    assert_eq!(r.status(), 422, "a topic retired in the console is refused");
+    let exported = app.export("c@example.org").await.unwrap();
+    assert!(exported.to_string().contains("kultur"), "{exported}");
+}
+
 async fn a_permanent_rejection_is_recorded_as_failed(backend: Backend) {
     let db = TestDb::new(backend).await;
     // smtp-sink answers RCPT TO with its hard refusal, "500 5.3.0 Error: command
@@ -1181,6 +1236,7 @@ on_both_backends!(
     too_many_sign_ups_from_one_client_are_refused,
     unknown_and_expired_links_get_helpful_pages,
     the_admin_api_manages_topics_behind_the_token,
+    sign_ups_see_topic_changes_at_once,
     a_permanent_rejection_is_recorded_as_failed,
     cross_site_and_foreign_origin_posts_are_refused_and_send_no_mail,
     same_origin_and_header_less_posts_are_served,

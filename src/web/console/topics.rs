@@ -82,6 +82,7 @@ async fn create(State(state): State<AppState>, form: ConsoleForm) -> Result<Resp
         .store
         .create_topic(&slug, &name, description.as_deref(), now)
         .await
+        .inspect(|_| state.offered_topics.forget())
     {
         Ok(_) => {}
         Err(StoreError::Conflict(_)) => {
@@ -116,7 +117,8 @@ async fn rename(
     state
         .store
         .update_topic(&slug, &change)
-        .await?
+        .await
+        .inspect(|_| state.offered_topics.forget())?
         .ok_or(Problem::NotFound)?;
     tracing::info!(topic = %slug, "console: topic renamed");
     Ok(see_other(&localized("/admin/topics", lang.locale), None))
@@ -136,7 +138,8 @@ async fn retire(
     state
         .store
         .retire_topic(&slug, state.clock.now())
-        .await?
+        .await
+        .inspect(|_| state.offered_topics.forget())?
         .ok_or(Problem::NotFound)?;
     tracing::info!(topic = %slug, "console: topic retired");
     Ok(see_other(&localized("/admin/topics", lang.locale), None))
