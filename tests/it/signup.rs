@@ -1118,6 +1118,59 @@ async fn a_complained_or_bounced_address_gets_the_same_answer_and_no_mail_until_
     }
 }
 
+/// The quiet period is checked by the insert of a new reader: an address whose
+/// reader row is gone (removed by hand) while its complaint stays on the list
+/// gets no row and no mail within the period.
+async fn a_complained_address_without_a_reader_row_is_not_stored_in_its_quiet_period(
+    backend: Backend,
+) {
+    let clock = ManualClock::new(Utc::now());
+    let (app, sink, db) = ordered_app(backend, Some(clock.clone()), |_| {}).await;
+    let now = clock_now(&clock);
+    let gone = app
+        .reader(
+            "gone@example.org",
+            &["wirtschaft"],
+            "07:00",
+            "Europe/Berlin",
+            "de",
+            now,
+        )
+        .await;
+    app.store
+        .record_mail_event(
+            gone,
+            postbote::domain::MailEventKind::Complaint,
+            "feedback-type abuse",
+            None,
+            EventEffect::UnsubscribeAndSuppress,
+            now,
+        )
+        .await
+        .unwrap();
+    let deleted = db
+        .text_rows(
+            "DELETE FROM subscribers WHERE email = $1 RETURNING CAST(id AS TEXT)",
+            &["gone@example.org"],
+        )
+        .await;
+    assert_eq!(deleted.len(), 1);
+    assert!(app.store.is_suppressed("gone@example.org").await.unwrap());
+
+    clock.advance(Duration::days(1));
+    let r = app
+        .sign_up_form(&form("gone@example.org", &["wirtschaft"]))
+        .await;
+    assert_eq!(r.status(), 200, "the answer every address gets");
+    let mails = sign_up_and_wait_for_its_mail(&app, &sink, "positive@example.org").await;
+    assert_eq!(recipients(&mails), ["positive@example.org"]);
+    assert_eq!(
+        app.export("gone@example.org").await,
+        Err(404),
+        "nothing stored"
+    );
+}
+
 async fn an_address_with_an_internationalised_domain_gets_its_mail(backend: Backend) {
     let (app, sink, _db) = app_with_topics(backend).await;
     let r = app
@@ -1237,6 +1290,7 @@ on_both_backends!(
     unknown_and_expired_links_get_helpful_pages,
     the_admin_api_manages_topics_behind_the_token,
     sign_ups_see_topic_changes_at_once,
+    a_complained_address_without_a_reader_row_is_not_stored_in_its_quiet_period,
     a_permanent_rejection_is_recorded_as_failed,
     cross_site_and_foreign_origin_posts_are_refused_and_send_no_mail,
     same_origin_and_header_less_posts_are_served,

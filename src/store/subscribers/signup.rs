@@ -12,6 +12,7 @@ use crate::domain::{
     DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug, Weekdays,
 };
 use crate::store::counters::flush_tally;
+use crate::store::suppressions::address_hash;
 
 /// What a reader submitted, with the proof of their consent.
 #[derive(Debug, Clone)]
@@ -277,14 +278,18 @@ impl Store {
         let counting = Counting::new(&req.email, limits, req.proof.at);
         let mut tx = self.begin().await?;
         let mut tally = Tally::default();
-        let (kind, mail) = match tx.mailbox_gate(&req.email, limits, &counting).await? {
-            Gate::Limited { retry_at } => {
-                tx.rollback().await?;
-                return Ok((SignUpOutcome::Limited { retry_at }, None));
-            }
-            Gate::Quiet => (SignUpKind::Suppressed, None),
-            Gate::Open => {
-                let (id, kind) = tx.record_sign_up(req, &mut tally).await?;
+        let mailbox = (LimitScope::Mailbox, limits.per_mailbox);
+        if let Some(retry_at) = tx.over_limit(mailbox, &counting).await? {
+            tx.rollback().await?;
+            return Ok((SignUpOutcome::Limited { retry_at }, None));
+        }
+        // The quiet period is checked by the reader's insert (see `insert_or_lock`).
+        let (kind, mail) = match tx
+            .record_sign_up(req, limits.quiet_since, &mut tally)
+            .await?
+        {
+            None => (SignUpKind::Suppressed, None),
+            Some((id, kind)) => {
                 let mail = mail(kind, id).map_err(StoreError::Callback)?;
                 (kind, Some((id, mail)))
             }
@@ -428,13 +433,17 @@ impl Tx {
     /// Stores what the sign-up changes: the reader (pending unless confirmed
     /// already, with the requested topics and settings), the consent proof and,
     /// unless confirmed, the confirmation token. Returns the reader's id and what
-    /// was found.
+    /// was found, or `None` (nothing stored) for an address bounced or complained
+    /// about since `quiet_since`.
     async fn record_sign_up(
         &mut self,
         req: &SignUp,
+        quiet_since: Option<DateTime<Utc>>,
         tally: &mut Tally,
-    ) -> StoreResult<(i64, SignUpKind)> {
-        let (id, kind) = self.insert_or_lock(req, tally).await?;
+    ) -> StoreResult<Option<(i64, SignUpKind)>> {
+        let Some((id, kind)) = self.insert_or_lock(req, quiet_since, tally).await? else {
+            return Ok(None);
+        };
         match kind {
             // The row was just written with the form's settings and has no topics.
             SignUpKind::New => self.add_topics(id, &req.topics).await?,
@@ -448,19 +457,26 @@ impl Tx {
         if kind != SignUpKind::Confirmed {
             self.insert_confirm_token(id, req).await?;
         }
-        Ok((id, kind))
+        Ok(Some((id, kind)))
     }
 
     /// Inserts the reader as pending, or finds and locks the row that has the
-    /// address: concurrent sign-ups for one address queue up here.
+    /// address: concurrent sign-ups for one address queue up here. `None` for an
+    /// address in its quiet period after a bounce or complaint since
+    /// `quiet_since`: nothing is stored. A new address, the common case, takes
+    /// one statement: the insert itself checks the quiet period.
     async fn insert_or_lock(
         &mut self,
         req: &SignUp,
+        quiet_since: Option<DateTime<Utc>>,
         tally: &mut Tally,
-    ) -> StoreResult<(i64, SignUpKind)> {
+    ) -> StoreResult<Option<(i64, SignUpKind)>> {
+        // With no quiet period (`$8` NULL) the condition holds for every address.
         let inserted: Option<i64> = on_tx!(self, tx => sqlx::query_scalar(
             "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, weekdays, created_at, updated_at) \
-             VALUES ($1, 'pending', $2, $3, $4, $5, $6, $6) ON CONFLICT (email) DO NOTHING RETURNING id",
+             SELECT $1, 'pending', $2, $3, $4, $5, $6, $6 WHERE NOT EXISTS (SELECT 1 FROM suppressions \
+             WHERE email_hash = $7 AND reason IN ('bounced', 'complaint') AND created_at > $8) \
+             ON CONFLICT (email) DO NOTHING RETURNING id",
         )
         .bind(req.email.as_str())
         .bind(req.locale.as_str())
@@ -468,11 +484,18 @@ impl Tx {
         .bind(req.timezone.to_string())
         .bind(req.weekdays.bits())
         .bind(req.proof.at)
+        .bind(address_hash(req.email.as_str()))
+        .bind(quiet_since)
         .fetch_optional(&mut *tx)
         .await)?;
         if let Some(id) = inserted {
             tally.subscribers(None, Some(SubscriberStatus::Pending), 1);
-            return Ok((id, SignUpKind::New));
+            return Ok(Some((id, SignUpKind::New)));
+        }
+        if let Some(since) = quiet_since
+            && self.bounced_since(req.email.as_str(), since).await?
+        {
+            return Ok(None);
         }
         let found = self.lock_by_email(&req.email).await?;
         let found = found.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
@@ -484,7 +507,7 @@ impl Tx {
         if kind != SignUpKind::Confirmed {
             tally.subscribers(Some(found.status), Some(SubscriberStatus::Pending), 1);
         }
-        Ok((found.id, kind))
+        Ok(Some((found.id, kind)))
     }
 
     /// Sets a reader pending with the requested settings (a pause from an earlier
