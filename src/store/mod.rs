@@ -187,6 +187,31 @@ fn temporary(code: &str, sqlite: bool) -> bool {
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A pooled connection idle for this long is checked (a round trip) before it is
+/// used again: one idle while the database restarted is replaced instead of
+/// failing its first statement.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// `options` checking a connection only when it was idle for [`IDLE_CHECK`].
+/// sqlx's default checks every connection taken from the pool, a round trip to
+/// the server per transaction or pooled statement (a sign-up is eight). The pool
+/// still checks each connection when it comes back, so one broken while in use
+/// is not reused.
+fn checked_when_idle<DB: sqlx::Database>(
+    options: sqlx::pool::PoolOptions<DB>,
+) -> sqlx::pool::PoolOptions<DB> {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_CHECK {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// A connection pool to one of the two backends. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -204,7 +229,7 @@ impl Store {
     pub async fn connect(url: &DatabaseUrl) -> StoreResult<Self> {
         match url {
             DatabaseUrl::Postgres(url) => {
-                let pool = PgPoolOptions::new()
+                let pool = checked_when_idle(PgPoolOptions::new())
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect(url)
@@ -228,7 +253,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         // One connection: SQLite has one writer anyway, and a single connection makes
         // every transaction serial, so read-then-write sequences need no locks.
-        let pool = SqlitePoolOptions::new()
+        let pool = checked_when_idle(SqlitePoolOptions::new())
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
@@ -255,7 +280,7 @@ impl Store {
                     ("synchronous_commit", "off"),
                     ("plan_cache_mode", "force_custom_plan"),
                 ]);
-                let pool = PgPoolOptions::new()
+                let pool = checked_when_idle(PgPoolOptions::new())
                     .max_connections(connections.max(1))
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_lazy_with(options);

@@ -1496,3 +1496,49 @@ on_both_backends!(
     a_due_reader_whose_row_does_not_parse_is_named_and_skipped_for_a_day,
     a_stored_feed_or_submission_that_does_not_parse_is_an_error_naming_the_row,
 );
+
+/// A pooled connection that the server ended while it sat idle (a database
+/// restart) is checked before it is used again and replaced: the first statement
+/// afterwards succeeds instead of failing on the dead connection. (Connections
+/// in use are not checked before each statement: sqlx's default check cost a
+/// round trip per transaction.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_connection_ended_while_idle_is_replaced_before_use() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    store.ping().await.unwrap();
+    let admin = sqlx::PgPool::connect(&std::env::var("POSTBOTE_TEST_PG_URL").unwrap())
+        .await
+        .unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(&name)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!ended.is_empty() && ended.iter().all(|e| *e), "{ended:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&name)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left} backends left");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Idle for longer than the pool's check interval (one second): the time a
+    // restart takes at the least.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    store
+        .ping()
+        .await
+        .expect("the first statement after the restart");
+    admin.close().await;
+}
