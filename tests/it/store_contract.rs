@@ -9,8 +9,8 @@ use postbote::domain::{
 use postbote::store::{
     BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, Decided, DeliveryDay, DigestBatch,
     DigestPlan, DigestPlanner, EventEffect, FeedSpec, LeaseTerms, NewBody, NewMail, NewSubmission,
-    PlannedDigest, SignUp, SignUpKind, SignUpOutcome, Stats, Store, StoreError, TokenState,
-    TopicChange,
+    PlannedDigest, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Stats, Store, StoreError,
+    TokenState, TopicChange,
 };
 use std::collections::BTreeMap;
 
@@ -770,6 +770,52 @@ async fn reader(store: &Store, who: &str) -> i64 {
     store.subscriber_id(who).await.unwrap().unwrap()
 }
 
+/// A sign-up whose mail is queued leased for the workers of this process (the
+/// web form's way; on PostgreSQL the mail's insert also writes the counters) is
+/// counted like any other, and its mail is nobody else's while the lease holds.
+async fn a_leased_sign_up_is_counted_like_any_other(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let until = t0() + Duration::minutes(5);
+    let lease = LeaseTerms {
+        until,
+        per_owner: 1,
+        limit: 1,
+    };
+    let mut leased = Vec::new();
+    for who in ["anna@example.org", "ben@example.org"] {
+        let req = sign_up(who, &["wirtschaft"], t0(), &Token::generate());
+        let (outcome, batch) = store
+            .sign_up_limited(&req, &SignUpLimits::none(t0()), Some(lease), |_, _| {
+                Ok(mail("confirm", who))
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, SignUpOutcome::Accepted(SignUpKind::New));
+        let batch = batch.expect("the mail, leased");
+        assert_eq!(
+            batch
+                .mails
+                .iter()
+                .map(|m| (m.recipient.as_str(), m.attempts))
+                .collect::<Vec<_>>(),
+            [(who, 1)]
+        );
+        leased.push(batch.mails[0].id);
+    }
+    let stats = counted(&store.stats().await.unwrap());
+    assert_eq!(stats, recount(&store).await);
+    assert_eq!(stats.subscribers["pending"], 2);
+    assert_eq!(stats.mails["confirm"]["queued"], 2);
+    assert_eq!(stats.queue_depth, 2);
+    let claimed = store.claim_mail(t0(), t0(), until, 1, 10).await.unwrap();
+    assert!(claimed.is_empty(), "leased: {claimed:?}");
+    store.mails_sent(&leased, t0()).await.unwrap();
+    let stats = counted(&store.stats().await.unwrap());
+    assert_eq!(stats, recount(&store).await);
+    assert_eq!(stats.mails["confirm"]["sent"], 2);
+    assert_eq!(stats.queue_depth, 0);
+}
+
 /// Every kind of change the counters follow: sign-ups (new, returning), confirmations,
 /// sent, retried, released and failed mail, digests, bounces, a complaint, an
 /// unsubscribe, an erasure and the purge of unconfirmed sign-ups.
@@ -1484,6 +1530,7 @@ on_both_backends!(
     digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_out,
     a_lease_is_renewed_only_by_its_holder_and_a_lost_one_is_noticed,
     counters_equal_a_recount_after_every_kind_of_change,
+    a_leased_sign_up_is_counted_like_any_other,
     the_retention_purge_deletes_old_finished_mail_and_keeps_the_history,
     an_unconfirmed_return_does_not_erase_a_former_readers_history,
     topics_are_created_renamed_retired_and_upserted,
