@@ -5,7 +5,9 @@
 //! A transaction that changes counted state (a reader's status, a mail's status, a
 //! mail's second attempt, a mail event) collects its changes in a [`Tally`] and
 //! writes them with [`flush_tally!`] as its LAST statement before the commit, so a
-//! counter moves exactly when the state it counts does.
+//! counter moves exactly when the state it counts does. (On PostgreSQL a sign-up's
+//! leased mail carries the upsert in its own insert, as a `WITH` query:
+//! `Tx::queue_leased_mail`, the last write of that transaction.)
 //!
 //! Each counter is split over [`SHARDS`] rows (`name`, `shard`); a transaction
 //! writes to one shard picked at random, and a reader sums the shards. Concurrent

@@ -513,7 +513,8 @@ impl Tx {
     ///
     /// It must be the transaction's last write: on PostgreSQL the insert also
     /// writes `tally` (with this mail counted) to the counters, as a `WITH` query,
-    /// one round trip fewer, and leaves it empty for the commit.
+    /// one round trip fewer, and leaves it empty for the commit; on SQLite the mail
+    /// is only added to `tally`, which the commit writes (`Tx::commit_with`).
     pub(super) async fn queue_leased_mail(
         &mut self,
         subscriber_id: i64,

@@ -193,10 +193,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// `options` checking a connection only when it was idle for [`IDLE_CHECK`].
-/// sqlx's default checks every connection taken from the pool, a round trip to
-/// the server per transaction or pooled statement (a sign-up is eight). The pool
-/// still checks each connection when it comes back, so one broken while in use
-/// is not reused.
+/// sqlx's default checks every connection taken from the pool: one round trip
+/// more per transaction or pooled statement (a sign-up's statements became one
+/// more). The pool still checks each connection when it comes back, so one broken
+/// while in use is not reused. The price: a connection the server ended less than
+/// a second after it was last used (a restart under load) fails its first
+/// statement, once per pooled connection, as `StoreError::Unavailable` (503, or a
+/// retry for the workers), and sqlx logs the replaced ones at WARN.
 fn checked_when_idle<DB: sqlx::Database>(
     options: sqlx::pool::PoolOptions<DB>,
 ) -> sqlx::pool::PoolOptions<DB> {

@@ -150,6 +150,7 @@ async fn create_topic(State(state): State<AppState>, body: Bytes) -> Result<Resp
     let slug = parse_slug(&t.slug)?;
     check_name(&t.name)?;
     let description = text_field("description", t.description, 2000)?;
+    let _changing = state.offered_topics.changing();
     let topic = state
         .store
         .create_topic(
@@ -158,9 +159,8 @@ async fn create_topic(State(state): State<AppState>, body: Bytes) -> Result<Resp
             description.as_deref(),
             state.clock.now(),
         )
-        .await;
-    state.offered_topics.forget();
-    Ok((StatusCode::CREATED, Json(topic?)).into_response())
+        .await?;
+    Ok((StatusCode::CREATED, Json(topic)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -194,9 +194,8 @@ async fn update_topic(
         name: p.name.map(|n| n.trim().to_owned()),
         description,
     };
-    let updated = state.store.update_topic(&slug, &change).await;
-    state.offered_topics.forget();
-    match updated? {
+    let _changing = state.offered_topics.changing();
+    match state.store.update_topic(&slug, &change).await? {
         Some(topic) => Ok(Json(topic).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -210,9 +209,8 @@ async fn retire_topic(
     Path(slug): Path<String>,
 ) -> Result<Response, ApiError> {
     let slug = parse_slug(&slug)?;
-    let retired = state.store.retire_topic(&slug, state.clock.now()).await;
-    state.offered_topics.forget();
-    match retired? {
+    let _changing = state.offered_topics.changing();
+    match state.store.retire_topic(&slug, state.clock.now()).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -2,12 +2,12 @@
 //! moment: every `POST /subscribe` needs the list, and reading it from the
 //! database cost a round trip and a sixth of a sign-up's time.
 //!
-//! A change made through this process (admin API, console) drops the copy at
-//! once; one made by another process (another instance, the command line) is
-//! seen within [`FRESH_FOR`]. A slug the copy does not know makes it read again,
-//! so a topic created elsewhere is never refused. What the copy can do for that
-//! moment is accept a topic retired elsewhere, which a sign-up racing the
-//! retirement could always do.
+//! A change made through this process (admin API, console) drops the copy
+//! ([`OfferedTopics::changing`]); one made by another process (another instance,
+//! the command line) is seen within [`FRESH_FOR`]. A slug the copy does not know
+//! makes it read again, so a topic created elsewhere is never refused. What the
+//! copy can do for that moment is accept a topic retired elsewhere, which a
+//! sign-up racing the retirement could always do.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,20 +18,36 @@ use crate::store::{Store, StoreResult, Topic};
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// The offered (not retired) topics, as last read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OfferedTopics {
-    copy: Mutex<Copy>,
+    fresh_for: Duration,
+    snapshot: Mutex<Snapshot>,
 }
 
 /// The list with when it was read, and how often it was dropped: a read that
 /// began before a drop is not kept (it may predate the change).
 #[derive(Debug, Default)]
-struct Copy {
+struct Snapshot {
     list: Option<(Instant, Arc<Vec<Topic>>)>,
     dropped: u64,
 }
 
+impl Default for OfferedTopics {
+    fn default() -> Self {
+        Self::fresh_for(FRESH_FOR)
+    }
+}
+
 impl OfferedTopics {
+    /// A copy used for `fresh_for` after each read.
+    #[must_use]
+    pub fn fresh_for(fresh_for: Duration) -> Self {
+        Self {
+            fresh_for,
+            snapshot: Mutex::default(),
+        }
+    }
+
     /// The offered topics: the copy while it is fresh and knows every slug in
     /// `wanted`, else read again.
     ///
@@ -39,34 +55,151 @@ impl OfferedTopics {
     /// When the database fails.
     pub async fn get(&self, store: &Store, wanted: &[String]) -> StoreResult<Arc<Vec<Topic>>> {
         let dropped = {
-            let copy = self.lock();
-            if let Some((read_at, topics)) = &copy.list {
+            let snapshot = self.lock();
+            if let Some((read_at, topics)) = &snapshot.list {
                 let knows = |slug: &String| topics.iter().any(|t| &t.slug == slug);
-                if read_at.elapsed() < FRESH_FOR && wanted.iter().all(knows) {
+                if read_at.elapsed() < self.fresh_for && wanted.iter().all(knows) {
                     return Ok(topics.clone());
                 }
             }
-            copy.dropped
+            snapshot.dropped
         };
         let read_at = Instant::now();
         let topics = Arc::new(store.list_topics(false).await?);
-        let mut copy = self.lock();
-        if copy.dropped == dropped {
-            copy.list = Some((read_at, topics.clone()));
+        let mut snapshot = self.lock();
+        if snapshot.dropped == dropped {
+            snapshot.list = Some((read_at, topics.clone()));
         }
         Ok(topics)
     }
 
-    /// Drops the copy: the next caller reads the list again. Called after every
-    /// change to the topics this process makes.
+    /// Drops the copy: the next caller reads the list again.
     pub fn forget(&self) {
-        let mut copy = self.lock();
-        copy.list = None;
-        copy.dropped += 1;
+        let mut snapshot = self.lock();
+        snapshot.list = None;
+        snapshot.dropped += 1;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Copy> {
+    /// Taken by a handler before it changes a topic: drops the copy when the
+    /// handler ends, however it ends (an error, or a client that hung up while
+    /// the change was in the database).
+    #[must_use]
+    pub fn changing(&self) -> Changing<'_> {
+        Changing(self)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
         // Nothing can be left half-written under this lock.
-        self.copy.lock().unwrap_or_else(PoisonError::into_inner)
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Drops an [`OfferedTopics`] copy when dropped itself.
+#[derive(Debug)]
+pub struct Changing<'a>(&'a OfferedTopics);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.forget();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TopicSlug;
+    use crate::store::DatabaseUrl;
+    use chrono::Utc;
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let store = Store::connect(&DatabaseUrl::Sqlite(dir.path().join("t.db")))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        for slug in ["kultur", "sport"] {
+            let slug = TopicSlug::parse(slug).unwrap();
+            store
+                .create_topic(&slug, slug.as_str(), None, Utc::now())
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    fn slugs(topics: &[Topic]) -> Vec<&str> {
+        topics.iter().map(|t| t.slug.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_copy_is_used_until_dropped_and_read_again_for_an_unknown_slug() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let offered = OfferedTopics::fresh_for(Duration::from_secs(3600));
+        let first = offered.get(&store, &[]).await.unwrap();
+        assert_eq!(slugs(&first), ["kultur", "sport"]);
+
+        // Changed behind its back: the copy is what the next sign-ups see.
+        let sport = TopicSlug::parse("sport").unwrap();
+        store.retire_topic(&sport, Utc::now()).await.unwrap();
+        let cached = offered.get(&store, &["sport".into()]).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &cached), "no read while fresh");
+
+        // A slug it does not know: read again.
+        let wetter = TopicSlug::parse("wetter").unwrap();
+        store
+            .create_topic(&wetter, "wetter", None, Utc::now())
+            .await
+            .unwrap();
+        let read = offered.get(&store, &["wetter".into()]).await.unwrap();
+        assert_eq!(slugs(&read), ["kultur", "wetter"]);
+
+        // A change through this process drops it, however its handler ends.
+        let kultur = TopicSlug::parse("kultur").unwrap();
+        {
+            let _changing = offered.changing();
+            store.retire_topic(&kultur, Utc::now()).await.unwrap();
+        }
+        assert_eq!(slugs(&offered.get(&store, &[]).await.unwrap()), ["wetter"]);
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_read_again_once_it_is_older_than_its_freshness() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let offered = OfferedTopics::fresh_for(Duration::ZERO);
+        offered.get(&store, &[]).await.unwrap();
+        let sport = TopicSlug::parse("sport").unwrap();
+        store.retire_topic(&sport, Utc::now()).await.unwrap();
+        assert_eq!(slugs(&offered.get(&store, &[]).await.unwrap()), ["kultur"]);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_began_before_a_drop_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let offered = OfferedTopics::fresh_for(Duration::from_secs(3600));
+        // The drop lands while the read is in the database (SQLite's one
+        // connection is held here, so the read waits for it).
+        let held = match &store {
+            Store::Sqlite(pool) => pool.acquire().await.unwrap(),
+            Store::Postgres(_) => unreachable!(),
+        };
+        let reading = offered.get(&store, &[]);
+        tokio::pin!(reading);
+        assert!(
+            futures_util::FutureExt::now_or_never(reading.as_mut()).is_none(),
+            "the read waits for the connection"
+        );
+        offered.forget();
+        drop(held);
+        let stale = reading.await.unwrap();
+        assert_eq!(slugs(&stale), ["kultur", "sport"]);
+        let sport = TopicSlug::parse("sport").unwrap();
+        store.retire_topic(&sport, Utc::now()).await.unwrap();
+        assert_eq!(
+            slugs(&offered.get(&store, &[]).await.unwrap()),
+            ["kultur"],
+            "the read from before the drop was not kept"
+        );
     }
 }

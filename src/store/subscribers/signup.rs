@@ -444,12 +444,14 @@ impl Tx {
         let Some((id, kind)) = self.insert_or_lock(req, quiet_since, tally).await? else {
             return Ok(None);
         };
+        if kind == SignUpKind::New
+            && let Tx::Postgres(tx) = self
+        {
+            // Topics, consent and token in one statement.
+            add_new_readers_rest(tx, id, req).await?;
+            return Ok(Some((id, kind)));
+        }
         match kind {
-            // PostgreSQL: topics, consent and token in one statement.
-            SignUpKind::New if self.is_postgres() => {
-                self.add_new_readers_rest(id, req).await?;
-                return Ok(Some((id, kind)));
-            }
             // The row was just written with the form's settings and has no topics.
             SignUpKind::New => self.add_topics(id, &req.topics).await?,
             SignUpKind::Confirmed => {}
@@ -563,58 +565,6 @@ impl Tx {
         Ok(())
     }
 
-    /// PostgreSQL: a new reader's topics, consent proof and confirmation token in
-    /// one statement (the three inserts of `add_topics`, `insert_consent` and
-    /// `insert_confirm_token`, as data-modifying `WITH` queries).
-    async fn add_new_readers_rest(&mut self, id: i64, req: &SignUp) -> StoreResult<()> {
-        let Tx::Postgres(tx) = self else {
-            return Ok(());
-        };
-        let mut q = sqlx::QueryBuilder::new("WITH ");
-        if !req.topics.is_empty() {
-            q.push("t AS (INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ")
-                .push_bind(id)
-                .push(", id FROM topics WHERE slug IN (");
-            crate::store::push_list(&mut q, req.topics.iter().map(TopicSlug::as_str));
-            q.push(") ON CONFLICT DO NOTHING), ");
-        }
-        let topics = req
-            .topics
-            .iter()
-            .map(TopicSlug::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        q.push(
-            "c AS (INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
-             consent_text, topics, delivery_time, timezone, locale) VALUES (",
-        );
-        let mut values = q.separated(", ");
-        values
-            .push_bind(id)
-            .push_bind(req.proof.at)
-            .push_bind(req.proof.ip.as_deref())
-            .push_bind(req.proof.user_agent.as_deref())
-            .push_bind(&req.proof.consent_version)
-            .push_bind(&req.proof.consent_text)
-            .push_bind(&topics)
-            .push_bind(req.delivery_time.to_string())
-            .push_bind(req.timezone.to_string())
-            .push_bind(req.locale.as_str());
-        q.push(
-            ")) INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) VALUES (",
-        );
-        let mut values = q.separated(", ");
-        values
-            .push_bind(&req.confirm_token.0[..])
-            .push_bind(id)
-            .push_bind("confirm")
-            .push_bind(req.proof.at)
-            .push_bind(req.confirm_expires_at);
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-        Ok(())
-    }
-
     /// Stores the hash of the confirmation token the mail will carry.
     async fn insert_confirm_token(&mut self, id: i64, req: &SignUp) -> StoreResult<()> {
         on_tx!(self, tx => sqlx::query(
@@ -630,4 +580,55 @@ impl Tx {
         .map(|r| r.rows_affected()))?;
         Ok(())
     }
+}
+
+/// PostgreSQL: a new reader's topics, consent proof and confirmation token in one
+/// statement (the inserts of `add_topics`, `insert_consent` and
+/// `insert_confirm_token`, as data-modifying `WITH` queries, which SQLite lacks).
+async fn add_new_readers_rest(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    req: &SignUp,
+) -> StoreResult<()> {
+    let mut q = sqlx::QueryBuilder::new("WITH ");
+    if !req.topics.is_empty() {
+        q.push("t AS (INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ")
+            .push_bind(id)
+            .push(", id FROM topics WHERE slug IN (");
+        crate::store::push_list(&mut q, req.topics.iter().map(TopicSlug::as_str));
+        q.push(") ON CONFLICT DO NOTHING), ");
+    }
+    let topics = req
+        .topics
+        .iter()
+        .map(TopicSlug::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    q.push(
+        "c AS (INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
+         consent_text, topics, delivery_time, timezone, locale) VALUES (",
+    );
+    let mut values = q.separated(", ");
+    values
+        .push_bind(id)
+        .push_bind(req.proof.at)
+        .push_bind(req.proof.ip.as_deref())
+        .push_bind(req.proof.user_agent.as_deref())
+        .push_bind(&req.proof.consent_version)
+        .push_bind(&req.proof.consent_text)
+        .push_bind(&topics)
+        .push_bind(req.delivery_time.to_string())
+        .push_bind(req.timezone.to_string())
+        .push_bind(req.locale.as_str());
+    q.push(")) INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) VALUES (");
+    let mut values = q.separated(", ");
+    values
+        .push_bind(&req.confirm_token.0[..])
+        .push_bind(id)
+        .push_bind("confirm")
+        .push_bind(req.proof.at)
+        .push_bind(req.confirm_expires_at);
+    q.push(")");
+    q.build().execute(tx).await?;
+    Ok(())
 }

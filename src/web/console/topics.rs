@@ -78,11 +78,11 @@ async fn create(State(state): State<AppState>, form: ConsoleForm) -> Result<Resp
         Err(e) => return show(&state, lang.locale, &session, Some(e.into())).await,
     };
     let now = state.clock.now();
+    let _changing = state.offered_topics.changing();
     match state
         .store
         .create_topic(&slug, &name, description.as_deref(), now)
         .await
-        .inspect(|_| state.offered_topics.forget())
     {
         Ok(_) => {}
         Err(StoreError::Conflict(_)) => {
@@ -114,11 +114,11 @@ async fn rename(
         name: Some(name),
         description: None,
     };
+    let _changing = state.offered_topics.changing();
     state
         .store
         .update_topic(&slug, &change)
-        .await
-        .inspect(|_| state.offered_topics.forget())?
+        .await?
         .ok_or(Problem::NotFound)?;
     tracing::info!(topic = %slug, "console: topic renamed");
     Ok(see_other(&localized("/admin/topics", lang.locale), None))
@@ -135,11 +135,11 @@ async fn retire(
         body: _,
     } = form;
     let slug = TopicSlug::parse(&slug).map_err(|_| Problem::NotFound)?;
+    let _changing = state.offered_topics.changing();
     state
         .store
         .retire_topic(&slug, state.clock.now())
-        .await
-        .inspect(|_| state.offered_topics.forget())?
+        .await?
         .ok_or(Problem::NotFound)?;
     tracing::info!(topic = %slug, "console: topic retired");
     Ok(see_other(&localized("/admin/topics", lang.locale), None))
