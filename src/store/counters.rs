@@ -5,9 +5,9 @@
 //! A transaction that changes counted state (a reader's status, a mail's status, a
 //! mail's second attempt, a mail event) collects its changes in a [`Tally`] and
 //! writes them with [`flush_tally!`] as its LAST statement before the commit, so a
-//! counter moves exactly when the state it counts does. (On PostgreSQL a sign-up's
-//! leased mail carries the upsert in its own insert, as a `WITH` query:
-//! `Tx::queue_leased_mail`, the last write of that transaction.)
+//! counter moves exactly when the state it counts does. (On PostgreSQL a mail
+//! inserted as its transaction's last write carries the same upsert,
+//! [`push_upsert!`], as a `WITH` query of its insert: `Tx::insert_mail`.)
 //!
 //! Each counter is split over [`SHARDS`] rows (`name`, `shard`); a transaction
 //! writes to one shard picked at random, and a reader sums the shards. Concurrent
@@ -112,18 +112,29 @@ macro_rules! flush_tally {
     ($tally:expr, $tx:expr) => {{
         let rows = $tally.rows();
         if !rows.is_empty() {
-            let mut q = sqlx::QueryBuilder::new($crate::store::counters::UPSERT_HEAD);
-            q.push_values(rows, |mut row, (name, shard, delta)| {
-                row.push_bind(name.to_owned())
-                    .push_bind(shard)
-                    .push_bind(delta);
-            });
-            q.push($crate::store::counters::UPSERT_TAIL);
+            let mut q = sqlx::QueryBuilder::new("");
+            $crate::store::counters::push_upsert!(q, rows);
             q.build().execute($tx).await?;
         }
     }};
 }
 pub(super) use flush_tally;
+
+/// Pushes the upsert of `$rows` (a non-empty [`Tally::rows`]) onto the query
+/// builder `$q`: the statement of [`flush_tally!`], or a `WITH` query of another
+/// statement that is the transaction's last write.
+macro_rules! push_upsert {
+    ($q:expr, $rows:expr) => {{
+        $q.push($crate::store::counters::UPSERT_HEAD);
+        $q.push_values($rows, |mut row, (name, shard, delta)| {
+            row.push_bind(name.to_owned())
+                .push_bind(shard)
+                .push_bind(delta);
+        });
+        $q.push($crate::store::counters::UPSERT_TAIL);
+    }};
+}
+pub(super) use push_upsert;
 
 /// Counters for `/api/v1/stats` and `/metrics`.
 #[derive(Debug, Clone, Default, Serialize)]

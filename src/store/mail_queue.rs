@@ -12,8 +12,18 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::counters::{Tally, flush_tally};
+use super::counters::{Tally, flush_tally, push_upsert};
 use super::{BeginWrite, Store, StoreResult, Tx, on_pool, on_tx};
+
+/// Whether an insert is the transaction's last write, which may carry the
+/// counters' upsert ([`Tx::insert_mail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// The last write before the commit.
+    Write,
+    /// Others may follow.
+    Not,
+}
 
 /// A rendered mail to queue.
 #[derive(Debug, Clone)]
@@ -108,14 +118,6 @@ pub struct DeliveryDay {
     /// The last error of a failed one, if any.
     pub last_error: Option<String>,
 }
-
-/// Queues one mail; bind subscriber id, kind, recipient, envelope sender, message,
-/// now, and the lease until and holder (both NULL: not leased; see [`LeaseTerms`]).
-/// A leased mail counts its first attempt, as a claim does.
-const INSERT_MAIL: &str = "INSERT INTO mail_jobs (subscriber_id, kind, recipient, \
-    envelope_from, message, status, next_attempt_at, created_at, locked_until, lease_owner, attempts) \
-    VALUES ($1, $2, $3, $4, $5, 'queued', $6, $6, $7, $8, CASE WHEN $8 IS NULL THEN 0 ELSE 1 END) \
-    RETURNING id";
 
 const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
@@ -472,25 +474,11 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn queue_test_mail(&self, mail: &NewMail, now: DateTime<Utc>) -> StoreResult<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query(INSERT_MAIL)
-                .bind(None::<i64>)
-                .bind(mail.kind)
-                .bind(&mail.recipient)
-                .bind(&mail.envelope_from)
-                .bind(&mail.message)
-                .bind(now)
-                .bind(None::<DateTime<Utc>>)
-                .bind(None::<i64>)
-                .execute(&mut *tx)
-                .await?;
-            let mut tally = Tally::default();
-            tally.mails(mail.kind, None, Some("queued"), 1);
-            flush_tally!(tally, &mut *tx);
-            tx.commit().await?;
-        });
-        Ok(())
+        let mut tx = self.begin().await?;
+        let mut tally = Tally::default();
+        tx.insert_mail(None, mail, now, None, &mut tally, Last::Write)
+            .await?;
+        tx.commit_with(tally).await
     }
 }
 
@@ -503,7 +491,7 @@ impl Tx {
         now: DateTime<Utc>,
         tally: &mut Tally,
     ) -> StoreResult<()> {
-        self.insert_mail(subscriber_id, mail, now, None, tally)
+        self.insert_mail(Some(subscriber_id), mail, now, None, tally, Last::Not)
             .await
             .map(|_| ())
     }
@@ -512,9 +500,8 @@ impl Tx {
     /// as that worker would have claimed it.
     ///
     /// It must be the transaction's last write: on PostgreSQL the insert also
-    /// writes `tally` (with this mail counted) to the counters, as a `WITH` query,
-    /// one round trip fewer, and leaves it empty for the commit; on SQLite the mail
-    /// is only added to `tally`, which the commit writes (`Tx::commit_with`).
+    /// writes `tally` (with this mail counted) to the counters and leaves it empty
+    /// for the commit (see [`Tx::insert_mail`]).
     pub(super) async fn queue_leased_mail(
         &mut self,
         subscriber_id: i64,
@@ -524,42 +511,10 @@ impl Tx {
         tally: &mut Tally,
     ) -> StoreResult<LeasedBatch> {
         let owner: i64 = rand::random();
-        let id = match self {
-            Tx::Postgres(tx) => {
-                tally.mails(mail.kind, None, Some("queued"), 1);
-                let tally = std::mem::take(tally);
-                let mut q = sqlx::QueryBuilder::new("WITH counted AS (");
-                q.push(super::counters::UPSERT_HEAD);
-                q.push_values(tally.rows(), |mut row, (name, shard, delta)| {
-                    row.push_bind(name.to_owned())
-                        .push_bind(shard)
-                        .push_bind(delta);
-                });
-                q.push(super::counters::UPSERT_TAIL).push(
-                    ") INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, \
-                     status, next_attempt_at, created_at, locked_until, lease_owner, attempts) VALUES (",
-                );
-                let mut values = q.separated(", ");
-                values
-                    .push_bind(subscriber_id)
-                    .push_bind(mail.kind)
-                    .push_bind(&mail.recipient)
-                    .push_bind(&mail.envelope_from)
-                    .push_bind(&mail.message)
-                    .push_bind("queued")
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(lease.until)
-                    .push_bind(owner)
-                    .push_bind(1_i32);
-                q.push(") RETURNING id");
-                q.build_query_scalar().fetch_one(&mut **tx).await?
-            }
-            Tx::Sqlite(_) => {
-                self.insert_mail(subscriber_id, &mail, now, Some((lease.until, owner)), tally)
-                    .await?
-            }
-        };
+        let leased = Some((lease.until, owner));
+        let id = self
+            .insert_mail(Some(subscriber_id), &mail, now, leased, tally, Last::Write)
+            .await?;
         Ok(LeasedBatch {
             owner,
             mails: vec![ClaimedMail {
@@ -575,28 +530,53 @@ impl Tx {
         })
     }
 
-    /// Inserts one mail, leased until a time to a holder if given, counted;
-    /// returns its id.
+    /// Inserts one mail, for a reader or none (a console test mail), leased until
+    /// a time to a holder if given (a leased mail
+    /// counts its first attempt, as a claim does), counted in `tally`; returns its
+    /// id. As the transaction's [`Last::Write`] on PostgreSQL, the same statement
+    /// writes `tally` to the counters (a `WITH` query, one round trip fewer) and
+    /// leaves it empty; otherwise the commit writes it (`Tx::commit_with`).
     async fn insert_mail(
         &mut self,
-        subscriber_id: i64,
+        subscriber_id: Option<i64>,
         mail: &NewMail,
         now: DateTime<Utc>,
         lease: Option<(DateTime<Utc>, i64)>,
         tally: &mut Tally,
+        last: Last,
     ) -> StoreResult<i64> {
-        let id: i64 = on_tx!(self, tx => sqlx::query_scalar(INSERT_MAIL)
-            .bind(subscriber_id)
-            .bind(mail.kind)
-            .bind(&mail.recipient)
-            .bind(&mail.envelope_from)
-            .bind(&mail.message)
-            .bind(now)
-            .bind(lease.map(|(until, _)| until))
-            .bind(lease.map(|(_, owner)| owner))
-            .fetch_one(&mut *tx)
-            .await)?;
         tally.mails(mail.kind, None, Some("queued"), 1);
+        let counted = match last {
+            Last::Write if self.is_postgres() => std::mem::take(tally),
+            _ => Tally::default(),
+        };
+        let rows = counted.rows();
+        let id: i64 = on_tx!(self, tx => {
+            let mut q = sqlx::QueryBuilder::new("");
+            if !rows.is_empty() {
+                q.push("WITH counted AS (");
+                push_upsert!(q, rows);
+                q.push(") ");
+            }
+            q.push(
+                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, \
+                 status, next_attempt_at, created_at, locked_until, lease_owner, attempts) VALUES (",
+            );
+            q.separated(", ")
+                .push_bind(subscriber_id)
+                .push_bind(mail.kind)
+                .push_bind(&mail.recipient)
+                .push_bind(&mail.envelope_from)
+                .push_bind(&mail.message)
+                .push_bind("queued")
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(lease.map(|(until, _)| until))
+                .push_bind(lease.map(|(_, owner)| owner))
+                .push_bind(i32::from(lease.is_some()));
+            q.push(") RETURNING id");
+            q.build_query_scalar().fetch_one(&mut *tx).await
+        })?;
         Ok(id)
     }
 

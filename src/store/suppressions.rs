@@ -82,15 +82,15 @@ impl Tx {
     }
 
     /// Whether the address was suppressed for a bounce or a complaint after `since`
-    /// (the sign-up form's quiet period).
+    /// (the sign-up form's quiet period; a new reader's insert checks the same,
+    /// `Tx::insert_or_lock`).
     pub(super) async fn bounced_since(
         &mut self,
         email: &str,
         since: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let n: i64 = on_tx!(self, tx => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM suppressions WHERE email_hash = $1 \
-             AND reason IN ('bounced', 'complaint') AND created_at > $2",
+            concat!("SELECT COUNT(*) FROM suppressions WHERE ", quiet_match!()),
         )
         .bind(address_hash(email))
         .bind(since)
@@ -118,3 +118,13 @@ impl Tx {
         Ok(hashes.into_iter().collect())
     }
 }
+
+/// The suppressions that keep an address quiet after a bounce or complaint: the
+/// condition on table `suppressions`, with the address's hash as `$1` and the
+/// start of the quiet period as `$2` (NULL: none holds). A literal, for `concat!`.
+macro_rules! quiet_match {
+    () => {
+        "email_hash = $1 AND reason IN ('bounced', 'complaint') AND created_at > $2"
+    };
+}
+pub(super) use quiet_match;

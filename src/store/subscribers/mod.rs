@@ -239,10 +239,8 @@ impl Tx {
             return Ok(());
         }
         on_tx!(self, tx => {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ");
-            q.push_bind(subscriber_id).push(", id FROM topics WHERE slug IN (");
-            super::push_list(&mut q, topics.iter().map(TopicSlug::as_str));
-            q.push(") ON CONFLICT DO NOTHING");
+            let mut q = sqlx::QueryBuilder::new("");
+            push_add_topics!(q, subscriber_id, topics);
             q.build().execute(&mut *tx).await.map(|r| r.rows_affected())
         })?;
         Ok(())
@@ -259,3 +257,17 @@ impl Tx {
         Ok(())
     }
 }
+
+/// Pushes the `INSERT` giving reader `$id` the topics named in `$topics` (a slice
+/// of [`TopicSlug`]; slugs that name no topic are left out) onto the query builder
+/// `$q`. Expands in place for either backend, alone or as a `WITH` query.
+macro_rules! push_add_topics {
+    ($q:expr, $id:expr, $topics:expr) => {{
+        $q.push("INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ")
+            .push_bind($id)
+            .push(", id FROM topics WHERE slug IN (");
+        $crate::store::push_list(&mut $q, $topics.iter().map(TopicSlug::as_str));
+        $q.push(") ON CONFLICT DO NOTHING");
+    }};
+}
+use push_add_topics;

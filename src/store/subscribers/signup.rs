@@ -12,7 +12,7 @@ use crate::domain::{
     DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug, Weekdays,
 };
 use crate::store::counters::flush_tally;
-use crate::store::suppressions::address_hash;
+use crate::store::suppressions::{address_hash, quiet_match};
 
 /// What a reader submitted, with the proof of their consent.
 #[derive(Debug, Clone)]
@@ -478,21 +478,21 @@ impl Tx {
         quiet_since: Option<DateTime<Utc>>,
         tally: &mut Tally,
     ) -> StoreResult<Option<(i64, SignUpKind)>> {
-        // With no quiet period (`$8` NULL) the condition holds for every address.
-        let inserted: Option<i64> = on_tx!(self, tx => sqlx::query_scalar(
+        // With no quiet period (`$2` NULL) no suppression matches.
+        let inserted: Option<i64> = on_tx!(self, tx => sqlx::query_scalar(concat!(
             "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, weekdays, created_at, updated_at) \
-             SELECT $1, 'pending', $2, $3, $4, $5, $6, $6 WHERE NOT EXISTS (SELECT 1 FROM suppressions \
-             WHERE email_hash = $7 AND reason IN ('bounced', 'complaint') AND created_at > $8) \
-             ON CONFLICT (email) DO NOTHING RETURNING id",
-        )
+             SELECT $3, 'pending', $4, $5, $6, $7, $8, $8 WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE ",
+            quiet_match!(),
+            ") ON CONFLICT (email) DO NOTHING RETURNING id",
+        ))
+        .bind(address_hash(req.email.as_str()))
+        .bind(quiet_since)
         .bind(req.email.as_str())
         .bind(req.locale.as_str())
         .bind(req.delivery_time.to_string())
         .bind(req.timezone.to_string())
         .bind(req.weekdays.bits())
         .bind(req.proof.at)
-        .bind(address_hash(req.email.as_str()))
-        .bind(quiet_since)
         .fetch_optional(&mut *tx)
         .await)?;
         if let Some(id) = inserted {
@@ -538,49 +538,77 @@ impl Tx {
 
     /// Keeps the request's proof of consent.
     async fn insert_consent(&mut self, id: i64, req: &SignUp) -> StoreResult<()> {
-        let topics = req
-            .topics
-            .iter()
-            .map(TopicSlug::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        on_tx!(self, tx => sqlx::query(
-            "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
-             consent_text, topics, delivery_time, timezone, locale) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id)
-        .bind(req.proof.at)
-        .bind(req.proof.ip.as_deref())
-        .bind(req.proof.user_agent.as_deref())
-        .bind(&req.proof.consent_version)
-        .bind(&req.proof.consent_text)
-        .bind(&topics)
-        .bind(req.delivery_time.to_string())
-        .bind(req.timezone.to_string())
-        .bind(req.locale.as_str())
-        .execute(&mut *tx)
-        .await
-        .map(|r| r.rows_affected()))?;
+        let topics = consent_topics(req);
+        on_tx!(self, tx => {
+            let mut q = sqlx::QueryBuilder::new("");
+            push_consent!(q, id, req, &topics);
+            q.build().execute(&mut *tx).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     /// Stores the hash of the confirmation token the mail will carry.
     async fn insert_confirm_token(&mut self, id: i64, req: &SignUp) -> StoreResult<()> {
-        on_tx!(self, tx => sqlx::query(
-            "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) \
-             VALUES ($1, $2, 'confirm', $3, $4)",
-        )
-        .bind(&req.confirm_token.0[..])
-        .bind(id)
-        .bind(req.proof.at)
-        .bind(req.confirm_expires_at)
-        .execute(&mut *tx)
-        .await
-        .map(|r| r.rows_affected()))?;
+        on_tx!(self, tx => {
+            let mut q = sqlx::QueryBuilder::new("");
+            push_confirm_token!(q, id, req);
+            q.build().execute(&mut *tx).await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 }
+
+/// The topics of a consent proof as stored: the slugs, comma-separated.
+fn consent_topics(req: &SignUp) -> String {
+    req.topics
+        .iter()
+        .map(TopicSlug::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Pushes the `INSERT` of reader `$id`'s consent proof from the request `$req` onto
+/// the query builder `$q` (`$topics` from [`consent_topics`]). Expands in place for
+/// either backend, alone or as a `WITH` query.
+macro_rules! push_consent {
+    ($q:expr, $id:expr, $req:expr, $topics:expr) => {{
+        $q.push(
+            "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
+             consent_text, topics, delivery_time, timezone, locale) VALUES (",
+        );
+        $q.separated(", ")
+            .push_bind($id)
+            .push_bind($req.proof.at)
+            .push_bind($req.proof.ip.as_deref())
+            .push_bind($req.proof.user_agent.as_deref())
+            .push_bind(&$req.proof.consent_version)
+            .push_bind(&$req.proof.consent_text)
+            .push_bind($topics)
+            .push_bind($req.delivery_time.to_string())
+            .push_bind($req.timezone.to_string())
+            .push_bind($req.locale.as_str());
+        $q.push(")");
+    }};
+}
+use push_consent;
+
+/// Pushes the `INSERT` of the hash of `$req`'s confirmation token for reader `$id`
+/// onto the query builder `$q`, as [`push_consent!`] does.
+macro_rules! push_confirm_token {
+    ($q:expr, $id:expr, $req:expr) => {{
+        $q.push(
+            "INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) VALUES (",
+        );
+        $q.separated(", ")
+            .push_bind(&$req.confirm_token.0[..])
+            .push_bind($id)
+            .push_bind("confirm")
+            .push_bind($req.proof.at)
+            .push_bind($req.confirm_expires_at);
+        $q.push(")");
+    }};
+}
+use push_confirm_token;
 
 /// PostgreSQL: a new reader's topics, consent proof and confirmation token in one
 /// statement (the inserts of `add_topics`, `insert_consent` and
@@ -590,45 +618,17 @@ async fn add_new_readers_rest(
     id: i64,
     req: &SignUp,
 ) -> StoreResult<()> {
+    let topics = consent_topics(req);
     let mut q = sqlx::QueryBuilder::new("WITH ");
     if !req.topics.is_empty() {
-        q.push("t AS (INSERT INTO subscriber_topics (subscriber_id, topic_id) SELECT ")
-            .push_bind(id)
-            .push(", id FROM topics WHERE slug IN (");
-        crate::store::push_list(&mut q, req.topics.iter().map(TopicSlug::as_str));
-        q.push(") ON CONFLICT DO NOTHING), ");
+        q.push("t AS (");
+        super::push_add_topics!(q, id, &req.topics);
+        q.push("), ");
     }
-    let topics = req
-        .topics
-        .iter()
-        .map(TopicSlug::as_str)
-        .collect::<Vec<_>>()
-        .join(",");
-    q.push(
-        "c AS (INSERT INTO consents (subscriber_id, given_at, ip, user_agent, consent_version, \
-         consent_text, topics, delivery_time, timezone, locale) VALUES (",
-    );
-    let mut values = q.separated(", ");
-    values
-        .push_bind(id)
-        .push_bind(req.proof.at)
-        .push_bind(req.proof.ip.as_deref())
-        .push_bind(req.proof.user_agent.as_deref())
-        .push_bind(&req.proof.consent_version)
-        .push_bind(&req.proof.consent_text)
-        .push_bind(&topics)
-        .push_bind(req.delivery_time.to_string())
-        .push_bind(req.timezone.to_string())
-        .push_bind(req.locale.as_str());
-    q.push(")) INSERT INTO tokens (hash, subscriber_id, purpose, created_at, expires_at) VALUES (");
-    let mut values = q.separated(", ");
-    values
-        .push_bind(&req.confirm_token.0[..])
-        .push_bind(id)
-        .push_bind("confirm")
-        .push_bind(req.proof.at)
-        .push_bind(req.confirm_expires_at);
-    q.push(")");
+    q.push("c AS (");
+    push_consent!(q, id, req, &topics);
+    q.push(") ");
+    push_confirm_token!(q, id, req);
     q.build().execute(tx).await?;
     Ok(())
 }
