@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{PageError, Problem};
-use super::pages::{PageLang, local_date, render};
+use super::pages::{PageLang, local_date, render, site_date};
 use crate::domain::Locale;
 use crate::store::{ArchiveEntry, Topic};
 
@@ -46,7 +46,7 @@ fn entry_json(state: &AppState, locale: Locale, e: &ArchiveEntry) -> serde_json:
         "title": e.title,
         "url": e.url.clone().unwrap_or_else(|| state.links.item(e.id)),
         "summary": e.summary,
-        "date": local_date(locale, e.published_at.unwrap_or(e.created_at)),
+        "date": site_date(state, locale, e.published_at.unwrap_or(e.created_at)),
     })
 }
 
@@ -268,7 +268,7 @@ async fn digest_view(
     let groups = view_groups(&state, locale, &chosen, &window.shown, q.upto).await?;
     let data = json!({
         "title": state.templates.strings(locale)["digest_view_heading"],
-        "date": local_date(locale, q.date.and_time(chrono::NaiveTime::MIN).and_utc()),
+        "date": local_date(locale, q.date),
         "groups": groups,
         "count": window.total,
         "more": window.total.saturating_sub(window.shown.len()),

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{PageError, Problem};
-use super::pages::{PageLang, local_date, render};
+use super::pages::{PageLang, render, site_date};
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -26,7 +26,7 @@ async fn show(
     let id: i64 = id.parse().map_err(|_| Problem::NotFound)?;
     let item = state.store.item(id).await?.ok_or(Problem::NotFound)?;
     let date = item.published_at.unwrap_or(item.created_at);
-    let published = local_date(locale, date);
+    let published = site_date(&state, locale, date);
     let paragraphs: Vec<&str> = item
         .body
         .as_deref()

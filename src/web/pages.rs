@@ -283,17 +283,25 @@ const MONTHS_DE: [&str; 12] = [
 
 /// A date as a page shows it in `locale`, the month in words ("2. Dezember 2026",
 /// "2 December 2026").
-pub fn local_date(locale: Locale, at: chrono::DateTime<chrono::Utc>) -> String {
+pub fn local_date(locale: Locale, date: chrono::NaiveDate) -> String {
     use chrono::Datelike as _;
     match locale {
         Locale::De => format!(
             "{}. {} {}",
-            at.day(),
-            MONTHS_DE[at.month0() as usize],
-            at.year()
+            date.day(),
+            MONTHS_DE[date.month0() as usize],
+            date.year()
         ),
-        Locale::En => at.format("%-d %B %Y").to_string(),
+        Locale::En => date.format("%-d %B %Y").to_string(),
     }
+}
+
+/// The day of `at` where the site is (`defaults.timezone`), as a page shows it: an
+/// item published at half past midnight in Berlin is dated that day, not the day
+/// before, which it still is in UTC.
+pub fn site_date(state: &AppState, locale: Locale, at: chrono::DateTime<chrono::Utc>) -> String {
+    let zone = state.config.defaults.timezone.tz();
+    local_date(locale, at.with_timezone(&zone).date_naive())
 }
 
 /// Fallback for unknown routes.

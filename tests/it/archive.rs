@@ -343,7 +343,31 @@ async fn a_held_submission_is_in_no_archive_until_it_is_approved(backend: Backen
     assert!(en.contains("3 May 2027"), "{en}");
 }
 
+/// An item's date on the pages is its day where the site is (`defaults.timezone`),
+/// not in UTC: at 22:30 UTC on 1 May it is already 2 May in Berlin, and still
+/// 1 May in New York.
+async fn an_item_is_dated_by_the_sites_time_zone(backend: Backend) {
+    for (zone, de, en) in [
+        ("Europe/Berlin", "2. Mai 2027", "2 May 2027"),
+        ("America/New_York", "1. Mai 2027", "1 May 2027"),
+    ] {
+        let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T22:30:00Z", |c| {
+            c.defaults.timezone = postbote::domain::TimeZone::parse(zone).unwrap();
+        })
+        .await;
+        let id = app.post_item(&["wirtschaft"], "Spät am Abend").await;
+        for path in [format!("/items/{id}"), "/archive/wirtschaft".to_owned()] {
+            let (status, page) = get(&app.url(&format!("{path}?lang=de"))).await;
+            assert_eq!(status, 200, "{path}");
+            assert!(page.contains(de), "{zone} {path}: {de} in {page}");
+            let (_, page) = get(&app.url(&format!("{path}?lang=en"))).await;
+            assert!(page.contains(en), "{zone} {path}: {en} in {page}");
+        }
+    }
+}
+
 on_both_backends!(
+    an_item_is_dated_by_the_sites_time_zone,
     a_digest_view_window_from_the_url_reads_a_bounded_number_of_items,
     a_held_submission_is_in_no_archive_until_it_is_approved,
     hostile_archive_queries_are_refused_and_never_shown_back,
