@@ -1589,3 +1589,34 @@ async fn postgres_a_connection_ended_while_idle_is_replaced_before_use() {
         .expect("the first statement after the restart");
     admin.close().await;
 }
+
+/// The delivery record's plan, made on a nearly empty queue as the recorder's
+/// connections make it (once each, `plan_cache_mode = force_generic_plan`), looks
+/// each mail up by its key: a sequential scan or a hash join over the queue, the
+/// cheapest plans while it is that small, would read all of it per record once a
+/// fan-out has filled it.
+#[tokio::test]
+async fn postgres_the_delivery_record_looks_mails_up_by_key_whatever_the_queue() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    // Statistics that say the queue is one page of two mails, as an autovacuum
+    // run between two fan-outs leaves them.
+    crate::harness::execute_sql(
+        &store,
+        "INSERT INTO mail_jobs (kind, recipient, envelope_from, status, next_attempt_at, created_at) \
+         SELECT 'test', 'a@example.org', 'b@example.org', 'queued', now(), now() FROM generate_series(1, 2); \
+         ANALYZE mail_jobs"
+            .to_owned(),
+    )
+    .await;
+    let recorder = store.with_relaxed_commits(1);
+    let plan = recorder.mails_sent_plan().await.unwrap().unwrap();
+    assert!(
+        plan.contains("Index Cond: (id = ANY ($2))"),
+        "by key, as a generic plan: {plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Hash Join"),
+        "{plan}"
+    );
+}
