@@ -1620,3 +1620,31 @@ async fn postgres_the_delivery_record_looks_mails_up_by_key_whatever_the_queue()
         "{plan}"
     );
 }
+
+/// A pass moves each chunk of 500 readers to their next slot by their keys: with
+/// the pass's settings the plan looks each reader up by id, where left to its
+/// costs the planner hashed the chunk against all readers, so that a pass read
+/// the readers' table once per chunk (N * N / 500 rows for N readers).
+#[tokio::test]
+async fn postgres_a_pass_moves_readers_on_by_key_not_by_reading_them_all() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    crate::harness::execute_sql(
+        &store,
+        "INSERT INTO subscribers (email, status, locale, delivery_time, timezone, created_at, updated_at) \
+         SELECT 'reader' || n || '@example.org', 'confirmed', 'de', '07:00', 'Europe/Berlin', now(), now() \
+         FROM generate_series(1, 20000) AS n; ANALYZE subscribers"
+            .to_owned(),
+    )
+    .await;
+    let ids: Vec<i64> = (1..=500).collect();
+    let plan = store.advance_readers_plan(&ids).await.unwrap().unwrap();
+    assert!(
+        plan.contains("Nested Loop") && plan.contains("Index Cond: (id = \"*VALUES*\".column1)"),
+        "each reader by key: {plan}"
+    );
+    assert!(
+        !plan.contains("Hash Join") && !plan.contains("Merge Join"),
+        "{plan}"
+    );
+}
