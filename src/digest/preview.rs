@@ -60,6 +60,7 @@ impl Digester {
             schedule: reader.schedule,
             last_item_id: 0,
             next_slot_at: at,
+            last_slot_at: None,
             topic_ids: reader.topic_ids,
             // The preview shows what a digest would list; it is never paused.
             paused_until: None,

@@ -1,8 +1,9 @@
-//! The digest log, table `digests` (one row per reader and served slot), and the
-//! transaction that fills it: a digest batch claims due readers, loads what their
-//! digests may list, lets the planner decide, stores the bodies not stored yet, and
-//! records the digests, their mail jobs (each referring to its body) and everyone's
-//! next slot at once.
+//! The digest pass's transaction: a digest batch claims due readers, loads what
+//! their digests may list, lets the planner decide, stores the bodies not stored
+//! yet, and records the digests' mail jobs (each referring to its body) and
+//! everyone's next slot, watermark and last served slot at once. (The digest log,
+//! table `digests`, one row per reader and served slot, was written here until
+//! migration 0016 put the last served slot on the reader's row.)
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,6 +33,9 @@ pub struct DueReader {
     pub last_item_id: i64,
     /// The slot being served.
     pub next_slot_at: DateTime<Utc>,
+    /// The slot their last digest served: a slot at or before it is not served
+    /// again.
+    pub last_slot_at: Option<DateTime<Utc>>,
     /// Chosen topic ids.
     pub topic_ids: Vec<i64>,
     /// No digest on their local dates up to and including this one.
@@ -48,6 +52,7 @@ struct DueRow {
     weekdays: i64,
     last_item_id: i64,
     next_slot_at: DateTime<Utc>,
+    last_slot_at: Option<DateTime<Utc>>,
     paused_until: Option<NaiveDate>,
 }
 
@@ -63,6 +68,7 @@ impl TryFrom<DueRow> for DueReader {
             schedule: row.schedule(&r.delivery_time, &r.timezone, r.weekdays)?,
             last_item_id: r.last_item_id,
             next_slot_at: r.next_slot_at,
+            last_slot_at: r.last_slot_at,
             topic_ids: Vec::new(),
             paused_until: r.paused_until,
         })
@@ -170,10 +176,10 @@ struct LeasedRow {
     mail: ClaimedMail,
 }
 
-const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, paused_until \
+const DUE_PG: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, last_slot_at, paused_until \
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2 \
     FOR UPDATE SKIP LOCKED";
-const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, paused_until \
+const DUE_SQLITE: &str = "SELECT id, email, locale, delivery_time, timezone, weekdays, last_item_id, next_slot_at, last_slot_at, paused_until \
     FROM subscribers WHERE status = 'confirmed' AND next_slot_at <= $1 ORDER BY next_slot_at, id LIMIT $2";
 
 /// Rows per multi-row statement.
@@ -197,9 +203,10 @@ const ADVANCE_PLANNING: &[&str] = &[
 ];
 
 /// The statement that moves a chunk of readers to their next slot and watermark,
-/// around its `VALUES` rows (reader, next slot, newest item covered).
+/// around its `VALUES` rows (reader, next slot, newest item covered, last slot
+/// served).
 const ADVANCE: [&str; 2] = [
-    "UPDATE subscribers SET next_slot_at = v.column2, last_item_id = v.column3 FROM (",
+    "UPDATE subscribers SET next_slot_at = v.column2, last_item_id = v.column3, last_slot_at = v.column4 FROM (",
     ") AS v WHERE subscribers.id = v.column1",
 ];
 
@@ -215,11 +222,12 @@ impl Store {
     /// Claims up to `limit` readers due at `at`, loads at most `per_topic` items per
     /// topic of theirs (the newest arrivals up to `watermark`), lets `plan` decide their digests,
     /// and records everything in the same transaction: next slots, watermarks,
-    /// digest log rows and queued mails (under the planner's lease, if it has one:
-    /// see [`LeaseTerms`]). Two instances never claim the same reader
+    /// last served slots and queued mails (under the planner's lease, if it has
+    /// one: see [`LeaseTerms`]). Two instances never claim the same reader
     /// (`FOR UPDATE SKIP LOCKED`); once committed, a reader is not due again before
-    /// their next slot. `(subscriber, slot)` is unique in the digest log, so a slot
-    /// can never produce a second digest. A reader whose row does not parse is
+    /// their next slot. A slot at or before the reader's last served slot, read
+    /// with the claim under the reader's row lock, gets no mail, so a slot can
+    /// never produce a second digest. A reader whose row does not parse is
     /// logged with the row named and tried again a day later; the others are served.
     ///
     /// # Errors
@@ -262,25 +270,31 @@ impl Store {
         let plans = planner.plan(&batch).map_err(StoreError::Callback)?;
         let bodies = tx.bodies_for(&batch, &plans, planner, now).await?;
         let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.digest.is_some()).collect();
-        let mut refused: HashSet<i64> = HashSet::new();
+        let served_before: HashMap<i64, DateTime<Utc>> = batch
+            .readers
+            .iter()
+            .filter_map(|r| Some((r.id, r.last_slot_at?)))
+            .collect();
+        let (served, unserved): (Vec<&DigestPlan>, Vec<&DigestPlan>) =
+            with_mail.iter().partition(|p| {
+                served_before
+                    .get(&p.subscriber_id)
+                    .is_some_and(|last| p.slot_at <= *last)
+            });
+        let accepted: HashSet<i64> = unserved.iter().map(|p| p.subscriber_id).collect();
+        let refused: HashSet<i64> = served.iter().map(|p| p.subscriber_id).collect();
         let mut enqueued = 0;
         let mut leased = Vec::new();
         let lease = planner.lease();
         for chunk in with_mail.chunks(CHUNK) {
-            let accepted = tx.log_digests(chunk, &bodies, now).await?;
-            refused.extend(
-                chunk
-                    .iter()
-                    .map(|p| p.subscriber_id)
-                    .filter(|id| !accepted.contains(id)),
-            );
             let queued = tx
                 .queue_digests(chunk, &accepted, &bodies, now, lease)
                 .await?;
             enqueued += queued.0;
             leased.extend(queued.1);
         }
-        tx.advance_readers(&batch.readers, &plans, &refused).await?;
+        tx.advance_readers(&batch.readers, &plans, (&accepted, &refused))
+            .await?;
         let mut tally = Tally::default();
         tally.mails("digest", None, Some("queued"), enqueued as i64);
         tx.commit_with(tally).await?;
@@ -313,7 +327,8 @@ impl Store {
         explain.push_values(ids, |mut row, id| {
             row.push_bind(*id)
                 .push_bind(Option::<DateTime<Utc>>::None)
-                .push_bind(0_i64);
+                .push_bind(0_i64)
+                .push_bind(Option::<DateTime<Utc>>::None);
         });
         explain.push(ADVANCE[1]);
         let plan: Vec<String> = explain.build_query_scalar().fetch_all(&mut *tx).await?;
@@ -473,28 +488,6 @@ impl Tx {
         Ok(ids)
     }
 
-    /// Writes the digest log rows of `plans` (all with a digest); returns the
-    /// readers whose slot the log accepted: a slot served before is refused.
-    async fn log_digests(
-        &mut self,
-        plans: &[&DigestPlan],
-        bodies: &BodyIds,
-        now: DateTime<Utc>,
-    ) -> StoreResult<HashSet<i64>> {
-        let accepted: Vec<i64> = on_tx!(self, tx => {
-            let mut log = sqlx::QueryBuilder::new("INSERT INTO digests (subscriber_id, slot_at, item_count, created_at) ");
-            log.push_values(plans.iter(), |mut row, p| {
-                row.push_bind(p.subscriber_id)
-                    .push_bind(p.slot_at)
-                    .push_bind(item_count(p, bodies))
-                    .push_bind(now);
-            });
-            log.push(" ON CONFLICT (subscriber_id, slot_at) DO NOTHING RETURNING subscriber_id");
-            log.build_query_scalar().fetch_all(&mut *tx).await?
-        });
-        Ok(accepted.into_iter().collect())
-    }
-
     /// Queues the digests of the `accepted` ones of `plans`, each referring to its
     /// body, leased under `lease` if given; returns how many, and the leased ones.
     async fn queue_digests(
@@ -570,16 +563,17 @@ impl Tx {
         Ok((n, leased))
     }
 
-    /// Moves each planned reader to their next slot and watermark. A slot the log
-    /// refused (served before) sent nothing, so that reader's watermark stays where
-    /// it was: those items go into the next digest.
+    /// Moves each planned reader to their next slot and watermark, and records the
+    /// slot served for each `accepted` one (queued a digest). A `refused` slot
+    /// (served before) sent nothing, so that reader's watermark stays where it was:
+    /// those items go into the next digest.
     async fn advance_readers(
         &mut self,
         readers: &[DueReader],
         plans: &[DigestPlan],
-        refused: &HashSet<i64>,
+        (accepted, refused): (&HashSet<i64>, &HashSet<i64>),
     ) -> StoreResult<()> {
-        let previous: HashMap<i64, i64> = readers.iter().map(|r| (r.id, r.last_item_id)).collect();
+        let previous: HashMap<i64, &DueReader> = readers.iter().map(|r| (r.id, r)).collect();
         if let Self::Postgres(conn) = self {
             plan_as(conn, ADVANCE_PLANNING).await?;
         }
@@ -588,8 +582,10 @@ impl Tx {
                 // One statement per chunk; `VALUES` columns are column1… in both dialects.
                 let mut update = sqlx::QueryBuilder::new(ADVANCE[0]);
                 update.push_values(chunk, |mut row, p| {
-                    let last = if refused.contains(&p.subscriber_id) { previous[&p.subscriber_id] } else { p.last_item_id };
-                    row.push_bind(p.subscriber_id).push_bind(p.next_slot_at).push_bind(last);
+                    let before = previous[&p.subscriber_id];
+                    let last = if refused.contains(&p.subscriber_id) { before.last_item_id } else { p.last_item_id };
+                    let served = if accepted.contains(&p.subscriber_id) { Some(p.slot_at) } else { before.last_slot_at };
+                    row.push_bind(p.subscriber_id).push_bind(p.next_slot_at).push_bind(last).push_bind(served);
                 });
                 update.push(ADVANCE[1]);
                 update.build().execute(&mut *tx).await?;
@@ -597,12 +593,4 @@ impl Tx {
         }
         Ok(())
     }
-}
-
-/// The item count of a plan's digest, from its body.
-fn item_count(plan: &DigestPlan, bodies: &BodyIds) -> i32 {
-    plan.digest
-        .as_ref()
-        .and_then(|d| bodies.get(&d.body_key))
-        .map_or(0, |b| b.1)
 }

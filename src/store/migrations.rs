@@ -97,6 +97,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0015_lean_queue.sql"),
         include_str!("../../migrations/sqlite/0015_lean_queue.sql"),
     ),
+    (
+        16,
+        "last slot",
+        include_str!("../../migrations/postgres/0016_last_slot.sql"),
+        include_str!("../../migrations/sqlite/0016_last_slot.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

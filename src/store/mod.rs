@@ -307,6 +307,20 @@ impl Store {
         matches!(self, Self::Postgres(_))
     }
 
+    /// Applies the embedded migrations up to and including `version` only: a
+    /// database as an older release left it, for tests of a later migration.
+    ///
+    /// # Errors
+    /// As [`Store::migrate`].
+    #[doc(hidden)]
+    pub async fn migrate_to(&self, version: i64) -> StoreResult<()> {
+        match self {
+            Self::Postgres(pool) => migrations::postgres().run_to(version, pool).await?,
+            Self::Sqlite(pool) => migrations::sqlite().run_to(version, pool).await?,
+        }
+        Ok(())
+    }
+
     /// Applies the embedded migrations of this backend.
     ///
     /// # Errors

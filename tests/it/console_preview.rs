@@ -3,7 +3,7 @@
 //! language (same subject, same content up to the reader's own part), its HTML
 //! part comes in a frame with a sandboxing policy of its own, and a test copy goes
 //! through the queue to the typed address without creating a reader or touching
-//! the digest log or anyone's watermark.
+//! anyone's slots or watermark.
 
 use postbote::clock::Clock;
 
@@ -11,11 +11,13 @@ use crate::console::{get, login, post};
 use crate::harness::{Backend, app_at, delivered, parse};
 use postbote::web::console::preview::FRAME_POLICY;
 
-/// `(subscriber id, last item id)` of every reader, and the digest log's size.
+/// `(subscriber id, last item id, next slot, last served slot)` of every reader,
+/// and the digest log's size (no longer written since migration 0016).
 async fn digest_state(db: &crate::harness::TestDb) -> Vec<Vec<Option<String>>> {
     let mut rows = db
         .text_rows(
-            "SELECT CAST(id AS TEXT), CAST(last_item_id AS TEXT) FROM subscribers ORDER BY id",
+            "SELECT CAST(id AS TEXT), CAST(last_item_id AS TEXT), CAST(next_slot_at AS TEXT), \
+             CAST(last_slot_at AS TEXT) FROM subscribers ORDER BY id",
             &[],
         )
         .await;

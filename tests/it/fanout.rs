@@ -175,15 +175,16 @@ async fn two_instances_on_one_database_send_every_reader_exactly_one_digest() {
     b.wait_ready(&http).await;
     setup(&http, &a, &db, READERS).await;
 
-    // Both instances run a pass for the same instant. The digest log is locked,
+    // Both instances run a pass for the same instant. The mail queue is locked,
     // so each pass stops with its first claimed batches in hand, right before
-    // recording them; the lock is let go only once both processes wait there.
+    // queueing their digests; the lock is let go only once both processes wait
+    // there.
     // So the passes provably overlap: both hold claimed readers at one moment.
     let Store::Postgres(pool) = &store else {
         unreachable!("a PostgreSQL test")
     };
     let mut gate = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE digests IN EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE mail_jobs IN EXCLUSIVE MODE")
         .execute(&mut *gate)
         .await
         .unwrap();
@@ -193,7 +194,7 @@ async fn two_instances_on_one_database_send_every_reader_exactly_one_digest() {
         loop {
             let waiting: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT application_name FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO digests%' ORDER BY 1",
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO mail_jobs%' ORDER BY 1",
             )
             .fetch_all(pool)
             .await

@@ -1526,7 +1526,134 @@ async fn digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_o
     );
 }
 
+/// A slot is served once: a reader whose next slot is set back to the slot their
+/// last digest served (by hand, or by anything that would) is moved on without a
+/// second mail, and keeps their watermark, so the news planned for it go into the
+/// next digest; the next slot is served as usual. The last served slot is on the
+/// reader's row (migration 0016, which took it over from the digest log).
+async fn a_slot_already_served_gets_no_second_digest(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let day = |d: i64| t0() + Duration::days(d);
+    let token = signed_up(&store, "leser@example.org", t0()).await;
+    store
+        .confirm(&token.hash(), t0(), None, Duration::hours(24))
+        .await
+        .unwrap();
+    let confirmation = store.claim_mail(t0(), t0(), day(1), 1, 10).await.unwrap();
+    let ids: Vec<i64> = confirmation.iter().map(|m| m.id).collect();
+    store.mails_sent(&ids, t0()).await.unwrap();
+    // Every pass plans a digest covering items up to `covered`, and moves the
+    // reader a day on from the slot it serves.
+    let pass = |at: DateTime<Utc>, covered: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .digest_batch(
+                    at,
+                    0,
+                    500,
+                    51,
+                    at,
+                    &mut OneBody(move |batch: &DigestBatch| {
+                        Ok(batch
+                            .readers
+                            .iter()
+                            .map(|r| DigestPlan {
+                                subscriber_id: r.id,
+                                slot_at: r.next_slot_at,
+                                next_slot_at: r.next_slot_at + Duration::days(1),
+                                last_item_id: covered,
+                                digest: Some(PlannedDigest {
+                                    body_key: "one body".into(),
+                                    recipient: r.email.as_str().to_owned(),
+                                    envelope_from: "bounces@example.org".into(),
+                                }),
+                            })
+                            .collect())
+                    }),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let state = || async {
+        let rows = _db
+            .text_rows(
+                "SELECT CAST(last_item_id AS TEXT), CAST(next_slot_at AS TEXT), CAST(last_slot_at AS TEXT) FROM subscribers",
+                &[],
+            )
+            .await;
+        rows[0].clone()
+    };
+    let first = pass(day(2), 5).await;
+    assert_eq!((first.due, first.enqueued), (1, 1));
+    let served = state().await;
+    assert_eq!(served[0].as_deref(), Some("5"));
+    assert!(served[2].is_some(), "the served slot is kept: {served:?}");
+
+    // Set back to the slot just served: due again, but no second digest, and the
+    // watermark stays where the digest left it.
+    crate::harness::execute_sql(
+        &store,
+        "UPDATE subscribers SET next_slot_at = last_slot_at".to_owned(),
+    )
+    .await;
+    let again = pass(day(2), 9).await;
+    assert_eq!((again.due, again.enqueued), (1, 0), "{again:?}");
+    let after = state().await;
+    assert_eq!(after[0].as_deref(), Some("5"), "the watermark stays");
+    assert_eq!(after[2], served[2], "the served slot stays");
+    assert_ne!(after[1], served[2], "moved on to the next slot");
+
+    // The next slot is served as usual.
+    let next = pass(day(4), 9).await;
+    assert_eq!((next.due, next.enqueued), (1, 1), "{next:?}");
+    assert_eq!(state().await[0].as_deref(), Some("9"));
+    let digests = store
+        .claim_mail(day(4), day(4), day(5), 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(digests.len(), 2, "one digest per slot served");
+}
+
+/// Migration 0016 takes each reader's last served slot from the digest log it
+/// replaces: the latest of their slots, none for a reader never served, and a
+/// slot at or before it is then not served again.
+async fn the_last_served_slot_is_taken_over_from_the_digest_log(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.database_url()).await.unwrap();
+    store.migrate_to(15).await.unwrap();
+    crate::harness::execute_sql(
+        &store,
+        "INSERT INTO subscribers (id, email, status, locale, delivery_time, timezone, created_at, updated_at, next_slot_at) VALUES \
+         (1, 'served@example.org', 'confirmed', 'de', '07:00', 'Europe/Berlin', '2026-11-01 06:00:00+00:00', '2026-11-01 06:00:00+00:00', '2026-12-01 06:00:00+00:00'), \
+         (2, 'never@example.org', 'confirmed', 'de', '07:00', 'Europe/Berlin', '2026-11-01 06:00:00+00:00', '2026-11-01 06:00:00+00:00', '2026-12-01 06:00:00+00:00'); \
+         INSERT INTO digests (subscriber_id, slot_at, item_count, created_at) VALUES \
+         (1, '2026-11-29 06:00:00+00:00', 3, '2026-11-29 06:00:01+00:00'), \
+         (1, '2026-11-30 06:00:00+00:00', 2, '2026-11-30 06:00:01+00:00'), \
+         (1, '2026-11-28 06:00:00+00:00', 4, '2026-11-28 06:00:01+00:00')"
+            .to_owned(),
+    )
+    .await;
+    store.migrate().await.unwrap();
+    let rows = db
+        .text_rows(
+            "SELECT email, CAST(last_slot_at AS TEXT) FROM subscribers ORDER BY id",
+            &[],
+        )
+        .await;
+    assert_eq!(rows[0][0].as_deref(), Some("served@example.org"));
+    let last = rows[0][1].as_deref().expect("a last served slot");
+    assert!(
+        last.starts_with("2026-11-30 06:00:00"),
+        "the latest: {last}"
+    );
+    assert_eq!(rows[1][1], None, "never served: {rows:?}");
+}
+
 on_both_backends!(
+    the_last_served_slot_is_taken_over_from_the_digest_log,
+    a_slot_already_served_gets_no_second_digest,
     digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_out,
     a_lease_is_renewed_only_by_its_holder_and_a_lost_one_is_noticed,
     counters_equal_a_recount_after_every_kind_of_change,

@@ -156,18 +156,16 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> StoreResult<DateTime<Utc>> {
         let postgres = self.is_postgres();
-        let last: Option<DateTime<Utc>> = on_tx!(self, tx => {
-            if postgres {
-                sqlx::query("SELECT id FROM subscribers WHERE id = $1 FOR UPDATE")
-                    .bind(subscriber_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query_scalar("SELECT MAX(slot_at) FROM digests WHERE subscriber_id = $1")
-                .bind(subscriber_id)
-                .fetch_one(&mut *tx)
-                .await?
-        });
+        let sql = if postgres {
+            "SELECT last_slot_at FROM subscribers WHERE id = $1 FOR UPDATE"
+        } else {
+            "SELECT last_slot_at FROM subscribers WHERE id = $1"
+        };
+        let last: Option<DateTime<Utc>> = on_tx!(self, tx => sqlx::query_scalar(sql)
+            .bind(subscriber_id)
+            .fetch_optional(&mut *tx)
+            .await?)
+        .flatten();
         let next = schedule.next_after_pause(now, paused_until);
         let day = |at: DateTime<Utc>| schedule.local_date(at);
         Ok(if last.is_some_and(|l| day(l) == day(next)) {
