@@ -243,11 +243,6 @@ impl Store {
     ) -> StoreResult<BatchOutcome> {
         let mut tx = self.begin().await?;
         if let Tx::Postgres(conn) = &mut tx {
-            // Every statement of a batch reads or writes a few hundred rows by key.
-            // Left to its costs, the planner joins them to a sequential scan of
-            // all readers (or all their topics), once per batch: a pass over N
-            // readers would read N * N / 500 rows. (A cached plan keeps the setting
-            // it was made with; these statements run nowhere else with batches.)
             plan_as(conn, BATCH_PLANNING).await?;
         }
         let (mut readers, skipped) = tx.claim_due_readers(at, limit).await?;
