@@ -264,32 +264,22 @@ impl Store {
         };
         let plans = planner.plan(&batch).map_err(StoreError::Callback)?;
         let bodies = tx.bodies_for(&batch, &plans, planner, now).await?;
-        let with_mail: Vec<&DigestPlan> = plans.iter().filter(|p| p.digest.is_some()).collect();
-        let served_before: HashMap<i64, DateTime<Utc>> = batch
-            .readers
+        let readers: HashMap<i64, &DueReader> = batch.readers.iter().map(|r| (r.id, r)).collect();
+        // A digest for a slot at or before the reader's last served one is refused.
+        let (refused, accepted): (Vec<&DigestPlan>, Vec<&DigestPlan>) = plans
             .iter()
-            .filter_map(|r| Some((r.id, r.last_slot_at?)))
-            .collect();
-        let (served, unserved): (Vec<&DigestPlan>, Vec<&DigestPlan>) =
-            with_mail.iter().partition(|p| {
-                served_before
-                    .get(&p.subscriber_id)
-                    .is_some_and(|last| p.slot_at <= *last)
-            });
-        let accepted: HashSet<i64> = unserved.iter().map(|p| p.subscriber_id).collect();
-        let refused: HashSet<i64> = served.iter().map(|p| p.subscriber_id).collect();
+            .filter(|p| p.digest.is_some())
+            .partition(|p| readers[&p.subscriber_id].last_slot_at >= Some(p.slot_at));
+        let refused: HashSet<i64> = refused.iter().map(|p| p.subscriber_id).collect();
         let mut enqueued = 0;
         let mut leased = Vec::new();
         let lease = planner.lease();
-        for chunk in with_mail.chunks(CHUNK) {
-            let queued = tx
-                .queue_digests(chunk, &accepted, &bodies, now, lease)
-                .await?;
+        for chunk in accepted.chunks(CHUNK) {
+            let queued = tx.queue_digests(chunk, &bodies, now, lease).await?;
             enqueued += queued.0;
             leased.extend(queued.1);
         }
-        tx.advance_readers(&batch.readers, &plans, (&accepted, &refused))
-            .await?;
+        tx.advance_readers(&readers, &plans, &refused).await?;
         let mut tally = Tally::default();
         tally.mails("digest", None, Some("queued"), enqueued as i64);
         tx.commit_with(tally).await?;
@@ -483,19 +473,17 @@ impl Tx {
         Ok(ids)
     }
 
-    /// Queues the digests of the `accepted` ones of `plans`, each referring to its
-    /// body, leased under `lease` if given; returns how many, and the leased ones.
+    /// Queues the digests of `plans`, each referring to its body, leased under
+    /// `lease` if given; returns how many, and the leased ones.
     async fn queue_digests(
         &mut self,
         plans: &[&DigestPlan],
-        accepted: &HashSet<i64>,
         bodies: &BodyIds,
         now: DateTime<Utc>,
         lease: Option<LeaseTerms>,
     ) -> StoreResult<(usize, Vec<LeasedBatch>)> {
         let jobs: Vec<(i64, &PlannedDigest, i64)> = plans
             .iter()
-            .filter(|p| accepted.contains(&p.subscriber_id))
             .filter_map(|p| {
                 let digest = p.digest.as_ref()?;
                 let body = bodies.get(&digest.body_key)?.0;
@@ -558,17 +546,16 @@ impl Tx {
         Ok((n, leased))
     }
 
-    /// Moves each planned reader to their next slot and watermark, and records the
-    /// slot served for each `accepted` one (queued a digest). A `refused` slot
-    /// (served before) sent nothing, so that reader's watermark stays where it was:
-    /// those items go into the next digest.
+    /// Moves each planned reader (of `readers`, by id) to their next slot and
+    /// watermark, and records the slot served for each that got a digest. A
+    /// `refused` slot (served before) sent nothing, so that reader's watermark and
+    /// last served slot stay where they were: those items go into the next digest.
     async fn advance_readers(
         &mut self,
-        readers: &[DueReader],
+        readers: &HashMap<i64, &DueReader>,
         plans: &[DigestPlan],
-        (accepted, refused): (&HashSet<i64>, &HashSet<i64>),
+        refused: &HashSet<i64>,
     ) -> StoreResult<()> {
-        let previous: HashMap<i64, &DueReader> = readers.iter().map(|r| (r.id, r)).collect();
         if let Self::Postgres(conn) = self {
             plan_as(conn, ADVANCE_PLANNING).await?;
         }
@@ -577,9 +564,12 @@ impl Tx {
                 // One statement per chunk; `VALUES` columns are column1… in both dialects.
                 let mut update = sqlx::QueryBuilder::new(ADVANCE[0]);
                 update.push_values(chunk, |mut row, p| {
-                    let before = previous[&p.subscriber_id];
-                    let last = if refused.contains(&p.subscriber_id) { before.last_item_id } else { p.last_item_id };
-                    let served = if accepted.contains(&p.subscriber_id) { Some(p.slot_at) } else { before.last_slot_at };
+                    let before = readers[&p.subscriber_id];
+                    let (last, served) = if refused.contains(&p.subscriber_id) {
+                        (before.last_item_id, before.last_slot_at)
+                    } else {
+                        (p.last_item_id, p.digest.as_ref().map_or(before.last_slot_at, |_| Some(p.slot_at)))
+                    };
                     row.push_bind(p.subscriber_id).push_bind(p.next_slot_at).push_bind(last).push_bind(served);
                 });
                 update.push(ADVANCE[1]);
