@@ -241,10 +241,21 @@ async fn record_rounds(
                 return;
             };
             let mut round = vec![first];
-            while round.len() < RECORD_ROUND {
-                match sent.try_recv() {
-                    Ok(next) => round.push(next),
-                    Err(_) => break,
+            // Workers that are ready to run (their relay has answered) get their
+            // turn first and join this round, as long as each turn brings more:
+            // under load a round gathers several times as many mails, and an idle
+            // process records at once.
+            loop {
+                tokio::task::yield_now().await;
+                let before = round.len();
+                while round.len() < RECORD_ROUND {
+                    match sent.try_recv() {
+                        Ok(next) => round.push(next),
+                        Err(_) => break,
+                    }
+                }
+                if round.len() == before || round.len() >= RECORD_ROUND {
+                    break;
                 }
             }
             round
