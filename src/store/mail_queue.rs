@@ -25,6 +25,33 @@ enum Last {
     Not,
 }
 
+/// Pushes the `INSERT` of one mail (`$subscriber_id`, `$mail` a [`NewMail`], queued
+/// at `$now`, leased under `$lease`, an `Option<(until, holder)>`: a leased mail
+/// counts its first attempt, as a claim does) returning its id onto the query
+/// builder `$q`, for either backend, alone or after `WITH` queries.
+macro_rules! push_mail_insert {
+    ($q:expr, $subscriber_id:expr, $mail:expr, $now:expr, $lease:expr) => {{
+        $q.push(
+            "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, \
+             status, next_attempt_at, created_at, locked_until, lease_owner, attempts) VALUES (",
+        );
+        $q.separated(", ")
+            .push_bind($subscriber_id)
+            .push_bind($mail.kind)
+            .push_bind(&$mail.recipient)
+            .push_bind(&$mail.envelope_from)
+            .push_bind(&$mail.message)
+            .push_bind("queued")
+            .push_bind($now)
+            .push_bind($now)
+            .push_bind($lease.map(|(until, _)| until))
+            .push_bind($lease.map(|(_, owner)| owner))
+            .push_bind(i32::from($lease.is_some()));
+        $q.push(") RETURNING id");
+    }};
+}
+pub(super) use push_mail_insert;
+
 /// A rendered mail to queue.
 #[derive(Debug, Clone)]
 pub struct NewMail {
@@ -84,6 +111,23 @@ pub struct LeasedBatch {
 }
 
 impl LeasedBatch {
+    /// Reader `subscriber_id`'s `mail`, queued as `id` under the lease of `owner`.
+    pub(super) fn one(owner: i64, id: i64, subscriber_id: i64, mail: NewMail) -> Self {
+        Self {
+            owner,
+            mails: vec![ClaimedMail {
+                id,
+                subscriber_id: Some(subscriber_id),
+                kind: mail.kind.to_owned(),
+                recipient: mail.recipient,
+                envelope_from: mail.envelope_from,
+                message: mail.message,
+                body_id: None,
+                attempts: 1,
+            }],
+        }
+    }
+
     /// Groups mails returned with their lease owner into batches, each by id.
     pub(super) fn group(rows: Vec<(i64, ClaimedMail)>) -> Vec<Self> {
         let mut batches: Vec<Self> = Vec::new();
@@ -545,19 +589,7 @@ impl Tx {
         let id = self
             .insert_mail(Some(subscriber_id), &mail, now, leased, tally, Last::Write)
             .await?;
-        Ok(LeasedBatch {
-            owner,
-            mails: vec![ClaimedMail {
-                id,
-                subscriber_id: Some(subscriber_id),
-                kind: mail.kind.to_owned(),
-                recipient: mail.recipient,
-                envelope_from: mail.envelope_from,
-                message: mail.message,
-                body_id: None,
-                attempts: 1,
-            }],
-        })
+        Ok(LeasedBatch::one(owner, id, subscriber_id, mail))
     }
 
     /// Inserts one mail, for a reader or none (a console test mail), leased until
@@ -588,23 +620,7 @@ impl Tx {
                 push_upsert!(q, rows);
                 q.push(") ");
             }
-            q.push(
-                "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, message, \
-                 status, next_attempt_at, created_at, locked_until, lease_owner, attempts) VALUES (",
-            );
-            q.separated(", ")
-                .push_bind(subscriber_id)
-                .push_bind(mail.kind)
-                .push_bind(&mail.recipient)
-                .push_bind(&mail.envelope_from)
-                .push_bind(&mail.message)
-                .push_bind("queued")
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(lease.map(|(until, _)| until))
-                .push_bind(lease.map(|(_, owner)| owner))
-                .push_bind(i32::from(lease.is_some()));
-            q.push(") RETURNING id");
+            push_mail_insert!(q, subscriber_id, mail, now, lease);
             q.build_query_scalar().fetch_one(&mut *tx).await
         })?;
         Ok(id)

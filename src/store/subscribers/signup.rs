@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::super::counters::Tally;
-use super::super::mail_queue::{LeaseTerms, LeasedBatch, NewMail};
+use super::super::counters::{Tally, push_upsert};
+use super::super::mail_queue::{LeaseTerms, LeasedBatch, NewMail, push_mail_insert};
 use super::super::{BoxError, Store, StoreError, StoreResult, Tx, on_pool, on_tx};
 use crate::domain::{
     DeliveryTime, EmailAddress, Locale, SubscriberStatus, TimeZone, TokenHash, TopicSlug, Weekdays,
@@ -298,16 +298,20 @@ impl Store {
             tx.rollback().await?;
             return Ok((SignUpOutcome::Capped { limit, retry_at }, None));
         }
-        let leased = match (mail, lease) {
-            (Some((id, mail)), Some(lease)) => Some(
+        let leased = match (mail, lease, &mut tx) {
+            (Some((id, mail)), lease, Tx::Postgres(conn)) if kind == SignUpKind::New => {
+                queue_new_readers_mail(conn, (id, req), mail, counting.now, lease, &mut tally)
+                    .await?
+            }
+            (Some((id, mail)), Some(lease), tx) => Some(
                 tx.queue_leased_mail(id, mail, counting.now, lease, &mut tally)
                     .await?,
             ),
-            (Some((id, mail)), None) => {
+            (Some((id, mail)), None, tx) => {
                 tx.queue_mail(id, &mail, counting.now, &mut tally).await?;
                 None
             }
-            (None, _) => None,
+            (None, _, _) => None,
         };
         tx.commit_with(tally).await?;
         Ok((SignUpOutcome::Accepted(kind), leased))
@@ -432,7 +436,9 @@ impl Tx {
 
     /// Stores what the sign-up changes: the reader (pending unless confirmed
     /// already, with the requested topics and settings), the consent proof and,
-    /// unless confirmed, the confirmation token. Returns the reader's id and what
+    /// unless confirmed, the confirmation token (on PostgreSQL a new reader's
+    /// topics, proof and token are written with their mail instead, see
+    /// `queue_new_readers_mail`). Returns the reader's id and what
     /// was found, or `None` (nothing stored) for an address bounced or complained
     /// about since `quiet_since`.
     async fn record_sign_up(
@@ -444,11 +450,8 @@ impl Tx {
         let Some((id, kind)) = self.insert_or_lock(req, quiet_since, tally).await? else {
             return Ok(None);
         };
-        if kind == SignUpKind::New
-            && let Tx::Postgres(tx) = self
-        {
-            // Topics, consent and token in one statement.
-            add_new_readers_rest(tx, id, req).await?;
+        if kind == SignUpKind::New && self.is_postgres() {
+            // Topics, consent and token go with the mail (`queue_new_readers_mail`).
             return Ok(Some((id, kind)));
         }
         match kind {
@@ -610,15 +613,25 @@ macro_rules! push_confirm_token {
 }
 use push_confirm_token;
 
-/// PostgreSQL: a new reader's topics, consent proof and confirmation token in one
-/// statement (the inserts of `add_topics`, `insert_consent` and
-/// `insert_confirm_token`, as data-modifying `WITH` queries, which SQLite lacks).
-async fn add_new_readers_rest(
+/// PostgreSQL: a new reader's topics, consent proof, confirmation token and mail
+/// queued at `now`, with the sign-up's counters, in one statement (the inserts of
+/// `add_topics`, `insert_consent`, `insert_confirm_token` and `Tx::queue_mail` as
+/// data-modifying `WITH` queries, which SQLite lacks): one round trip where they
+/// took two. It is the transaction's last write. The mail is leased under `lease`
+/// if given, and returned for the workers of this process.
+async fn queue_new_readers_mail(
     tx: &mut sqlx::PgConnection,
-    id: i64,
-    req: &SignUp,
-) -> StoreResult<()> {
+    (id, req): (i64, &SignUp),
+    mail: NewMail,
+    now: DateTime<Utc>,
+    lease: Option<LeaseTerms>,
+    tally: &mut Tally,
+) -> StoreResult<Option<LeasedBatch>> {
     let topics = consent_topics(req);
+    tally.mails(mail.kind, None, Some("queued"), 1);
+    let counted = std::mem::take(tally);
+    let rows = counted.rows();
+    let held = lease.map(|terms| (terms.until, rand::random::<i64>()));
     let mut q = sqlx::QueryBuilder::new("WITH ");
     if !req.topics.is_empty() {
         q.push("t AS (");
@@ -627,8 +640,12 @@ async fn add_new_readers_rest(
     }
     q.push("c AS (");
     push_consent!(q, id, req, &topics);
-    q.push(") ");
+    q.push("), k AS (");
     push_confirm_token!(q, id, req);
-    q.build().execute(tx).await?;
-    Ok(())
+    q.push("), counted AS (");
+    push_upsert!(q, rows);
+    q.push(") ");
+    push_mail_insert!(q, Some(id), &mail, now, held);
+    let mail_id: i64 = q.build_query_scalar().fetch_one(tx).await?;
+    Ok(held.map(|(_, owner)| LeasedBatch::one(owner, mail_id, id, mail)))
 }
