@@ -183,9 +183,12 @@ type SentMail = (i64, tokio::sync::oneshot::Sender<bool>);
 
 /// Records the deliveries of all workers of a process: each worker hands over the
 /// mail it sent and waits for the record before it sends the next. A few recording
-/// tasks share the hand-over queue; each takes whatever is waiting when it is free
-/// and writes it in one statement, so while one round is in the database the next
-/// one is already being written (a group commit that never stands still).
+/// tasks share the hand-over queue; each takes whatever is waiting when it is free,
+/// yields to the scheduler as long as that brings more (workers ready to run on its
+/// thread hand theirs over first; those on the other thread may or may not make
+/// it), and writes the round in one statement, so while one round is in the
+/// database the next one is already being gathered (a group commit that never
+/// stands still).
 #[derive(Debug, Clone)]
 pub struct Recorder {
     /// To the recording tasks.
@@ -241,10 +244,10 @@ async fn record_rounds(
                 return;
             };
             let mut round = vec![first];
-            // Workers that are ready to run (their relay has answered) get their
-            // turn first and join this round, as long as each turn brings more:
-            // under load a round gathers several times as many mails, and an idle
-            // process records at once.
+            // Workers that are ready to run (their relay has answered) get a turn
+            // first and may join this round, as long as each turn brings more:
+            // under load a round gathers more mails (7-8 instead of 5.3 at 20,000
+            // readers), and an idle process records after one yield.
             loop {
                 tokio::task::yield_now().await;
                 let before = round.len();

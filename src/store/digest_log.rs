@@ -305,7 +305,7 @@ impl Store {
 
 impl Store {
     /// The plan of the statement that moves readers `ids` to their next slot, as
-    /// a pass runs it (its settings, a chunk of `VALUES`), from `EXPLAIN` in a
+    /// a pass runs it (its settings, a chunk's arrays), from `EXPLAIN` in a
     /// transaction that is rolled back (`None` on SQLite). For tests and
     /// diagnosis.
     ///
@@ -566,10 +566,13 @@ impl Tx {
                 insert.build_query_as().fetch_all(&mut **tx).await?
             }
         };
+        // A batch plans each of its readers once (they were claimed by id), so a
+        // returned row is found by its reader.
         let by_reader: HashMap<i64, (&PlannedDigest, i64)> = jobs
             .iter()
             .map(|(id, digest, body)| (*id, (*digest, *body)))
             .collect();
+        debug_assert_eq!(by_reader.len(), jobs.len(), "one digest per reader");
         let leased = LeasedBatch::group(
             returned
                 .into_iter()

@@ -616,8 +616,9 @@ use push_confirm_token;
 /// PostgreSQL: a new reader's topics, consent proof, confirmation token and mail
 /// queued at `now`, with the sign-up's counters, in one statement (the inserts of
 /// `add_topics`, `insert_consent`, `insert_confirm_token` and `Tx::queue_mail` as
-/// data-modifying `WITH` queries, which SQLite lacks): one round trip where they
-/// took two. It is the transaction's last write. The mail is leased under `lease`
+/// data-modifying `WITH` queries before the mail's insert, which SQLite lacks): one
+/// round trip where they took two (three without a lease, whose counters the commit
+/// wrote). It is the transaction's last write. The mail is leased under `lease`
 /// if given, and returned for the workers of this process.
 async fn queue_new_readers_mail(
     tx: &mut sqlx::PgConnection,
