@@ -480,7 +480,7 @@ impl DigestPlanner for Planner<'_> {
         Ok(plans)
     }
 
-    fn known(&self, key: &str) -> Option<(i64, i32)> {
+    fn known(&self, key: &str) -> Option<i64> {
         self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -504,7 +504,7 @@ impl DigestPlanner for Planner<'_> {
         let rendered = std::mem::take(&mut self.rendered);
         if let Some(cache) = &self.digester.bodies {
             for (key, prepared) in rendered {
-                if let Some((id, _)) = bodies.get(&key) {
+                if let Some(id) = bodies.get(&key) {
                     cache.offer(*id, Arc::new(prepared));
                 }
             }

@@ -75,8 +75,8 @@ impl TryFrom<BodyRow> for StoredBody {
     }
 }
 
-/// A stored body's id and item count, by key.
-pub type BodyIds = HashMap<String, (i64, i32)>;
+/// A stored body's id, by key.
+pub type BodyIds = HashMap<String, i64>;
 
 /// Keys per `IN (…)` list and rows per multi-row insert.
 const CHUNK: usize = 200;
@@ -126,13 +126,13 @@ impl Store {
 }
 
 impl Tx {
-    /// The ids and item counts of those of `keys` that are stored.
+    /// The ids of those of `keys` that are stored.
     pub(super) async fn find_bodies(&mut self, keys: &[&str]) -> StoreResult<BodyIds> {
         let mut found = BodyIds::new();
         for chunk in keys.chunks(CHUNK) {
-            let rows: Vec<(i64, String, i32)> = on_tx!(self, tx => {
+            let rows: Vec<(i64, String)> = on_tx!(self, tx => {
                 let mut q = sqlx::QueryBuilder::new(
-                    "SELECT id, body_key, item_count FROM digest_bodies WHERE body_key IN (",
+                    "SELECT id, body_key FROM digest_bodies WHERE body_key IN (",
                 );
                 let mut list = q.separated(", ");
                 for key in chunk {
@@ -141,7 +141,7 @@ impl Tx {
                 list.push_unseparated(")");
                 q.build_query_as().fetch_all(&mut *tx).await?
             });
-            found.extend(rows.into_iter().map(|(id, key, count)| (key, (id, count))));
+            found.extend(rows.into_iter().map(|(id, key)| (key, id)));
         }
         Ok(found)
     }
@@ -159,7 +159,7 @@ impl Tx {
         bodies.sort_by(|a, b| a.key.cmp(&b.key));
         let mut ids = BodyIds::new();
         for chunk in bodies.chunks(CHUNK) {
-            let inserted: Vec<(i64, String, i32)> = on_tx!(self, tx => {
+            let inserted: Vec<(i64, String)> = on_tx!(self, tx => {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO digest_bodies (body_key, locale, subject, text_part, html_part, topics, item_count, created_at) ",
                 );
@@ -173,14 +173,10 @@ impl Tx {
                         .push_bind(b.item_count)
                         .push_bind(now);
                 });
-                q.push(" ON CONFLICT (body_key) DO NOTHING RETURNING id, body_key, item_count");
+                q.push(" ON CONFLICT (body_key) DO NOTHING RETURNING id, body_key");
                 q.build_query_as().fetch_all(&mut *tx).await?
             });
-            ids.extend(
-                inserted
-                    .into_iter()
-                    .map(|(id, key, count)| (key, (id, count))),
-            );
+            ids.extend(inserted.into_iter().map(|(id, key)| (key, id)));
         }
         let stored_before: Vec<&str> = bodies
             .iter()

@@ -137,8 +137,8 @@ pub trait DigestPlanner {
     fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError>;
 
     /// A body this process knows to be stored (by an earlier, committed batch):
-    /// its id and item count.
-    fn known(&self, key: &str) -> Option<(i64, i32)>;
+    /// its id.
+    fn known(&self, key: &str) -> Option<i64>;
 
     /// Renders the body `key` (a key [`DigestPlanner::plan`] returned for `batch`).
     ///
@@ -497,7 +497,7 @@ impl Tx {
             .iter()
             .filter_map(|p| {
                 let digest = p.digest.as_ref()?;
-                let body = bodies.get(&digest.body_key)?.0;
+                let body = *bodies.get(&digest.body_key)?;
                 Some((p.subscriber_id, digest, body))
             })
             .collect();

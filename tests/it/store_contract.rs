@@ -58,7 +58,7 @@ where
         self.0.plan(batch)
     }
 
-    fn known(&self, key: &str) -> Option<(i64, i32)> {
+    fn known(&self, key: &str) -> Option<i64> {
         self.0.known(key)
     }
 
@@ -87,7 +87,7 @@ where
         (self.0)(batch)
     }
 
-    fn known(&self, _key: &str) -> Option<(i64, i32)> {
+    fn known(&self, _key: &str) -> Option<i64> {
         None
     }
 
