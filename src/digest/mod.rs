@@ -26,7 +26,7 @@ mod preview;
 pub use preview::{DigestPreview, PREVIEW_READER, PreviewReader};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -40,8 +40,8 @@ use crate::mail::compose::{Composer, DigestEntry, DigestGroup, PreparedBody};
 use crate::mail::delivery::{BodyCache, LEASE, release_handed};
 use crate::mail::handoff::Handoff;
 use crate::store::{
-    BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, LeaseTerms, NewBody, PlannedDigest,
-    Store, StoreError,
+    BodyIds, BoxError, DigestBatch, DigestPlan, DigestPlanner, LeaseTerms, NewBody, PassBodies,
+    PlannedDigest, Store, StoreError,
 };
 
 /// Readers claimed per transaction: large enough to share rendered bodies and
@@ -78,11 +78,7 @@ struct BodySpec {
     date: chrono::NaiveDate,
 }
 
-/// Bodies stored by the committed batches of one pass, by key: shared by its lanes.
-type KnownBodies = Arc<Mutex<BodyIds>>;
-
 /// What a pass did.
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PassOutcome {
     /// Readers whose slot had come.
@@ -131,7 +127,7 @@ impl Digester {
         } else {
             1
         };
-        let known = KnownBodies::default();
+        let known = PassBodies::default();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..lanes {
             let (me, known) = (self.clone(), known.clone());
@@ -172,7 +168,7 @@ impl Digester {
         &self,
         at: DateTime<Utc>,
         watermark: i64,
-        known: KnownBodies,
+        known: PassBodies,
     ) -> Result<PassOutcome, StoreError> {
         let mut total = PassOutcome::default();
         let mut planner = Planner {
@@ -401,8 +397,8 @@ struct Planner<'a> {
     digester: &'a Digester,
     /// The instant the pass serves.
     at: DateTime<Utc>,
-    /// The pass's stored bodies, shared with the other lanes.
-    known: KnownBodies,
+    /// The pass's bodies, shared with the other lanes.
+    known: PassBodies,
     /// The templates and public URL the bodies are rendered with, for body keys.
     fingerprint: String,
     /// What each body key of the current batch is rendered from.
@@ -421,15 +417,27 @@ impl DigestPlanner for Planner<'_> {
 
     fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError> {
         self.wanted.clear();
+        self.rendered.clear();
         // Readers with the same content share its key, or its lack of news: each
         // distinct content is looked at once per batch.
         let mut keys: HashMap<BodySpec, Option<String>> = HashMap::new();
         let mut plans = Vec::with_capacity(batch.readers.len());
+        // Readers with the same schedule and pause share their next slot, pause
+        // and local date (computed once: time zone arithmetic per reader was 3 %
+        // of a fan-out's CPU).
+        let mut slots: HashMap<_, (DateTime<Utc>, bool, chrono::NaiveDate)> = HashMap::new();
         for reader in &batch.readers {
-            let next_slot_at = reader
-                .schedule
-                .next_after_pause(self.at, reader.paused_until);
-            if reader.schedule.paused_at(self.at, reader.paused_until) {
+            let (next_slot_at, paused, date) = *slots
+                .entry((reader.schedule, reader.paused_until))
+                .or_insert_with(|| {
+                    let schedule = reader.schedule;
+                    (
+                        schedule.next_after_pause(self.at, reader.paused_until),
+                        schedule.paused_at(self.at, reader.paused_until),
+                        self.at.with_timezone(&schedule.timezone.tz()).date_naive(),
+                    )
+                });
+            if paused {
                 // Like a weekday that is off: no digest, and the watermark stays,
                 // so the first digest after the pause lists what came meanwhile.
                 plans.push(DigestPlan {
@@ -448,10 +456,7 @@ impl DigestPlanner for Planner<'_> {
                 locale: reader.locale,
                 topics,
                 since: reader.last_item_id,
-                date: self
-                    .at
-                    .with_timezone(&reader.schedule.timezone.tz())
-                    .date_naive(),
+                date,
             };
             let body_key = keys.entry(spec).or_insert_with_key(|spec| {
                 let (fresh, news) = batch.items.fresh(&spec.topics, spec.since);
@@ -480,12 +485,8 @@ impl DigestPlanner for Planner<'_> {
         Ok(plans)
     }
 
-    fn known(&self, key: &str) -> Option<i64> {
-        self.known
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .copied()
+    fn bodies(&self) -> Option<&PassBodies> {
+        Some(&self.known)
     }
 
     fn render(&mut self, batch: &DigestBatch, key: &str) -> Result<NewBody, BoxError> {
@@ -501,15 +502,12 @@ impl DigestPlanner for Planner<'_> {
     }
 
     fn stored(&mut self, bodies: &BodyIds) {
-        let rendered = std::mem::take(&mut self.rendered);
         if let Some(cache) = &self.digester.bodies {
-            for (key, prepared) in rendered {
-                if let Some(id) = bodies.get(&key) {
+            for (key, id) in bodies {
+                if let Some(prepared) = self.rendered.remove(key) {
                     cache.offer(*id, Arc::new(prepared));
                 }
             }
         }
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        known.extend(bodies.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }

@@ -12,7 +12,8 @@ use crate::domain::{DeliverySchedule, EmailAddress, Locale};
 use crate::mail::compose::DigestBody;
 use crate::store::{DigestPlanner, DueReader, NewMail, StoreError};
 
-use super::{Digester, KnownBodies, Planner};
+use super::{Digester, Planner};
+use crate::store::PassBodies;
 
 /// The reader id a preview is built for: no stored reader has it, so its
 /// unsubscribe and preferences links lead nowhere.
@@ -77,7 +78,7 @@ impl Digester {
         let mut planner = Planner {
             digester: self,
             at,
-            known: KnownBodies::default(),
+            known: PassBodies::default(),
             fingerprint: self.composer.content_fingerprint(),
             wanted: HashMap::new(),
             rendered: HashMap::new(),

@@ -10,7 +10,7 @@ use chrono::{
 use serde::{Deserialize, Serialize};
 
 /// A local time of day, minutes precision, written `HH:MM`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeliveryTime(NaiveTime);
 
 /// Why a string is not a [`DeliveryTime`].
@@ -57,7 +57,7 @@ impl Serialize for DeliveryTime {
 }
 
 /// An IANA time zone such as `Europe/Berlin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TimeZone(chrono_tz::Tz);
 
 /// Why a string is not a [`TimeZone`].
@@ -140,7 +140,7 @@ impl fmt::Display for Locale {
 }
 
 /// The days of the week a reader wants mail on, as a bit set (bit 0 = Monday).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Weekdays(u8);
 
 impl Weekdays {
@@ -175,7 +175,7 @@ impl Default for Weekdays {
 }
 
 /// When a reader wants their digest: a local time on some weekdays, in their zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeliverySchedule {
     /// Local time of day.
     pub time: DeliveryTime,

@@ -50,8 +50,9 @@ const IDLE_POLL: Duration = Duration::from_secs(60);
 const KEEP_OPEN: Duration = Duration::from_secs(5);
 /// Deliveries written in one statement at most.
 const RECORD_ROUND: usize = 512;
-/// Bodies no queued mail refers to are deleted once they are this old: a pass
-/// that looked one up by its key has long committed.
+/// Bodies no queued mail refers to are deleted once they are this old. A pass
+/// that reuses a stored body older than `BODY_REFRESH` (an hour, well inside
+/// this) gives it a new age first, so none is taken from under a pass.
 const BODY_GRACE: chrono::Duration = chrono::Duration::days(1);
 
 /// What a worker needs.

@@ -5,6 +5,7 @@
 //! sent. Bodies hold no reader's data, so erasure never needs to look at them.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
@@ -78,8 +79,136 @@ impl TryFrom<BodyRow> for StoredBody {
 /// A stored body's id, by key.
 pub type BodyIds = HashMap<String, i64>;
 
+/// The bodies of one digest pass, shared by its lanes: those stored (committed),
+/// by key, and those a lane is rendering and storing right now. A lane that needs
+/// a body another lane is working on waits for it instead of rendering it too
+/// (two lanes starting a pass need nearly the same bodies: without this, more than
+/// half of a 20,000-reader pass's renderings were done twice, and the second
+/// insert of each waited for the first lane's commit).
+#[derive(Debug, Clone, Default)]
+pub struct PassBodies {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// `Some(id)` stored, `None` being worked on by a lane.
+    bodies: Mutex<HashMap<String, Option<i64>>>,
+    /// Woken when a lane finishes (or gives up) the bodies it worked on.
+    settled: tokio::sync::Notify,
+}
+
+/// What [`PassBodies::claim`] found for a set of keys.
+pub(super) struct Claim {
+    /// Stored already.
+    pub(super) known: BodyIds,
+    /// Now this lane's to render and store.
+    pub(super) mine: Vec<String>,
+    /// Another lane's, being worked on.
+    pub(super) theirs: Vec<String>,
+}
+
+impl PassBodies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<i64>>> {
+        self.shared
+            .bodies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sorts `keys` into stored, taken on by the caller, and another lane's.
+    pub(super) fn claim<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Claim {
+        let mut claim = Claim {
+            known: BodyIds::new(),
+            mine: Vec::new(),
+            theirs: Vec::new(),
+        };
+        let mut bodies = self.lock();
+        for key in keys {
+            match bodies.get(key) {
+                Some(Some(id)) => {
+                    claim.known.insert(key.to_owned(), *id);
+                }
+                Some(None) => claim.theirs.push(key.to_owned()),
+                None => {
+                    bodies.insert(key.to_owned(), None);
+                    claim.mine.push(key.to_owned());
+                }
+            }
+        }
+        claim
+    }
+
+    /// Ends the caller's work on `keys`: stored with the ids `ids` names, given up
+    /// for the others (another lane may take them on).
+    fn settle(&self, keys: &[String], ids: &BodyIds) {
+        let mut bodies = self.lock();
+        for key in keys {
+            match ids.get(key) {
+                Some(id) => bodies.insert(key.clone(), Some(*id)),
+                None => bodies.remove(key),
+            };
+        }
+        drop(bodies);
+        self.shared.settled.notify_waiters();
+    }
+
+    /// Waits until no lane works on any of `keys`; returns those stored, and the
+    /// keys given up (to be claimed again).
+    pub(super) async fn wait(&self, keys: &[String]) -> (BodyIds, Vec<String>) {
+        loop {
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let bodies = self.lock();
+                if keys.iter().all(|k| !matches!(bodies.get(k), Some(None))) {
+                    let mut ids = BodyIds::new();
+                    let mut given_up = Vec::new();
+                    for key in keys {
+                        match bodies.get(key) {
+                            Some(Some(id)) => {
+                                ids.insert(key.clone(), *id);
+                            }
+                            _ => given_up.push(key.clone()),
+                        }
+                    }
+                    return (ids, given_up);
+                }
+            }
+            settled.await;
+        }
+    }
+}
+
+/// A lane's claimed keys, given up if the lane stops before it settles them (an
+/// error, or the pass dropped).
+pub(super) struct Claimed<'a> {
+    pub(super) bodies: &'a PassBodies,
+    pub(super) keys: Vec<String>,
+}
+
+impl Claimed<'_> {
+    pub(super) fn settle(mut self, ids: &BodyIds) {
+        let keys = std::mem::take(&mut self.keys);
+        self.bodies.settle(&keys, ids);
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if !self.keys.is_empty() {
+            self.bodies.settle(&self.keys, &BodyIds::new());
+        }
+    }
+}
+
 /// Keys per `IN (…)` list and rows per multi-row insert.
 const CHUNK: usize = 200;
+
+/// A stored body older than this is given a new age by the pass that reuses it,
+/// before any mail refers to it (see [`Store::purge_unused_bodies`]).
+pub const BODY_REFRESH: chrono::Duration = chrono::Duration::hours(1);
 
 impl Store {
     /// The bodies with these ids (those that exist).
@@ -110,12 +239,20 @@ impl Store {
     /// Deletes bodies created before `cutoff` that no queued mail refers to any
     /// more (a finished mail lets go of its body); returns how many.
     ///
+    /// Nothing but this keeps a queued mail's body (on PostgreSQL the job has no
+    /// foreign key to it since migration 0017): a pass that reuses a stored body
+    /// older than [`BODY_REFRESH`] moves its `created_at` forward first, in the
+    /// pass's transaction, so a `cutoff` at least that far back never takes a
+    /// body a pass is about to refer to. Only queued mail is searched, through its
+    /// partial index, not the whole delivery history.
+    ///
     /// # Errors
     /// When the database fails.
     pub async fn purge_unused_bodies(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
         let deleted = on_pool!(self, pool => sqlx::query(
             "DELETE FROM digest_bodies WHERE created_at < $1 \
-             AND NOT EXISTS (SELECT 1 FROM mail_jobs WHERE mail_jobs.body_id = digest_bodies.id)",
+             AND NOT EXISTS (SELECT 1 FROM mail_jobs \
+             WHERE mail_jobs.status = 'queued' AND mail_jobs.body_id = digest_bodies.id)",
         )
         .bind(cutoff)
         .execute(pool)
@@ -126,13 +263,22 @@ impl Store {
 }
 
 impl Tx {
-    /// The ids of those of `keys` that are stored.
-    pub(super) async fn find_bodies(&mut self, keys: &[&str]) -> StoreResult<BodyIds> {
+    /// The ids of those of `keys` that are stored. A body created before
+    /// `now - BODY_REFRESH` is found only if it could be given `now` as its age
+    /// (the update locks it until this transaction ends, so the body purge, which
+    /// takes only bodies older than that, leaves it); one the purge took first is
+    /// not found, and is rendered and stored again.
+    pub(super) async fn find_bodies(
+        &mut self,
+        keys: &[&str],
+        now: DateTime<Utc>,
+    ) -> StoreResult<BodyIds> {
         let mut found = BodyIds::new();
+        let mut aged = Vec::new();
         for chunk in keys.chunks(CHUNK) {
-            let rows: Vec<(i64, String)> = on_tx!(self, tx => {
+            let rows: Vec<(i64, String, DateTime<Utc>)> = on_tx!(self, tx => {
                 let mut q = sqlx::QueryBuilder::new(
-                    "SELECT id, body_key FROM digest_bodies WHERE body_key IN (",
+                    "SELECT id, body_key, created_at FROM digest_bodies WHERE body_key IN (",
                 );
                 let mut list = q.separated(", ");
                 for key in chunk {
@@ -141,7 +287,31 @@ impl Tx {
                 list.push_unseparated(")");
                 q.build_query_as().fetch_all(&mut *tx).await?
             });
-            found.extend(rows.into_iter().map(|(id, key)| (key, id)));
+            for (id, key, created_at) in rows {
+                if created_at < now - BODY_REFRESH {
+                    aged.push((id, key));
+                } else {
+                    found.insert(key, id);
+                }
+            }
+        }
+        for chunk in aged.chunks(CHUNK) {
+            let kept: Vec<i64> = on_tx!(self, tx => {
+                let mut q = sqlx::QueryBuilder::new("UPDATE digest_bodies SET created_at = ");
+                q.push_bind(now).push(" WHERE id IN (");
+                let mut list = q.separated(", ");
+                for (id, _) in chunk {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(") RETURNING id");
+                q.build_query_scalar().fetch_all(&mut *tx).await?
+            });
+            found.extend(
+                chunk
+                    .iter()
+                    .filter(|(id, _)| kept.contains(id))
+                    .map(|(id, key)| (key.clone(), *id)),
+            );
         }
         Ok(found)
     }
@@ -150,7 +320,10 @@ impl Tx {
     /// transaction stored first (the same content, needed by another batch or
     /// instance) is left as it is and its id returned: PostgreSQL makes this
     /// insert wait for that transaction, and bodies are inserted in key order, so
-    /// two batches waiting for each other's bodies cannot deadlock.
+    /// two batches waiting for each other's bodies cannot deadlock. One that was
+    /// stored a day before and purged between the insert and the lookup is
+    /// stored again: the second insert is this transaction's own row, or a row
+    /// too young for the purge.
     pub(super) async fn store_bodies(
         &mut self,
         mut bodies: Vec<NewBody>,
@@ -158,6 +331,35 @@ impl Tx {
     ) -> StoreResult<BodyIds> {
         bodies.sort_by(|a, b| a.key.cmp(&b.key));
         let mut ids = BodyIds::new();
+        for _ in 0..3 {
+            self.insert_bodies(&bodies, now, &mut ids).await?;
+            let stored_before: Vec<&str> = bodies
+                .iter()
+                .map(|b| b.key.as_str())
+                .filter(|key| !ids.contains_key(*key))
+                .collect();
+            if !stored_before.is_empty() {
+                let found = self.find_bodies(&stored_before, now).await?;
+                ids.extend(found);
+            }
+            bodies.retain(|b| !ids.contains_key(&b.key));
+            if bodies.is_empty() {
+                return Ok(ids);
+            }
+        }
+        Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            "{} digest bodies were deleted each time they were stored",
+            bodies.len()
+        ))))
+    }
+
+    /// Inserts those of `bodies` nobody stored yet and adds their ids to `ids`.
+    async fn insert_bodies(
+        &mut self,
+        bodies: &[NewBody],
+        now: DateTime<Utc>,
+        ids: &mut BodyIds,
+    ) -> StoreResult<()> {
         for chunk in bodies.chunks(CHUNK) {
             let inserted: Vec<(i64, String)> = on_tx!(self, tx => {
                 let mut q = sqlx::QueryBuilder::new(
@@ -178,15 +380,6 @@ impl Tx {
             });
             ids.extend(inserted.into_iter().map(|(id, key)| (key, id)));
         }
-        let stored_before: Vec<&str> = bodies
-            .iter()
-            .map(|b| b.key.as_str())
-            .filter(|key| !ids.contains_key(*key))
-            .collect();
-        if !stored_before.is_empty() {
-            let found = self.find_bodies(&stored_before).await?;
-            ids.extend(found);
-        }
-        Ok(ids)
+        Ok(())
     }
 }

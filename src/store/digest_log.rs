@@ -12,7 +12,7 @@ use sqlx::FromRow;
 
 use super::counters::Tally;
 use super::decode::StoredRow;
-use super::digest_bodies::{BodyIds, NewBody};
+use super::digest_bodies::{BodyIds, Claimed, NewBody, PassBodies};
 use super::items::load_digest_items;
 use super::mail_queue::{ClaimedMail, LeaseTerms, LeasedBatch};
 use super::{BoxError, DigestItems, Store, StoreError, StoreResult, Tx, on_tx};
@@ -136,9 +136,11 @@ pub trait DigestPlanner {
     /// Whatever stops the batch; nothing is recorded then.
     fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, BoxError>;
 
-    /// A body this process knows to be stored (by an earlier, committed batch):
-    /// its id.
-    fn known(&self, key: &str) -> Option<i64>;
+    /// The bodies of the pass this batch belongs to, shared with its other lanes;
+    /// by default none (each batch on its own).
+    fn bodies(&self) -> Option<&PassBodies> {
+        None
+    }
 
     /// Renders the body `key` (a key [`DigestPlanner::plan`] returned for `batch`).
     ///
@@ -146,7 +148,8 @@ pub trait DigestPlanner {
     /// Whatever stops the batch.
     fn render(&mut self, batch: &DigestBatch, key: &str) -> Result<NewBody, BoxError>;
 
-    /// The bodies of a batch that committed: later batches may refer to them.
+    /// Bodies now committed (those [`DigestPlanner::render`] rendered among them
+    /// may go to the workers' cache).
     fn stored(&mut self, bodies: &BodyIds);
 
     /// The lease to queue the batch's mails under, if any ([`LeaseTerms`]: the
@@ -274,7 +277,10 @@ impl Store {
             watermark,
         };
         let plans = planner.plan(&batch).map_err(StoreError::Callback)?;
-        let bodies = tx.bodies_for(&batch, &plans, planner, now).await?;
+        let pass = planner.bodies().cloned().unwrap_or_default();
+        let (bodies, held) = self
+            .bodies_for(&mut tx, &batch, &plans, planner, &pass, now)
+            .await?;
         let readers: HashMap<i64, &DueReader> = batch.readers.iter().map(|r| (r.id, r)).collect();
         // A digest for a slot at or before the reader's last served one is refused.
         let (refused, accepted): (Vec<&DigestPlan>, Vec<&DigestPlan>) = plans
@@ -294,12 +300,78 @@ impl Store {
         let mut tally = Tally::default();
         tally.mails("digest", None, Some("queued"), enqueued as i64);
         tx.commit_with(tally).await?;
-        planner.stored(&bodies);
+        if let Some(claimed) = held {
+            claimed.settle(&bodies);
+            planner.stored(&bodies);
+        }
         Ok(BatchOutcome {
             due: batch.readers.len() + skipped,
             enqueued,
             leased,
         })
+    }
+}
+
+impl Store {
+    /// The ids of the bodies `plans` name: stored already (known to the pass, or
+    /// found in the database), or rendered now and stored. A body another lane of
+    /// the pass is working on is waited for, not rendered twice.
+    ///
+    /// On PostgreSQL the bodies a lane renders are stored in a transaction of their
+    /// own, committed before the batch refers to them, so the other lane can use
+    /// them at once. A body found older than
+    /// [`BODY_REFRESH`](super::digest_bodies::BODY_REFRESH) is given a new age
+    /// there first, so the body purge (a day) leaves it to the batch. On SQLite
+    /// (one lane, one connection) they are stored in the batch's transaction, and
+    /// the returned claim is settled once it commits.
+    async fn bodies_for<'p>(
+        &self,
+        tx: &mut Tx,
+        batch: &DigestBatch,
+        plans: &[DigestPlan],
+        planner: &mut impl DigestPlanner,
+        pass: &'p PassBodies,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(BodyIds, Option<Claimed<'p>>)> {
+        let keys: std::collections::BTreeSet<&str> = plans
+            .iter()
+            .filter_map(|p| p.digest.as_ref().map(|d| d.body_key.as_str()))
+            .collect();
+        let mut wanted: Vec<String> = keys.into_iter().map(str::to_owned).collect();
+        let mut ids = BodyIds::new();
+        let mut held = None;
+        loop {
+            let claim = pass.claim(wanted.iter().map(String::as_str));
+            ids.extend(claim.known);
+            if !claim.mine.is_empty() {
+                let claimed = Claimed {
+                    bodies: pass,
+                    keys: claim.mine,
+                };
+                if self.is_postgres() {
+                    let mut own = self.begin().await?;
+                    let stored = own
+                        .find_or_store(&claimed.keys, batch, planner, now)
+                        .await?;
+                    own.commit().await?;
+                    planner.stored(&stored);
+                    claimed.settle(&stored);
+                    ids.extend(stored);
+                } else {
+                    ids.extend(tx.find_or_store(&claimed.keys, batch, planner, now).await?);
+                    held = Some(claimed);
+                }
+            }
+            if claim.theirs.is_empty() {
+                return Ok((ids, held));
+            }
+            let (settled, given_up) = pass.wait(&claim.theirs).await;
+            ids.extend(settled);
+            if given_up.is_empty() {
+                return Ok((ids, held));
+            }
+            wanted = given_up;
+        }
     }
 }
 
@@ -452,31 +524,20 @@ impl Tx {
         Ok(topics.into_iter().map(|t| (t.id, t)).collect())
     }
 
-    /// The ids of the bodies `plans` name: known to the planner, stored before (by
-    /// another process, or a batch of another pass), or rendered now and stored.
-    async fn bodies_for(
+    /// Those of `keys` stored before (by another process, or another pass), and
+    /// the others rendered by `planner` and stored now.
+    async fn find_or_store(
         &mut self,
+        keys: &[String],
         batch: &DigestBatch,
-        plans: &[DigestPlan],
         planner: &mut impl DigestPlanner,
         now: DateTime<Utc>,
     ) -> StoreResult<BodyIds> {
-        let keys: std::collections::BTreeSet<&str> = plans
-            .iter()
-            .filter_map(|p| p.digest.as_ref().map(|d| d.body_key.as_str()))
-            .collect();
-        let mut ids: BodyIds = keys
-            .iter()
-            .filter_map(|key| planner.known(key).map(|known| ((*key).to_owned(), known)))
-            .collect();
-        let unknown: Vec<&str> = keys.into_iter().filter(|k| !ids.contains_key(*k)).collect();
-        ids.extend(self.find_bodies(&unknown).await?);
-        let missing: Vec<&str> = unknown
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut ids = self.find_bodies(&keys, now).await?;
+        let rendered = keys
             .into_iter()
             .filter(|k| !ids.contains_key(*k))
-            .collect();
-        let rendered = missing
-            .into_iter()
             .map(|key| planner.render(batch, key))
             .collect::<Result<Vec<NewBody>, BoxError>>()
             .map_err(StoreError::Callback)?;

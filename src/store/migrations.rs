@@ -103,6 +103,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0016_last_slot.sql"),
         include_str!("../../migrations/sqlite/0016_last_slot.sql"),
     ),
+    (
+        17,
+        "bodies by age",
+        include_str!("../../migrations/postgres/0017_bodies_by_age.sql"),
+        include_str!("../../migrations/sqlite/0017_bodies_by_age.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

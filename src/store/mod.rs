@@ -60,7 +60,7 @@ pub use console::{ItemQuery, TopicReaders};
 pub use counters::{FeedStats, Stats};
 pub use database_url::DatabaseUrl;
 pub use decode::CorruptValue;
-pub use digest_bodies::{BodyIds, NewBody, StoredBody};
+pub use digest_bodies::{BodyIds, NewBody, PassBodies, StoredBody};
 pub use digest_log::{
     BatchOutcome, DigestBatch, DigestPlan, DigestPlanner, DueReader, PlannedDigest, TopicName,
 };

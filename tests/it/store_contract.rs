@@ -9,8 +9,8 @@ use postbote::domain::{
 use postbote::store::{
     BodyIds, ClaimedMail, ConfirmOutcome, ConsentProof, Decided, DeliveryDay, DigestBatch,
     DigestPlan, DigestPlanner, EventEffect, FeedSpec, LeaseTerms, NewBody, NewMail, NewSubmission,
-    PlannedDigest, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Stats, Store, StoreError,
-    TokenState, TopicChange,
+    PassBodies, PlannedDigest, SignUp, SignUpKind, SignUpLimits, SignUpOutcome, Stats, Store,
+    StoreError, TokenState, TopicChange,
 };
 use std::collections::BTreeMap;
 
@@ -58,10 +58,6 @@ where
         self.0.plan(batch)
     }
 
-    fn known(&self, key: &str) -> Option<i64> {
-        self.0.known(key)
-    }
-
     fn render(
         &mut self,
         batch: &DigestBatch,
@@ -85,10 +81,6 @@ where
 {
     fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError> {
         (self.0)(batch)
-    }
-
-    fn known(&self, _key: &str) -> Option<i64> {
-        None
     }
 
     fn render(
@@ -872,23 +864,7 @@ async fn a_month_of_traffic(store: &Store) {
             500,
             51,
             day(2),
-            &mut OneBody(|batch: &DigestBatch| {
-                Ok(batch
-                    .readers
-                    .iter()
-                    .map(|r| DigestPlan {
-                        subscriber_id: r.id,
-                        slot_at: r.next_slot_at,
-                        next_slot_at: day(3),
-                        last_item_id: 0,
-                        digest: Some(PlannedDigest {
-                            body_key: "one body".into(),
-                            recipient: r.email.as_str().to_owned(),
-                            envelope_from: "bounces@example.org".into(),
-                        }),
-                    })
-                    .collect())
-            }),
+            &mut OneBody(all_get("one body", day(3))),
         )
         .await
         .unwrap();
@@ -1434,23 +1410,7 @@ async fn digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_o
             51,
             day(2),
             &mut Leasing(
-                OneBody(|batch: &DigestBatch| {
-                    Ok(batch
-                        .readers
-                        .iter()
-                        .map(|r| DigestPlan {
-                            subscriber_id: r.id,
-                            slot_at: r.next_slot_at,
-                            next_slot_at: day(3),
-                            last_item_id: 0,
-                            digest: Some(PlannedDigest {
-                                body_key: "one body".into(),
-                                recipient: r.email.as_str().to_owned(),
-                                envelope_from: "bounces@example.org".into(),
-                            }),
-                        })
-                        .collect())
-                }),
+                OneBody(all_get("one body", day(3))),
                 LeaseTerms {
                     until: lease_until,
                     per_owner: 2,
@@ -1651,8 +1611,204 @@ async fn the_last_served_slot_is_taken_over_from_the_digest_log(backend: Backend
     assert_eq!(rows[1][1], None, "never served: {rows:?}");
 }
 
+/// A planner of lanes of one pass: the closure plans, every body is rendered
+/// slowly (a lane started beside it comes to the body while it is rendered) and
+/// counted.
+struct Lane<F> {
+    plan: F,
+    pass: PassBodies,
+    renders: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<F> DigestPlanner for Lane<F>
+where
+    F: FnMut(&DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError>,
+{
+    fn plan(&mut self, batch: &DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError> {
+        (self.plan)(batch)
+    }
+
+    fn bodies(&self) -> Option<&PassBodies> {
+        Some(&self.pass)
+    }
+
+    fn render(
+        &mut self,
+        batch: &DigestBatch,
+        key: &str,
+    ) -> Result<NewBody, postbote::store::BoxError> {
+        self.renders
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        OneBody(|_: &DigestBatch| Ok(Vec::new())).render(batch, key)
+    }
+
+    fn stored(&mut self, _bodies: &BodyIds) {}
+}
+
+/// Every reader of `batch` gets a digest of the body `key`, next due at `next`.
+fn all_get(
+    key: &'static str,
+    next: DateTime<Utc>,
+) -> impl FnMut(&DigestBatch) -> Result<Vec<DigestPlan>, postbote::store::BoxError> {
+    move |batch: &DigestBatch| {
+        Ok(batch
+            .readers
+            .iter()
+            .map(|r| DigestPlan {
+                subscriber_id: r.id,
+                slot_at: r.next_slot_at,
+                next_slot_at: next,
+                last_item_id: 0,
+                digest: Some(PlannedDigest {
+                    body_key: key.into(),
+                    recipient: r.email.as_str().to_owned(),
+                    envelope_from: "bounces@example.org".into(),
+                }),
+            })
+            .collect())
+    }
+}
+
+/// Confirmed readers `who` at `t0()`, their confirmation mails sent.
+async fn confirmed_readers(store: &Store, who: &[&'static str]) {
+    for who in who {
+        let token = signed_up(store, who, t0()).await;
+        store
+            .confirm(&token.hash(), t0(), None, Duration::hours(24))
+            .await
+            .unwrap();
+    }
+    let confirmations = store
+        .claim_mail(t0(), t0(), t0() + Duration::days(1), 1, 10)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = confirmations.iter().map(|m| m.id).collect();
+    store.mails_sent(&ids, t0()).await.unwrap();
+}
+
+/// Two lanes of one pass that need the same body side by side: one renders and
+/// stores it, the other waits for it and refers to the same row, so every
+/// reader's digest names one body and it was rendered once.
+async fn lanes_of_a_pass_render_a_body_they_share_once(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let day = |d: i64| t0() + Duration::days(d);
+    confirmed_readers(
+        &store,
+        &[
+            "leser0@example.org",
+            "leser1@example.org",
+            "leser2@example.org",
+            "leser3@example.org",
+        ],
+    )
+    .await;
+    let pass = PassBodies::default();
+    let renders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // On PostgreSQL the lanes run side by side, one on each runtime thread;
+    // SQLite's one connection makes the second wait for the first's commit.
+    let lane = || {
+        let store = store.clone();
+        let mut lane = Lane {
+            plan: all_get("shared body", day(3)),
+            pass: pass.clone(),
+            renders: renders.clone(),
+        };
+        tokio::spawn(async move {
+            store
+                .digest_batch(day(2), 0, 2, 51, day(2), &mut lane)
+                .await
+                .unwrap()
+                .enqueued
+        })
+    };
+    let (one, two) = (lane(), lane());
+    assert_eq!((one.await.unwrap(), two.await.unwrap()), (2, 2));
+    assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let digests = store
+        .claim_mail(day(2), day(2), day(3), 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(digests.len(), 4);
+    let bodies: std::collections::BTreeSet<Option<i64>> =
+        digests.iter().map(|m| m.body_id).collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(bodies.iter().all(Option::is_some), "{bodies:?}");
+}
+
+/// Nothing but the body purge's conditions keeps a body: it is not deleted while
+/// a queued mail names it, nor before it is a day old; a pass that reuses a
+/// stored body older than an hour gives it a new age (so the purge cannot take it
+/// from under the pass), and once no queued mail names it, it goes a day later.
+async fn a_body_stays_while_queued_mail_needs_it_and_a_reused_one_is_given_a_new_age(
+    backend: Backend,
+) {
+    let (store, _db) = store(backend).await;
+    let day = |d: i64| t0() + Duration::days(d);
+    confirmed_readers(&store, &["anna@example.org", "ben@example.org"]).await;
+    let renders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lane = || Lane {
+        plan: all_get("kept body", day(30)),
+        pass: PassBodies::default(),
+        renders: renders.clone(),
+    };
+    let first = store
+        .digest_batch(day(2), 0, 1, 51, day(2), &mut lane())
+        .await
+        .unwrap();
+    assert_eq!(first.enqueued, 1);
+    assert_eq!(
+        store.purge_unused_bodies(day(10)).await.unwrap(),
+        0,
+        "a queued mail names it"
+    );
+    let anna = store
+        .claim_mail(day(2), day(2), day(3), 2, 10)
+        .await
+        .unwrap();
+    assert_eq!(anna.len(), 1);
+    store.mails_sent(&[anna[0].id], day(2)).await.unwrap();
+    assert_eq!(
+        store.purge_unused_bodies(day(2)).await.unwrap(),
+        0,
+        "not older than the cutoff"
+    );
+
+    // Two days later ben's digest needs the same body: found, not rendered, and
+    // given the pass's time as its age.
+    let second = store
+        .digest_batch(day(4), 0, 1, 51, day(4), &mut lane())
+        .await
+        .unwrap();
+    assert_eq!(second.enqueued, 1);
+    assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let ben = store
+        .claim_mail(day(4), day(4), day(5), 3, 10)
+        .await
+        .unwrap();
+    assert_eq!(ben.len(), 1);
+    assert_eq!(ben[0].recipient, "ben@example.org");
+    assert_eq!(ben[0].body_id, anna[0].body_id, "the same body");
+    store.mails_sent(&[ben[0].id], day(4)).await.unwrap();
+    assert_eq!(
+        store.purge_unused_bodies(day(3)).await.unwrap(),
+        0,
+        "its age is the second pass's"
+    );
+    assert_eq!(store.purge_unused_bodies(day(5)).await.unwrap(), 1);
+    assert!(
+        store
+            .digest_bodies(&[anna[0].body_id.unwrap()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 on_both_backends!(
     the_last_served_slot_is_taken_over_from_the_digest_log,
+    lanes_of_a_pass_render_a_body_they_share_once,
+    a_body_stays_while_queued_mail_needs_it_and_a_reused_one_is_given_a_new_age,
     a_slot_already_served_gets_no_second_digest,
     digests_queued_under_a_lease_are_claimed_by_nobody_else_until_it_runs_out,
     a_lease_is_renewed_only_by_its_holder_and_a_lost_one_is_noticed,
