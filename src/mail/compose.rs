@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use lettre::Message;
 use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
-use lettre::message::header::{ContentTransferEncoding, ContentType};
-use lettre::message::{Body, Mailbox, Mailboxes, MultiPart};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Mailboxes, MultiPart};
 use rand::{Rng as _, RngCore};
 use serde_json::json;
 
@@ -461,7 +461,7 @@ impl EncodedPrefix {
     fn new(content: &str) -> Self {
         let split = content.rfind('\n').map_or(0, |i| i + 1);
         let (lines, rest) = content.split_at(split);
-        let mut lines = quoted_printable(lines.to_owned());
+        let mut lines = quoted_printable(lines);
         // Kept for the life of a cached body: no room to spare.
         lines.shrink_to_fit();
         Self {
@@ -473,14 +473,60 @@ impl EncodedPrefix {
     /// The encoding of what follows the shared lines: the unfinished last line,
     /// then `tail`.
     fn tail(&self, tail: &str) -> Vec<u8> {
-        quoted_printable([self.rest.as_str(), tail].concat())
+        quoted_printable(&[self.rest.as_str(), tail].concat())
     }
 }
 
-/// `text` with CRLF line breaks, quoted-printable encoded.
-fn quoted_printable(text: String) -> Vec<u8> {
-    Body::new_with_encoding(text, ContentTransferEncoding::QuotedPrintable)
-        .map_or_else(|unencoded| unencoded, Body::into_vec)
+/// `text` with CRLF line breaks, quoted-printable encoded (see
+/// [`quoted_printable_into`]).
+fn quoted_printable(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    quoted_printable_into(&mut out, text);
+    out
+}
+
+/// Appends `text` to `out` quoted-printable encoded (RFC 2045 §6.7): a line break
+/// (LF or CRLF) is written CRLF; printable ASCII but `=` stays as it is, and so do
+/// space and tab except at the end of a line; every other byte is written `=XX`;
+/// a line longer than 76 characters is cut by a soft break (`=` and CRLF). Lines
+/// are encoded apart, so a text ending in a line break, then another, encode to
+/// what the two joined encode to. Written for the digests' shared parts and each
+/// reader's footer lines: lettre's `Body` copied each such line three times.
+fn quoted_printable_into(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    const LINE: usize = 76;
+    out.reserve(text.len() + text.len() / 16);
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let broken = lines.peek().is_some();
+        let line = if broken {
+            line.strip_suffix('\r').unwrap_or(line)
+        } else {
+            line
+        };
+        let bytes = line.as_bytes();
+        let mut column = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let last = i + 1 == bytes.len();
+            let plain =
+                matches!(b, b'!'..=b'<' | b'>'..=b'~') || (matches!(b, b' ' | b'\t') && !last);
+            let width = if plain { 1 } else { 3 };
+            // Room for a soft break after it, unless it ends the line.
+            if column + width > if last { LINE } else { LINE - 1 } {
+                out.extend_from_slice(b"=\r\n");
+                column = 0;
+            }
+            if plain {
+                out.push(b);
+            } else {
+                out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            }
+            column += width;
+        }
+        if broken {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// A reader's values in the digest footer.
@@ -558,9 +604,9 @@ impl EncodedTail {
             if line.contains('\u{E000}') {
                 lines.push(TailLines::Filled(Pieces::cut(line)?));
             } else if let Some(TailLines::Encoded(done)) = lines.last_mut() {
-                done.extend(quoted_printable(line.to_owned()));
+                quoted_printable_into(done, line);
             } else {
-                lines.push(TailLines::Encoded(quoted_printable(line.to_owned())));
+                lines.push(TailLines::Encoded(quoted_printable(line)));
             }
         }
         Some(Self { lines })
@@ -584,7 +630,7 @@ impl EncodedTail {
         for line in &self.lines {
             match line {
                 TailLines::Encoded(done) => out.extend_from_slice(done),
-                TailLines::Filled(pieces) => out.extend(quoted_printable(pieces.fill(reader))),
+                TailLines::Filled(pieces) => quoted_printable_into(&mut out, &pieces.fill(reader)),
             }
         }
         out
@@ -953,6 +999,60 @@ mod tests {
             list_unsubscribe.contains("/unsubscribe/7."),
             "{list_unsubscribe}"
         );
+    }
+
+    /// Quoted-printable as RFC 2045 has it: line breaks as CRLF, `=` and every
+    /// byte outside printable ASCII as `=XX`, a space or tab at a line's end too,
+    /// no line over 76 characters, and soft breaks that decode to nothing; lines
+    /// encode apart.
+    #[test]
+    fn quoted_printable_keeps_the_rules_and_encodes_lines_apart() {
+        let qp = |t: &str| String::from_utf8(quoted_printable(t)).unwrap();
+        assert_eq!(qp("a=b c \n\tx\t\r\nü"), "a=3Db c=20\r\n\tx=09\r\n=C3=BC");
+        assert_eq!(qp("zwei\n"), "zwei\r\n");
+        assert_eq!(qp(""), "");
+        assert_eq!(
+            [qp("eins\n"), qp("zwei =\n")].concat(),
+            qp("eins\nzwei =\n")
+        );
+        let decode = |qp: &str| -> Vec<u8> {
+            let joined = qp.replace("=\r\n", "");
+            let mut out = Vec::new();
+            let mut bytes = joined.bytes();
+            while let Some(b) = bytes.next() {
+                if b == b'=' {
+                    let hex: String = [bytes.next().unwrap(), bytes.next().unwrap()]
+                        .iter()
+                        .map(|b| char::from(*b))
+                        .collect();
+                    out.push(u8::from_str_radix(&hex, 16).unwrap());
+                } else {
+                    out.push(b);
+                }
+            }
+            out
+        };
+        for text in [
+            "ä".repeat(100),
+            "=".repeat(100),
+            "x ".repeat(60),
+            format!("{}ü", "a".repeat(74)),
+            format!("{} ", "a".repeat(75)),
+            "a".repeat(76),
+            "a".repeat(77),
+        ] {
+            let encoded = qp(&text);
+            assert!(
+                encoded.split("\r\n").all(|l| l.len() <= 76),
+                "{text:?}: {encoded}"
+            );
+            assert!(encoded.is_ascii());
+            assert_eq!(decode(&encoded), text.as_bytes(), "{text:?}: {encoded}");
+            assert!(
+                !encoded.split("\r\n").any(|l| l.ends_with(' ')),
+                "{encoded}"
+            );
+        }
     }
 
     /// A digest assembled from its once-encoded shared parts and the reader's part
