@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use lettre::Message;
-use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
 use lettre::message::header::ContentType;
+use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
 use lettre::message::{Mailbox, Mailboxes, MultiPart};
 use rand::{Rng as _, RngCore};
 use serde_json::json;
@@ -577,6 +577,36 @@ struct FooterSplit {
     html: EncodedTail,
 }
 
+/// A reader's encoded footer parts: rendered whole (a body's first reader, or a
+/// footer that cannot be cut), or encoded from the body's cut footer as they are
+/// written.
+enum Tails<'a> {
+    Whole(Vec<u8>, Vec<u8>),
+    Split(&'a FooterSplit),
+}
+
+impl Tails<'_> {
+    /// The text (`html == false`) or HTML part's tail length, or a bound of it.
+    fn size_hint(&self, html: bool) -> usize {
+        match (self, html) {
+            (Self::Whole(text, _), false) => text.len(),
+            (Self::Whole(_, html), true) => html.len(),
+            (Self::Split(split), false) => split.text.size_hint(),
+            (Self::Split(split), true) => split.html.size_hint(),
+        }
+    }
+
+    /// Appends the text or HTML part's tail for `reader` to `out`.
+    fn write(&self, html: bool, reader: &ReaderValues<'_>, out: &mut Vec<u8>) {
+        match (self, html) {
+            (Self::Whole(text, _), false) => out.extend_from_slice(text),
+            (Self::Whole(_, html), true) => out.extend_from_slice(html),
+            (Self::Split(split), false) => split.text.encode_into(reader, out),
+            (Self::Split(split), true) => split.html.encode_into(reader, out),
+        }
+    }
+}
+
 /// What follows a part's shared lines, quoted-printable encoded once except for
 /// the lines that hold a reader's value. Quoted-printable encodes line by line (see
 /// [`EncodedPrefix`]), so the lines can be encoded apart.
@@ -614,26 +644,35 @@ impl EncodedTail {
 
     /// The encoded tail for `reader`.
     fn encode(&self, reader: &ReaderValues<'_>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.lines
-                .iter()
-                .map(|l| match l {
-                    TailLines::Encoded(done) => done.len(),
-                    // Encoded, a byte may take three (`=3D`), plus soft breaks.
-                    TailLines::Filled(pieces) => {
-                        3 * pieces.literals.iter().map(String::len).sum::<usize>()
-                            + 320 * pieces.slots.len()
-                    }
-                })
-                .sum(),
-        );
+        let mut out = Vec::with_capacity(self.size_hint());
+        self.encode_into(reader, &mut out);
+        out
+    }
+
+    /// At least the length of the encoded tail for any reader with values of
+    /// usual length.
+    fn size_hint(&self) -> usize {
+        self.lines
+            .iter()
+            .map(|l| match l {
+                TailLines::Encoded(done) => done.len(),
+                // Encoded, a byte may take three (`=3D`), plus soft breaks.
+                TailLines::Filled(pieces) => {
+                    3 * pieces.literals.iter().map(String::len).sum::<usize>()
+                        + 320 * pieces.slots.len()
+                }
+            })
+            .sum()
+    }
+
+    /// Appends the encoded tail for `reader` to `out`.
+    fn encode_into(&self, reader: &ReaderValues<'_>, out: &mut Vec<u8>) {
         for line in &self.lines {
             match line {
                 TailLines::Encoded(done) => out.extend_from_slice(done),
-                TailLines::Filled(pieces) => quoted_printable_into(&mut out, &pieces.fill(reader)),
+                TailLines::Filled(pieces) => quoted_printable_into(out, &pieces.fill(reader)),
             }
         }
-        out
     }
 }
 
@@ -876,9 +915,16 @@ impl Composer {
             unsubscribe_url: &unsubscribe,
             preferences_url: &preferences,
         };
-        let (text_tail, html_tail) = self.reader_tails(body, &reader)?;
+        // Past a body's first reader its footer is cut (`FooterSplit`), and each
+        // reader's lines are encoded straight into the message.
+        let tails = match body.footer.get() {
+            Some(Some(split)) => Tails::Split(split),
+            _ => {
+                let (text, html) = self.reader_tails(body, &reader)?;
+                Tails::Whole(text, html)
+            }
+        };
         let wire = &body.wire;
-        let html_size = wire.html.lines.len() + html_tail.len();
         let header = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
         };
@@ -904,28 +950,36 @@ impl Composer {
         // As lettre's `MultiPart` lays it out, without copying the parts into
         // it first: the shared lines are copied once, into the message.
         let parts = [
-            ("text/plain", &wire.text.lines, &text_tail),
-            ("text/html", &wire.html.lines, &html_tail),
+            ("text/plain", &wire.text.lines, false),
+            ("text/html", &wire.html.lines, true),
         ];
         // Sized once: a message outgrowing its buffer was copied whole again.
         let headers = headers.to_string();
-        let size: usize = parts.iter().map(|(_, l, t)| l.len() + t.len() + 160).sum();
+        let size: usize = parts
+            .iter()
+            .map(|(_, l, html)| l.len() + tails.size_hint(*html) + 160)
+            .sum();
         let mut message = Vec::with_capacity(headers.len() + size + 64);
         message.extend_from_slice(headers.as_bytes());
         message.extend_from_slice(b"\r\n");
-        for (kind, lines, tail) in parts {
+        let mut html_size = 0;
+        for (kind, lines, html) in parts {
             for piece in [
                 b"--".as_slice(),
                 boundary.as_bytes(),
                 b"\r\nContent-Type: ",
                 kind.as_bytes(),
                 b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
-                lines,
-                tail,
-                b"\r\n",
             ] {
                 message.extend_from_slice(piece);
             }
+            let start = message.len();
+            message.extend_from_slice(lines);
+            tails.write(html, &reader, &mut message);
+            if html {
+                html_size = message.len() - start;
+            }
+            message.extend_from_slice(b"\r\n");
         }
         for piece in [b"--".as_slice(), boundary.as_bytes(), b"--\r\n"] {
             message.extend_from_slice(piece);
