@@ -79,6 +79,10 @@ impl TryFrom<BodyRow> for StoredBody {
 /// A stored body's id, by key.
 pub type BodyIds = HashMap<String, i64>;
 
+/// Stored bodies too old to be named by a mail before they are given a new age
+/// ([`BODY_REFRESH`]): id by key.
+pub(super) type AgedBodies = HashMap<String, i64>;
+
 /// The bodies of one digest pass, shared by its lanes: those stored (committed),
 /// by key, and those a lane is rendering and storing right now. A lane that needs
 /// a body another lane is working on waits for it instead of rendering it too
@@ -90,10 +94,15 @@ pub struct PassBodies {
     shared: Arc<Shared>,
 }
 
+/// A body of a pass: its id and since when it is stored (or was given its age),
+/// or `None` while a lane works on it.
+type PassBody = Option<(i64, DateTime<Utc>)>;
+
 #[derive(Debug, Default)]
 struct Shared {
-    /// `Some(id)` stored, `None` being worked on by a lane.
-    bodies: Mutex<HashMap<String, Option<i64>>>,
+    /// `Some((id, at))` stored (or found and given a new age) at `at`, `None`
+    /// being worked on by a lane.
+    bodies: Mutex<HashMap<String, PassBody>>,
     /// Woken when a lane finishes (or gives up) the bodies it worked on.
     settled: tokio::sync::Notify,
 }
@@ -109,15 +118,22 @@ pub(super) struct Claim {
 }
 
 impl PassBodies {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<i64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PassBody>> {
         self.shared
             .bodies
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sorts `keys` into stored, taken on by the caller, and another lane's.
-    pub(super) fn claim<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Claim {
+    /// Sorts `keys` into stored, taken on by the caller, and another lane's, as of
+    /// `now`. A body stored or given its age more than [`BODY_REFRESH`] before is
+    /// the caller's again (to be found and given a new age), however long the pass
+    /// runs.
+    pub(super) fn claim<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+        now: DateTime<Utc>,
+    ) -> Claim {
         let mut claim = Claim {
             known: BodyIds::new(),
             mine: Vec::new(),
@@ -126,11 +142,11 @@ impl PassBodies {
         let mut bodies = self.lock();
         for key in keys {
             match bodies.get(key) {
-                Some(Some(id)) => {
+                Some(Some((id, at))) if *at >= now - BODY_REFRESH => {
                     claim.known.insert(key.to_owned(), *id);
                 }
                 Some(None) => claim.theirs.push(key.to_owned()),
-                None => {
+                _ => {
                     bodies.insert(key.to_owned(), None);
                     claim.mine.push(key.to_owned());
                 }
@@ -139,13 +155,13 @@ impl PassBodies {
         claim
     }
 
-    /// Ends the caller's work on `keys`: stored with the ids `ids` names, given up
-    /// for the others (another lane may take them on).
-    fn settle(&self, keys: &[String], ids: &BodyIds) {
+    /// Ends the caller's work on `keys`: stored at `at` with the ids `ids` names,
+    /// given up for the others (another lane may take them on).
+    fn settle(&self, keys: &[String], ids: &BodyIds, at: DateTime<Utc>) {
         let mut bodies = self.lock();
         for key in keys {
             match ids.get(key) {
-                Some(id) => bodies.insert(key.clone(), Some(*id)),
+                Some(id) => bodies.insert(key.clone(), Some((*id, at))),
                 None => bodies.remove(key),
             };
         }
@@ -167,7 +183,7 @@ impl PassBodies {
                     let mut given_up = Vec::new();
                     for key in keys {
                         match bodies.get(key) {
-                            Some(Some(id)) => {
+                            Some(Some((id, _))) => {
                                 ids.insert(key.clone(), *id);
                             }
                             _ => given_up.push(key.clone()),
@@ -189,16 +205,19 @@ pub(super) struct Claimed<'a> {
 }
 
 impl Claimed<'_> {
-    pub(super) fn settle(mut self, ids: &BodyIds) {
+    /// The claimed keys stored (or found and given a new age) at `at` with the
+    /// ids `ids` names; the others given up.
+    pub(super) fn settle(mut self, ids: &BodyIds, at: DateTime<Utc>) {
         let keys = std::mem::take(&mut self.keys);
-        self.bodies.settle(&keys, ids);
+        self.bodies.settle(&keys, ids, at);
     }
 }
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         if !self.keys.is_empty() {
-            self.bodies.settle(&self.keys, &BodyIds::new());
+            self.bodies
+                .settle(&self.keys, &BodyIds::new(), DateTime::<Utc>::MIN_UTC);
         }
     }
 }
@@ -241,10 +260,11 @@ impl Store {
     ///
     /// Nothing but this keeps a queued mail's body (on PostgreSQL the job has no
     /// foreign key to it since migration 0017): a pass that reuses a stored body
-    /// older than [`BODY_REFRESH`] moves its `created_at` forward first, in the
-    /// pass's transaction, so a `cutoff` at least that far back never takes a
-    /// body a pass is about to refer to. Only queued mail is searched, through its
-    /// partial index, not the whole delivery history.
+    /// older than [`BODY_REFRESH`] moves its `created_at` forward first, in a
+    /// transaction that commits before any mail names it, so a `cutoff` at least
+    /// that far back never takes a body a pass is about to refer to. Only queued
+    /// mail is read (a finished mail has let go of its body), not the whole
+    /// delivery history.
     ///
     /// # Errors
     /// When the database fails.
@@ -263,18 +283,16 @@ impl Store {
 }
 
 impl Tx {
-    /// The ids of those of `keys` that are stored. A body created before
-    /// `now - BODY_REFRESH` is found only if it could be given `now` as its age
-    /// (the update locks it until this transaction ends, so the body purge, which
-    /// takes only bodies older than that, leaves it); one the purge took first is
-    /// not found, and is rendered and stored again.
+    /// Those of `keys` that are stored: their ids, and apart those created before
+    /// `now - BODY_REFRESH` (to be given a new age by [`Tx::refresh_bodies`]
+    /// before a mail may name them). Reads only.
     pub(super) async fn find_bodies(
         &mut self,
         keys: &[&str],
         now: DateTime<Utc>,
-    ) -> StoreResult<BodyIds> {
+    ) -> StoreResult<(BodyIds, AgedBodies)> {
         let mut found = BodyIds::new();
-        let mut aged = Vec::new();
+        let mut aged = AgedBodies::new();
         for chunk in keys.chunks(CHUNK) {
             let rows: Vec<(i64, String, DateTime<Utc>)> = on_tx!(self, tx => {
                 let mut q = sqlx::QueryBuilder::new(
@@ -289,31 +307,46 @@ impl Tx {
             });
             for (id, key, created_at) in rows {
                 if created_at < now - BODY_REFRESH {
-                    aged.push((id, key));
+                    aged.insert(key, id);
                 } else {
                     found.insert(key, id);
                 }
             }
         }
+        Ok((found, aged))
+    }
+
+    /// Gives the `aged` bodies `now` as their age, and returns the ids of those
+    /// still there: the update locks them until this transaction ends, and the
+    /// body purge takes only bodies a day old, so none of them can go before a
+    /// mail names it. One the purge took first is not returned (to be rendered and
+    /// stored again).
+    pub(super) async fn refresh_bodies(
+        &mut self,
+        aged: &AgedBodies,
+        now: DateTime<Utc>,
+    ) -> StoreResult<BodyIds> {
+        let aged: Vec<(&String, &i64)> = aged.iter().collect();
+        let mut kept = BodyIds::new();
         for chunk in aged.chunks(CHUNK) {
-            let kept: Vec<i64> = on_tx!(self, tx => {
+            let ids: Vec<i64> = on_tx!(self, tx => {
                 let mut q = sqlx::QueryBuilder::new("UPDATE digest_bodies SET created_at = ");
                 q.push_bind(now).push(" WHERE id IN (");
                 let mut list = q.separated(", ");
-                for (id, _) in chunk {
-                    list.push_bind(*id);
+                for (_, id) in chunk {
+                    list.push_bind(**id);
                 }
                 list.push_unseparated(") RETURNING id");
                 q.build_query_scalar().fetch_all(&mut *tx).await?
             });
-            found.extend(
+            kept.extend(
                 chunk
                     .iter()
-                    .filter(|(id, _)| kept.contains(id))
-                    .map(|(id, key)| (key.clone(), *id)),
+                    .filter(|(_, id)| ids.contains(id))
+                    .map(|(key, id)| ((*key).clone(), **id)),
             );
         }
-        Ok(found)
+        Ok(kept)
     }
 
     /// Stores `bodies` and returns the ids of all of them. A body another
@@ -339,18 +372,22 @@ impl Tx {
                 .filter(|key| !ids.contains_key(*key))
                 .collect();
             if !stored_before.is_empty() {
-                let found = self.find_bodies(&stored_before, now).await?;
+                let (found, aged) = self.find_bodies(&stored_before, now).await?;
                 ids.extend(found);
+                ids.extend(self.refresh_bodies(&aged, now).await?);
             }
             bodies.retain(|b| !ids.contains_key(&b.key));
             if bodies.is_empty() {
                 return Ok(ids);
             }
         }
-        Err(StoreError::Database(sqlx::Error::Protocol(format!(
-            "{} digest bodies were deleted each time they were stored",
-            bodies.len()
-        ))))
+        Err(StoreError::Callback(
+            format!(
+                "{} digest bodies were deleted each time they were stored",
+                bodies.len()
+            )
+            .into(),
+        ))
     }
 
     /// Inserts those of `bodies` nobody stored yet and adds their ids to `ids`.

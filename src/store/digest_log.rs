@@ -300,8 +300,10 @@ impl Store {
         let mut tally = Tally::default();
         tally.mails("digest", None, Some("queued"), enqueued as i64);
         tx.commit_with(tally).await?;
-        if let Some(claimed) = held {
-            claimed.settle(&bodies);
+        if !held.is_empty() {
+            for claimed in held {
+                claimed.settle(&bodies, now);
+            }
             planner.stored(&bodies);
         }
         Ok(BatchOutcome {
@@ -317,13 +319,14 @@ impl Store {
     /// found in the database), or rendered now and stored. A body another lane of
     /// the pass is working on is waited for, not rendered twice.
     ///
-    /// On PostgreSQL the bodies a lane renders are stored in a transaction of their
-    /// own, committed before the batch refers to them, so the other lane can use
-    /// them at once. A body found older than
-    /// [`BODY_REFRESH`](super::digest_bodies::BODY_REFRESH) is given a new age
-    /// there first, so the body purge (a day) leaves it to the batch. On SQLite
-    /// (one lane, one connection) they are stored in the batch's transaction, and
-    /// the returned claim is settled once it commits.
+    /// What is missing is looked up in the batch's transaction (reading only) and
+    /// rendered outside any other. On PostgreSQL what a lane writes (the bodies it
+    /// rendered, and the new age of those found older than
+    /// [`BODY_REFRESH`](super::digest_bodies::BODY_REFRESH), so that the body purge
+    /// leaves them) goes in a short transaction of its own, committed before the
+    /// batch's mails name them, so the other lane can use them at once. On SQLite
+    /// (one lane, one connection) it goes in the batch's transaction, and the
+    /// returned claims are settled when that commits.
     async fn bodies_for<'p>(
         &self,
         tx: &mut Tx,
@@ -332,35 +335,45 @@ impl Store {
         planner: &mut impl DigestPlanner,
         pass: &'p PassBodies,
         now: DateTime<Utc>,
-    ) -> StoreResult<(BodyIds, Option<Claimed<'p>>)> {
+    ) -> StoreResult<(BodyIds, Vec<Claimed<'p>>)> {
         let keys: std::collections::BTreeSet<&str> = plans
             .iter()
             .filter_map(|p| p.digest.as_ref().map(|d| d.body_key.as_str()))
             .collect();
         let mut wanted: Vec<String> = keys.into_iter().map(str::to_owned).collect();
         let mut ids = BodyIds::new();
-        let mut held = None;
+        let mut held = Vec::new();
         loop {
-            let claim = pass.claim(wanted.iter().map(String::as_str));
+            let claim = pass.claim(wanted.iter().map(String::as_str), now);
             ids.extend(claim.known);
             if !claim.mine.is_empty() {
                 let claimed = Claimed {
                     bodies: pass,
                     keys: claim.mine,
                 };
+                let mine: Vec<&str> = claimed.keys.iter().map(String::as_str).collect();
+                let (found, aged) = tx.find_bodies(&mine, now).await?;
+                let rendered = render_missing(batch, planner, &mine, |k| {
+                    found.contains_key(k) || aged.contains_key(k)
+                })?;
+                let mut stored = found;
                 if self.is_postgres() {
                     let mut own = self.begin().await?;
-                    let stored = own
-                        .find_or_store(&claimed.keys, batch, planner, now)
-                        .await?;
+                    stored.extend(
+                        own.refresh_and_store(batch, planner, &aged, rendered, now)
+                            .await?,
+                    );
                     own.commit().await?;
                     planner.stored(&stored);
-                    claimed.settle(&stored);
-                    ids.extend(stored);
+                    claimed.settle(&stored, now);
                 } else {
-                    ids.extend(tx.find_or_store(&claimed.keys, batch, planner, now).await?);
-                    held = Some(claimed);
+                    stored.extend(
+                        tx.refresh_and_store(batch, planner, &aged, rendered, now)
+                            .await?,
+                    );
+                    held.push(claimed);
                 }
+                ids.extend(stored);
             }
             if claim.theirs.is_empty() {
                 return Ok((ids, held));
@@ -372,6 +385,42 @@ impl Store {
             }
             wanted = given_up;
         }
+    }
+}
+
+/// The bodies among `keys` that `stored` does not know, rendered by `planner`.
+fn render_missing(
+    batch: &DigestBatch,
+    planner: &mut impl DigestPlanner,
+    keys: &[&str],
+    stored: impl Fn(&str) -> bool,
+) -> StoreResult<Vec<NewBody>> {
+    keys.iter()
+        .filter(|k| !stored(k))
+        .map(|key| planner.render(batch, key))
+        .collect::<Result<Vec<NewBody>, BoxError>>()
+        .map_err(StoreError::Callback)
+}
+
+impl Tx {
+    /// Gives the `aged` bodies a new age and stores the `rendered` ones; an aged
+    /// body the purge took first is rendered and stored again. Returns the ids of
+    /// all of them.
+    async fn refresh_and_store(
+        &mut self,
+        batch: &DigestBatch,
+        planner: &mut impl DigestPlanner,
+        aged: &super::digest_bodies::AgedBodies,
+        mut rendered: Vec<NewBody>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<BodyIds> {
+        let mut ids = self.refresh_bodies(aged, now).await?;
+        let gone: Vec<&str> = aged.keys().map(String::as_str).collect();
+        rendered.extend(render_missing(batch, planner, &gone, |k| {
+            ids.contains_key(k)
+        })?);
+        ids.extend(self.store_bodies(rendered, now).await?);
+        Ok(ids)
     }
 }
 
@@ -522,27 +571,6 @@ impl Tx {
             names.build_query_as().fetch_all(&mut *tx).await?
         });
         Ok(topics.into_iter().map(|t| (t.id, t)).collect())
-    }
-
-    /// Those of `keys` stored before (by another process, or another pass), and
-    /// the others rendered by `planner` and stored now.
-    async fn find_or_store(
-        &mut self,
-        keys: &[String],
-        batch: &DigestBatch,
-        planner: &mut impl DigestPlanner,
-        now: DateTime<Utc>,
-    ) -> StoreResult<BodyIds> {
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut ids = self.find_bodies(&keys, now).await?;
-        let rendered = keys
-            .into_iter()
-            .filter(|k| !ids.contains_key(*k))
-            .map(|key| planner.render(batch, key))
-            .collect::<Result<Vec<NewBody>, BoxError>>()
-            .map_err(StoreError::Callback)?;
-        ids.extend(self.store_bodies(rendered, now).await?);
-        Ok(ids)
     }
 
     /// Queues the digests of `plans`, each referring to its body, leased under

@@ -1738,8 +1738,9 @@ async fn lanes_of_a_pass_render_a_body_they_share_once(backend: Backend) {
 
 /// Nothing but the body purge's conditions keeps a body: it is not deleted while
 /// a queued mail names it, nor before it is a day old; a pass that reuses a
-/// stored body older than an hour gives it a new age (so the purge cannot take it
-/// from under the pass), and once no queued mail names it, it goes a day later.
+/// stored body older than an hour, even one it stored itself, gives it a new age
+/// (so the purge cannot take it from under the pass), and once no queued mail
+/// names it, it goes a day later.
 async fn a_body_stays_while_queued_mail_needs_it_and_a_reused_one_is_given_a_new_age(
     backend: Backend,
 ) {
@@ -1747,9 +1748,11 @@ async fn a_body_stays_while_queued_mail_needs_it_and_a_reused_one_is_given_a_new
     let day = |d: i64| t0() + Duration::days(d);
     confirmed_readers(&store, &["anna@example.org", "ben@example.org"]).await;
     let renders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // One pass that runs for days: what it stored long ago is looked at again.
+    let pass = PassBodies::default();
     let lane = || Lane {
         plan: all_get("kept body", day(30)),
-        pass: PassBodies::default(),
+        pass: pass.clone(),
         renders: renders.clone(),
     };
     let first = store
