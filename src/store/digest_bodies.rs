@@ -108,11 +108,11 @@ struct Shared {
 }
 
 /// What [`PassBodies::claim`] found for a set of keys.
-pub(super) struct Claim {
+pub(super) struct Claim<'a> {
     /// Stored already.
     pub(super) known: BodyIds,
-    /// Now this lane's to render and store.
-    pub(super) mine: Vec<String>,
+    /// Now this lane's to render and store, given up unless settled.
+    pub(super) mine: Claimed<'a>,
     /// Another lane's, being worked on.
     pub(super) theirs: Vec<String>,
 }
@@ -133,10 +133,13 @@ impl PassBodies {
         &self,
         keys: impl IntoIterator<Item = &'k str>,
         now: DateTime<Utc>,
-    ) -> Claim {
+    ) -> Claim<'_> {
         let mut claim = Claim {
             known: BodyIds::new(),
-            mine: Vec::new(),
+            mine: Claimed {
+                bodies: self,
+                keys: Vec::new(),
+            },
             theirs: Vec::new(),
         };
         let mut bodies = self.lock();
@@ -148,7 +151,7 @@ impl PassBodies {
                 Some(None) => claim.theirs.push(key.to_owned()),
                 _ => {
                     bodies.insert(key.to_owned(), None);
-                    claim.mine.push(key.to_owned());
+                    claim.mine.keys.push(key.to_owned());
                 }
             }
         }
@@ -164,6 +167,16 @@ impl PassBodies {
                 Some(id) => bodies.insert(key.clone(), Some((*id, at))),
                 None => bodies.remove(key),
             };
+        }
+        drop(bodies);
+        self.shared.settled.notify_waiters();
+    }
+
+    /// Gives up the caller's work on `keys` (another lane may take them on).
+    fn give_up(&self, keys: &[String]) {
+        let mut bodies = self.lock();
+        for key in keys {
+            bodies.remove(key);
         }
         drop(bodies);
         self.shared.settled.notify_waiters();
@@ -200,11 +213,16 @@ impl PassBodies {
 /// A lane's claimed keys, given up if the lane stops before it settles them (an
 /// error, or the pass dropped).
 pub(super) struct Claimed<'a> {
-    pub(super) bodies: &'a PassBodies,
-    pub(super) keys: Vec<String>,
+    bodies: &'a PassBodies,
+    keys: Vec<String>,
 }
 
 impl Claimed<'_> {
+    /// The claimed keys.
+    pub(super) fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
     /// The claimed keys stored (or found and given a new age) at `at` with the
     /// ids `ids` names; the others given up.
     pub(super) fn settle(mut self, ids: &BodyIds, at: DateTime<Utc>) {
@@ -216,8 +234,7 @@ impl Claimed<'_> {
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         if !self.keys.is_empty() {
-            self.bodies
-                .settle(&self.keys, &BodyIds::new(), DateTime::<Utc>::MIN_UTC);
+            self.bodies.give_up(&self.keys);
         }
     }
 }

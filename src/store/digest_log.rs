@@ -346,12 +346,9 @@ impl Store {
         loop {
             let claim = pass.claim(wanted.iter().map(String::as_str), now);
             ids.extend(claim.known);
-            if !claim.mine.is_empty() {
-                let claimed = Claimed {
-                    bodies: pass,
-                    keys: claim.mine,
-                };
-                let mine: Vec<&str> = claimed.keys.iter().map(String::as_str).collect();
+            if !claim.mine.keys().is_empty() {
+                let claimed = claim.mine;
+                let mine: Vec<&str> = claimed.keys().iter().map(String::as_str).collect();
                 let (found, aged) = tx.find_bodies(&mine, now).await?;
                 let rendered = render_missing(batch, planner, &mine, |k| {
                     found.contains_key(k) || aged.contains_key(k)
