@@ -1094,6 +1094,9 @@ mod tests {
             format!("{} ", "a".repeat(75)),
             "a".repeat(76),
             "a".repeat(77),
+            // Item text from a feed that tries to end the line, the part or the
+            // message, or to add a header.
+            "Titel\rBcc: x@example.org\r\n--grenze\r\n.\r\n\0\u{7f}=?utf-8?q?x?=".to_owned(),
         ] {
             let encoded = qp(&text);
             assert!(
@@ -1105,6 +1108,12 @@ mod tests {
             assert!(
                 !encoded.split("\r\n").any(|l| l.ends_with(' ')),
                 "{encoded}"
+            );
+            assert!(
+                !encoded
+                    .split("\r\n")
+                    .any(|l| l.contains(['\r', '\n', '\0'])),
+                "no bare CR, LF or NUL: {encoded:?}"
             );
         }
     }
