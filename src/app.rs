@@ -332,6 +332,7 @@ fn delivery_context(
                 store.with_relaxed_commits(tasks as u32),
                 clock.clone(),
                 tasks,
+                config.delivery.workers,
             )
         },
     })

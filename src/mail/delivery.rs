@@ -50,6 +50,11 @@ const IDLE_POLL: Duration = Duration::from_secs(60);
 const KEEP_OPEN: Duration = Duration::from_secs(5);
 /// Deliveries written in one statement at most.
 const RECORD_ROUND: usize = 512;
+/// Most deliveries a recording round waits for ([`ROUND_WAIT`] at most) before it
+/// writes them: half the workers of its task, at most this.
+const ROUND_TARGET: usize = 32;
+/// How long a recording round waits for more deliveries after its first.
+const ROUND_WAIT: Duration = Duration::from_millis(2);
 /// Bodies no queued mail refers to are deleted once they are this old. A pass
 /// that reuses a stored body older than `BODY_REFRESH` (an hour, well inside
 /// this) gives it a new age first, so none is taken from under a pass.
@@ -185,11 +190,9 @@ type SentMail = (i64, tokio::sync::oneshot::Sender<bool>);
 /// Records the deliveries of all workers of a process: each worker hands over the
 /// mail it sent and waits for the record before it sends the next. A few recording
 /// tasks share the hand-over queue; each takes whatever is waiting when it is free,
-/// yields to the scheduler as long as that brings more (workers ready to run on its
-/// thread hand theirs over first; those on the other thread may or may not make
-/// it), and writes the round in one statement, so while one round is in the
-/// database the next one is already being gathered (a group commit that never
-/// stands still).
+/// waits a moment for more (see [`record_rounds`]), and writes the round in one
+/// statement, so while one round is in the database the next one is already being
+/// gathered (a group commit that never stands still).
 #[derive(Debug, Clone)]
 pub struct Recorder {
     /// To the recording tasks.
@@ -199,23 +202,31 @@ pub struct Recorder {
 impl Recorder {
     /// Starts `tasks` recording tasks writing through `store`; they end when the
     /// last clone of this is dropped.
-    pub fn start(store: Store, clock: Arc<dyn Clock>, tasks: usize) -> Self {
+    pub fn start(store: Store, clock: Arc<dyn Clock>, tasks: usize, workers: usize) -> Self {
         let (queue, sent) = tokio::sync::mpsc::unbounded_channel::<SentMail>();
         let sent = Arc::new(tokio::sync::Mutex::new(sent));
+        // Half the workers of a task: a round then never waits for the last
+        // worker still talking to a slow relay.
+        let target = (workers / tasks.max(1) / 2).clamp(1, ROUND_TARGET);
         for _ in 0..tasks.max(1) {
-            tokio::spawn(record_rounds(store.clone(), clock.clone(), sent.clone()));
+            tokio::spawn(record_rounds(
+                store.clone(),
+                clock.clone(),
+                sent.clone(),
+                target,
+            ));
         }
         Self { queue }
     }
 
     /// How many recording tasks suit `workers` delivery workers on `store`: one per
-    /// 32 workers on PostgreSQL, one on SQLite (it has a single writer). Fewer,
+    /// 64 workers on PostgreSQL, one on SQLite (it has a single writer). Fewer,
     /// larger rounds cost the database far less than many small ones (a statement
     /// costs about the same for one row as for twenty), and the workers waiting on
     /// a round are what fills the next one.
     pub fn tasks_for(store: &Store, workers: usize) -> usize {
         if store.is_postgres() {
-            workers.div_ceil(32)
+            workers.div_ceil(64)
         } else {
             1
         }
@@ -232,11 +243,13 @@ impl Recorder {
 }
 
 /// One recording task: takes the mails waiting (up to [`RECORD_ROUND`]) while it
-/// holds the queue, writes them in one statement, tells each worker.
+/// holds the queue, until it has `target` of them or [`ROUND_WAIT`] has passed
+/// since the first, writes them in one statement, tells each worker.
 async fn record_rounds(
     store: Store,
     clock: Arc<dyn Clock>,
     sent: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<SentMail>>>,
+    target: usize,
 ) {
     loop {
         let round = {
@@ -246,9 +259,14 @@ async fn record_rounds(
             };
             let mut round = vec![first];
             // Workers that are ready to run (their relay has answered) get a turn
-            // first and may join this round, as long as each turn brings more:
-            // under load a round gathers more mails (7-8 instead of 5.3 at 20,000
-            // readers), and an idle process records after one yield.
+            // first and join this round; then it waits for more, up to `target`
+            // mails or `ROUND_WAIT` after its first. A statement costs the
+            // database about as much as six of its rows: a fan-out of 20,000 short
+            // digests took 1,900-2,200 statements of 9-10 rows, with rounds of 32
+            // (and 64 workers) about 590, and PostgreSQL 10-15 % less CPU. A
+            // worker waits at most `ROUND_WAIT` longer for its record; a lone
+            // mail (a confirmation) is recorded that much later.
+            let deadline = tokio::time::Instant::now() + ROUND_WAIT;
             loop {
                 tokio::task::yield_now().await;
                 let before = round.len();
@@ -258,8 +276,14 @@ async fn record_rounds(
                         Err(_) => break,
                     }
                 }
-                if round.len() == before || round.len() >= RECORD_ROUND {
+                if round.len() >= target {
                     break;
+                }
+                if round.len() == before {
+                    match tokio::time::timeout_at(deadline, sent.recv()).await {
+                        Ok(Some(next)) => round.push(next),
+                        _ => break,
+                    }
                 }
             }
             round
