@@ -488,13 +488,14 @@ fn quoted_printable(text: &str) -> Vec<u8> {
 /// Appends `text` to `out` quoted-printable encoded (RFC 2045 §6.7): a line break
 /// (LF or CRLF) is written CRLF; printable ASCII but `=` stays as it is, and so do
 /// space and tab except at the end of a line; every other byte is written `=XX`;
-/// a line longer than 76 characters is cut by a soft break (`=` and CRLF). Lines
-/// are encoded apart, so a text ending in a line break, then another, encode to
-/// what the two joined encode to. Written for the digests' shared parts and each
-/// reader's footer lines: lettre's `Body` copied each such line three times.
+/// a line longer than 76 characters is cut by a soft break (`=` and CRLF). A dot
+/// that would begin a line on the wire is written `=2E`, so an encoded part needs
+/// no dot-stuffing for SMTP (`smtp::Session::send` then sends it without a
+/// copy). Lines are encoded apart, so a text ending in a line break, then another,
+/// encode to what the two joined encode to. Written for the digests' shared parts
+/// and each reader's footer lines: lettre's `Body` copied each such line three
+/// times. Runs of bytes that stay as they are are copied whole.
 fn quoted_printable_into(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    const LINE: usize = 76;
     out.reserve(text.len() + text.len() / 16);
     let mut lines = text.split('\n').peekable();
     while let Some(line) = lines.next() {
@@ -506,27 +507,82 @@ fn quoted_printable_into(out: &mut Vec<u8>, text: &str) {
         };
         let bytes = line.as_bytes();
         let mut column = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let last = i + 1 == bytes.len();
-            let plain =
-                matches!(b, b'!'..=b'<' | b'>'..=b'~') || (matches!(b, b' ' | b'\t') && !last);
-            let width = if plain { 1 } else { 3 };
-            // Room for a soft break after it, unless it ends the line.
-            if column + width > if last { LINE } else { LINE - 1 } {
+        // All bytes but the line's last, which may take one column more and is
+        // encoded when it is a space or tab.
+        let inner = bytes.len().saturating_sub(1);
+        let mut i = 0;
+        while i < inner {
+            let plain = bytes[i..inner]
+                .iter()
+                .position(|&b| !QP_PLAIN[usize::from(b)])
+                .map_or(inner, |n| i + n);
+            while i < plain {
+                if column == QP_LINE - 1 {
+                    out.extend_from_slice(b"=\r\n");
+                    column = 0;
+                }
+                if column == 0 && bytes[i] == b'.' {
+                    push_encoded(out, b'.');
+                    column = 3;
+                    i += 1;
+                    continue;
+                }
+                let take = (plain - i).min(QP_LINE - 1 - column);
+                out.extend_from_slice(&bytes[i..i + take]);
+                column += take;
+                i += take;
+            }
+            if i < inner {
+                if column + 3 > QP_LINE - 1 {
+                    out.extend_from_slice(b"=\r\n");
+                    column = 0;
+                }
+                push_encoded(out, bytes[i]);
+                column += 3;
+                i += 1;
+            }
+        }
+        if let Some(&last) = bytes.last() {
+            let plain = matches!(last, b'!'..=b'<' | b'>'..=b'~');
+            if column + if plain { 1 } else { 3 } > QP_LINE {
                 out.extend_from_slice(b"=\r\n");
                 column = 0;
             }
-            if plain {
-                out.push(b);
+            if plain && !(column == 0 && last == b'.') {
+                out.push(last);
             } else {
-                out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                push_encoded(out, last);
             }
-            column += width;
         }
         if broken {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// The longest line quoted-printable allows, in characters.
+const QP_LINE: usize = 76;
+
+/// The bytes quoted-printable keeps as they are inside a line: printable ASCII but
+/// `=`, space and tab.
+static QP_PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        plain[b] = matches!(b as u8, b'!'..=b'<' | b'>'..=b'~' | b' ' | b'\t');
+        b += 1;
+    }
+    plain
+};
+
+/// Appends `byte` as `=XX`.
+fn push_encoded(out: &mut Vec<u8>, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.extend_from_slice(&[
+        b'=',
+        HEX[usize::from(byte >> 4)],
+        HEX[usize::from(byte & 15)],
+    ]);
 }
 
 /// A reader's values in the digest footer.
@@ -1115,6 +1171,77 @@ mod tests {
                     .any(|l| l.contains(['\r', '\n', '\0'])),
                 "no bare CR, LF or NUL: {encoded:?}"
             );
+            assert!(
+                !encoded.split("\r\n").any(|l| l.starts_with('.')),
+                "no line begins with a dot: {encoded:?}"
+            );
+        }
+        assert_eq!(qp(".\n.a\n.."), "=2E\r\n=2Ea\r\n=2E.");
+        assert_eq!(
+            qp(&format!("{}.", "a".repeat(75))),
+            format!("{}.", "a".repeat(75))
+        );
+        assert_eq!(
+            qp(&format!("{}.b", "a".repeat(75))),
+            format!("{}=\r\n=2Eb", "a".repeat(75))
+        );
+    }
+
+    /// The encoder as RFC 2045 words it, one byte at a time (the implementation
+    /// before runs were copied whole): the reference for the property below.
+    fn quoted_printable_byte_by_byte(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut lines = text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let broken = lines.peek().is_some();
+            let line = if broken {
+                line.strip_suffix('\r').unwrap_or(line)
+            } else {
+                line
+            };
+            let bytes = line.as_bytes();
+            let mut column = 0;
+            for (i, &b) in bytes.iter().enumerate() {
+                let last = i + 1 == bytes.len();
+                let plain =
+                    matches!(b, b'!'..=b'<' | b'>'..=b'~') || (matches!(b, b' ' | b'\t') && !last);
+                let width = if plain { 1 } else { 3 };
+                if column + width > if last { 76 } else { 75 } {
+                    out.extend_from_slice(b"=\r\n");
+                    column = 0;
+                }
+                if plain && !(column == 0 && b == b'.') {
+                    out.push(b);
+                    column += 1;
+                } else {
+                    out.extend_from_slice(format!("={b:02X}").as_bytes());
+                    column += 3;
+                }
+            }
+            if broken {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+        #[test]
+        fn quoted_printable_copies_runs_as_the_byte_by_byte_encoding(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", ".", " ", "\t", "=", "\r", "\n", "\r\n", "ü", "\0",
+                    "Zölle, Märkte. ", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                ]),
+                0..48,
+            )
+        ) {
+            let text = pieces.concat();
+            proptest::prop_assert_eq!(
+                String::from_utf8(quoted_printable(&text)).unwrap(),
+                String::from_utf8(quoted_printable_byte_by_byte(&text)).unwrap()
+            );
         }
     }
 
@@ -1185,6 +1312,10 @@ mod tests {
         assert_eq!(a.body_html(0), b.body_html(0));
         assert_headers_and_parts_alike(&a, &b);
         assert!(a.body_text(0).unwrap().contains("Grüße & <b>Märkte</b>"));
+        assert!(
+            crate::mail::smtp::wire_ready(&shared),
+            "goes out without dot-stuffing"
+        );
         let text = String::from_utf8(shared).unwrap();
         assert!(text.is_ascii(), "every byte encoded");
         let (_, body_lines) = text.split_once("\r\n\r\n").unwrap();

@@ -17,6 +17,8 @@
 //! as the relay's later replies.
 
 use base64::Engine as _;
+use std::io::IoSlice;
+
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::transport::SendError;
@@ -332,11 +334,16 @@ impl<S: Stream> Session<S> {
                 return Err(refused(*step, reply));
             }
         }
-        self.out.clear();
-        stuff(message, &mut self.out);
-        self.write_out()
-            .await
-            .map_err(|e| lost(Step::EndOfData, e))?;
+        // A message already as the DATA phase carries it (a digest: see
+        // `compose::quoted_printable_into`) goes out without a copy.
+        if wire_ready(message) {
+            write_all_two(self.io.get_mut(), message, b".\r\n").await
+        } else {
+            self.out.clear();
+            stuff(message, &mut self.out);
+            self.write_out().await
+        }
+        .map_err(|e| lost(Step::EndOfData, e))?;
         let reply = self.reply().await.map_err(|e| lost(Step::EndOfData, e))?;
         if reply.is(2) {
             Ok(())
@@ -405,6 +412,45 @@ impl<S: Stream> Session<S> {
 async fn write_all<S: Stream>(stream: &mut S, bytes: &[u8]) -> Result<(), String> {
     stream.write_all(bytes).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())
+}
+
+/// Writes `first`, then `second`, to `stream` (in one system call where the stream
+/// takes both at once) and flushes them.
+async fn write_all_two<S: Stream>(
+    stream: &mut S,
+    first: &[u8],
+    second: &[u8],
+) -> Result<(), String> {
+    let (mut first, mut second) = (first, second);
+    while !first.is_empty() || !second.is_empty() {
+        let written = stream
+            .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
+            .await
+            .map_err(|e| e.to_string())?;
+        if written == 0 {
+            return Err("the connection takes no more bytes".into());
+        }
+        let of_first = written.min(first.len());
+        first = &first[of_first..];
+        second = &second[written - of_first..];
+    }
+    stream.flush().await.map_err(|e| e.to_string())
+}
+
+/// Whether `message` is already as the DATA phase carries it (but the final dot):
+/// every line, the last one too, ends in CRLF, there is no other CR or LF, and no
+/// line begins with a dot. [`stuff`] would copy such a message unchanged.
+pub(crate) fn wire_ready(message: &[u8]) -> bool {
+    if message.first() == Some(&b'.') || !message.ends_with(b"\r\n") {
+        return false;
+    }
+    memchr::memchr2_iter(b'\r', b'\n', message).all(|at| {
+        if message[at] == b'\r' {
+            message.get(at + 1) == Some(&b'\n')
+        } else {
+            at > 0 && message[at - 1] == b'\r' && message.get(at + 1) != Some(&b'.')
+        }
+    })
 }
 
 /// A reply line's code, whether more lines follow, and its text.
@@ -957,7 +1003,43 @@ mod tests {
         ) {
             let mut out = Vec::new();
             stuff(&message, &mut out);
-            proptest::prop_assert_eq!(out, stuffed_line_by_line(&message));
+            proptest::prop_assert_eq!(&out, &stuffed_line_by_line(&message));
+            if wire_ready(&message) {
+                proptest::prop_assert_eq!(out, [message.as_slice(), b".\r\n"].concat());
+            }
+        }
+
+        /// A message that `wire_ready` lets go out as it is is exactly what
+        /// stuffing would have sent; mostly whole lines here, so that many are.
+        #[test]
+        fn a_wire_ready_message_is_its_own_stuffing(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec!["ab", "\r\n", ".", "a\r\n", "\n", "\r", " "]), 0..24)
+        ) {
+            let message = pieces.concat().into_bytes();
+            let mut out = Vec::new();
+            stuff(&message, &mut out);
+            let ready = [message.as_slice(), b".\r\n"].concat();
+            proptest::prop_assert_eq!(wire_ready(&message), out == ready && !message.is_empty());
+        }
+    }
+
+    #[test]
+    fn only_whole_crlf_lines_without_a_leading_dot_are_wire_ready() {
+        assert!(wire_ready(b"a\r\nb\r\n"));
+        assert!(wire_ready(b"a\r\n\r\nb..\r\n"));
+        for not in [
+            &b""[..],
+            b"a",
+            b"a\r\nb",
+            b".a\r\n",
+            b"a\r\n.b\r\n",
+            b"a\nb\r\n",
+            b"a\rb\r\n",
+            b"a\r\r\n",
+            b"a\r\n\n",
+        ] {
+            assert!(!wire_ready(not), "{:?}", String::from_utf8_lossy(not));
         }
     }
 
