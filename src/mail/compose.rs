@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use lettre::Message;
-use lettre::message::header::ContentType;
 use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
 use lettre::message::{Mailbox, Mailboxes, MultiPart};
 use rand::{Rng as _, RngCore};
@@ -45,12 +44,12 @@ pub struct Composer {
     links: Links,
     /// How long confirmation links live, shown in the mail.
     lifetime_days: i64,
-    /// The `List-Id` of digests.
-    list_id: String,
     /// VERP bounce and mailto unsubscribe address templates.
     addresses: ReturnAddresses,
     /// Name, logo and accent colour of the mails' header, imprint and privacy links.
     site: SiteSettings,
+    /// The `From:` and `List-Id:` header lines of every digest, formatted once.
+    digest_lines: (String, String),
 }
 
 /// Address templates with an `{id}` placeholder for the reader (see
@@ -74,13 +73,20 @@ impl Composer {
         list_id: String,
         addresses: ReturnAddresses,
     ) -> Self {
+        let mut from_line = Headers::new();
+        from_line.set(header::From::from(Mailboxes::from(from.clone())));
+        let mut list_id_line = Headers::new();
+        list_id_line.insert_raw(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Id"),
+            list_id,
+        ));
         Self {
+            digest_lines: (from_line.to_string(), list_id_line.to_string()),
             templates,
             from,
             links: Links::new(public_url, link_key),
             // Rounded down: the mail never promises more time than the link has.
             lifetime_days: lifetime.num_days().max(1),
-            list_id,
             addresses,
             site: SiteSettings::default(),
         }
@@ -285,26 +291,6 @@ impl Composer {
         )
     }
 
-    /// The headers every mail starts with: sender, recipient, subject, date and a
-    /// new id on the sender's domain.
-    fn headers(
-        &self,
-        to: &EmailAddress,
-        subject: String,
-        now: DateTime<Utc>,
-    ) -> Result<Headers, ComposeError> {
-        let mut headers = Headers::new();
-        let from: header::From = Mailboxes::from(self.from.clone()).into();
-        headers.set(from);
-        let to = Mailbox::new(None, crate::domain::ascii_address(to.as_str()).parse()?);
-        let to: header::To = Mailboxes::from(to).into();
-        headers.set(to);
-        headers.set(header::Subject::from(subject));
-        headers.set(header::Date::new(now.into()));
-        headers.set(header::MessageId::from(self.message_id()));
-        Ok(headers)
-    }
-
     /// A new `Message-ID` on the sender's domain.
     fn message_id(&self) -> String {
         let mut id = [0u8; 16];
@@ -399,6 +385,11 @@ impl DigestBody {
         PreparedBody {
             locale: self.locale,
             subject: self.subject.clone(),
+            subject_line: {
+                let mut line = Headers::new();
+                line.set(header::Subject::from(self.subject.clone()));
+                line.to_string()
+            },
             topics: self.topics.clone(),
             wire: WireBody {
                 text: EncodedPrefix::new(&self.text),
@@ -417,6 +408,8 @@ pub struct PreparedBody {
     pub locale: Locale,
     /// One line, the same for every reader.
     pub subject: String,
+    /// The `Subject:` header line, encoded and folded once.
+    subject_line: String,
     /// The readers' topics, named again in the reader's part.
     pub topics: String,
     wire: WireBody,
@@ -433,7 +426,11 @@ impl PreparedBody {
         // The cut footer (a few KB, made later) is not counted: the size must not
         // change while a cache holds the body.
         let part = |p: &EncodedPrefix| p.lines.len() + p.rest.len();
-        self.subject.len() + self.topics.len() + part(&self.wire.text) + part(&self.wire.html)
+        self.subject.len()
+            + self.subject_line.len()
+            + self.topics.len()
+            + part(&self.wire.text)
+            + part(&self.wire.html)
     }
 }
 
@@ -583,6 +580,22 @@ fn push_encoded(out: &mut Vec<u8>, byte: u8) {
         HEX[usize::from(byte >> 4)],
         HEX[usize::from(byte & 15)],
     ]);
+}
+
+/// The values of one digest's header lines (see [`Composer::digest_headers`]).
+struct DigestHeaders<'a> {
+    to: &'a EmailAddress,
+    subject_line: &'a str,
+    now: DateTime<Utc>,
+    message_id: &'a str,
+    list_unsubscribe: &'a str,
+    boundary: &'a str,
+}
+
+/// Whether `byte` may stand in an address that lettre writes as it is: an atom's
+/// characters (RFC 5322 `atext`), the dot and the at sign.
+fn plain_in_address(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&byte)
 }
 
 /// A reader's values in the digest footer.
@@ -864,6 +877,71 @@ impl Composer {
     }
 
     /// The `List-Unsubscribe` value for the reader's one-click link `unsubscribe`.
+    /// Appends a digest's header lines (`From`, `To`, `Subject`, `Date`,
+    /// `Message-ID`, the list headers of RFC 2369 and RFC 8058, `MIME-Version`,
+    /// `Content-Type`) to `out`, as lettre formats them: the lines every digest or
+    /// every reader of a body shares are formatted by lettre once; a value lettre
+    /// would encode or fold (an address or `List-Unsubscribe` with more than
+    /// plain ASCII, or a long one with spaces) goes through lettre each time.
+    fn digest_headers(&self, out: &mut Vec<u8>, h: &DigestHeaders<'_>) -> Result<(), ComposeError> {
+        use std::io::Write as _;
+        let (from, list_id) = &self.digest_lines;
+        out.extend_from_slice(from.as_bytes());
+        let to = crate::domain::ascii_address(h.to.as_str());
+        if to.bytes().all(plain_in_address) {
+            for piece in ["To: ", &to, "\r\n"] {
+                out.extend_from_slice(piece.as_bytes());
+            }
+        } else {
+            let mut line = Headers::new();
+            line.set(header::To::from(Mailboxes::from(Mailbox::new(
+                None,
+                to.parse()?,
+            ))));
+            out.extend_from_slice(line.to_string().as_bytes());
+        }
+        out.extend_from_slice(h.subject_line.as_bytes());
+        // RFC 5322's date, in UTC as lettre writes it.
+        let _ = write!(
+            out,
+            "Date: {}\r\n",
+            h.now.format("%a, %d %b %Y %H:%M:%S +0000")
+        );
+        for piece in ["Message-ID: ", h.message_id, "\r\n", list_id] {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        // lettre folds a value only at its spaces, and encodes a word only when
+        // it holds more than ASCII.
+        let unfoldable = h
+            .list_unsubscribe
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' ')
+            && (!h.list_unsubscribe.contains(' ') || h.list_unsubscribe.len() <= 50);
+        if unfoldable {
+            for piece in ["List-Unsubscribe: ", h.list_unsubscribe, "\r\n"] {
+                out.extend_from_slice(piece.as_bytes());
+            }
+        } else {
+            let mut line = Headers::new();
+            line.insert_raw(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                h.list_unsubscribe.to_owned(),
+            ));
+            out.extend_from_slice(line.to_string().as_bytes());
+        }
+        for piece in [
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            "MIME-Version: 1.0\r\n",
+            // Folded as lettre folds it for a boundary of 40 characters.
+            "Content-Type: multipart/alternative;\r\n boundary=\"",
+            h.boundary,
+            "\"\r\n",
+        ] {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        Ok(())
+    }
+
     fn list_unsubscribe(&self, unsubscribe: &str, subscriber_id: i64) -> String {
         match &self.addresses.unsubscribe {
             Some(template) => {
@@ -981,28 +1059,12 @@ impl Composer {
             }
         };
         let wire = &body.wire;
-        let header = |name: &'static str, value: String| {
-            HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
-        };
-        let mut headers = self.headers(&address, body.subject.clone(), now)?;
-        headers.insert_raw(header("List-Id", self.list_id.clone()));
-        headers.insert_raw(header(
-            "List-Unsubscribe",
-            self.list_unsubscribe(&unsubscribe, subscriber_id),
-        ));
-        headers.insert_raw(header(
-            "List-Unsubscribe-Post",
-            "List-Unsubscribe=One-Click".to_owned(),
-        ));
-        headers.set(lettre::message::header::MIME_VERSION_1_0);
         let boundary: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
             .take(40)
             .map(char::from)
             .collect();
-        headers.set(ContentType::parse(&format!(
-            "multipart/alternative; boundary=\"{boundary}\""
-        ))?);
+        let list_unsubscribe = self.list_unsubscribe(&unsubscribe, subscriber_id);
         // As lettre's `MultiPart` lays it out, without copying the parts into
         // it first: the shared lines are copied once, into the message.
         let parts = [
@@ -1010,13 +1072,22 @@ impl Composer {
             ("text/html", &wire.html.lines, true),
         ];
         // Sized once: a message outgrowing its buffer was copied whole again.
-        let headers = headers.to_string();
         let size: usize = parts
             .iter()
             .map(|(_, l, html)| l.len() + tails.size_hint(*html) + 160)
             .sum();
-        let mut message = Vec::with_capacity(headers.len() + size + 64);
-        message.extend_from_slice(headers.as_bytes());
+        let mut message = Vec::with_capacity(1024 + size);
+        self.digest_headers(
+            &mut message,
+            &DigestHeaders {
+                to: &address,
+                subject_line: &body.subject_line,
+                now,
+                message_id: &self.message_id(),
+                list_unsubscribe: &list_unsubscribe,
+                boundary: &boundary,
+            },
+        )?;
         message.extend_from_slice(b"\r\n");
         let mut html_size = 0;
         for (kind, lines, html) in parts {
@@ -1109,6 +1180,113 @@ mod tests {
             list_unsubscribe.contains("/unsubscribe/7."),
             "{list_unsubscribe}"
         );
+    }
+
+    /// A digest's header lines as lettre formats them whole (how they were built
+    /// before [`Composer::digest_headers`]): the reference for the test below.
+    fn lettre_digest_headers(
+        c: &Composer,
+        list_id: &str,
+        h: &DigestHeaders<'_>,
+        subject: &str,
+    ) -> String {
+        use lettre::message::header::ContentType;
+        let mut headers = Headers::new();
+        headers.set(header::From::from(Mailboxes::from(c.from.clone())));
+        let to = crate::domain::ascii_address(h.to.as_str()).parse().unwrap();
+        headers.set(header::To::from(Mailboxes::from(Mailbox::new(None, to))));
+        headers.set(header::Subject::from(subject.to_owned()));
+        headers.set(header::Date::new(h.now.into()));
+        headers.set(header::MessageId::from(h.message_id.to_owned()));
+        let raw = |name: &'static str, value: &str| {
+            HeaderValue::new(HeaderName::new_from_ascii_str(name), value.to_owned())
+        };
+        headers.insert_raw(raw("List-Id", list_id));
+        headers.insert_raw(raw("List-Unsubscribe", h.list_unsubscribe));
+        headers.insert_raw(raw("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"));
+        headers.set(lettre::message::header::MIME_VERSION_1_0);
+        headers.set(
+            ContentType::parse(&format!(
+                "multipart/alternative; boundary=\"{}\"",
+                h.boundary
+            ))
+            .unwrap(),
+        );
+        headers.to_string()
+    }
+
+    /// The header lines a digest writes itself are byte for byte those lettre
+    /// writes: plain and unusual addresses, an international domain, a subject
+    /// lettre encodes and folds, a `List-Unsubscribe` with and without `mailto:`.
+    #[test]
+    fn a_digests_header_lines_are_those_lettre_writes() {
+        let with_mailto = Composer::new(
+            Arc::new(Templates::load(None).expect("built-in templates")),
+            "Pressedienst Müller <news@example.org>"
+                .parse()
+                .expect("mailbox"),
+            "https://news.example.org".into(),
+            chrono::Duration::days(7),
+            LinkKey::new(vec![1; 32]),
+            "Nachrichten <news.example.org>".into(),
+            ReturnAddresses {
+                bounce: Some("bounces+{id}@news.example.org".into()),
+                unsubscribe: Some("unsubscribe+{id}@news.example.org".into()),
+            },
+        );
+        let long_subject = "Neue Meldungen für Sie am 02.05.2027: Wirtschaft, Politik, \
+            Kultur, Sport und noch viel mehr aus der ganzen Region";
+        let subjects = ["Neue Meldungen", "Grüße =?utf-8?q?x?=", long_subject];
+        let emails = [
+            "leser@example.org",
+            "o'brien+a=b@example.org",
+            "x&y=`z@example.org",
+            "leser@bücher.example",
+            "ein.sehr.langer.name.der.nicht.umbrochen.werden.kann.weil@example.org",
+        ];
+        let now = chrono::NaiveDate::from_ymd_opt(2027, 5, 2)
+            .unwrap()
+            .and_hms_opt(5, 0, 9)
+            .unwrap()
+            .and_utc();
+        let mut compared = 0;
+        for (c, list_id) in [
+            (&composer(), "news.example.org"),
+            (&with_mailto, "Nachrichten <news.example.org>"),
+        ] {
+            for subject in subjects {
+                let body = DigestBody::new(
+                    Locale::De,
+                    subject.into(),
+                    "t".into(),
+                    "h".into(),
+                    "x".into(),
+                )
+                .prepare();
+                for email in emails {
+                    let to = EmailAddress::parse(email).unwrap();
+                    let list_unsubscribe = c.list_unsubscribe(&c.links.unsubscribe(7), 7);
+                    let h = DigestHeaders {
+                        to: &to,
+                        subject_line: &body.subject_line,
+                        now,
+                        message_id: "<0123abcd@example.org>",
+                        list_unsubscribe: &list_unsubscribe,
+                        // As long as every digest's.
+                        boundary: "0123456789abcdefghijklmnopqrstuvwxyzABCD",
+                    };
+                    let mut out = Vec::new();
+                    c.digest_headers(&mut out, &h).unwrap();
+                    assert_eq!(
+                        String::from_utf8(out).unwrap(),
+                        lettre_digest_headers(c, list_id, &h, subject),
+                        "{email}, {subject}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert_eq!(compared, 30);
     }
 
     /// Quoted-printable as RFC 2045 has it: line breaks as CRLF, `=` and every
