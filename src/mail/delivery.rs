@@ -262,8 +262,8 @@ async fn record_rounds(
             // first and join this round; then it waits for more, up to `target`
             // mails or `ROUND_WAIT` after its first. A statement costs the
             // database about as much as six of its rows: a fan-out of 20,000 short
-            // digests took 1,900-2,200 statements of 9-10 rows, with rounds of 32
-            // (and 64 workers) about 590, and PostgreSQL 10-15 % less CPU. A
+            // digests took 1,900-2,200 statements of 9-10 rows, with rounds of
+            // 16 about 1,130, and PostgreSQL about 10 % less CPU. A
             // worker waits at most `ROUND_WAIT` longer for its record; a lone
             // mail (a confirmation) is recorded that much later.
             let deadline = tokio::time::Instant::now() + ROUND_WAIT;
