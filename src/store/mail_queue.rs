@@ -482,11 +482,8 @@ impl Store {
     /// When the database fails; nothing is deleted then.
     pub async fn purge_finished_mail(&self, cutoff: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
         use std::collections::BTreeMap;
-        let sql = if self.is_postgres() {
-            PURGE_PG
-        } else {
-            PURGE_SQLITE
-        };
+        let postgres = self.is_postgres();
+        let sql = if postgres { PURGE_PG } else { PURGE_SQLITE };
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let rows: Vec<PurgedRow> = sqlx::query_as(sql)
@@ -519,6 +516,9 @@ impl Store {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO delivery_days (subscriber_id, day, kind, sent, failed, last_error) ",
                 );
+                if postgres {
+                    q.push("SELECT * FROM (");
+                }
                 q.push_values(chunk, |mut row, ((subscriber, day, kind), totals)| {
                     row.push_bind(*subscriber)
                         .push_bind(*day)
@@ -527,6 +527,14 @@ impl Store {
                         .push_bind(totals.failed)
                         .push_bind(totals.last_error.as_ref().map(|(_, e)| e.clone()));
                 });
+                if postgres {
+                    // A mail whose reader is gone (no foreign key holds it on
+                    // PostgreSQL) goes without a history row.
+                    q.push(
+                        ") AS v (subscriber_id, day, kind, sent, failed, last_error) \
+                         WHERE EXISTS (SELECT 1 FROM subscribers WHERE subscribers.id = v.subscriber_id)",
+                    );
+                }
                 q.push(
                     " ON CONFLICT (subscriber_id, day, kind) DO UPDATE SET sent = delivery_days.sent + excluded.sent, \
                      failed = delivery_days.failed + excluded.failed, \

@@ -109,6 +109,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0017_bodies_by_age.sql"),
         include_str!("../../migrations/sqlite/0017_bodies_by_age.sql"),
     ),
+    (
+        18,
+        "mail without reader key",
+        include_str!("../../migrations/postgres/0018_mail_without_reader_key.sql"),
+        include_str!("../../migrations/sqlite/0018_mail_without_reader_key.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

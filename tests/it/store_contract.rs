@@ -420,6 +420,73 @@ async fn the_mail_limit_counts_mails_per_address_per_window(backend: Backend) {
     ));
 }
 
+/// A sign-up purged unconfirmed takes all its mail along, the confirmation already
+/// sent too (on PostgreSQL no foreign key does it since migration 0018), so the
+/// retention purge finds nothing of it; and on PostgreSQL a mail whose reader is
+/// gone anyway is purged without a history row instead of stopping the purge.
+async fn a_purged_sign_up_takes_its_mail_along(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    let req = sign_up(
+        "gone@example.org",
+        &["wirtschaft"],
+        t0(),
+        &Token::generate(),
+    );
+    store
+        .sign_up(&req, |_, _| Ok(mail("confirm", "gone@example.org")))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_mail(t0(), t0(), t0() + Duration::minutes(5), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    store.mails_sent(&[claimed[0].id], t0()).await.unwrap();
+    let mails = |store: Store| async move {
+        let sql = "SELECT COUNT(*) FROM mail_jobs";
+        match &store {
+            Store::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+            Store::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+        }
+        .unwrap()
+    };
+    assert_eq!(mails(store.clone()).await, 1);
+    assert_eq!(
+        store.purge_pending(t0() + Duration::days(1)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        mails(store.clone()).await,
+        0,
+        "the sent confirmation went along"
+    );
+    let long_after = t0() + Duration::days(100);
+    assert_eq!(
+        store.purge_finished_mail(long_after, 1000).await.unwrap(),
+        0
+    );
+    if let Store::Postgres(pool) = &store {
+        sqlx::query(
+            "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, status, \
+             next_attempt_at, created_at, finished_at) \
+             VALUES (424242, 'digest', 'x@example.org', 'b@example.org', 'sent', $1, $1, $1)",
+        )
+        .bind(t0())
+        .execute(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            store.purge_finished_mail(long_after, 1000).await.unwrap(),
+            1
+        );
+        let days: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_days")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(days, 0, "no history row for a reader who is gone");
+    }
+}
+
 async fn claimed_mail_is_leased_retried_and_finished(backend: Backend) {
     let (store, _db) = store(backend).await;
     for who in ["one@example.org", "two@example.org"] {
@@ -1824,6 +1891,7 @@ on_both_backends!(
     expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged,
     the_mail_limit_counts_mails_per_address_per_window,
     claimed_mail_is_leased_retried_and_finished,
+    a_purged_sign_up_takes_its_mail_along,
     migrations_can_run_twice,
     a_stored_value_that_does_not_parse_is_an_error_naming_the_row,
     a_due_reader_whose_row_does_not_parse_is_named_and_skipped_for_a_day,

@@ -226,15 +226,17 @@ impl Store {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut tally = Tally::default();
-            // Their queued mail goes first, so that the queue counters see it go.
-            let dropped: Vec<String> = sqlx::query_scalar(
-                "DELETE FROM mail_jobs WHERE status = 'queued' AND subscriber_id IN (SELECT id FROM subscribers \
-                 WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1) RETURNING kind",
+            // Their mail goes first: queued mail counted out of the queue, the
+            // confirmation mail already sent or failed with it (no foreign key
+            // takes it along on PostgreSQL, see migration 0018).
+            let dropped: Vec<(String, String)> = sqlx::query_as(
+                "DELETE FROM mail_jobs WHERE subscriber_id IN (SELECT id FROM subscribers \
+                 WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1) RETURNING kind, status",
             )
             .bind(cutoff)
             .fetch_all(&mut *tx)
             .await?;
-            for kind in &dropped {
+            for (kind, _) in dropped.iter().filter(|(_, status)| status == "queued") {
                 tally.mails(kind, Some("queued"), None, 1);
             }
             let purged = sqlx::query(
