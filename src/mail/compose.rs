@@ -50,6 +50,8 @@ pub struct Composer {
     site: SiteSettings,
     /// The `From:` and `List-Id:` header lines of every digest, formatted once.
     digest_lines: (String, String),
+    /// The sender's domain in ASCII (IDNA) form: a `Message-ID` holds no more.
+    message_id_domain: String,
 }
 
 /// Address templates with an `{id}` placeholder for the reader (see
@@ -80,8 +82,12 @@ impl Composer {
             HeaderName::new_from_ascii_str("List-Id"),
             list_id,
         ));
+        let sender = crate::domain::ascii_address(&format!("id@{}", from.email.domain()));
         Self {
             digest_lines: (from_line.to_string(), list_id_line.to_string()),
+            message_id_domain: sender
+                .split_once('@')
+                .map_or(sender.clone(), |(_, d)| d.to_owned()),
             templates,
             from,
             links: Links::new(public_url, link_key),
@@ -295,7 +301,7 @@ impl Composer {
     fn message_id(&self) -> String {
         let mut id = [0u8; 16];
         rand::rng().fill_bytes(&mut id);
-        format!("<{}@{}>", hex(&id), self.from.email.domain())
+        format!("<{}@{}>", hex(&id), self.message_id_domain)
     }
 
     /// The message around `parts`: sender, recipient, subject, date, id and
@@ -876,7 +882,6 @@ impl Composer {
         ))
     }
 
-    /// The `List-Unsubscribe` value for the reader's one-click link `unsubscribe`.
     /// Appends a digest's header lines (`From`, `To`, `Subject`, `Date`,
     /// `Message-ID`, the list headers of RFC 2369 and RFC 8058, `MIME-Version`,
     /// `Content-Type`) to `out`, as lettre formats them: the lines every digest or
@@ -942,6 +947,7 @@ impl Composer {
         Ok(())
     }
 
+    /// The `List-Unsubscribe` value for the reader's one-click link `unsubscribe`.
     fn list_unsubscribe(&self, unsubscribe: &str, subscriber_id: i64) -> String {
         match &self.addresses.unsubscribe {
             Some(template) => {
@@ -1287,6 +1293,21 @@ mod tests {
             }
         }
         assert_eq!(compared, 30);
+        // The id's domain in ASCII, which lettre would otherwise have had to encode.
+        let idn = Composer::new(
+            Arc::new(Templates::load(None).expect("built-in templates")),
+            "News <news@bücher.example>".parse().expect("mailbox"),
+            "https://news.example.org".into(),
+            chrono::Duration::days(7),
+            LinkKey::new(vec![1; 32]),
+            "news.example.org".into(),
+            ReturnAddresses::default(),
+        );
+        let id = idn.message_id();
+        assert!(
+            id.ends_with("@xn--bcher-kva.example>") && id.is_ascii(),
+            "{id}"
+        );
     }
 
     /// Quoted-printable as RFC 2045 has it: line breaks as CRLF, `=` and every

@@ -223,29 +223,60 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn purge_pending(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        let postgres = self.is_postgres();
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut tally = Tally::default();
-            // Their mail goes first: queued mail counted out of the queue, the
-            // confirmation mail already sent or failed with it (no foreign key
-            // takes it along on PostgreSQL, see migration 0018).
-            let dropped: Vec<(String, String)> = sqlx::query_as(
-                "DELETE FROM mail_jobs WHERE subscriber_id IN (SELECT id FROM subscribers \
-                 WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1) RETURNING kind, status",
-            )
-            .bind(cutoff)
-            .fetch_all(&mut *tx)
-            .await?;
+            const PURGED: &str = "FROM subscribers \
+                WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1";
+            // All their mail goes: queued mail counted out of the queue, the
+            // confirmation already sent or failed with it. On PostgreSQL, where no
+            // foreign key takes it along (migration 0018), the readers go first,
+            // their rows locked as an erasure or a resent confirmation locks them,
+            // and then the mail of exactly those readers, read after any such
+            // transaction committed. On SQLite (one writer, and the key's cascade
+            // would take the mail uncounted) the mail goes first.
+            let (purged, dropped): (u64, Vec<(String, String)>) = if postgres {
+                let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "DELETE {PURGED} RETURNING id"
+                )))
+                .bind(cutoff)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut dropped = Vec::new();
+                for chunk in ids.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "DELETE FROM mail_jobs WHERE subscriber_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    list.push_unseparated(") RETURNING kind, status");
+                    dropped.extend(
+                        q.build_query_as::<(String, String)>()
+                            .fetch_all(&mut *tx)
+                            .await?,
+                    );
+                }
+                (ids.len() as u64, dropped)
+            } else {
+                let dropped = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM mail_jobs WHERE subscriber_id IN (SELECT id {PURGED}) RETURNING kind, status"
+                )))
+                .bind(cutoff)
+                .fetch_all(&mut *tx)
+                .await?;
+                let purged = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {PURGED}")))
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                (purged, dropped)
+            };
             for (kind, _) in dropped.iter().filter(|(_, status)| status == "queued") {
                 tally.mails(kind, Some("queued"), None, 1);
             }
-            let purged = sqlx::query(
-                "DELETE FROM subscribers WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1",
-            )
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
             tally.subscribers(Some(SubscriberStatus::Pending), None, purged as i64);
             // A former reader who signed up again and never confirmed goes back to
             // unsubscribed: an unconfirmed form must not erase their history.
