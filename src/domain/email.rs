@@ -136,7 +136,7 @@ pub fn ascii_address(address: &str) -> String {
 /// not one IDNA can convert. Only what [`EmailAddress::parse`] accepts in a domain
 /// is handed to the converter, which would otherwise also percent-decode and read
 /// numbers as IPv4 addresses.
-fn ascii_domain(domain: &str) -> String {
+pub fn ascii_domain(domain: &str) -> String {
     let convertible = !domain.is_empty()
         && domain
             .chars()

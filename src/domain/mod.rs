@@ -9,7 +9,7 @@ mod status;
 mod token;
 mod topic;
 
-pub use email::{EmailAddress, EmailError, ascii_address};
+pub use email::{EmailAddress, EmailError, ascii_address, ascii_domain};
 pub use feed_schedule::{FeedSchedule, FeedScheduleError};
 pub use http_url::{HttpUrl, HttpUrlError};
 pub use schedule::{

@@ -28,9 +28,6 @@ pub enum ComposeError {
     /// An address lettre cannot use.
     #[error("address: {0}")]
     Address(#[from] lettre::address::AddressError),
-    /// A content type lettre cannot use (should not happen: they are ours).
-    #[error("content type: {0}")]
-    ContentType(#[from] lettre::message::header::ContentTypeErr),
 }
 
 /// Renders and assembles mails. Cheap to share.
@@ -82,12 +79,9 @@ impl Composer {
             HeaderName::new_from_ascii_str("List-Id"),
             list_id,
         ));
-        let sender = crate::domain::ascii_address(&format!("id@{}", from.email.domain()));
         Self {
             digest_lines: (from_line.to_string(), list_id_line.to_string()),
-            message_id_domain: sender
-                .split_once('@')
-                .map_or(sender.clone(), |(_, d)| d.to_owned()),
+            message_id_domain: crate::domain::ascii_domain(from.email.domain()),
             templates,
             from,
             links: Links::new(public_url, link_key),
@@ -390,7 +384,6 @@ impl DigestBody {
     pub fn prepare(&self) -> PreparedBody {
         PreparedBody {
             locale: self.locale,
-            subject: self.subject.clone(),
             subject_line: {
                 let mut line = Headers::new();
                 line.set(header::Subject::from(self.subject.clone()));
@@ -412,9 +405,8 @@ impl DigestBody {
 pub struct PreparedBody {
     /// Picks the language of the reader's part.
     pub locale: Locale,
-    /// One line, the same for every reader.
-    pub subject: String,
-    /// The `Subject:` header line, encoded and folded once.
+    /// The `Subject:` header line, the same for every reader, encoded and folded
+    /// once.
     subject_line: String,
     /// The readers' topics, named again in the reader's part.
     pub topics: String,
@@ -432,11 +424,7 @@ impl PreparedBody {
         // The cut footer (a few KB, made later) is not counted: the size must not
         // change while a cache holds the body.
         let part = |p: &EncodedPrefix| p.lines.len() + p.rest.len();
-        self.subject.len()
-            + self.subject_line.len()
-            + self.topics.len()
-            + part(&self.wire.text)
-            + part(&self.wire.html)
+        self.subject_line.len() + self.topics.len() + part(&self.wire.text) + part(&self.wire.html)
     }
 }
 
