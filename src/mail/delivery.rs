@@ -326,6 +326,11 @@ impl Pace {
         }
     }
 
+    /// Whether sends are spaced at all.
+    pub fn spaces(&self) -> bool {
+        !self.interval.is_zero()
+    }
+
     /// Waits for this send's slot.
     pub async fn wait(&self) {
         if self.interval.is_zero() {
@@ -669,7 +674,13 @@ async fn serve_batch(
             }
             None => break,
         }
-        let send = send_and_record(ctx, sender, mail, prepared, lease);
+        // The next mail's envelope goes ahead with this one's final dot (one
+        // round trip per mail), unless it has to wait for a send slot or the
+        // worker is stopping: the relay would wait for its message meanwhile.
+        let following = mails
+            .get(i + 1)
+            .filter(|next| lease.holds(next.id) && !ctx.pace.spaces() && !cancel.is_cancelled());
+        let send = send_and_record(ctx, sender, mail, prepared, following, lease);
         let (outcome, following) = tokio::join!(send, prepare(ctx, batch, i + 1));
         next = following;
         match outcome {
@@ -704,17 +715,18 @@ enum Recorded {
     RelayDown(String),
 }
 
-/// Sends `prepared` (the built mail, or why it could not be built) and records the
-/// outcome.
+/// Sends `prepared` (the built mail, or why it could not be built), announcing
+/// `next` when there is one, and records the outcome.
 async fn send_and_record(
     ctx: &DeliveryContext,
     sender: &mut Sender,
     mail: &ClaimedMail,
     prepared: Option<Result<ClaimedMail, SendError>>,
+    next: Option<&ClaimedMail>,
     lease: &Lease,
 ) -> Recorded {
     let prepared = prepared.unwrap_or_else(|| Err(SendError::Transient("not built".into())));
-    match deliver(ctx, sender, mail, prepared, lease.owner).await {
+    match deliver(ctx, sender, mail, prepared, next, lease.owner).await {
         Delivered::Sent => {
             if ctx.recorder.sent(mail.id).await {
                 lease.done(mail.id);
@@ -856,18 +868,19 @@ enum Delivered {
     RelayDown(String),
 }
 
-/// Sends one mail (`prepared`: as built for the wire) and records a failure of the
-/// mail itself.
+/// Sends one mail (`prepared`: as built for the wire; `next`: the mail to be sent
+/// after it, whose envelope may go ahead) and records a failure of the mail itself.
 #[tracing::instrument(skip_all, fields(mail.id = mail.id, attempt = mail.attempts))]
 async fn deliver(
     ctx: &DeliveryContext,
     sender: &mut Sender,
     mail: &ClaimedMail,
     prepared: Result<ClaimedMail, SendError>,
+    next: Option<&ClaimedMail>,
     owner: i64,
 ) -> Delivered {
     let result = match prepared {
-        Ok(built) => sender.send(&built).await,
+        Ok(built) => sender.send(&built, next).await,
         Err(e) => Err(e),
     };
     let now = ctx.clock.now();

@@ -6,7 +6,13 @@
 //! `MAIL FROM`, `RCPT TO` and `DATA` go out in one write and their replies are read
 //! together, then the message with its final dot in a second write. That is two
 //! round trips per mail where command by command takes four, and two writes where
-//! lettre's client made five. Each reply is still matched to its command, so a
+//! lettre's client made five. When the caller already knows the next mail of the
+//! session, its `MAIL FROM`, `RCPT TO` and `DATA` follow the final dot in the same
+//! write (RFC 2920 §3.1: the message may open a group, and `DATA` ends one), so a
+//! run of mails takes one round trip and one write each: the relay answers the dot
+//! and the next envelope together, and the next message goes out once it has been
+//! accepted. Only the envelope goes ahead, never a message: a mail is accepted only
+//! after the one before it was, and recorded. Each reply is still matched to its command, so a
 //! refusal says which command it answered ([`Step`], [`refusal`]): the relay's
 //! answer to `RCPT TO` can condemn a reader's address, its answer to `MAIL FROM`
 //! never does.
@@ -143,6 +149,9 @@ pub struct Session<S> {
     out: Vec<u8>,
     /// The reply line being read.
     line: Vec<u8>,
+    /// The envelope written after the last mail's final dot, for the next mail:
+    /// its replies are still to be read, and the relay waits for that message.
+    announced: Option<String>,
 }
 
 impl<S: Stream> Session<S> {
@@ -152,6 +161,7 @@ impl<S: Stream> Session<S> {
             extensions: Extensions::default(),
             out: Vec::new(),
             line: Vec::new(),
+            announced: None,
         }
     }
 
@@ -254,20 +264,118 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// One mail from `from` to `to`. After an error the session is in no known
-    /// state: the caller drops it.
+    /// One mail from `from` to `to`; `next`, the sender and recipient of the mail
+    /// the caller will send next on this session, if it knows them. With
+    /// `PIPELINING`, that mail's envelope follows this one's final dot in the same
+    /// write (see the module's documentation), and [`Session::send`] for it reads
+    /// the replies. After an error the session is in no known state: the caller
+    /// drops it.
     ///
     /// # Errors
     /// [`SendError`]: a refusal sorted by the command it answered ([`refusal`]),
-    /// or [`SendError::Transient`] for a deferral or a lost connection.
-    pub async fn send(&mut self, from: &str, to: &str, message: &[u8]) -> Result<(), SendError> {
-        if !self.io.buffer().is_empty() {
-            // A reply nobody asked for would be read as the answer to our next
-            // command, and could condemn a reader's address that was never refused.
-            return Err(SendError::Transient(
-                "the relay sent a reply nobody asked for; the session is ended".into(),
-            ));
+    /// or [`SendError::Transient`] for a deferral or a lost connection, or when
+    /// the envelope written ahead was for another mail.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        to: &str,
+        message: &[u8],
+        next: Option<(&str, &str)>,
+    ) -> Result<(), SendError> {
+        let envelope = self.envelope(from, to, message.is_ascii())?;
+        let lost = |step: Step, e: String| SendError::Transient(format!("{step}: {e}"));
+        match self.announced.as_deref() {
+            Some(written) if written == envelope => self.announced = None,
+            // Kept: the relay still waits for that message, so no QUIT either.
+            Some(_) => {
+                return Err(SendError::Transient(
+                    "the envelope sent ahead was for another mail; the session is ended".into(),
+                ));
+            }
+            None => {
+                if !self.io.buffer().is_empty() {
+                    // A reply nobody asked for would be read as the answer to our
+                    // next command, and could condemn a reader's address that was
+                    // never refused.
+                    return Err(SendError::Transient(
+                        "the relay sent a reply nobody asked for; the session is ended".into(),
+                    ));
+                }
+                if self.extensions.pipelining {
+                    write_all(self.io.get_mut(), envelope.as_bytes())
+                        .await
+                        .map_err(|e| lost(Step::MailFrom, e))?;
+                }
+            }
         }
+        let refused = |step: Step, reply: Reply| {
+            if reply.is(5) {
+                refusal(step, &reply.code.to_string(), &reply.text(), from, to)
+            } else {
+                let kind = if reply.is(4) {
+                    "transient error"
+                } else {
+                    "unexpected reply"
+                };
+                SendError::Transient(format!("{step}: {kind} ({}): {}", reply.code, reply.text()))
+            }
+        };
+        let steps = [Step::MailFrom, Step::RcptTo, Step::Data];
+        for (step, command) in steps.into_iter().zip(envelope.split_inclusive("\r\n")) {
+            if !self.extensions.pipelining {
+                self.write(command.as_bytes())
+                    .await
+                    .map_err(|e| lost(step, e))?;
+            }
+            let reply = self.reply().await.map_err(|e| lost(step, e))?;
+            let expected = if step == Step::Data { 3 } else { 2 };
+            if !reply.is(expected) {
+                return Err(refused(step, reply));
+            }
+        }
+        // The next mail's envelope, when it can go ahead: its message is not built
+        // yet, so it is announced as ASCII (a digest always is); should it not be,
+        // the envelopes differ and the session is ended instead.
+        let ahead = match next {
+            Some((from, to)) if self.extensions.pipelining => self.envelope(from, to, true).ok(),
+            _ => None,
+        };
+        self.out.clear();
+        // A message already as the DATA phase carries it (a digest: see
+        // `compose::quoted_printable_into`) goes out without a copy.
+        if wire_ready(message) {
+            self.out.extend_from_slice(b".\r\n");
+            self.out
+                .extend_from_slice(ahead.as_deref().unwrap_or_default().as_bytes());
+            write_all_two(self.io.get_mut(), message, &self.out).await
+        } else {
+            stuff(message, &mut self.out);
+            self.out
+                .extend_from_slice(ahead.as_deref().unwrap_or_default().as_bytes());
+            self.write_out().await
+        }
+        .map_err(|e| lost(Step::EndOfData, e))?;
+        let reply = self.reply().await.map_err(|e| lost(Step::EndOfData, e))?;
+        if reply.is(2) {
+            self.announced = ahead;
+            Ok(())
+        } else {
+            Err(refused(Step::EndOfData, reply))
+        }
+    }
+
+    /// Whether this session can take the mail from `from` to `to` next: nothing
+    /// was announced ahead, or exactly its envelope.
+    pub fn expects(&self, from: &str, to: &str, message: &[u8]) -> bool {
+        self.announced.as_ref().is_none_or(|written| {
+            self.envelope(from, to, message.is_ascii())
+                .is_ok_and(|envelope| *written == envelope)
+        })
+    }
+
+    /// `MAIL FROM`, `RCPT TO` and `DATA` for a mail from `from` to `to` whose
+    /// message is ASCII or not, each with its CRLF.
+    fn envelope(&self, from: &str, to: &str, ascii: bool) -> Result<String, SendError> {
         let mut parameters = String::new();
         if !from.is_ascii() || !to.is_ascii() {
             if !self.extensions.smtputf8 {
@@ -277,7 +385,7 @@ impl<S: Stream> Session<S> {
             }
             parameters.push_str(" SMTPUTF8");
         }
-        if !message.is_ascii() {
+        if !ascii {
             if !self.extensions.eight_bit_mime {
                 return Err(SendError::Permanent(
                     "a non-ASCII message, and the relay does not offer 8BITMIME".into(),
@@ -292,69 +400,19 @@ impl<S: Stream> Session<S> {
                 )));
             }
         }
-        let commands = [
-            (
-                Step::MailFrom,
-                format!("MAIL FROM:<{from}>{parameters}\r\n"),
-            ),
-            (Step::RcptTo, format!("RCPT TO:<{to}>\r\n")),
-            (Step::Data, "DATA\r\n".to_owned()),
-        ];
-        let lost = |step: Step, e: String| SendError::Transient(format!("{step}: {e}"));
-        let refused = |step: Step, reply: Reply| {
-            if reply.is(5) {
-                refusal(step, &reply.code.to_string(), &reply.text(), from, to)
-            } else {
-                let kind = if reply.is(4) {
-                    "transient error"
-                } else {
-                    "unexpected reply"
-                };
-                SendError::Transient(format!("{step}: {kind} ({}): {}", reply.code, reply.text()))
-            }
-        };
-        if self.extensions.pipelining {
-            self.out.clear();
-            for (_, command) in &commands {
-                self.out.extend_from_slice(command.as_bytes());
-            }
-            self.write_out()
-                .await
-                .map_err(|e| lost(Step::MailFrom, e))?;
-        }
-        for (step, command) in &commands {
-            if !self.extensions.pipelining {
-                self.write(command.as_bytes())
-                    .await
-                    .map_err(|e| lost(*step, e))?;
-            }
-            let reply = self.reply().await.map_err(|e| lost(*step, e))?;
-            let expected = if *step == Step::Data { 3 } else { 2 };
-            if !reply.is(expected) {
-                return Err(refused(*step, reply));
-            }
-        }
-        // A message already as the DATA phase carries it (a digest: see
-        // `compose::quoted_printable_into`) goes out without a copy.
-        if wire_ready(message) {
-            write_all_two(self.io.get_mut(), message, b".\r\n").await
-        } else {
-            self.out.clear();
-            stuff(message, &mut self.out);
-            self.write_out().await
-        }
-        .map_err(|e| lost(Step::EndOfData, e))?;
-        let reply = self.reply().await.map_err(|e| lost(Step::EndOfData, e))?;
-        if reply.is(2) {
-            Ok(())
-        } else {
-            Err(refused(Step::EndOfData, reply))
-        }
+        Ok(format!(
+            "MAIL FROM:<{from}>{parameters}\r\nRCPT TO:<{to}>\r\nDATA\r\n"
+        ))
     }
 
-    /// Ends the session politely.
+    /// Ends the session politely, or, while the relay waits for the message of
+    /// an envelope sent ahead, by closing the connection: in the DATA phase `QUIT`
+    /// would be taken as the message's text, and only a lost connection ends it
+    /// without a mail.
     pub async fn quit(&mut self) {
-        let _ = self.command("QUIT\r\n").await;
+        if self.announced.is_none() {
+            let _ = self.command("QUIT\r\n").await;
+        }
     }
 
     async fn command(&mut self, line: &str) -> Result<Reply, String> {
@@ -733,7 +791,7 @@ mod tests {
         let (session, relay) = session_with(PIPELINING, accept_all).await;
         let mut session = session.unwrap();
         let message = b"Subject: x\r\n\r\n.a line with a dot\r\nbare LF\nlast";
-        session.send(SENDER, READER, message).await.unwrap();
+        session.send(SENDER, READER, message, None).await.unwrap();
         session.quit().await;
         assert_eq!(
             relay.await.unwrap(),
@@ -746,12 +804,114 @@ mod tests {
         );
     }
 
+    const OTHER: &str = "other@example.net";
+
+    #[tokio::test]
+    async fn the_next_mails_envelope_follows_the_final_dot_and_is_answered_with_it() {
+        let (session, relay) = session_with(PIPELINING, accept_all).await;
+        let mut session = session.unwrap();
+        let next = Some((SENDER, OTHER));
+        session
+            .send(SENDER, READER, b"first\r\n", next)
+            .await
+            .unwrap();
+        assert!(session.expects(SENDER, OTHER, b"second\r\n"));
+        assert!(!session.expects(SENDER, READER, b"second\r\n"));
+        session
+            .send(SENDER, OTHER, b"second\r\n", None)
+            .await
+            .unwrap();
+        assert!(session.expects(SENDER, READER, b"third\r\n"));
+        session.quit().await;
+        assert_eq!(
+            relay.await.unwrap(),
+            [
+                "EHLO postbote.test\r\n".to_owned(),
+                format!("MAIL FROM:<{SENDER}>\r\nRCPT TO:<{READER}>\r\nDATA\r\n"),
+                format!("first\r\n.\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{OTHER}>\r\nDATA\r\n"),
+                "second\r\n.\r\n".to_owned(),
+                "QUIT\r\n".to_owned(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_waiting_for_another_mails_message_sends_nothing_more() {
+        let (session, relay) = session_with(PIPELINING, accept_all).await;
+        let mut session = session.unwrap();
+        // A message to be stuffed takes the other path to the wire.
+        let first = b"Subject: x\r\n\r\n.dot\nbare LF";
+        session
+            .send(SENDER, READER, first, Some((SENDER, OTHER)))
+            .await
+            .unwrap();
+        // Announced as ASCII: an 8-bit message needs another MAIL FROM.
+        assert!(!session.expects(SENDER, OTHER, "Grüße\r\n".as_bytes()));
+        let sent = session.send(SENDER, READER, b"not this\r\n", None).await;
+        assert!(
+            matches!(&sent, Err(SendError::Transient(e)) if e.contains("another mail")),
+            "{sent:?}"
+        );
+        // QUIT would be the announced mail's text: the connection is only dropped.
+        session.quit().await;
+        drop(session);
+        let chunks = relay.await.unwrap();
+        assert_eq!(
+            chunks.last().unwrap(),
+            &format!(
+                "Subject: x\r\n\r\n..dot\r\nbare LF\r\n.\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{OTHER}>\r\nDATA\r\n"
+            )
+        );
+        assert_eq!(chunks.len(), 3, "{chunks:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_the_envelope_sent_ahead_is_the_next_mails() {
+        fn refuse_other(command: &str) -> &'static str {
+            match command {
+                c if c.starts_with("RCPT") && c.contains("other@") => "550 5.1.1 User unknown",
+                c => accept_all(c),
+            }
+        }
+        let (session, _relay) = session_with(PIPELINING, refuse_other).await;
+        let mut session = session.unwrap();
+        // The first mail is accepted whatever its follower's envelope gets.
+        session
+            .send(SENDER, READER, b"first\r\n", Some((SENDER, OTHER)))
+            .await
+            .unwrap();
+        let sent = session.send(SENDER, OTHER, b"second\r\n", None).await;
+        assert!(
+            matches!(&sent, Err(SendError::RecipientRefused(e)) if e.contains("550 5.1.1")),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_pipelining_nothing_goes_ahead() {
+        let (session, relay) = session_with("250-relay.test\r\n250 8BITMIME", accept_all).await;
+        let mut session = session.unwrap();
+        session
+            .send(SENDER, READER, b"first\r\n", Some((SENDER, OTHER)))
+            .await
+            .unwrap();
+        session
+            .send(SENDER, OTHER, b"second\r\n", None)
+            .await
+            .unwrap();
+        session.quit().await;
+        let chunks = relay.await.unwrap();
+        assert_eq!(chunks[4], "first\r\n.\r\n");
+        assert_eq!(chunks[5], format!("MAIL FROM:<{SENDER}>\r\n"));
+        assert_eq!(chunks.last().unwrap(), "QUIT\r\n");
+    }
+
     #[tokio::test]
     async fn without_pipelining_each_command_waits_for_its_reply() {
         let (session, relay) = session_with("250-relay.test\r\n250 8BITMIME", accept_all).await;
         let mut session = session.unwrap();
         session
-            .send(SENDER, READER, "Grüße\r\n".as_bytes())
+            .send(SENDER, READER, "Grüße\r\n".as_bytes(), None)
             .await
             .unwrap();
         session.quit().await;
@@ -810,7 +970,7 @@ mod tests {
         ];
         for (answer, expected) in cases {
             let (session, _relay) = session_with(PIPELINING, answer).await;
-            let sent = session.unwrap().send(SENDER, READER, b"x\r\n").await;
+            let sent = session.unwrap().send(SENDER, READER, b"x\r\n", None).await;
             assert_eq!(sent, Err(expected));
         }
     }
@@ -819,18 +979,23 @@ mod tests {
     async fn what_the_message_or_address_needs_must_be_offered() {
         let (session, _relay) = session_with("250 relay.test", accept_all).await;
         let mut session = session.unwrap();
-        let sent = session.send(SENDER, READER, "Grüße".as_bytes()).await;
+        let sent = session.send(SENDER, READER, "Grüße".as_bytes(), None).await;
         assert!(
             matches!(&sent, Err(SendError::Permanent(e)) if e.contains("8BITMIME")),
             "{sent:?}"
         );
-        let sent = session.send(SENDER, "zoë@example.net", b"x").await;
+        let sent = session.send(SENDER, "zoë@example.net", b"x", None).await;
         assert!(
             matches!(&sent, Err(SendError::Permanent(e)) if e.contains("SMTPUTF8")),
             "{sent:?}"
         );
         let sent = session
-            .send(SENDER, "a@b.example>\r\nRCPT TO:<victim@example.com", b"x")
+            .send(
+                SENDER,
+                "a@b.example>\r\nRCPT TO:<victim@example.com",
+                b"x",
+                None,
+            )
             .await;
         assert!(
             matches!(&sent, Err(SendError::Permanent(e)) if e.contains("cannot carry")),
@@ -1055,11 +1220,11 @@ mod tests {
         }
         let (session, _relay) = session_with(PIPELINING, chatty).await;
         let mut session = session.unwrap();
-        session.send(SENDER, READER, b"x\r\n").await.unwrap();
+        session.send(SENDER, READER, b"x\r\n", None).await.unwrap();
         // Wait for the stray reply (it may have come with the 250 already); it is
         // seen before anything is sent.
         let _ = session.io.fill_buf().await;
-        let sent = session.send(SENDER, READER, b"y\r\n").await;
+        let sent = session.send(SENDER, READER, b"y\r\n", None).await;
         assert!(
             matches!(&sent, Err(SendError::Transient(e)) if e.contains("nobody asked for")),
             "{sent:?}"

@@ -75,41 +75,48 @@ impl Sender {
         }
     }
 
-    /// Delivers one mail.
+    /// Delivers one mail. `next` is the mail the caller will send right after it,
+    /// if it knows it: over SMTP its envelope goes ahead (`smtp::Session::send`).
     ///
     /// # Errors
     /// [`SendError`] saying whether a later attempt may succeed.
-    pub async fn send(&mut self, mail: &ClaimedMail) -> Result<(), SendError> {
+    pub async fn send(
+        &mut self,
+        mail: &ClaimedMail,
+        next: Option<&ClaimedMail>,
+    ) -> Result<(), SendError> {
         match &self.transport {
             Transport::Outbox(dir) => write_outbox(dir, mail).await,
             Transport::Smtp(relay) => {
                 let relay = relay.clone();
-                self.send_smtp(&relay, mail).await
+                self.send_smtp(&relay, mail, next).await
             }
         }
     }
 
-    async fn send_smtp(&mut self, relay: &SmtpRelay, mail: &ClaimedMail) -> Result<(), SendError> {
-        let from: Address = mail
-            .envelope_from
-            .parse()
-            .map_err(|e| SendError::Permanent(format!("sender: {e}")))?;
-        // A relay without SMTPUTF8 still takes an internationalised domain in its
-        // ASCII form.
-        let to: Address = crate::domain::ascii_address(&mail.recipient)
-            .parse()
-            .map_err(|e| SendError::Permanent(format!("recipient: {e}")))?;
+    async fn send_smtp(
+        &mut self,
+        relay: &SmtpRelay,
+        mail: &ClaimedMail,
+        next: Option<&ClaimedMail>,
+    ) -> Result<(), SendError> {
+        let (from, to) = envelope(mail)?;
+        let next = next.and_then(|next| envelope(next).ok());
+        let next = next.as_ref().map(|(from, to)| (from.as_ref(), to.as_ref()));
 
-        let reused = matches!(&self.conn, Some((_, used)) if used.elapsed() < MAX_IDLE);
+        // A session waiting for another mail's message than this one (the mail
+        // announced was not sent after all) is ended rather than used.
+        let reused = matches!(&self.conn, Some((session, used))
+            if used.elapsed() < MAX_IDLE && session.expects(from.as_ref(), to.as_ref(), &mail.message));
         if !reused {
             self.close().await;
         }
-        let result = self.try_send(relay, &from, &to, &mail.message).await;
+        let result = self.try_send(relay, &from, &to, &mail.message, next).await;
         match result {
             // A kept-open connection may have died unseen; one fresh try decides.
             Err(SendError::Transient(_) | SendError::Relay(_)) if reused => {
                 self.close().await;
-                self.try_send(relay, &from, &to, &mail.message).await
+                self.try_send(relay, &from, &to, &mail.message, next).await
             }
             other => other,
         }
@@ -121,6 +128,7 @@ impl Sender {
         from: &Address,
         to: &Address,
         message: &[u8],
+        next: Option<(&str, &str)>,
     ) -> Result<(), SendError> {
         let mut conn = match self.conn.take() {
             Some((c, _)) => c,
@@ -133,7 +141,7 @@ impl Sender {
                     ))
                 })??,
         };
-        let transaction = conn.send(from.as_ref(), to.as_ref(), message);
+        let transaction = conn.send(from.as_ref(), to.as_ref(), message, next);
         match tokio::time::timeout(self.timeout, transaction).await {
             Ok(Ok(())) => {
                 self.conn = Some((conn, Instant::now()));
@@ -161,6 +169,20 @@ impl Sender {
             let _ = tokio::time::timeout(Duration::from_secs(2), session.quit()).await;
         }
     }
+}
+
+/// A mail's envelope sender and recipient as SMTP carries them.
+fn envelope(mail: &ClaimedMail) -> Result<(Address, Address), SendError> {
+    let from: Address = mail
+        .envelope_from
+        .parse()
+        .map_err(|e| SendError::Permanent(format!("sender: {e}")))?;
+    // A relay without SMTPUTF8 still takes an internationalised domain in its
+    // ASCII form.
+    let to: Address = crate::domain::ascii_address(&mail.recipient)
+        .parse()
+        .map_err(|e| SendError::Permanent(format!("recipient: {e}")))?;
+    Ok((from, to))
 }
 
 /// Opens an SMTP session to `relay`: our own socket with `TCP_NODELAY` for every

@@ -142,7 +142,7 @@ async fn a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back(bac
     assert_eq!(sink.raw_messages().len(), 1, "delivered once");
 }
 
-async fn a_relay_that_goes_down_again_and_again_loses_no_mail_and_sends_none_twice(
+async fn a_relay_that_goes_down_again_and_again_loses_no_mail_and_repeats_at_most_the_one_in_flight(
     backend: Backend,
 ) {
     let db = TestDb::new(backend).await;
@@ -214,11 +214,32 @@ async fn a_relay_that_goes_down_again_and_again_loses_no_mail_and_sends_none_twi
         );
         assert!(dead.raw_messages().len() >= 2);
     }
-    assert_eq!(
-        deliveries(gone.iter().chain([&sink])),
-        once_each(&readers),
-        "every mail arrived, none twice"
-    );
+    // Every mail arrived. A mail went out twice only when the outage caught the
+    // relay after it had the message whole but before it said so: its "250"
+    // waits in the relay's output while it answers the next mail's envelope,
+    // which went out with that message's final dot. That is the outage's
+    // transaction in flight, the last whole message of a dead relay, at most one
+    // per outage. No message the relay never had whole is sent twice.
+    let got = deliveries(gone.iter().chain([&sink]));
+    let readers_got: BTreeSet<&String> = got.keys().collect();
+    assert_eq!(readers_got, readers.iter().collect(), "every mail arrived");
+    let in_flight: Vec<String> = gone
+        .iter()
+        .map(|dead| recipient(dead.raw_messages().last().unwrap()))
+        .collect();
+    let twice: Vec<&String> = got
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(r, _)| r)
+        .collect();
+    for reader in &twice {
+        assert_eq!(got[*reader], 2, "{reader}: {got:?}");
+        assert!(
+            in_flight.contains(reader),
+            "{reader} went out twice but was not in flight at an outage ({in_flight:?})"
+        );
+    }
+    assert!(twice.len() <= gone.len(), "{got:?}");
 }
 
 async fn mail_queued_before_a_crash_is_sent_after_the_restart(backend: Backend) {
@@ -625,7 +646,7 @@ async fn without_an_smtp_url_every_mail_is_one_whole_eml_file_in_the_outbox(back
 
 on_both_backends!(
     a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back,
-    a_relay_that_goes_down_again_and_again_loses_no_mail_and_sends_none_twice,
+    a_relay_that_goes_down_again_and_again_loses_no_mail_and_repeats_at_most_the_one_in_flight,
     mail_queued_before_a_crash_is_sent_after_the_restart,
     sigterm_stops_serve_gracefully_and_quickly,
     sigterm_in_the_middle_of_sends_finishes_them_and_leaves_the_rest_queued,
