@@ -55,6 +55,9 @@ pub struct Sender {
     timeout: Duration,
     /// The open SMTP session, and when it was last used.
     conn: Option<(Session<Box<dyn Stream>>, Instant)>,
+    /// The envelope of the mail named as the next one (its id, sender and
+    /// recipient), parsed once for its announcement and its own transaction.
+    next: Option<(i64, Address, Address)>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -72,6 +75,7 @@ impl Sender {
             transport,
             timeout,
             conn: None,
+            next: None,
         }
     }
 
@@ -100,9 +104,14 @@ impl Sender {
         mail: &ClaimedMail,
         next: Option<&ClaimedMail>,
     ) -> Result<(), SendError> {
-        let (from, to) = envelope(mail)?;
-        let next = next.and_then(|next| envelope(next).ok());
-        let next = next.as_ref().map(|(from, to)| (from.as_ref(), to.as_ref()));
+        let (from, to) = match self.next.take() {
+            Some((id, from, to)) if id == mail.id => (from, to),
+            _ => envelope(mail)?,
+        };
+        let parsed = next.and_then(|next| Some((next.id, envelope(next).ok()?)));
+        let next = parsed
+            .as_ref()
+            .map(|(_, (from, to))| (from.as_ref(), to.as_ref()));
 
         // A session waiting for another mail's message than this one (the mail
         // announced was not sent after all) is ended rather than used.
@@ -112,14 +121,16 @@ impl Sender {
             self.close().await;
         }
         let result = self.try_send(relay, &from, &to, &mail.message, next).await;
-        match result {
+        let result = match result {
             // A kept-open connection may have died unseen; one fresh try decides.
             Err(SendError::Transient(_) | SendError::Relay(_)) if reused => {
                 self.close().await;
                 self.try_send(relay, &from, &to, &mail.message, next).await
             }
             other => other,
-        }
+        };
+        self.next = parsed.map(|(id, (from, to))| (id, from, to));
+        result
     }
 
     async fn try_send(
