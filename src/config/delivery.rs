@@ -47,7 +47,7 @@ pub struct Delivery {
 /// 36,500 days kept, at least one attempt.
 pub(super) fn resolve(file: FileDelivery) -> Result<Delivery, ConfigError> {
     let delivery = Delivery {
-        workers: file.workers.unwrap_or(32),
+        workers: file.workers.unwrap_or(64),
         poll_interval: Duration::from_millis(file.poll_interval_ms.unwrap_or(1000)),
         retry_base: Duration::from_millis(file.retry_base_ms.unwrap_or(30_000)),
         retry_max: Duration::from_millis(file.retry_max_ms.unwrap_or(3_600_000)),

@@ -51,8 +51,9 @@ const KEEP_OPEN: Duration = Duration::from_secs(5);
 /// Deliveries written in one statement at most.
 const RECORD_ROUND: usize = 512;
 /// Most deliveries a recording round waits for ([`ROUND_WAIT`] at most) before it
-/// writes them: half the workers of its task, at most this.
-const ROUND_TARGET: usize = 32;
+/// writes them: half the workers of its task, at most this (with the default 64
+/// workers a round of 32 kept workers waiting longer than its statement saved).
+const ROUND_TARGET: usize = 16;
 /// How long a recording round waits for more deliveries after its first.
 const ROUND_WAIT: Duration = Duration::from_millis(2);
 /// Bodies no queued mail refers to are deleted once they are this old. A pass
