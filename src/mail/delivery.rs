@@ -334,7 +334,7 @@ impl Pace {
 
     /// Waits for this send's slot.
     pub async fn wait(&self) {
-        if self.interval.is_zero() {
+        if !self.spaces() {
             return;
         }
         let slot = {

@@ -284,32 +284,27 @@ impl<S: Stream> Session<S> {
         next: Option<(&str, &str)>,
     ) -> Result<(), SendError> {
         let ascii = message.is_ascii();
-        let envelope = self.envelope(from, to, ascii)?;
         let lost = |step: Step, e: String| SendError::Transient(format!("{step}: {e}"));
-        match &self.announced {
-            Some((f, t)) if ascii && f == from && t == to => self.announced = None,
-            // Kept: the relay still waits for that message, so no QUIT either.
-            Some(_) => {
+        // The envelope to write now: none when it went ahead with the last mail.
+        let envelope = if self.announced.is_some() {
+            if !self.announced_for(from, to, ascii) {
+                // Kept: the relay still waits for that message, so no QUIT either.
                 return Err(SendError::Transient(
                     "the envelope sent ahead was for another mail; the session is ended".into(),
                 ));
             }
-            None => {
-                if !self.io.buffer().is_empty() {
-                    // A reply nobody asked for would be read as the answer to our
-                    // next command, and could condemn a reader's address that was
-                    // never refused.
-                    return Err(SendError::Transient(
-                        "the relay sent a reply nobody asked for; the session is ended".into(),
-                    ));
-                }
-                if self.extensions.pipelining {
-                    write_all(self.io.get_mut(), envelope.as_bytes())
-                        .await
-                        .map_err(|e| lost(Step::MailFrom, e))?;
-                }
+            self.announced = None;
+            String::new()
+        } else {
+            let envelope = self.envelope(from, to, ascii)?;
+            self.unasked()?;
+            if self.extensions.pipelining {
+                write_all(self.io.get_mut(), envelope.as_bytes())
+                    .await
+                    .map_err(|e| lost(Step::MailFrom, e))?;
             }
-        }
+            envelope
+        };
         let refused = |step: Step, reply: Reply| {
             if reply.is(5) {
                 refusal(step, &reply.code.to_string(), &reply.text(), from, to)
@@ -322,9 +317,10 @@ impl<S: Stream> Session<S> {
                 SendError::Transient(format!("{step}: {kind} ({}): {}", reply.code, reply.text()))
             }
         };
-        let steps = [Step::MailFrom, Step::RcptTo, Step::Data];
-        for (step, command) in steps.into_iter().zip(envelope.split_inclusive("\r\n")) {
-            if !self.extensions.pipelining {
+        // Without `PIPELINING` nothing went ahead: each command waits for its reply.
+        let mut commands = envelope.split_inclusive("\r\n");
+        for step in [Step::MailFrom, Step::RcptTo, Step::Data] {
+            if let Some(command) = commands.next().filter(|_| !self.extensions.pipelining) {
                 self.write(command.as_bytes())
                     .await
                     .map_err(|e| lost(step, e))?;
@@ -335,6 +331,8 @@ impl<S: Stream> Session<S> {
                 return Err(refused(step, reply));
             }
         }
+        // The relay waits for the message now and has nothing more to say.
+        self.unasked()?;
         // The next mail's envelope, when it can go ahead: its message is not built
         // yet, so it is announced as ASCII (a digest always is); should it not be,
         // the envelopes differ and the session is ended instead.
@@ -367,9 +365,28 @@ impl<S: Stream> Session<S> {
     /// Whether this session can take the mail from `from` to `to` next: nothing
     /// was announced ahead, or exactly its envelope.
     pub fn expects(&self, from: &str, to: &str, message: &[u8]) -> bool {
+        self.announced.is_none() || self.announced_for(from, to, message.is_ascii())
+    }
+
+    /// Whether the envelope sent ahead is that of a mail from `from` to `to` whose
+    /// message is ASCII or not (it was announced as ASCII).
+    fn announced_for(&self, from: &str, to: &str, ascii: bool) -> bool {
         self.announced
             .as_ref()
-            .is_none_or(|(f, t)| f == from && t == to && message.is_ascii())
+            .is_some_and(|(f, t)| ascii && f == from && t == to)
+    }
+
+    /// Fails when a reply nobody asked for waits: it would be read as the answer
+    /// to our next command, and could condemn a reader's address that was never
+    /// refused.
+    fn unasked(&self) -> Result<(), SendError> {
+        if self.io.buffer().is_empty() {
+            Ok(())
+        } else {
+            Err(SendError::Transient(
+                "the relay sent a reply nobody asked for; the session is ended".into(),
+            ))
+        }
     }
 
     /// `MAIL FROM`, `RCPT TO` and `DATA` for a mail from `from` to `to` whose
@@ -887,6 +904,25 @@ mod tests {
             matches!(&sent, Err(SendError::RecipientRefused(e)) if e.contains("550 5.1.1")),
             "{sent:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reply_after_the_go_ahead_ends_the_session_before_the_message() {
+        fn chatty(command: &str) -> &'static str {
+            match command {
+                // One reply too many, after the go-ahead: it would answer the dot.
+                "DATA" => "354 go ahead\r\n250 2.0.0 Ok",
+                c => accept_all(c),
+            }
+        }
+        let (session, relay) = session_with(PIPELINING, chatty).await;
+        let sent = session.unwrap().send(SENDER, READER, b"x\r\n", None).await;
+        assert!(
+            matches!(&sent, Err(SendError::Transient(e)) if e.contains("nobody asked for")),
+            "{sent:?}"
+        );
+        let chunks = relay.await.unwrap();
+        assert!(!chunks.iter().any(|c| c.contains("x\r\n.")), "{chunks:?}");
     }
 
     #[tokio::test]
