@@ -106,8 +106,10 @@ const SELECT: &str = "SELECT f.id, f.name, f.url, t.slug AS topic, f.schedule, f
     f.next_poll_at, f.last_poll_at, f.last_ok_at, f.failures, f.failures_total, f.last_error \
     FROM feeds f JOIN topics t ON t.id = f.topic_id";
 
-const DUE_PG: &str = "UPDATE feeds SET next_poll_at = $2 WHERE id IN (SELECT id FROM feeds WHERE next_poll_at <= $1 \
-    ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id";
+/// Due feeds, claimed on PostgreSQL; the search runs once, as the mail queue's
+/// claim's does.
+const DUE_PG: &str = "UPDATE feeds SET next_poll_at = $2 WHERE id = ANY(ARRAY(SELECT id FROM feeds WHERE next_poll_at <= $1 \
+    ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING id";
 const DUE_SQLITE: &str = "UPDATE feeds SET next_poll_at = $2 WHERE id IN (SELECT id FROM feeds WHERE next_poll_at <= $1 \
     ORDER BY next_poll_at LIMIT $3) RETURNING id";
 

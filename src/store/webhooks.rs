@@ -106,11 +106,15 @@ const ENQUEUE: &str = "INSERT INTO webhook_deliveries (endpoint_id, message_id, 
     payload, status, attempts, next_attempt_at, created_at) \
     SELECT id, $1, $2, $3, $4, 'queued', 0, $5, $5 FROM webhook_endpoints WHERE active = 1 ORDER BY id";
 
+/// The claim of due deliveries, around its search ([`CLAIM_SEARCH`]): on PostgreSQL
+/// `id = ANY(ARRAY(…))`, which runs the search once whatever the table's
+/// statistics say (see the mail queue's claim), on SQLite `id IN (…)`.
 const CLAIM_HEAD: &str = "UPDATE webhook_deliveries SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
-    WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'queued' AND next_attempt_at <= $1 \
+    WHERE id ";
+const CLAIM_SEARCH: &str = "(SELECT id FROM webhook_deliveries WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3";
 const CLAIM_TAIL: &str =
-    ") RETURNING id, endpoint_id, message_id, COALESCE(payload, '') AS payload, attempts";
+    " RETURNING id, endpoint_id, message_id, COALESCE(payload, '') AS payload, attempts";
 
 const RECENT: &str = "SELECT d.id, e.url, d.event_type, d.message_id, d.subscriber_id, d.status, d.attempts, \
     d.last_status, d.last_error, d.created_at, d.next_attempt_at, d.finished_at \
@@ -170,12 +174,11 @@ impl Store {
         owner: i64,
         limit: u32,
     ) -> StoreResult<Vec<ClaimedWebhook>> {
-        let lock = if self.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
+        let sql = if self.is_postgres() {
+            format!("{CLAIM_HEAD}= ANY(ARRAY{CLAIM_SEARCH} FOR UPDATE SKIP LOCKED)){CLAIM_TAIL}")
         } else {
-            ""
+            format!("{CLAIM_HEAD}IN {CLAIM_SEARCH}){CLAIM_TAIL}")
         };
-        let sql = format!("{CLAIM_HEAD}{lock}{CLAIM_TAIL}");
         let mut claimed: Vec<ClaimedWebhook> = on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let claimed = sqlx::query_as(sqlx::AssertSqlSafe(sql))
