@@ -730,10 +730,16 @@ impl EncodedTail {
 
     /// Appends the encoded tail for `reader` to `out`.
     fn encode_into(&self, reader: &ReaderValues<'_>, out: &mut Vec<u8>) {
-        for line in &self.lines {
-            match line {
+        // Each filled line goes through one buffer before it is encoded.
+        let mut line = String::new();
+        for tail in &self.lines {
+            match tail {
                 TailLines::Encoded(done) => out.extend_from_slice(done),
-                TailLines::Filled(pieces) => quoted_printable_into(out, &pieces.fill(reader)),
+                TailLines::Filled(pieces) => {
+                    line.clear();
+                    pieces.fill_into(reader, &mut line);
+                    quoted_printable_into(out, &line);
+                }
             }
         }
     }
@@ -773,11 +779,9 @@ impl Pieces {
         Some(Self { literals, slots })
     }
 
-    /// The template's output for `reader`.
-    fn fill(&self, reader: &ReaderValues<'_>) -> String {
-        let mut out = String::with_capacity(
-            self.literals.iter().map(String::len).sum::<usize>() + 64 * self.slots.len(),
-        );
+    /// Appends the template's output for `reader` to `out`.
+    fn fill_into(&self, reader: &ReaderValues<'_>, out: &mut String) {
+        out.reserve(self.literals.iter().map(String::len).sum::<usize>() + 160 * self.slots.len());
         for (literal, slot) in self
             .literals
             .iter()
@@ -785,13 +789,32 @@ impl Pieces {
         {
             out.push_str(literal);
             match slot {
-                Some((slot, true)) => out.push_str(&handlebars::html_escape(slot.of(reader))),
+                Some((slot, true)) => html_escape_into(out, slot.of(reader)),
                 Some((slot, false)) => out.push_str(slot.of(reader)),
                 None => {}
             }
         }
-        out
     }
+}
+
+/// Appends `value` to `out` escaped as the templates' registry escapes it
+/// (`handlebars::html_escape`), runs of plain characters copied whole.
+fn html_escape_into(out: &mut String, value: &str) {
+    let mut rest = value;
+    while let Some(at) = rest.find(['<', '>', '"', '&', '\'', '`', '=']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'&' => "&amp;",
+            b'\'' => "&#x27;",
+            b'`' => "&#x60;",
+            _ => "&#x3D;",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 /// One topic's section in a digest.
@@ -1429,6 +1452,27 @@ mod tests {
                 String::from_utf8(quoted_printable(&text)).unwrap(),
                 String::from_utf8(quoted_printable_byte_by_byte(&text)).unwrap()
             );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+        /// A reader's value in an HTML footer line is escaped as the templates'
+        /// registry escapes it when it renders the footer whole.
+        #[test]
+        fn a_value_is_escaped_as_handlebars_escapes_it(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "<", ">", "\"", "&", "'", "`", "=", "ü", "€", "https://x.example/u?t=",
+                    "&amp;", " ",
+                ]),
+                0..24,
+            )
+        ) {
+            let value = pieces.concat();
+            let mut escaped = String::from("kept ");
+            html_escape_into(&mut escaped, &value);
+            proptest::prop_assert_eq!(escaped, format!("kept {}", handlebars::html_escape(&value)));
         }
     }
 
