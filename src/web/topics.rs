@@ -6,8 +6,8 @@
 //! ([`OfferedTopics::changing`]); one made by another process (another instance,
 //! the command line) is seen within [`FRESH_FOR`]. A slug the copy does not know
 //! makes it read again, so a topic created elsewhere is never refused. What the
-//! copy can do for that moment is accept a topic retired elsewhere, which a
-//! sign-up racing the retirement could always do.
+//! copy can do for that moment is let a form name a topic retired elsewhere; the
+//! store gives no one a retired topic, so the reader gets the others.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

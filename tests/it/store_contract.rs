@@ -190,6 +190,47 @@ async fn topics_are_created_renamed_retired_and_upserted(backend: Backend) {
     );
 }
 
+/// A retired topic is given to no one: a sign-up or a preferences form naming it
+/// (a form loaded before the retirement, a copy of the offered topics not yet
+/// read again, or a hand-made request) gets the others.
+async fn a_retired_topic_is_given_to_no_one(backend: Backend) {
+    let (store, _db) = store(backend).await;
+    store
+        .retire_topic(&slug("kultur"), t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let req = sign_up(
+        "a@example.org",
+        &["wirtschaft", "kultur"],
+        t0(),
+        &Token::generate(),
+    );
+    let outcome = store
+        .sign_up(&req, |_, _| Ok(mail("confirm", "a@example.org")))
+        .await;
+    assert_eq!(outcome.unwrap(), SignUpOutcome::Accepted(SignUpKind::New));
+    let export = store.export_subscriber(&req.email).await.unwrap().unwrap();
+    assert_eq!(export.topics, [slug("wirtschaft")], "new reader");
+
+    // Again while pending: the newest choice replaces the topics.
+    let again = sign_up(
+        "a@example.org",
+        &["kultur", "wirtschaft"],
+        t0() + Duration::minutes(1),
+        &Token::generate(),
+    );
+    let outcome = store
+        .sign_up(&again, |_, _| Ok(mail("confirm", "a@example.org")))
+        .await;
+    assert_eq!(
+        outcome.unwrap(),
+        SignUpOutcome::Accepted(SignUpKind::Pending)
+    );
+    let export = store.export_subscriber(&req.email).await.unwrap().unwrap();
+    assert_eq!(export.topics, [slug("wirtschaft")], "pending reader");
+}
+
 async fn a_sign_up_moves_through_its_states(backend: Backend) {
     let (store, _db) = store(backend).await;
     let token = Token::generate();
@@ -1887,6 +1928,7 @@ on_both_backends!(
     the_retention_purge_deletes_old_finished_mail_and_keeps_the_history,
     an_unconfirmed_return_does_not_erase_a_former_readers_history,
     topics_are_created_renamed_retired_and_upserted,
+    a_retired_topic_is_given_to_no_one,
     a_sign_up_moves_through_its_states,
     expired_tokens_do_not_confirm_and_old_pending_sign_ups_are_purged,
     the_mail_limit_counts_mails_per_address_per_window,

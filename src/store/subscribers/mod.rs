@@ -214,7 +214,7 @@ impl Tx {
     }
 
     /// Replaces a reader's topics by `topics` (slugs of topics that do not exist
-    /// are skipped).
+    /// or are retired are skipped).
     pub(super) async fn replace_topics(
         &mut self,
         subscriber_id: i64,
@@ -228,8 +228,8 @@ impl Tx {
         self.add_topics(subscriber_id, topics).await
     }
 
-    /// Gives a reader the topics named `topics` (slugs that name no topic are
-    /// left out), in one statement.
+    /// Gives a reader the topics named `topics` (slugs that name no topic or a
+    /// retired one are left out), in one statement.
     pub(super) async fn add_topics(
         &mut self,
         subscriber_id: i64,
@@ -259,7 +259,7 @@ impl Tx {
 }
 
 /// Pushes the `INSERT` giving reader `$id` the topics named in `$topics` (a slice
-/// of [`TopicSlug`]; slugs that name no topic are left out) onto the query builder
+/// of [`TopicSlug`]; slugs that name no topic or a retired one are left out) onto the query builder
 /// `$q`. Expands in place for either backend, alone or as a `WITH` query.
 macro_rules! push_add_topics {
     ($q:expr, $id:expr, $topics:expr) => {{
@@ -267,7 +267,7 @@ macro_rules! push_add_topics {
             .push_bind($id)
             .push(", id FROM topics WHERE slug IN (");
         $crate::store::push_list(&mut $q, $topics.iter().map(TopicSlug::as_str));
-        $q.push(") ON CONFLICT DO NOTHING");
+        $q.push(") AND retired_at IS NULL ON CONFLICT DO NOTHING");
     }};
 }
 use push_add_topics;
