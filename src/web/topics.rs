@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::domain::TopicSlug;
 use crate::store::{Store, StoreResult, Topic};
 
 /// How long a copy of the list is used.
@@ -48,8 +49,8 @@ impl OfferedTopics {
         }
     }
 
-    /// The offered topics: the copy while it is fresh and knows every slug in
-    /// `wanted`, else read again.
+    /// The offered topics: the copy while it is fresh and knows every well-formed
+    /// slug in `wanted`, else read again.
     ///
     /// # Errors
     /// When the database fails.
@@ -57,7 +58,11 @@ impl OfferedTopics {
         let dropped = {
             let snapshot = self.lock();
             if let Some((read_at, topics)) = &snapshot.list {
-                let knows = |slug: &String| topics.iter().any(|t| &t.slug == slug);
+                // A slug that is not one (any bytes a client sends) names no topic
+                // anywhere: the form refuses it without a read.
+                let knows = |slug: &String| {
+                    TopicSlug::parse(slug).is_err() || topics.iter().any(|t| &t.slug == slug)
+                };
                 if read_at.elapsed() < self.fresh_for && wanted.iter().all(knows) {
                     return Ok(topics.clone());
                 }
@@ -107,7 +112,6 @@ impl Drop for Changing<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TopicSlug;
     use crate::store::DatabaseUrl;
     use chrono::Utc;
 
@@ -143,6 +147,13 @@ mod tests {
         store.retire_topic(&sport, Utc::now()).await.unwrap();
         let cached = offered.get(&store, &["sport".into()]).await.unwrap();
         assert!(Arc::ptr_eq(&first, &cached), "no read while fresh");
+
+        // A malformed slug can name no topic: no read for it.
+        let junk = offered
+            .get(&store, &["x' OR 1=1".into(), "Sport".into(), String::new()])
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &junk), "no read for a malformed slug");
 
         // A slug it does not know: read again.
         let wetter = TopicSlug::parse("wetter").unwrap();
