@@ -175,6 +175,11 @@ const CLAIM_PG: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3 \
     FOR UPDATE SKIP LOCKED)) \
     RETURNING id, subscriber_id, kind, recipient, envelope_from, COALESCE(message, ''::bytea) AS message, body_id, attempts";
+/// How PostgreSQL plans the claim: walk the queue's index in order and stop after
+/// `limit` rows. A fan-out queues thousands of mails at one instant, and until the
+/// statistics catch up the planner expects a handful and would fetch and sort all
+/// of them for every claim.
+const CLAIM_PLANNING: &str = "SET LOCAL enable_sort = off";
 const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner = $5, attempts = attempts + 1 \
     WHERE id IN (SELECT id FROM mail_jobs WHERE status = 'queued' AND next_attempt_at <= $1 \
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
@@ -253,11 +258,7 @@ impl Store {
         let mut mails: Vec<ClaimedMail> = on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             if postgres {
-                // Walk the queue's index in order and stop after `limit` rows. A
-                // fan-out queues thousands of mails at one instant, and until the
-                // statistics catch up the planner expects a handful and would
-                // fetch and sort all of them for every claim.
-                sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await?;
+                sqlx::query(CLAIM_PLANNING).execute(&mut *tx).await?;
             }
             let mails: Vec<ClaimedMail> = sqlx::query_as(sql)
                 .bind(due_at)
@@ -397,9 +398,7 @@ impl Store {
             return Ok(None);
         };
         let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL enable_sort = off")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(CLAIM_PLANNING).execute(&mut *tx).await?;
         let plan = prepared_plan(
             &mut tx,
             "postbote_claim_mail",
