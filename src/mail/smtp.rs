@@ -153,6 +153,9 @@ pub struct Session<S> {
     /// dot, for the next mail, announced as ASCII: its replies are still to be
     /// read, and the relay waits for that message.
     announced: Option<(String, String)>,
+    /// Whether the last mail's refusal left the session ready for another
+    /// ([`Session::recovered`]).
+    recovered: bool,
 }
 
 impl<S: Stream> Session<S> {
@@ -163,6 +166,7 @@ impl<S: Stream> Session<S> {
             out: Vec::new(),
             line: Vec::new(),
             announced: None,
+            recovered: false,
         }
     }
 
@@ -269,8 +273,8 @@ impl<S: Stream> Session<S> {
     /// the caller will send next on this session, if it knows them. With
     /// `PIPELINING`, that mail's envelope follows this one's final dot in the same
     /// write (see the module's documentation), and [`Session::send`] for it reads
-    /// the replies. After an error the session is in no known state: the caller
-    /// drops it.
+    /// the replies. After an error the session is in no known state, and the caller
+    /// drops it, unless [`Session::recovered`] says otherwise.
     ///
     /// # Errors
     /// [`SendError`]: a refusal sorted by the command it answered ([`refusal`]),
@@ -283,6 +287,7 @@ impl<S: Stream> Session<S> {
         message: &[u8],
         next: Option<(&str, &str)>,
     ) -> Result<(), SendError> {
+        self.recovered = false;
         let ascii = message.is_ascii();
         let lost = |step: Step, e: String| SendError::Transient(format!("{step}: {e}"));
         // The envelope to write now: none when it went ahead with the last mail.
@@ -328,7 +333,9 @@ impl<S: Stream> Session<S> {
             let reply = self.reply().await.map_err(|e| lost(step, e))?;
             let expected = if step == Step::Data { 3 } else { 2 };
             if !reply.is(expected) {
-                return Err(refused(step, reply));
+                let refusal = refused(step, reply);
+                self.recover(step).await;
+                return Err(refusal);
             }
         }
         // The relay waits for the message now and has nothing more to say.
@@ -358,7 +365,56 @@ impl<S: Stream> Session<S> {
             self.announced = ahead.map(|((from, to), _)| (from.to_owned(), to.to_owned()));
             Ok(())
         } else {
-            Err(refused(Step::EndOfData, reply))
+            let refusal = refused(Step::EndOfData, reply);
+            // An envelope that went ahead has replies of its own still to come, and
+            // may have put the relay in its DATA phase: not recovered then.
+            if ahead.is_none() {
+                self.recover(Step::EndOfData).await;
+            }
+            Err(refusal)
+        }
+    }
+
+    /// Whether the last [`Session::send`] failed with a refusal after which the
+    /// session is ready for another mail: the relay answered every command of the
+    /// transaction and then `RSET` with `250`. A fan-out through a relay that
+    /// refuses some readers' addresses then keeps its connection instead of opening
+    /// (over TLS: negotiating, and logging in) a new one for each refused reader.
+    #[must_use]
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// After the relay refused the transaction at `failed`: reads the replies to the
+    /// commands that went out after it in the same group (with `PIPELINING`), then
+    /// resets the transaction. Sets [`Session::recovered`] when all went as it
+    /// should; a relay that took `DATA` after all waits for a message, and only a
+    /// lost connection ends that without a mail, so the session is not recovered.
+    async fn recover(&mut self, failed: Step) {
+        self.recovered = self.reset_after(failed).await.is_ok();
+    }
+
+    async fn reset_after(&mut self, failed: Step) -> Result<(), String> {
+        let pending = match failed {
+            _ if !self.extensions.pipelining => 0,
+            Step::MailFrom => 2,
+            Step::RcptTo => 1,
+            Step::Data | Step::EndOfData => 0,
+        };
+        for _ in 0..pending {
+            let reply = self.reply().await?;
+            if reply.is(3) {
+                return Err(format!(
+                    "the relay went on to DATA after a refusal: {reply}"
+                ));
+            }
+        }
+        self.unasked().map_err(|e| e.to_string())?;
+        let reply = self.command("RSET\r\n").await?;
+        if reply.code == 250 {
+            Ok(())
+        } else {
+            Err(format!("RSET: {reply}"))
         }
     }
 
@@ -1011,6 +1067,117 @@ mod tests {
             let sent = session.unwrap().send(SENDER, READER, b"x\r\n", None).await;
             assert_eq!(sent, Err(expected));
         }
+    }
+
+    /// Refuses the reader [`OTHER`] (and `DATA` after it, as a relay must when no
+    /// recipient is left); takes everything else.
+    fn refuse_other_reader(command: &str) -> &'static str {
+        match command {
+            c if c.starts_with("RCPT") && c.contains("other@") => "550 5.1.1 User unknown",
+            "DATA" if LAST_RCPT_REFUSED.with(std::cell::Cell::get) => {
+                "554 5.5.1 Error: no valid recipients"
+            }
+            c => accept_all(c),
+        }
+    }
+
+    thread_local! {
+        static LAST_RCPT_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// [`refuse_other_reader`], remembering whether the last `RCPT TO` was refused.
+    fn refusing_relay(command: &str) -> &'static str {
+        let reply = refuse_other_reader(command);
+        if command.starts_with("RCPT") {
+            LAST_RCPT_REFUSED.with(|c| c.set(reply.starts_with('5')));
+        }
+        reply
+    }
+
+    // One thread: the relay's answers and the test share `LAST_RCPT_REFUSED`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_a_refused_reader_the_session_is_reset_and_takes_the_next_mail() {
+        for ehlo in [PIPELINING, "250-relay.test\r\n250 8BITMIME"] {
+            let (session, relay) = session_with(ehlo, refusing_relay).await;
+            let mut session = session.unwrap();
+            let sent = session.send(SENDER, OTHER, b"first\r\n", None).await;
+            assert!(
+                matches!(&sent, Err(SendError::RecipientRefused(e)) if e.contains("550 5.1.1")),
+                "{sent:?}"
+            );
+            assert!(session.recovered(), "{ehlo}");
+            session
+                .send(SENDER, READER, b"second\r\n", None)
+                .await
+                .unwrap();
+            assert!(!session.recovered());
+            session.quit().await;
+            let chunks = relay.await.unwrap().concat();
+            let expected = format!(
+                "RCPT TO:<{OTHER}>\r\n{}RSET\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{READER}>\r\nDATA\r\nsecond\r\n.\r\nQUIT\r\n",
+                // Without PIPELINING, DATA is never sent after a refusal.
+                if ehlo == PIPELINING { "DATA\r\n" } else { "" }
+            );
+            assert!(chunks.ends_with(&expected), "{ehlo}: {chunks:?}");
+            assert!(!chunks.contains("first"), "{chunks:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_takes_data_after_a_refused_reader_is_left_alone() {
+        // Against RFC 2920: DATA accepted although its only recipient was refused.
+        fn lax(command: &str) -> &'static str {
+            match command {
+                c if c.starts_with("RCPT") => "550 5.1.1 User unknown",
+                c => accept_all(c),
+            }
+        }
+        let (session, relay) = session_with(PIPELINING, lax).await;
+        let mut session = session.unwrap();
+        let sent = session.send(SENDER, OTHER, b"first\r\n", None).await;
+        assert!(
+            matches!(sent, Err(SendError::RecipientRefused(_))),
+            "{sent:?}"
+        );
+        // The relay waits for a message: RSET or QUIT would become its text.
+        assert!(!session.recovered());
+        drop(session);
+        let chunks = relay.await.unwrap();
+        assert!(
+            !chunks
+                .iter()
+                .any(|c| c.contains("RSET") || c.contains("QUIT")),
+            "{chunks:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_after_an_envelope_sent_ahead_is_not_recovered() {
+        fn refuse_first(command: &str) -> &'static str {
+            match command {
+                "." => "554 5.7.1 Message rejected",
+                c => accept_all(c),
+            }
+        }
+        let (session, _relay) = session_with(PIPELINING, refuse_first).await;
+        let mut session = session.unwrap();
+        let sent = session
+            .send(SENDER, READER, b"first\r\n", Some((SENDER, OTHER)))
+            .await;
+        assert!(matches!(sent, Err(SendError::Permanent(_))), "{sent:?}");
+        // The next envelope's replies are still to come: the session is dropped.
+        assert!(!session.recovered());
+        let (session, relay) = session_with(PIPELINING, refuse_first).await;
+        let mut session = session.unwrap();
+        let sent = session.send(SENDER, READER, b"first\r\n", None).await;
+        assert!(matches!(sent, Err(SendError::Permanent(_))), "{sent:?}");
+        assert!(session.recovered(), "nothing went ahead: reset and kept");
+        session.quit().await;
+        let chunks = relay.await.unwrap().concat();
+        assert!(
+            chunks.ends_with("first\r\n.\r\nRSET\r\nQUIT\r\n"),
+            "{chunks:?}"
+        );
     }
 
     #[tokio::test]

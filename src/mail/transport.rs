@@ -123,7 +123,8 @@ impl Sender {
         let result = self.try_send(relay, &from, &to, &mail.message, next).await;
         let result = match result {
             // A kept-open connection may have died unseen; one fresh try decides.
-            Err(SendError::Transient(_) | SendError::Relay(_)) if reused => {
+            // (A session still open answered: the relay deferred this mail.)
+            Err(SendError::Transient(_) | SendError::Relay(_)) if reused && !self.is_open() => {
                 self.close().await;
                 self.try_send(relay, &from, &to, &mail.message, next).await
             }
@@ -158,9 +159,15 @@ impl Sender {
                 self.conn = Some((conn, Instant::now()));
                 Ok(())
             }
-            // A failed transaction leaves the session in no known state: it is
-            // dropped, and the next mail opens a new one.
-            Ok(Err(e)) => Err(e),
+            // A refusal the session recovered from leaves it ready for the next
+            // mail. Any other failure leaves it in no known state: it is dropped,
+            // and the next mail opens a new one.
+            Ok(Err(e)) => {
+                if conn.recovered() {
+                    self.conn = Some((conn, Instant::now()));
+                }
+                Err(e)
+            }
             Err(_) => Err(SendError::Transient(format!(
                 "no answer from the relay within {:?}",
                 self.timeout

@@ -400,12 +400,21 @@ async fn sigterm_in_the_middle_of_sends_finishes_them_and_leaves_the_rest_queued
 /// A confirmed reader of Wirtschaft with one new item, served by a pass: one
 /// digest queued.
 async fn one_digest_queued(app: &TestApp, email: &str, now: DateTime<Utc>) {
+    digests_queued(app, &[email], now).await;
+}
+
+/// Confirmed readers of Wirtschaft with one new item, served by a pass: a digest
+/// queued for each.
+async fn digests_queued(app: &TestApp, emails: &[&str], now: DateTime<Utc>) {
     app.create_topic("wirtschaft", "Wirtschaft").await;
-    app.reader(email, &["wirtschaft"], "07:00", "Europe/Berlin", "de", now)
-        .await;
+    for email in emails {
+        app.reader(email, &["wirtschaft"], "07:00", "Europe/Berlin", "de", now)
+            .await;
+    }
     app.post_item(&["wirtschaft"], "Neue Meldung").await;
     let at = (now + chrono::Duration::days(2)).to_rfc3339();
-    assert_eq!(app.run_pass(&at).await, (1, 1));
+    let n = emails.len() as u64;
+    assert_eq!(app.run_pass(&at).await, (n, n));
 }
 
 async fn a_mail_the_relay_keeps_deferring_fails_after_max_attempts_and_the_reader_stays(
@@ -644,7 +653,55 @@ async fn without_an_smtp_url_every_mail_is_one_whole_eml_file_in_the_outbox(back
     }
 }
 
+/// A relay that refuses readers' addresses keeps its session with the worker: after
+/// each refusal the transaction is reset (`RSET`) and the next reader's digest goes
+/// over the same connection. Through a smarthost a new session costs a TLS handshake
+/// and a login. smtp-sink here refuses every `RCPT TO`, and counts the sessions.
+async fn refused_readers_share_one_session_with_the_relay(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let sink = SmtpSink::start_with(&["-f", "RCPT"]);
+    let mut config = test_config(&db, &sink.url());
+    config.delivery.workers = 1;
+    config.digest.run_scheduler = false;
+    let app = TestApp::spawn(config).await;
+    let readers = [
+        "erste@example.org",
+        "zweite@example.org",
+        "dritte@example.org",
+        "vierte@example.org",
+    ];
+    digests_queued(&app, &readers, Utc::now()).await;
+
+    let queue = queue_until(&db, "every digest refused", |jobs| {
+        jobs.iter().filter(|j| j.status == "failed").count() == readers.len()
+    })
+    .await;
+    for job in &queue {
+        assert_eq!(job.attempts, 1, "{job:?}");
+        assert_eq!(
+            job.last_error.as_deref(),
+            Some("relay refused RCPT TO: 500 5.3.0 Error: command failed"),
+            "{job:?}"
+        );
+    }
+    // The worker ends its session once idle: then it is the only one there was.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.sessions_ended() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never ended its session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sink.sessions_ended(),
+        1,
+        "one session for all refused readers"
+    );
+}
+
 on_both_backends!(
+    refused_readers_share_one_session_with_the_relay,
     a_sign_up_made_while_the_relay_is_down_is_delivered_when_it_is_back,
     a_relay_that_goes_down_again_and_again_loses_no_mail_and_repeats_at_most_the_one_in_flight,
     mail_queued_before_a_crash_is_sent_after_the_restart,

@@ -254,6 +254,8 @@ pub fn wait_listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
 pub struct SmtpSink {
     pub port: u16,
     dir: tempfile::TempDir,
+    /// smtp-sink's running counters (`-c`), kept apart from the messages.
+    counters: tempfile::NamedTempFile,
     child: Child,
 }
 
@@ -295,20 +297,32 @@ impl SmtpSink {
         )
         .unwrap();
         let template = format!("{}/%Y%m%d%H%M%S.", dir.path().display());
+        let counters = tempfile::NamedTempFile::new().expect("counters file");
         let mut child = Command::new(smtp_sink_path())
-            .args(["-u", "nobody", "-d", &template])
+            .args(["-u", "nobody", "-c", "-d", &template])
             .args(extra)
             .arg(format!("127.0.0.1:{port}"))
             .arg("256")
-            .stdout(Stdio::null())
+            .stdout(counters.reopen().expect("counters file"))
             .stderr(Stdio::null())
             .spawn()
             .expect("start smtp-sink (Debian package postfix; scripts/test installs it)");
         wait_listening(&mut child, port, Duration::from_secs(10)).then_some(Self {
             port,
             dir,
+            counters,
             child,
         })
+    }
+
+    /// The SMTP sessions that have ended so far, as smtp-sink counts them (its `-c`
+    /// line `sess=N quit=N msg=N`, rewritten after each).
+    pub fn sessions_ended(&self) -> u64 {
+        let text = std::fs::read_to_string(self.counters.path()).unwrap_or_default();
+        text.rsplit('\r')
+            .find_map(|line| line.strip_prefix("sess="))
+            .and_then(|rest| rest.split(' ').next())
+            .map_or(0, |n| n.parse().expect("smtp-sink's session count"))
     }
 
     /// The transactions in progress, as the time since each last wrote: smtp-sink
