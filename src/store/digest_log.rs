@@ -386,17 +386,28 @@ impl Store {
 }
 
 /// The bodies among `keys` that `stored` does not know, rendered by `planner`.
+///
+/// A pass's first batches render a new body for almost every reader: hundreds of
+/// bodies, tens of milliseconds of CPU in one go. On a multi-threaded runtime the
+/// thread's other tasks (delivery workers with mail to send) are handed to another
+/// thread meanwhile (`block_in_place`) instead of waiting for the last body.
 fn render_missing(
     batch: &DigestBatch,
     planner: &mut impl DigestPlanner,
     keys: &[&str],
     stored: impl Fn(&str) -> bool,
 ) -> StoreResult<Vec<NewBody>> {
-    keys.iter()
-        .filter(|k| !stored(k))
-        .map(|key| planner.render(batch, key))
-        .collect::<Result<Vec<NewBody>, BoxError>>()
-        .map_err(StoreError::Callback)
+    let mut render = move || {
+        keys.iter()
+            .filter(|k| !stored(k))
+            .map(|key| planner.render(batch, key))
+            .collect::<Result<Vec<NewBody>, BoxError>>()
+            .map_err(StoreError::Callback)
+    };
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(render),
+        _ => render(),
+    }
 }
 
 impl Tx {

@@ -1754,6 +1754,62 @@ where
     fn stored(&mut self, _bodies: &BodyIds) {}
 }
 
+/// Rendering a batch's bodies holds up no other task of its thread: on a runtime
+/// with one worker thread, a task ticking every 10 ms keeps ticking while a body
+/// takes 300 ms to render. (In `serve`, the delivery workers keep sending while a
+/// pass renders its first batches, which hold most of its bodies.)
+async fn rendering_holds_up_no_other_task(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (store, _db) = store(backend).await;
+    confirmed_readers(&store, &["anna@example.org"]).await;
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let renders = Arc::new(AtomicUsize::new(0));
+    let mut lane = Lane {
+        plan: all_get("slow body", t0() + Duration::days(30)),
+        pass: PassBodies::default(),
+        renders: renders.clone(),
+    };
+    let at = t0() + Duration::days(2);
+    let before = ticks.load(Ordering::SeqCst);
+    // On the worker thread, as a pass runs in `serve` (the test itself runs on
+    // another thread).
+    let batch = tokio::spawn(async move {
+        store
+            .digest_batch(at, 0, 10, 51, at, &mut lane)
+            .await
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let during = ticks.load(Ordering::SeqCst) - before;
+    ticker.abort();
+    assert_eq!((batch.enqueued, renders.load(Ordering::SeqCst)), (1, 1));
+    assert!(
+        during >= 10,
+        "the ticker ran {during} times while a body rendered for 300 ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sqlite_rendering_holds_up_no_other_task() {
+    rendering_holds_up_no_other_task(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn postgres_rendering_holds_up_no_other_task() {
+    rendering_holds_up_no_other_task(Backend::Postgres).await;
+}
+
 /// Every reader of `batch` gets a digest of the body `key`, next due at `next`.
 fn all_get(
     key: &'static str,
