@@ -352,7 +352,8 @@ impl Store {
                 let (found, aged) = tx.find_bodies(&mine, now).await?;
                 let rendered = render_missing(batch, planner, &mine, |k| {
                     found.contains_key(k) || aged.contains_key(k)
-                })?;
+                })
+                .await?;
                 let mut stored = found;
                 if self.is_postgres() {
                     let mut own = self.begin().await?;
@@ -388,26 +389,21 @@ impl Store {
 /// The bodies among `keys` that `stored` does not know, rendered by `planner`.
 ///
 /// A pass's first batches render a new body for almost every reader: hundreds of
-/// bodies, tens of milliseconds of CPU in one go. On a multi-threaded runtime the
-/// thread's other tasks (delivery workers with mail to send) are handed to another
-/// thread meanwhile (`block_in_place`) instead of waiting for the last body.
-fn render_missing(
+/// bodies, tens of milliseconds of CPU in all. Between two bodies the thread's other
+/// tasks get their turn (`yield_now`), so that the delivery workers on it go on
+/// sending instead of waiting for the batch's last body.
+async fn render_missing(
     batch: &DigestBatch,
     planner: &mut impl DigestPlanner,
     keys: &[&str],
     stored: impl Fn(&str) -> bool,
 ) -> StoreResult<Vec<NewBody>> {
-    let mut render = move || {
-        keys.iter()
-            .filter(|k| !stored(k))
-            .map(|key| planner.render(batch, key))
-            .collect::<Result<Vec<NewBody>, BoxError>>()
-            .map_err(StoreError::Callback)
-    };
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(render),
-        _ => render(),
+    let mut bodies = Vec::new();
+    for key in keys.iter().filter(|k| !stored(k)) {
+        bodies.push(planner.render(batch, key).map_err(StoreError::Callback)?);
+        tokio::task::yield_now().await;
     }
+    Ok(bodies)
 }
 
 impl Tx {
@@ -424,9 +420,7 @@ impl Tx {
     ) -> StoreResult<BodyIds> {
         let mut ids = self.refresh_bodies(aged, now).await?;
         let gone: Vec<&str> = aged.keys().map(String::as_str).collect();
-        rendered.extend(render_missing(batch, planner, &gone, |k| {
-            ids.contains_key(k)
-        })?);
+        rendered.extend(render_missing(batch, planner, &gone, |k| ids.contains_key(k)).await?);
         ids.extend(self.store_bodies(rendered, now).await?);
         Ok(ids)
     }
