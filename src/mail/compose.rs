@@ -49,6 +49,8 @@ pub struct Composer {
     digest_lines: (String, String),
     /// The sender's domain in ASCII (IDNA) form: a `Message-ID` holds no more.
     message_id_domain: String,
+    /// The digest footer of each language, cut once; made again with the site.
+    footer_cuts: FooterCuts,
 }
 
 /// Address templates with an `{id}` placeholder for the reader (see
@@ -89,12 +91,14 @@ impl Composer {
             lifetime_days: lifetime.num_days().max(1),
             addresses,
             site: SiteSettings::default(),
+            footer_cuts: FooterCuts::default(),
         }
     }
 
     /// This composer with the site's branding in every mail.
     pub fn with_site(mut self, site: SiteSettings) -> Self {
         self.site = site;
+        self.footer_cuts = FooterCuts::default();
         self
     }
 
@@ -209,7 +213,7 @@ impl Composer {
             "lifetime_days": self.lifetime_days,
             "site": self.site_data(locale),
         });
-        let rendered = self.templates.mail(locale, "confirm", &data)?;
+        let rendered = self.templates.mail(locale, "confirm", data)?;
         self.build(
             "confirm",
             to,
@@ -266,7 +270,7 @@ impl Composer {
             "link_url": self.links.link_page(),
             "site": self.site_data(locale),
         });
-        let rendered = self.templates.mail(locale, name, &data)?;
+        let rendered = self.templates.mail(locale, name, data)?;
         self.build(name, to, subscriber_id, rendered, now, &[auto_submitted()])
     }
 
@@ -411,8 +415,8 @@ pub struct PreparedBody {
     /// The readers' topics, named again in the reader's part.
     pub topics: String,
     wire: WireBody,
-    /// The readers' footer cut where their values go, made with the first reader's
-    /// footer (`None` inside: this footer template cannot be cut; every reader's is
+    /// The readers' footer cut where their values go, made at the first reader
+    /// (`None` inside: this footer cannot be cut; every reader's is
     /// rendered).
     footer: std::sync::OnceLock<Option<FooterSplit>>,
 }
@@ -632,7 +636,7 @@ impl Slot {
 }
 
 /// The digest footer of one body's readers, text and HTML, after the body's
-/// unfinished last lines: rendered once per body instead of once per reader, and
+/// unfinished last lines: made once per body instead of once per reader, and
 /// encoded but for the lines where a reader's values go.
 #[derive(Debug)]
 struct FooterSplit {
@@ -640,9 +644,47 @@ struct FooterSplit {
     html: EncodedTail,
 }
 
-/// A reader's encoded footer parts: rendered whole (a body's first reader, or a
-/// footer that cannot be cut), or encoded from the body's cut footer as they are
-/// written.
+/// What begins every stand-in (see [`Slot::stand_in`]).
+const STAND_IN_START: char = '\u{E000}';
+
+/// What stands for a body's topics while a footer is rendered to be cut, made
+/// like a reader's stand-in ([`Slot::stand_in`]).
+const TOPICS_STAND_IN: &str = "\u{E000}topics&\u{E001}";
+
+/// A language's digest footer rendered once with stand-ins for the topics and
+/// the reader's values: each body fills in its topics ([`FooterCut::split`])
+/// instead of rendering its footer.
+#[derive(Debug)]
+struct FooterCut {
+    text: String,
+    html: String,
+}
+
+impl FooterCut {
+    /// The footer of a body on `topics` whose parts end in `text_rest` and
+    /// `html_rest`, cut at the reader's values, or `None` when a line cannot be
+    /// cut. The topics are filled in as the registries put them: raw in the
+    /// text, escaped in the HTML where the template escapes them.
+    fn split(&self, topics: &str, text_rest: &str, html_rest: &str) -> Option<FooterSplit> {
+        let mut escaped = String::with_capacity(topics.len());
+        html_escape_into(&mut escaped, topics);
+        let html = self
+            .html
+            .replace(&TOPICS_STAND_IN.replace('&', "&amp;"), &escaped)
+            .replace(TOPICS_STAND_IN, topics);
+        Some(FooterSplit {
+            text: EncodedTail::new(text_rest, &self.text.replace(TOPICS_STAND_IN, topics))?,
+            html: EncodedTail::new(html_rest, &html)?,
+        })
+    }
+}
+
+/// The languages' [`FooterCut`]s (German, then English), each made at its first
+/// digest; shared by a composer's clones.
+type FooterCuts = Arc<[std::sync::OnceLock<Option<FooterCut>>; 2]>;
+
+/// A reader's encoded footer parts: rendered whole (a footer that cannot be
+/// cut), or encoded from the body's cut footer as they are written.
 enum Tails<'a> {
     Whole(Vec<u8>, Vec<u8>),
     Split(&'a FooterSplit),
@@ -883,7 +925,7 @@ impl Composer {
             "topics": topics,
             "site": self.site_data(locale),
         });
-        let rendered = self.templates.mail(locale, "digest", &data)?;
+        let rendered = self.templates.mail(locale, "digest", data)?;
         Ok(DigestBody::new(
             locale,
             rendered.subject,
@@ -970,63 +1012,107 @@ impl Composer {
     }
 
     /// The encoded tails of a reader's copy (text, then HTML): the body's
-    /// unfinished last lines and the reader's footer. The footer is cut once per
-    /// body, with its first reader's footer, which is rendered; an operator's
-    /// footer that cannot be cut is rendered for every reader.
+    /// unfinished last lines and the reader's footer, from the body's cut footer;
+    /// an operator's footer that cannot be cut is rendered for every reader.
     fn reader_tails(
         &self,
         body: &PreparedBody,
         reader: &ReaderValues<'_>,
     ) -> Result<(Vec<u8>, Vec<u8>), ComposeError> {
-        if let Some(Some(split)) = body.footer.get() {
+        if let Some(split) = self.footer_split(body) {
             return Ok((split.text.encode(reader), split.html.encode(reader)));
         }
-        let (text, html) = self.render_footer(body, reader)?;
-        let tails = (body.wire.text.tail(&text), body.wire.html.tail(&html));
-        if body.footer.get().is_none() {
-            // The cut is used only if it gives this reader's tails to the byte.
-            let split = self
-                .split_footer(body)
-                .filter(|s| (s.text.encode(reader), s.html.encode(reader)) == tails);
-            let _ = body.footer.set(split);
-        }
-        Ok(tails)
+        let (text, html) = self.render_footer(body.locale, &body.topics, reader)?;
+        Ok((body.wire.text.tail(&text), body.wire.html.tail(&html)))
     }
 
-    /// The `digest-footer` templates rendered for `reader`: text, then HTML.
+    /// The `digest-footer` templates rendered for `reader` of a digest on
+    /// `topics`: text, then HTML.
     fn render_footer(
         &self,
-        body: &PreparedBody,
+        locale: Locale,
+        topics: &str,
         reader: &ReaderValues<'_>,
     ) -> Result<(String, String), ComposeError> {
         let data = json!({
             "email": reader.email,
-            "topics": body.topics,
+            "topics": topics,
             "unsubscribe_url": reader.unsubscribe_url,
             "preferences_url": reader.preferences_url,
             "link_url": self.links.link_page(),
-            "site": self.site_data(body.locale),
+            "site": self.site_data(locale),
         });
-        let footer = self
-            .templates
-            .mail_body(body.locale, "digest-footer", &data)?;
+        let footer = self.templates.mail_body(locale, "digest-footer", data)?;
         Ok((footer.text, footer.html))
     }
 
-    /// The footer of `body`'s readers rendered once with stand-ins for their values
-    /// and cut where those stand, or `None` when a stand-in came out changed
-    /// (a template that transforms a value cannot be cut).
-    fn split_footer(&self, body: &PreparedBody) -> Option<FooterSplit> {
+    /// The footer of `body`'s readers, cut where their values go: made once per
+    /// body from its language's [`FooterCut`], without rendering. `None` when the
+    /// language's footer cannot be cut, or when the body's unfinished last lines
+    /// or its topics hold what begins a stand-in (an item's text is the
+    /// attacker's: it must stay text, never become a reader's address).
+    fn footer_split<'b>(&self, body: &'b PreparedBody) -> Option<&'b FooterSplit> {
+        body.footer
+            .get_or_init(|| {
+                let shared = [&body.topics, &body.wire.text.rest, &body.wire.html.rest];
+                if shared.iter().any(|s| s.contains(STAND_IN_START)) {
+                    return None;
+                }
+                self.footer_cut(body.locale)?.split(
+                    &body.topics,
+                    &body.wire.text.rest,
+                    &body.wire.html.rest,
+                )
+            })
+            .as_ref()
+    }
+
+    /// `locale`'s footer rendered with stand-ins, made once per composer, or
+    /// `None` when cutting it does not give what rendering gives.
+    fn footer_cut(&self, locale: Locale) -> Option<&FooterCut> {
+        self.footer_cuts[usize::from(locale == Locale::En)]
+            .get_or_init(|| self.cut_footer(locale))
+            .as_ref()
+    }
+
+    /// `locale`'s footer rendered once with stand-ins for the topics and the
+    /// reader's values, kept only if, for sample readers whose values need
+    /// escaping and differ in length, filling it in gives their footers as
+    /// rendered, to the byte (a template that transforms a value cannot be cut).
+    fn cut_footer(&self, locale: Locale) -> Option<FooterCut> {
         let stand_ins = ReaderValues {
             email: Slot::Email.stand_in(),
             unsubscribe_url: Slot::Unsubscribe.stand_in(),
             preferences_url: Slot::Preferences.stand_in(),
         };
-        let (text, html) = self.render_footer(body, &stand_ins).ok()?;
-        Some(FooterSplit {
-            text: EncodedTail::new(&body.wire.text.rest, &text)?,
-            html: EncodedTail::new(&body.wire.html.rest, &html)?,
-        })
+        let (text, html) = self
+            .render_footer(locale, TOPICS_STAND_IN, &stand_ins)
+            .ok()?;
+        let cut = FooterCut { text, html };
+        let samples = [
+            ("leser@example.org", "Wirtschaft", 1),
+            (
+                "o'brien+a=b&c`d@example.org",
+                "Umwelt & <Natur>, \"Sport\" = 'Spiel'",
+                i64::MAX,
+            ),
+        ];
+        for (email, topics, id) in samples {
+            let (unsubscribe_url, preferences_url) = self.links.unsubscribe_and_preferences(id);
+            let reader = ReaderValues {
+                email,
+                unsubscribe_url: &unsubscribe_url,
+                preferences_url: &preferences_url,
+            };
+            let (text, html) = self.render_footer(locale, topics, &reader).ok()?;
+            let split = cut.split(topics, "", "")?;
+            let same = split.text.encode(&reader) == quoted_printable(&text)
+                && split.html.encode(&reader) == quoted_printable(&html);
+            if !same {
+                return None;
+            }
+        }
+        Some(cut)
     }
 
     /// One reader's copy of a digest: the shared content followed by the reader's
@@ -1066,11 +1152,11 @@ impl Composer {
             unsubscribe_url: &unsubscribe,
             preferences_url: &preferences,
         };
-        // Past a body's first reader its footer is cut (`FooterSplit`), and each
-        // reader's lines are encoded straight into the message.
-        let tails = match body.footer.get() {
-            Some(Some(split)) => Tails::Split(split),
-            _ => {
+        // The body's footer is cut (`FooterSplit`), and each reader's lines are
+        // encoded straight into the message.
+        let tails = match self.footer_split(body) {
+            Some(split) => Tails::Split(split),
+            None => {
                 let (text, html) = self.reader_tails(body, &reader)?;
                 Tails::Whole(text, html)
             }
@@ -1143,8 +1229,17 @@ mod tests {
     use super::*;
 
     fn composer() -> Composer {
+        composer_with(Templates::load(None).expect("built-in templates"))
+    }
+
+    /// A composer with the operator's templates in `dir`.
+    fn composer_from(dir: &std::path::Path) -> Composer {
+        composer_with(Templates::load(Some(dir)).expect("the operator's templates"))
+    }
+
+    fn composer_with(templates: Templates) -> Composer {
         Composer::new(
-            Arc::new(Templates::load(None).expect("built-in templates")),
+            Arc::new(templates),
             "News <news@example.org>".parse().expect("mailbox"),
             "https://news.example.org".into(),
             chrono::Duration::days(7),
@@ -1520,7 +1615,8 @@ mod tests {
         let (unsubscribe_url, preferences_url) = (c.links.unsubscribe(7), c.links.preferences(7));
         let footer = c
             .render_footer(
-                &prepared,
+                prepared.locale,
+                &prepared.topics,
                 &ReaderValues {
                     email: to.as_str(),
                     unsubscribe_url: &unsubscribe_url,
@@ -1597,13 +1693,14 @@ mod tests {
                 unsubscribe_url: &unsubscribe_url,
                 preferences_url: &preferences_url,
             };
-            let rendered = c.render_footer(body, &reader).unwrap();
-            let tails = c.reader_tails(body, &reader).unwrap();
+            let rendered = c.render_footer(body.locale, &body.topics, &reader).unwrap();
+            let text = |b: Vec<u8>| String::from_utf8(b).expect("encoded, ASCII");
+            let (cut_text, cut_html) = c.reader_tails(body, &reader).unwrap();
             assert_eq!(
-                tails,
+                (text(cut_text), text(cut_html)),
                 (
-                    body.wire.text.tail(&rendered.0),
-                    body.wire.html.tail(&rendered.1)
+                    text(body.wire.text.tail(&rendered.0)),
+                    text(body.wire.html.tail(&rendered.1))
                 ),
                 "the encoded tails, {email}"
             );
@@ -1661,6 +1758,86 @@ mod tests {
         }
     }
 
+    /// A body on `topics` whose content is one line.
+    fn body_on(locale: Locale, topics: &str) -> PreparedBody {
+        DigestBody::new(
+            locale,
+            "Betreff".into(),
+            "Kopf\nMeldung".into(),
+            "<html><body><p>Kopf</p>\n<p>Meldung</p>".into(),
+            topics.into(),
+        )
+        .prepare()
+    }
+
+    #[test]
+    fn the_footer_is_cut_once_per_language_and_each_body_fills_in_its_topics() {
+        let c = composer();
+        for locale in [Locale::De, Locale::En] {
+            let topics = [
+                "Wirtschaft",
+                "Umwelt & <Natur>, \"Sport\"",
+                "Kultur = 'Bühne' `x`",
+            ];
+            for topics in topics {
+                let body = body_on(locale, topics);
+                assert_footers_as_rendered(&c, &body, &READERS);
+                let split = body.footer.get().unwrap().as_ref().expect("cut");
+                assert_eq!(
+                    slots(&split.text).len(),
+                    3,
+                    "only the reader's values are left"
+                );
+            }
+            // One cut for the language, made with stand-ins for the topics too.
+            let cut = c.footer_cut(locale).expect("the built-in footer is cut");
+            assert!(cut.text.contains(TOPICS_STAND_IN), "{cut:?}");
+        }
+    }
+
+    #[test]
+    fn topics_that_carry_a_stand_in_are_not_cut() {
+        let c = composer();
+        let topics = format!("Wirtschaft {}", Slot::Email.stand_in());
+        let body = body_on(Locale::De, &topics);
+        assert_footers_as_rendered(&c, &body, &READERS);
+        assert!(matches!(body.footer.get(), Some(None)), "not cut");
+        // The language's cut stays for the other bodies.
+        let body = body_on(Locale::De, "Wirtschaft");
+        assert_footers_as_rendered(&c, &body, &READERS);
+        assert!(matches!(body.footer.get(), Some(Some(_))), "cut");
+    }
+
+    #[test]
+    fn an_operators_footer_that_changes_the_topics_is_rendered_for_every_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let footer = dir.path().join("mail/de/digest-footer");
+        std::fs::create_dir_all(&footer).unwrap();
+        let links = "{{email}} {{unsubscribe_url}} {{preferences_url}}";
+        std::fs::write(
+            footer.join("body.html.hbs"),
+            format!("<p>{links}</p></body></html>"),
+        )
+        .unwrap();
+        // The topics' length: no place to fill them in.
+        std::fs::write(
+            footer.join("body.txt.hbs"),
+            format!("{{{{len topics}}}} {links}"),
+        )
+        .unwrap();
+        let c = composer_from(dir.path());
+        for topics in ["Wirtschaft", "Umwelt, Sport"] {
+            let body = body_on(Locale::De, topics);
+            assert_footers_as_rendered(&c, &body, &READERS);
+            assert!(matches!(body.footer.get(), Some(None)), "not cut");
+        }
+        assert!(c.footer_cut(Locale::De).is_none());
+        // English is cut: it keeps the built-in footer.
+        let body = body_on(Locale::En, "Wirtschaft");
+        assert_footers_as_rendered(&c, &body, &READERS);
+        assert!(matches!(body.footer.get(), Some(Some(_))), "cut");
+    }
+
     #[test]
     fn a_body_that_carries_a_stand_in_in_its_last_line_is_not_cut() {
         // An item's text (a press release, a feed) is the attacker's: in the
@@ -1714,8 +1891,7 @@ mod tests {
             format!("{{{{len email}}}} {links}"),
         )
         .unwrap();
-        let mut c = composer();
-        c.templates = Arc::new(Templates::load(Some(dir.path())).unwrap());
+        let c = composer_from(dir.path());
         let body = prepared_body(&c, Locale::En);
         assert_footers_as_rendered(&c, &body, &READERS);
         assert!(matches!(body.footer.get(), Some(None)), "not cut");
@@ -1725,7 +1901,7 @@ mod tests {
             format!("{{{{email}}}} {links}"),
         )
         .unwrap();
-        c.templates = Arc::new(Templates::load(Some(dir.path())).unwrap());
+        let c = composer_from(dir.path());
         let body = prepared_body(&c, Locale::En);
         assert_footers_as_rendered(&c, &body, &READERS);
         let split = body.footer.get().unwrap().as_ref().expect("cut");

@@ -433,16 +433,11 @@ impl Templates {
         &self,
         locale: Locale,
         name: &str,
-        data: &impl Serialize,
+        data: Value,
     ) -> Result<RenderedMail, TemplateError> {
-        let base = format!("mail/{locale}/{name}");
-        let render = |reg: &Handlebars<'static>, part: &str| {
-            let n = format!("{base}/{part}");
-            reg.render(&n, data)
-                .map_err(|e| TemplateError::Render(n, e.to_string()))
-        };
-        let subject = render(&self.text, "subject")?;
-        let body = self.mail_body(locale, name, data)?;
+        let context = handlebars::Context::from(data);
+        let subject = Self::render(&self.text, locale, name, "subject", &context)?;
+        let body = self.body_with(locale, name, &context)?;
         Ok(RenderedMail {
             // A subject is one line, whatever the template or the data say.
             subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
@@ -460,18 +455,38 @@ impl Templates {
         &self,
         locale: Locale,
         name: &str,
-        data: &impl Serialize,
+        data: Value,
     ) -> Result<RenderedBody, TemplateError> {
-        let base = format!("mail/{locale}/{name}");
-        let render = |reg: &Handlebars<'static>, part: &str| {
-            let n = format!("{base}/{part}");
-            reg.render(&n, data)
-                .map_err(|e| TemplateError::Render(n, e.to_string()))
-        };
+        self.body_with(locale, name, &handlebars::Context::from(data))
+    }
+
+    /// The body parts rendered from `context`: handlebars would copy data given
+    /// as such into a context of its own for every part, and a digest's items are
+    /// most of what a body costs to render.
+    fn body_with(
+        &self,
+        locale: Locale,
+        name: &str,
+        context: &handlebars::Context,
+    ) -> Result<RenderedBody, TemplateError> {
         Ok(RenderedBody {
-            text: render(&self.text, "body.txt")?,
-            html: render(&self.html, "body.html")?,
+            text: Self::render(&self.text, locale, name, "body.txt", context)?,
+            html: Self::render(&self.html, locale, name, "body.html", context)?,
         })
+    }
+
+    /// Part `part` of mail `name` in `locale`, rendered by `registry`.
+    fn render(
+        registry: &Handlebars<'static>,
+        locale: Locale,
+        name: &str,
+        part: &str,
+        context: &handlebars::Context,
+    ) -> Result<String, TemplateError> {
+        let n = format!("mail/{locale}/{name}/{part}");
+        registry
+            .render_with_context(&n, context)
+            .map_err(|e| TemplateError::Render(n, e.to_string()))
     }
 }
 
@@ -622,7 +637,7 @@ mod tests {
         let t = Templates::load(None).unwrap();
         for locale in Locale::ALL {
             let data = serde_json::json!({"email": "a@example.org", "confirm_url": "http://x/confirm/<t>", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}});
-            let m = t.mail(locale, "confirm", &data).unwrap();
+            let m = t.mail(locale, "confirm", data).unwrap();
             assert!(!m.subject.is_empty() && !m.subject.contains('\n'));
             assert!(
                 m.text.contains("http://x/confirm/<t>"),
@@ -650,7 +665,7 @@ mod tests {
             .mail(
                 Locale::En,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
+                serde_json::json!({"email": "a@b.de", "confirm_url": "http://x/confirm/t", "lifetime_days": 7, "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
             )
             .unwrap();
         assert_eq!(m.subject, "Welcome a@b.de");
@@ -751,7 +766,7 @@ mod tests {
             .mail(
                 Locale::De,
                 "confirm",
-                &serde_json::json!({"email": "a@b.de", "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
+                serde_json::json!({"email": "a@b.de", "site": {"name": "Presse-Newsletter", "logo_url": null, "logo_width": 40, "accent": "#004a8f", "imprint_url": null, "privacy_url": null}}),
             )
             .unwrap_err()
             .to_string();
