@@ -596,6 +596,38 @@ fn plain_in_address(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&byte)
 }
 
+/// Appends the `Date:` header line for `now`: RFC 5322's date in UTC, as lettre
+/// writes it (`Fri, 04 Dec 2026 07:00:03 +0000`), without a format string to
+/// parse for every digest.
+fn date_line(out: &mut Vec<u8>, now: DateTime<Utc>) {
+    use chrono::{Datelike as _, Timelike as _};
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let two = |out: &mut Vec<u8>, n: u32| {
+        out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
+    };
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(DAYS[now.weekday().num_days_from_monday() as usize].as_bytes());
+    out.extend_from_slice(b", ");
+    two(out, now.day());
+    out.push(b' ');
+    out.extend_from_slice(MONTHS[now.month0() as usize].as_bytes());
+    out.push(b' ');
+    // Four digits for the years a clock shows; chrono pads to four as well.
+    let year = u32::try_from(now.year()).unwrap_or(0);
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b' ');
+    two(out, now.hour());
+    out.push(b':');
+    two(out, now.minute());
+    out.push(b':');
+    two(out, now.second());
+    out.extend_from_slice(b" +0000\r\n");
+}
+
 /// A reader's values in the digest footer.
 struct ReaderValues<'a> {
     email: &'a str,
@@ -718,6 +750,8 @@ impl Tails<'_> {
 #[derive(Debug)]
 struct EncodedTail {
     lines: Vec<TailLines>,
+    /// [`EncodedTail::size_hint`], summed once.
+    size_hint: usize,
 }
 
 /// Lines of an [`EncodedTail`].
@@ -744,7 +778,18 @@ impl EncodedTail {
                 lines.push(TailLines::Encoded(quoted_printable(line)));
             }
         }
-        Some(Self { lines })
+        let size_hint = lines
+            .iter()
+            .map(|l| match l {
+                TailLines::Encoded(done) => done.len(),
+                // Encoded, a byte may take three (`=3D`), plus soft breaks.
+                TailLines::Filled(pieces) => {
+                    3 * pieces.literals.iter().map(String::len).sum::<usize>()
+                        + 320 * pieces.slots.len()
+                }
+            })
+            .sum();
+        Some(Self { lines, size_hint })
     }
 
     /// The encoded tail for `reader`.
@@ -757,17 +802,7 @@ impl EncodedTail {
     /// At least the length of the encoded tail for any reader with values of
     /// usual length.
     fn size_hint(&self) -> usize {
-        self.lines
-            .iter()
-            .map(|l| match l {
-                TailLines::Encoded(done) => done.len(),
-                // Encoded, a byte may take three (`=3D`), plus soft breaks.
-                TailLines::Filled(pieces) => {
-                    3 * pieces.literals.iter().map(String::len).sum::<usize>()
-                        + 320 * pieces.slots.len()
-                }
-            })
-            .sum()
+        self.size_hint
     }
 
     /// Appends the encoded tail for `reader` to `out`.
@@ -942,7 +977,6 @@ impl Composer {
     /// would encode or fold (an address or `List-Unsubscribe` with more than
     /// plain ASCII, or a long one with spaces) goes through lettre each time.
     fn digest_headers(&self, out: &mut Vec<u8>, h: &DigestHeaders<'_>) -> Result<(), ComposeError> {
-        use std::io::Write as _;
         let (from, list_id) = &self.digest_lines;
         out.extend_from_slice(from.as_bytes());
         let to = crate::domain::ascii_address(h.to.as_str());
@@ -959,12 +993,7 @@ impl Composer {
             out.extend_from_slice(line.to_string().as_bytes());
         }
         out.extend_from_slice(h.subject_line.as_bytes());
-        // RFC 5322's date, in UTC as lettre writes it.
-        let _ = write!(
-            out,
-            "Date: {}\r\n",
-            h.now.format("%a, %d %b %Y %H:%M:%S +0000")
-        );
+        date_line(out, h.now);
         for piece in ["Message-ID: ", h.message_id, "\r\n", list_id] {
             out.extend_from_slice(piece.as_bytes());
         }
@@ -1528,6 +1557,22 @@ mod tests {
             }
         }
         out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
+        /// The `Date:` line is what chrono's RFC 5322 format (lettre's) gives, from
+        /// 1970 to 9999.
+        #[test]
+        fn the_date_line_is_chronos_rfc_5322_date(secs in 0i64..253_402_300_799) {
+            let now = DateTime::<Utc>::from_timestamp(secs, 0).unwrap();
+            let mut out = Vec::new();
+            date_line(&mut out, now);
+            proptest::prop_assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("Date: {}\r\n", now.format("%a, %d %b %Y %H:%M:%S +0000"))
+            );
+        }
     }
 
     proptest::proptest! {
