@@ -28,7 +28,7 @@ use super::transport::{SendError, Sender};
 use crate::clock::Clock;
 use crate::config::{Delivery, Transport};
 use crate::domain::MailEventKind;
-use crate::store::{ClaimedMail, EventEffect, Store, StoreResult};
+use crate::store::{ClaimedMail, EventEffect, LeasedBatch, Store, StoreResult};
 
 /// Mails one worker claims at a time.
 pub const BATCH: u32 = 32;
@@ -576,8 +576,7 @@ struct NextBatch {
 /// `None` when nothing is due, or when `no_claim` and nothing was handed over.
 async fn next_batch(ctx: &DeliveryContext, no_claim: bool) -> StoreResult<Option<NextBatch>> {
     if let Some(Handed {
-        owner,
-        mails,
+        batch: LeasedBatch { owner, mails },
         until,
     }) = ctx.handoff.take()
     {
@@ -785,7 +784,7 @@ async fn release(
 
 /// Gives back handed-over batches no worker took (shutdown): unleased, their
 /// attempt not counted, as [`release`] gives back what a worker did not send.
-pub async fn release_handed(store: &Store, batches: Vec<crate::store::LeasedBatch>) {
+pub async fn release_handed(store: &Store, batches: Vec<LeasedBatch>) {
     for batch in batches {
         for mail in batch.mails {
             if let Err(e) = store.mail_release(mail.id, batch.owner, None).await {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::{ClaimedMail, LeaseTerms, LeasedBatch};
+use crate::store::{LeaseTerms, LeasedBatch};
 
 /// Mails handed over, not yet taken by a worker.
 #[derive(Debug)]
@@ -45,13 +45,11 @@ struct Waiting {
     closed: bool,
 }
 
-/// A batch handed over: leased to `owner` until `until` (this process's clock).
+/// A batch handed over: leased to its owner until `until` (this process's clock).
 #[derive(Debug)]
 pub struct Handed {
-    /// The lease holder written into the rows.
-    pub owner: i64,
-    /// The mails, by id.
-    pub mails: Vec<ClaimedMail>,
+    /// The mails and their lease holder.
+    pub batch: LeasedBatch,
     /// When the lease written with them runs out, at the latest.
     pub until: tokio::time::Instant,
 }
@@ -148,11 +146,7 @@ impl Handoff {
         }
         for batch in batches {
             waiting.mails += batch.mails.len();
-            waiting.batches.push_back(Handed {
-                owner: batch.owner,
-                mails: batch.mails,
-                until,
-            });
+            waiting.batches.push_back(Handed { batch, until });
         }
         Vec::new()
     }
@@ -162,7 +156,7 @@ impl Handoff {
         let handed = {
             let mut waiting = self.lock();
             let handed = waiting.batches.pop_front()?;
-            waiting.mails -= handed.mails.len();
+            waiting.mails -= handed.batch.mails.len();
             handed
         };
         self.taken.notify_waiters();
@@ -180,19 +174,14 @@ impl Handoff {
             std::mem::take(&mut waiting.batches)
         };
         self.taken.notify_waiters();
-        waiting
-            .into_iter()
-            .map(|h| LeasedBatch {
-                owner: h.owner,
-                mails: h.mails,
-            })
-            .collect()
+        waiting.into_iter().map(|h| h.batch).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ClaimedMail;
 
     fn batch(owner: i64, ids: std::ops::Range<i64>) -> LeasedBatch {
         LeasedBatch {
@@ -228,7 +217,11 @@ mod tests {
             "4 of 4 wait: queued unleased"
         );
         let first = handoff.take().expect("a batch");
-        assert_eq!((first.owner, first.mails.len()), (1, 2), "oldest first");
+        assert_eq!(
+            (first.batch.owner, first.batch.mails.len()),
+            (1, 2),
+            "oldest first"
+        );
         assert!(handoff.terms(lease).is_some(), "room again after a take");
         let back = handoff.close();
         assert_eq!(
