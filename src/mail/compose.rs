@@ -711,9 +711,9 @@ impl FooterCut {
     }
 }
 
-/// The languages' [`FooterCut`]s (German, then English), each made at its first
-/// digest; shared by a composer's clones.
-type FooterCuts = Arc<[std::sync::OnceLock<Option<FooterCut>>; 2]>;
+/// The languages' [`FooterCut`]s, in the order of [`Locale::ALL`], each made at
+/// its first digest; shared by a composer's clones.
+type FooterCuts = Arc<[std::sync::OnceLock<Option<FooterCut>>; Locale::ALL.len()]>;
 
 /// A reader's encoded footer parts: rendered whole (a footer that cannot be
 /// cut), or encoded from the body's cut footer as they are written.
@@ -1099,7 +1099,8 @@ impl Composer {
     /// `locale`'s footer rendered with stand-ins, made once per composer, or
     /// `None` when cutting it does not give what rendering gives.
     fn footer_cut(&self, locale: Locale) -> Option<&FooterCut> {
-        self.footer_cuts[usize::from(locale == Locale::En)]
+        let at = Locale::ALL.iter().position(|l| *l == locale)?;
+        self.footer_cuts[at]
             .get_or_init(|| self.cut_footer(locale))
             .as_ref()
     }
