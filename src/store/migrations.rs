@@ -115,6 +115,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0018_mail_without_reader_key.sql"),
         include_str!("../../migrations/sqlite/0018_mail_without_reader_key.sql"),
     ),
+    (
+        19,
+        "no digest log",
+        include_str!("../../migrations/postgres/0019_no_digest_log.sql"),
+        include_str!("../../migrations/sqlite/0019_no_digest_log.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -134,7 +134,8 @@ fn check_fails_on_a_broken_template_and_an_unreachable_database() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("database"));
 }
 
-/// The versions of a backend's migration files, and the tables they create.
+/// The versions of a backend's migration files, and the tables they create that a
+/// later one does not drop.
 fn migration_files(backend: Backend) -> (BTreeSet<String>, BTreeSet<String>) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("migrations")
@@ -142,20 +143,32 @@ fn migration_files(backend: Backend) -> (BTreeSet<String>, BTreeSet<String>) {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
         });
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    paths.sort();
+    let name_after = |text: &str, keyword: &str| -> Vec<String> {
+        text.split(keyword)
+            .skip(1)
+            .map(|rest| {
+                rest.trim_start_matches("IF NOT EXISTS ")
+                    .trim_start_matches("IF EXISTS ")
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect()
+            })
+            .collect()
+    };
     let (mut versions, mut tables) = (BTreeSet::new(), BTreeSet::new());
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in paths {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let number = name.split('_').next().unwrap();
         versions.insert(number.parse::<i64>().unwrap().to_string());
         let sql = std::fs::read_to_string(&path).unwrap();
-        for created in sql.split("CREATE TABLE ").skip(1) {
-            let created = created.trim_start_matches("IF NOT EXISTS ");
-            let table: String = created
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            tables.insert(table);
+        tables.extend(name_after(&sql, "CREATE TABLE "));
+        for dropped in name_after(&sql, "DROP TABLE ") {
+            tables.remove(&dropped);
         }
     }
     (versions, tables)

@@ -11,21 +11,14 @@ use crate::console::{get, login, post};
 use crate::harness::{Backend, app_at, delivered, parse};
 use postbote::web::console::preview::FRAME_POLICY;
 
-/// `(subscriber id, last item id, next slot, last served slot)` of every reader,
-/// and the digest log's size (no longer written since migration 0016).
+/// `(subscriber id, last item id, next slot, last served slot)` of every reader.
 async fn digest_state(db: &crate::harness::TestDb) -> Vec<Vec<Option<String>>> {
-    let mut rows = db
-        .text_rows(
-            "SELECT CAST(id AS TEXT), CAST(last_item_id AS TEXT), CAST(next_slot_at AS TEXT), \
-             CAST(last_slot_at AS TEXT) FROM subscribers ORDER BY id",
-            &[],
-        )
-        .await;
-    rows.extend(
-        db.text_rows("SELECT CAST(COUNT(*) AS TEXT) FROM digests", &[])
-            .await,
-    );
-    rows
+    db.text_rows(
+        "SELECT CAST(id AS TEXT), CAST(last_item_id AS TEXT), CAST(next_slot_at AS TEXT), \
+         CAST(last_slot_at AS TEXT) FROM subscribers ORDER BY id",
+        &[],
+    )
+    .await
 }
 
 /// The HTML-escaped `<pre>` of a page, unescaped enough for plain text.

@@ -1686,7 +1686,8 @@ async fn a_slot_already_served_gets_no_second_digest(backend: Backend) {
 
 /// Migration 0016 takes each reader's last served slot from the digest log it
 /// replaces: the latest of their slots, none for a reader never served, and a
-/// slot at or before it is then not served again.
+/// slot at or before it is then not served again. Migration 0019 then drops the
+/// log, and the slots stay on the readers' rows.
 async fn the_last_served_slot_is_taken_over_from_the_digest_log(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = Store::connect(&db.database_url()).await.unwrap();
@@ -1717,6 +1718,20 @@ async fn the_last_served_slot_is_taken_over_from_the_digest_log(backend: Backend
         "the latest: {last}"
     );
     assert_eq!(rows[1][1], None, "never served: {rows:?}");
+    let log = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'digests'"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_name = 'digests'"
+        }
+    };
+    assert_eq!(
+        db.text_rows(log, &[]).await,
+        Vec::<Vec<Option<String>>>::new(),
+        "the digest log is gone"
+    );
 }
 
 /// A planner of lanes of one pass: the closure plans, every body is rendered
