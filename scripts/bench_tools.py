@@ -55,8 +55,8 @@ def sink_watch(state):
     after every "."; the time a chunk arrives is the time of its last message.
 
     After each chunk the watcher sleeps for READ_PAUSE, so that it reads the
-    counters of many messages at once: woken for every message, it took 4-10 % of
-    the machine's CPU from the mail it measures (a pass is CPU-bound on two cores;
+    counters of many messages at once: woken for every message, it took 2-5 % of
+    the machine's CPU from the pass it measures (a pass is CPU-bound on two cores;
     smtp-source is held by the sink's one core and is not). A message's time is
     then late by at most that pause, for the pass and smtp-source alike."""
     fd = sys.stdin.fileno()
