@@ -153,11 +153,16 @@ def line(kind, *args):
     """line KIND NUMBERS...: one figure line with its baseline and ratio."""
     n = [float(a) for a in args[1:]] if kind == "fanout" else [float(a) for a in args]
     if kind == "fanout":
-        label, (rate, base, size, sessions, secs, pass_s, rss_kb, pairs, low, high) = args[0], n
+        label, (rate, base, size, sessions, secs, pass_s, rss_kb, pairs, low, high) = args[0], n[:10]
         print(f"fan-out {label}: {rate:,.0f} digests/s; smtp-source {base:,.0f}/s; ratio {rate / base:.2f} "
               f"(floor 0.70, goal 1.00) [{size / 1000:.1f} KB, {sessions:.0f} sessions, "
               f"{secs:.1f} s, pass {pass_s:.1f} s, peak RSS {rss_kb / 1024:.0f} MB; "
               f"median of {pairs:.0f} pairs, {low:.2f}-{high:.2f}]")
+        # The median pair's CPU per message, by process (microseconds).
+        serve, postgres, sink, source_sink, source = n[10:15]
+        print(f"  CPU per digest: serve {serve:.0f} µs, PostgreSQL {postgres:.0f} µs, smtp-sink {sink:.0f} µs "
+              f"(all {serve + postgres + sink:.0f} µs); per smtp-source message: smtp-sink {source_sink:.0f} µs, "
+              f"smtp-source {source:.0f} µs")
     elif kind == "slot":
         readers_, secs, base_secs, pass_s = n
         print(f"07:00 Europe/Berlin, {readers_:,.0f} readers: last digest accepted {secs:.1f} s after the slot; "
