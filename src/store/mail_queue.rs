@@ -5,8 +5,9 @@
 //! and record each outcome as it happens. A worker that dies stops renewing: its
 //! lease runs out within [`crate::mail::delivery::LEASE`] and the mail is claimed
 //! again, so at most the mails in flight at a crash (one per worker) can be sent
-//! twice. Finished rows are aggregated into `delivery_days` and deleted after
-//! `delivery.keep_days`.
+//! twice. A mail that is done (sent, or given up) leaves the queue for the mail log
+//! (`mail_log`, migration 0020) in the same transaction; the log's rows are
+//! aggregated into `delivery_days` and deleted after `delivery.keep_days`.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -14,6 +15,52 @@ use sqlx::FromRow;
 
 use super::counters::{Tally, flush_tally, push_upsert};
 use super::{BeginWrite, Store, StoreResult, Tx, on_pool, on_tx};
+
+/// What the mail log keeps of a mail leaving the queue: the columns of
+/// [`RETIRED`].
+#[derive(FromRow)]
+struct Retired {
+    id: i64,
+    subscriber_id: Option<i64>,
+    kind: String,
+    recipient: String,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+}
+
+/// The `RETURNING` clause of a `DELETE FROM mail_jobs` whose rows [`retire!`]
+/// moves into the log.
+const RETIRED: &str = " RETURNING id, subscriber_id, kind, recipient, attempts, created_at";
+
+/// Runs `$delete` (a query builder holding a `DELETE FROM mail_jobs …` that ends
+/// in [`RETIRED`]) on `$conn` and appends the mails it removed to the mail log as
+/// `$status` (`"sent"` or `"failed"`), with `$error` (an `Option<&str>`), finished
+/// at `$now`; evaluates to their kinds, one per mail, for the counters.
+macro_rules! retire {
+    ($conn:expr, $delete:expr, $status:expr, $error:expr, $now:expr) => {{
+        let retired: Vec<Retired> = $delete.build_query_as().fetch_all(&mut *$conn).await?;
+        // Nine values a row: SQLite takes at most 32,766 per statement.
+        for chunk in retired.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO mail_log (id, subscriber_id, kind, recipient, status, attempts, last_error, \
+                 created_at, finished_at) ",
+            );
+            q.push_values(chunk, |mut row, r| {
+                row.push_bind(r.id)
+                    .push_bind(r.subscriber_id)
+                    .push_bind(r.kind.clone())
+                    .push_bind(r.recipient.clone())
+                    .push_bind($status)
+                    .push_bind(r.attempts)
+                    .push_bind($error)
+                    .push_bind(r.created_at)
+                    .push_bind($now);
+            });
+            q.build().execute(&mut *$conn).await?;
+        }
+        retired.into_iter().map(|r| r.kind).collect::<Vec<String>>()
+    }};
+}
 
 /// Whether an insert is the transaction's last write, which may carry the
 /// counters' upsert ([`Tx::insert_mail`]).
@@ -185,33 +232,39 @@ const CLAIM_SQLITE: &str = "UPDATE mail_jobs SET locked_until = $2, lease_owner 
     AND (locked_until IS NULL OR locked_until <= $4) ORDER BY next_attempt_at, id LIMIT $3) \
     RETURNING id, subscriber_id, kind, recipient, envelope_from, COALESCE(message, X'') AS message, body_id, attempts";
 
-/// Marks mails sent and counts them in ONE statement: a worker records every
-/// delivery on its own, so this is the hot path of a fan-out (what `Tally::mails`
-/// does for queued → sent, written out).
+/// Moves mails from the queue into the log as sent and counts them in ONE
+/// statement: a worker records every delivery on its own, so this is the hot path
+/// of a fan-out (what [`retire!`] and `Tally::mails` do for queued → sent, written
+/// out). Deleting the queue row writes no index entry; the log row is narrow and
+/// has two (see migration 0020).
 ///
 /// Each id is looked up by the primary key (`id = ANY($2)`: an index condition,
-/// the one plan that stays right whatever the queue's size). Still queued is
-/// written as "neither sent nor failed" (the only other states): `status =
-/// 'queued'` would let the planner answer the record by scanning the partial index
-/// of queued mail, which on a queue just filled (no statistics yet) it takes for a
-/// handful of rows, so every record read the whole queue (a fan-out of 20,000:
-/// 94 µs per mail recorded, half of the database's time).
+/// the one plan that stays right whatever the queue's size). A mail gone from the
+/// queue meanwhile (withdrawn, or recorded already) is not logged or counted
+/// again. Nothing but the key is asked: `status = 'queued'` would let the planner
+/// answer the record by scanning the partial index of queued mail, which on a
+/// queue just filled (no statistics yet) it takes for a handful of rows, so every
+/// record read the whole queue (a fan-out of 20,000: 94 µs per mail recorded, half
+/// of the database's time).
 const SENT_PG: &str = "WITH done AS ( \
-    UPDATE mail_jobs SET status = 'sent', message = NULL, body_id = NULL, locked_until = NULL, lease_owner = NULL, \
-    last_error = NULL, finished_at = $1 \
-    WHERE mail_jobs.id = ANY($2::bigint[]) AND mail_jobs.status NOT IN ('sent', 'failed') RETURNING mail_jobs.kind) \
+    DELETE FROM mail_jobs WHERE mail_jobs.id = ANY($2::bigint[]) \
+    RETURNING id, subscriber_id, kind, recipient, attempts, created_at), \
+    logged AS ( \
+    INSERT INTO mail_log (id, subscriber_id, kind, recipient, status, attempts, created_at, finished_at) \
+    SELECT id, subscriber_id, kind, recipient, 'sent', attempts, created_at, $1 FROM done RETURNING kind) \
     INSERT INTO counters (name, shard, value) \
-    SELECT 'mails:' || kind || ':sent', $3, COUNT(*) FROM done GROUP BY kind ORDER BY 1 \
+    SELECT 'mails:' || kind || ':sent', $3, COUNT(*) FROM logged GROUP BY kind ORDER BY 1 \
     ON CONFLICT (name, shard) DO UPDATE SET value = counters.value + excluded.value";
 
-/// Finished mail past the retention cutoff, oldest first; on PostgreSQL rows that
+/// Logged mail past the retention cutoff, oldest first; on PostgreSQL rows that
 /// another instance's purge holds are skipped. The search runs once, as the
-/// claim's does ([`CLAIM_PG`]).
-const PURGE_PG: &str = "DELETE FROM mail_jobs WHERE id = ANY(ARRAY(SELECT id FROM mail_jobs \
-    WHERE status <> 'queued' AND finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
+/// claim's does ([`CLAIM_PG`]); the log has no key, so its rows are named by
+/// their place (`ctid`, which the lock keeps for the statement; `rowid` on SQLite).
+const PURGE_PG: &str = "DELETE FROM mail_log WHERE ctid = ANY(ARRAY(SELECT ctid FROM mail_log \
+    WHERE finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
     RETURNING subscriber_id, kind, status, finished_at, last_error";
-const PURGE_SQLITE: &str = "DELETE FROM mail_jobs WHERE id IN (SELECT id FROM mail_jobs \
-    WHERE status <> 'queued' AND finished_at < $1 ORDER BY finished_at LIMIT $2) \
+const PURGE_SQLITE: &str = "DELETE FROM mail_log WHERE rowid IN (SELECT rowid FROM mail_log \
+    WHERE finished_at < $1 ORDER BY finished_at LIMIT $2) \
     RETURNING subscriber_id, kind, status, finished_at, last_error";
 
 /// One reader's purged mail of one day and kind.
@@ -311,9 +364,10 @@ impl Store {
         Ok(kept)
     }
 
-    /// Records the delivery of mails and drops their bodies: they may hold a link
-    /// token, and only the history is needed from now on. A mail withdrawn
-    /// meanwhile (unsubscribe, bounce) keeps that status. The delivery recorder
+    /// Records the delivery of mails: each leaves the queue for the mail log, with
+    /// its body (it may hold a link token, and only the history is needed from now
+    /// on). A mail withdrawn meanwhile (unsubscribe, bounce) stays logged as that,
+    /// and a mail recorded twice counts once. The delivery recorder
     /// calls this on a pool with relaxed commits ([`Store::with_relaxed_commits`]):
     /// the worker waits for the record before its next send, so a lost record can
     /// only mean the mail goes out once more, never that one is lost.
@@ -338,18 +392,14 @@ impl Store {
             }
             Self::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
-                let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE mail_jobs SET status = 'sent', message = NULL, body_id = NULL, locked_until = NULL, \
-                     lease_owner = NULL, last_error = NULL, finished_at = ",
-                );
-                q.push_bind(now)
-                    .push(" WHERE status = 'queued' AND id IN (");
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM mail_jobs WHERE id IN (");
                 let mut list = q.separated(", ");
                 for id in ids {
                     list.push_bind(*id);
                 }
-                list.push_unseparated(") RETURNING kind");
-                let kinds: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+                list.push_unseparated(")");
+                q.push(RETIRED);
+                let kinds = retire!(tx, q, "sent", None::<&str>, now);
                 let mut tally = Tally::default();
                 for kind in &kinds {
                     tally.mails(kind, Some("queued"), Some("sent"), 1);
@@ -439,20 +489,14 @@ impl Store {
     /// # Errors
     /// When the database fails.
     pub async fn mail_failed(&self, id: i64, now: DateTime<Utc>, error: &str) -> StoreResult<()> {
-        let sql = "UPDATE mail_jobs SET status = 'failed', message = NULL, body_id = NULL, locked_until = NULL, \
-                   lease_owner = NULL, last_error = $3, finished_at = $2 \
-                   WHERE id = $1 AND status = 'queued' RETURNING kind";
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let kind: Option<String> = sqlx::query_scalar(sql)
-                .bind(id)
-                .bind(now)
-                .bind(error)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let mut q = sqlx::QueryBuilder::new("DELETE FROM mail_jobs WHERE status = 'queued' AND id = ");
+            q.push_bind(id).push(RETIRED);
+            let kinds = retire!(tx, q, "failed", Some(error), now);
             let mut tally = Tally::default();
-            if let Some(kind) = kind {
-                tally.mails(&kind, Some("queued"), Some("failed"), 1);
+            for kind in &kinds {
+                tally.mails(kind, Some("queued"), Some("failed"), 1);
             }
             flush_tally!(tally, &mut *tx);
             tx.commit().await?;
@@ -501,7 +545,7 @@ impl Store {
         Ok(n)
     }
 
-    /// Deletes up to `limit` finished (sent or failed) mails that finished before
+    /// Deletes up to `limit` logged (sent or failed) mails that finished before
     /// `cutoff`, oldest first, and adds them to their readers' `delivery_days` in
     /// the same transaction. Returns how many rows were deleted; call again until
     /// it returns less than `limit`. The counters are totals and stay as they are.
@@ -664,7 +708,8 @@ impl Tx {
     }
 
     /// Withdraws the digests still queued for a reader who is no longer confirmed
-    /// (left, bounced, complained): failed with `reason`, message dropped, counted.
+    /// (left, bounced, complained): out of the queue, logged as failed with
+    /// `reason`, counted.
     pub(super) async fn withdraw_digests(
         &mut self,
         subscriber_id: i64,
@@ -672,18 +717,23 @@ impl Tx {
         reason: &str,
         tally: &mut Tally,
     ) -> StoreResult<()> {
-        let withdrawn = on_tx!(self, tx => sqlx::query(
-            "UPDATE mail_jobs SET status = 'failed', message = NULL, body_id = NULL, last_error = $3, finished_at = $2 \
-             WHERE subscriber_id = $1 AND status = 'queued' AND kind = 'digest' \
-             AND EXISTS (SELECT 1 FROM subscribers WHERE id = $1 AND status <> 'confirmed')",
-        )
-        .bind(subscriber_id)
-        .bind(now)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await
-        .map(|r| r.rows_affected()))?;
-        tally.mails("digest", Some("queued"), Some("failed"), withdrawn as i64);
+        let withdrawn = on_tx!(self, tx => {
+            let mut q = sqlx::QueryBuilder::new(
+                "DELETE FROM mail_jobs WHERE status = 'queued' AND kind = 'digest' AND subscriber_id = ",
+            );
+            q.push_bind(subscriber_id)
+                .push(" AND EXISTS (SELECT 1 FROM subscribers WHERE status <> 'confirmed' AND id = ")
+                .push_bind(subscriber_id)
+                .push(")")
+                .push(RETIRED);
+            retire!(tx, q, "failed", Some(reason), now)
+        });
+        tally.mails(
+            "digest",
+            Some("queued"),
+            Some("failed"),
+            withdrawn.len() as i64,
+        );
         Ok(())
     }
 }

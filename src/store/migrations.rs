@@ -121,6 +121,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0019_no_digest_log.sql"),
         include_str!("../../migrations/sqlite/0019_no_digest_log.sql"),
     ),
+    (
+        20,
+        "mail log",
+        include_str!("../../migrations/postgres/0020_mail_log.sql"),
+        include_str!("../../migrations/sqlite/0020_mail_log.sql"),
+    ),
 ];
 
 fn migrator(pick: fn(&(i64, &str, &'static str, &'static str)) -> &'static str) -> Migrator {

@@ -38,10 +38,14 @@ type JobRow = (
     Option<String>,
 );
 
-/// The mail queue, oldest first.
+/// Every mail, oldest first: the queued ones in the queue, the sent and failed
+/// ones in the mail log (migration 0020), whose `next_attempt_at` is when they
+/// finished.
 async fn jobs(db: &TestDb) -> Vec<Job> {
     const SQL: &str = "SELECT id, kind, recipient, status, attempts, next_attempt_at, last_error \
-                       FROM mail_jobs ORDER BY id";
+                       FROM mail_jobs UNION ALL \
+                       SELECT id, kind, recipient, status, attempts, finished_at, last_error \
+                       FROM mail_log ORDER BY 1";
     let rows: Vec<JobRow> = if db.url.starts_with("sqlite://") {
         let pool = sqlx::SqlitePool::connect(&db.url).await.expect("connect");
         let rows = sqlx::query_as(SQL)

@@ -1174,7 +1174,7 @@ async fn erasing_a_reader_who_got_mail_leaves_only_the_suppressed_hash(backend: 
     let other = app.export("bleibt@example.org").await.unwrap();
     let before = places_holding(&db, backend, "weg@example.org").await;
     assert!(
-        before.contains(&"mail_jobs.recipient".to_owned())
+        before.contains(&"mail_log.recipient".to_owned())
             && before.contains(&"subscribers.email".to_owned()),
         "the search finds the address where it is: {before:?}"
     );

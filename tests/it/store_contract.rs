@@ -508,9 +508,9 @@ async fn a_purged_sign_up_takes_its_mail_along(backend: Backend) {
     );
     if let Store::Postgres(pool) = &store {
         sqlx::query(
-            "INSERT INTO mail_jobs (subscriber_id, kind, recipient, envelope_from, status, \
-             next_attempt_at, created_at, finished_at) \
-             VALUES (424242, 'digest', 'x@example.org', 'b@example.org', 'sent', $1, $1, $1)",
+            "INSERT INTO mail_log (id, subscriber_id, kind, recipient, status, attempts, \
+             created_at, finished_at) \
+             VALUES (1, 424242, 'digest', 'x@example.org', 'sent', 1, $1, $1)",
         )
         .bind(t0())
         .execute(pool)
@@ -812,8 +812,10 @@ async fn recount(store: &Store) -> Counts {
                     .await
                     .unwrap();
             subscribers.extend(by_status);
+            // Queued mail in the queue, finished mail in the log (migration 0020).
             let rows: Vec<(String, String, i64)> = sqlx::query_as(
-                "SELECT kind, status, COUNT(*) FROM mail_jobs GROUP BY kind, status",
+                "SELECT kind, status, COUNT(*) FROM (SELECT kind, status FROM mail_jobs \
+                 UNION ALL SELECT kind, status FROM mail_log) AS mail GROUP BY kind, status",
             )
             .fetch_all(pool)
             .await
@@ -826,11 +828,13 @@ async fn recount(store: &Store) -> Counts {
                 }
                 mails.entry(kind).or_default().insert(status, n);
             }
-            let retried: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM mail_jobs WHERE attempts > 1")
-                    .fetch_one(pool)
-                    .await
-                    .unwrap();
+            let retried: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT attempts FROM mail_jobs \
+                     UNION ALL SELECT attempts FROM mail_log) AS mail WHERE attempts > 1",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
             let events: Vec<(String, i64)> =
                 sqlx::query_as("SELECT kind, COUNT(*) FROM mail_events GROUP BY kind")
                     .fetch_all(pool)
@@ -1096,7 +1100,9 @@ async fn counters_equal_a_recount_after_every_kind_of_change(backend: Backend) {
     );
 
     // The migration that introduced the counters filled them from the rows: its
-    // statements, run again on empty counters, give the same numbers.
+    // statements, run again on empty counters, give the same numbers. It read the
+    // queue, which held finished mail too then; since migration 0020 that is in the
+    // mail log, so they read both.
     let migration = match store {
         Store::Postgres(_) => {
             include_str!("../../migrations/postgres/0007_leases_and_counters.sql")
@@ -1107,8 +1113,14 @@ async fn counters_equal_a_recount_after_every_kind_of_change(backend: Backend) {
         .split(';')
         .filter(|statement| statement.contains("INSERT INTO counters"))
         .map(|statement| format!("{statement};"))
-        .collect();
+        .collect::<String>()
+        .replace(
+            "FROM mail_jobs",
+            "FROM (SELECT kind, status, attempts FROM mail_jobs \
+             UNION ALL SELECT kind, status, attempts FROM mail_log) AS mail_jobs",
+        );
     assert_eq!(fill.matches("INSERT INTO counters").count(), 5);
+    assert_eq!(fill.matches("FROM mail_log").count(), 3);
     let fill = format!("DELETE FROM counters;{fill}");
     match &store {
         Store::Postgres(pool) => {
@@ -1734,6 +1746,114 @@ async fn the_last_served_slot_is_taken_over_from_the_digest_log(backend: Backend
     );
 }
 
+/// Migration 0020 moves finished mail out of the queue into the mail log, with
+/// everything the export, the purge and the dashboard read; queued mail stays.
+async fn finished_mail_moves_from_the_queue_into_the_log(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.database_url()).await.unwrap();
+    store.migrate_to(19).await.unwrap();
+    crate::harness::execute_sql(
+        &store,
+        "INSERT INTO subscribers (id, email, status, locale, delivery_time, timezone, created_at, updated_at, next_slot_at) VALUES \
+         (1, 'anna@example.org', 'confirmed', 'de', '07:00', 'Europe/Berlin', '2026-11-01 06:00:00+00:00', '2026-11-01 06:00:00+00:00', '2026-12-01 06:00:00+00:00'); \
+         INSERT INTO mail_jobs (id, subscriber_id, kind, recipient, envelope_from, status, attempts, next_attempt_at, created_at, finished_at, last_error) VALUES \
+         (7, 1, 'confirm', 'anna@example.org', 'b@example.org', 'sent', 1, '2026-11-01 06:00:00+00:00', '2026-11-01 06:00:00+00:00', '2026-11-01 06:00:02+00:00', NULL), \
+         (8, 1, 'digest', 'anna@example.org', 'b@example.org', 'failed', 3, '2026-11-02 06:00:00+00:00', '2026-11-02 06:00:00+00:00', '2026-11-02 07:00:00+00:00', '550 5.1.1 no such user'), \
+         (9, 1, 'digest', 'anna@example.org', 'b@example.org', 'queued', 0, '2026-11-03 06:00:00+00:00', '2026-11-03 06:00:00+00:00', NULL, NULL), \
+         (10, NULL, 'test', 'ops@example.org', 'b@example.org', 'sent', 1, '2026-11-03 08:00:00+00:00', '2026-11-03 08:00:00+00:00', '2026-11-03 08:00:01+00:00', NULL)"
+            .to_owned(),
+    )
+    .await;
+    let stats = counted(&store.stats().await.unwrap());
+    store.migrate().await.unwrap();
+    assert_eq!(
+        db.text_rows(
+            "SELECT CAST(id AS TEXT), status FROM mail_jobs ORDER BY id",
+            &[]
+        )
+        .await,
+        vec![vec![Some("9".to_owned()), Some("queued".to_owned())]],
+        "only queued mail stays in the queue"
+    );
+    assert_eq!(
+        db.text_rows(
+            "SELECT CAST(id AS TEXT), CAST(subscriber_id AS TEXT), kind, recipient, status, \
+             CAST(attempts AS TEXT), last_error FROM mail_log ORDER BY mail_log.id",
+            &[]
+        )
+        .await,
+        [
+            ["7", "1", "confirm", "anna@example.org", "sent", "1", ""],
+            [
+                "8",
+                "1",
+                "digest",
+                "anna@example.org",
+                "failed",
+                "3",
+                "550 5.1.1 no such user"
+            ],
+            ["10", "", "test", "ops@example.org", "sent", "1", ""],
+        ]
+        .map(|row| row.map(|v| (!v.is_empty()).then(|| v.to_owned())).to_vec())
+        .to_vec(),
+    );
+    assert_eq!(
+        counted(&store.stats().await.unwrap()),
+        stats,
+        "nothing recounted"
+    );
+    let anna = EmailAddress::parse("anna@example.org").unwrap();
+    let export = store.export_subscriber(&anna).await.unwrap().unwrap();
+    type Delivery<'a> = (
+        &'a str,
+        &'a str,
+        i32,
+        Option<&'a str>,
+        Option<DateTime<Utc>>,
+    );
+    let deliveries: Vec<Delivery> = export
+        .deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.kind.as_str(),
+                d.status.as_str(),
+                d.attempts,
+                d.last_error.as_deref(),
+                d.finished_at,
+            )
+        })
+        .collect();
+    let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+    assert_eq!(
+        deliveries,
+        vec![
+            ("confirm", "sent", 1, None, at("2026-11-01T06:00:02Z")),
+            (
+                "digest",
+                "failed",
+                3,
+                Some("550 5.1.1 no such user"),
+                at("2026-11-02T07:00:00Z")
+            ),
+            ("digest", "queued", 0, None, None),
+        ],
+        "the export reads the log and the queue, oldest first"
+    );
+    // The purge takes the moved mail by its end, into the reader's days.
+    assert_eq!(
+        store
+            .purge_finished_mail("2026-11-02T12:00:00Z".parse().unwrap(), 100)
+            .await
+            .unwrap(),
+        2
+    );
+    let export = store.export_subscriber(&anna).await.unwrap().unwrap();
+    assert_eq!(export.deliveries.len(), 1);
+    assert_eq!(export.delivery_days.len(), 2);
+}
+
 /// A planner of lanes of one pass: the closure plans, every body is rendered
 /// slowly (a lane started beside it comes to the body while it is rendered) and
 /// counted.
@@ -2012,6 +2132,7 @@ async fn a_body_stays_while_queued_mail_needs_it_and_a_reused_one_is_given_a_new
 
 on_both_backends!(
     the_last_served_slot_is_taken_over_from_the_digest_log,
+    finished_mail_moves_from_the_queue_into_the_log,
     lanes_of_a_pass_render_a_body_they_share_once,
     a_body_stays_while_queued_mail_needs_it_and_a_reused_one_is_given_a_new_age,
     a_slot_already_served_gets_no_second_digest,

@@ -128,8 +128,8 @@ fn per_day_sql(postgres: bool) -> String {
          UNION ALL SELECT {confirmed}, 'confirmations', COUNT(*) FROM subscribers WHERE confirmed_at >= $1 GROUP BY 1 \
          UNION ALL SELECT {left}, 'unsubscribes', COUNT(*) FROM subscribers WHERE unsubscribed_at >= $1 GROUP BY 1 \
          UNION ALL SELECT {event}, kind, COUNT(*) FROM mail_events WHERE at >= $1 GROUP BY 1, 2 \
-         UNION ALL SELECT {finished}, 'digests_' || status, COUNT(*) FROM mail_jobs \
-           WHERE kind = 'digest' AND status IN ('sent', 'failed') AND finished_at >= $1 GROUP BY 1, 2 \
+         UNION ALL SELECT {finished}, 'digests_' || status, COUNT(*) FROM mail_log \
+           WHERE kind = 'digest' AND finished_at >= $1 GROUP BY 1, 2 \
          UNION ALL SELECT {stored_day}, 'digests_sent', CAST(SUM(sent) AS BIGINT) FROM delivery_days \
            WHERE kind = 'digest' AND day >= $2 GROUP BY 1 \
          UNION ALL SELECT {stored_day}, 'digests_failed', CAST(SUM(failed) AS BIGINT) FROM delivery_days \
@@ -195,7 +195,7 @@ impl Store {
         .fetch_one(pool)
         .await)?;
         let failed_last_day: i64 = on_pool!(self, pool => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM mail_jobs WHERE status = 'failed' AND finished_at >= $1",
+            "SELECT COUNT(*) FROM mail_log WHERE status = 'failed' AND finished_at >= $1",
         )
         .bind(now - Duration::hours(24))
         .fetch_one(pool)

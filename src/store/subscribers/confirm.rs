@@ -230,7 +230,7 @@ impl Store {
             const PURGED: &str = "FROM subscribers \
                 WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1";
             // All their mail goes: queued mail counted out of the queue, the
-            // confirmation already sent or failed with it. On PostgreSQL, where no
+            // confirmation already sent or failed (in the mail log) with it. On PostgreSQL, where no
             // foreign key takes it along (migration 0018), the readers go first,
             // their rows locked as an erasure or a resent confirmation locks them,
             // and then the mail of exactly those readers, read after any such
@@ -245,28 +245,35 @@ impl Store {
                 .await?;
                 let mut dropped = Vec::new();
                 for chunk in ids.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "DELETE FROM mail_jobs WHERE subscriber_id IN (",
-                    );
-                    let mut list = q.separated(", ");
-                    for id in chunk {
-                        list.push_bind(*id);
+                    for table in ["mail_jobs", "mail_log"] {
+                        let mut q = sqlx::QueryBuilder::new(format!(
+                            "DELETE FROM {table} WHERE subscriber_id IN ("
+                        ));
+                        let mut list = q.separated(", ");
+                        for id in chunk {
+                            list.push_bind(*id);
+                        }
+                        list.push_unseparated(") RETURNING kind, status");
+                        dropped.extend(
+                            q.build_query_as::<(String, String)>()
+                                .fetch_all(&mut *tx)
+                                .await?,
+                        );
                     }
-                    list.push_unseparated(") RETURNING kind, status");
-                    dropped.extend(
-                        q.build_query_as::<(String, String)>()
-                            .fetch_all(&mut *tx)
-                            .await?,
-                    );
                 }
                 (ids.len() as u64, dropped)
             } else {
-                let dropped = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM mail_jobs WHERE subscriber_id IN (SELECT id {PURGED}) RETURNING kind, status"
-                )))
-                .bind(cutoff)
-                .fetch_all(&mut *tx)
-                .await?;
+                let mut dropped = Vec::new();
+                for table in ["mail_jobs", "mail_log"] {
+                    dropped.extend(
+                        sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
+                            "DELETE FROM {table} WHERE subscriber_id IN (SELECT id {PURGED}) RETURNING kind, status"
+                        )))
+                        .bind(cutoff)
+                        .fetch_all(&mut *tx)
+                        .await?,
+                    );
+                }
                 let purged = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE {PURGED}")))
                     .bind(cutoff)
                     .execute(&mut *tx)

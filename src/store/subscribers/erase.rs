@@ -55,14 +55,19 @@ impl Tx {
         email: &EmailAddress,
         tally: &mut Tally,
     ) -> StoreResult<usize> {
-        let mails: Vec<(String, String)> = on_tx!(self, tx => sqlx::query_as(
-            "DELETE FROM mail_jobs WHERE subscriber_id = $1 OR (subscriber_id IS NULL AND recipient = $2) \
-             RETURNING kind, status",
-        )
-        .bind(reader)
-        .bind(email.as_str())
-        .fetch_all(&mut *tx)
-        .await)?;
+        let mut mails: Vec<(String, String)> = Vec::new();
+        // The queue, then the mail log (migration 0020), alike.
+        for table in ["mail_jobs", "mail_log"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE subscriber_id = $1 OR (subscriber_id IS NULL AND recipient = $2) \
+                 RETURNING kind, status"
+            );
+            mails.extend(on_tx!(self, tx => sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(reader)
+                .bind(email.as_str())
+                .fetch_all(&mut *tx)
+                .await)?);
+        }
         for (kind, status) in &mails {
             tally.mails(kind, Some(status), None, 1);
         }

@@ -182,8 +182,11 @@ impl Store {
         ).await?;
         export.deliveries = self
             .history(
-                "SELECT kind, status, attempts, last_error, created_at, finished_at FROM mail_jobs \
-             WHERE subscriber_id = $1 ORDER BY id",
+                "SELECT kind, status, attempts, last_error, created_at, finished_at FROM ( \
+             SELECT id, kind, status, attempts, last_error, created_at, finished_at FROM mail_log \
+             WHERE subscriber_id = $1 UNION ALL \
+             SELECT id, kind, status, attempts, last_error, created_at, finished_at FROM mail_jobs \
+             WHERE subscriber_id = $1) AS mail ORDER BY id",
                 id,
             )
             .await?;
