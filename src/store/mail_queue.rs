@@ -28,6 +28,10 @@ struct Retired {
     created_at: DateTime<Utc>,
 }
 
+/// The tables that hold a reader's mail: the queue, and since migration 0020 the
+/// log of sent and failed mail. Whatever deletes a reader deletes from both.
+pub(super) const MAIL_TABLES: [&str; 2] = ["mail_jobs", "mail_log"];
+
 /// The `RETURNING` clause of a `DELETE FROM mail_jobs` whose rows [`retire!`]
 /// moves into the log.
 const RETIRED: &str = " RETURNING id, subscriber_id, kind, recipient, attempts, created_at";

@@ -6,6 +6,7 @@ use sqlx::FromRow;
 
 use super::super::counters::{Tally, flush_tally};
 use super::super::decode::StoredRow;
+use super::super::mail_queue::MAIL_TABLES;
 use super::super::webhooks::ReaderEvent;
 use super::super::{BeginWrite, Store, StoreError, StoreResult, WebhookEvent, on_pool, on_tx};
 use crate::domain::{DeliverySchedule, EmailAddress, Locale, SubscriberStatus, TokenHash};
@@ -230,11 +231,11 @@ impl Store {
             const PURGED: &str = "FROM subscribers \
                 WHERE status = 'pending' AND confirmed_at IS NULL AND updated_at < $1";
             // All their mail goes: queued mail counted out of the queue, the
-            // confirmation already sent or failed (in the mail log) with it. On PostgreSQL, where no
-            // foreign key takes it along (migration 0018), the readers go first,
-            // their rows locked as an erasure or a resent confirmation locks them,
-            // and then the mail of exactly those readers, read after any such
-            // transaction committed. On SQLite (one writer, and the key's cascade
+            // confirmation already sent or failed (in the mail log) with it. On
+            // PostgreSQL, where no foreign key takes it along (migration 0018),
+            // the readers go first, their rows locked as an erasure or a resent
+            // confirmation locks them, and then the mail of exactly those readers,
+            // read after any such transaction committed. On SQLite (one writer, and the key's cascade
             // would take the mail uncounted) the mail goes first.
             let (purged, dropped): (u64, Vec<(String, String)>) = if postgres {
                 let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -245,7 +246,7 @@ impl Store {
                 .await?;
                 let mut dropped = Vec::new();
                 for chunk in ids.chunks(1000) {
-                    for table in ["mail_jobs", "mail_log"] {
+                    for table in MAIL_TABLES {
                         let mut q = sqlx::QueryBuilder::new(format!(
                             "DELETE FROM {table} WHERE subscriber_id IN ("
                         ));
@@ -264,7 +265,7 @@ impl Store {
                 (ids.len() as u64, dropped)
             } else {
                 let mut dropped = Vec::new();
-                for table in ["mail_jobs", "mail_log"] {
+                for table in MAIL_TABLES {
                     dropped.extend(
                         sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
                             "DELETE FROM {table} WHERE subscriber_id IN (SELECT id {PURGED}) RETURNING kind, status"

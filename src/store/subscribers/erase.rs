@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::super::counters::Tally;
+use super::super::mail_queue::MAIL_TABLES;
 use super::super::suppressions::Reason;
 use super::super::{Store, StoreResult, Tx, WebhookEvent, on_tx};
 use crate::domain::EmailAddress;
@@ -56,17 +57,18 @@ impl Tx {
         tally: &mut Tally,
     ) -> StoreResult<usize> {
         let mut mails: Vec<(String, String)> = Vec::new();
-        // The queue, then the mail log (migration 0020), alike.
-        for table in ["mail_jobs", "mail_log"] {
+        for table in MAIL_TABLES {
             let sql = format!(
                 "DELETE FROM {table} WHERE subscriber_id = $1 OR (subscriber_id IS NULL AND recipient = $2) \
                  RETURNING kind, status"
             );
-            mails.extend(on_tx!(self, tx => sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql.clone()))
+            mails.extend(
+                on_tx!(self, tx => sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
                 .bind(reader)
                 .bind(email.as_str())
                 .fetch_all(&mut *tx)
-                .await)?);
+                .await)?,
+            );
         }
         for (kind, status) in &mails {
             tally.mails(kind, Some(status), None, 1);
