@@ -106,7 +106,7 @@ impl App {
             }
         };
         let stylesheet = Arc::new(web::assets::Stylesheet::new(&config.site.accent_color));
-        let state = AppState {
+        let state = AppState::new(web::Shared {
             digester,
             store,
             client_limiter: Arc::new(web::rate_limit::ClientLimiter::new(
@@ -126,7 +126,7 @@ impl App {
             stylesheet,
             thanks_pages: Arc::default(),
             offered_topics: Arc::default(),
-        };
+        });
         Ok(Self {
             listener,
             state,
