@@ -35,6 +35,18 @@ const TOPIC_PAGE: &str = "SELECT i.id, i.title, i.url, i.summary, i.published_at
     WHERE it.topic_id = $1 AND it.arrival < $2 AND i.hidden_at IS NULL \
     ORDER BY it.arrival DESC LIMIT $3";
 
+/// Topics per statement of [`Store::archive_fronts`]: two values each, far below
+/// SQLite's 32,766.
+const FRONTS_PER_STATEMENT: usize = 200;
+
+/// A row of [`Store::archive_fronts`]: the topic and one of its entries.
+#[derive(FromRow)]
+struct FrontRow {
+    topic_id: i64,
+    #[sqlx(flatten)]
+    entry: ArchiveEntry,
+}
+
 /// At most this many topic links of a digest window are looked at for its
 /// browser view (see [`Store::archive_window`]).
 pub const WINDOW_CAP: i64 = 1_000;
@@ -78,6 +90,52 @@ impl Store {
             .fetch_all(pool)
             .await)?;
         Ok(entries)
+    }
+
+    /// The newest `limit` visible items of each of `topic_ids` (the archive's
+    /// front page), newest first, by topic; a topic without any has no entry.
+    /// One statement for all the topics (each topic's items read through its
+    /// arrival index, as [`Store::archive_page`] reads them), so a request for
+    /// the public front page costs one round trip, not one per topic.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn archive_fronts(
+        &self,
+        topic_ids: &[i64],
+        limit: u32,
+    ) -> StoreResult<std::collections::HashMap<i64, Vec<ArchiveEntry>>> {
+        let mut fronts: std::collections::HashMap<i64, Vec<ArchiveEntry>> =
+            std::collections::HashMap::new();
+        for chunk in topic_ids.chunks(FRONTS_PER_STATEMENT) {
+            let rows: Vec<FrontRow> = on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("");
+                for (n, topic_id) in chunk.iter().enumerate() {
+                    if n > 0 {
+                        q.push(" UNION ALL ");
+                    }
+                    q.push(
+                        "SELECT * FROM (SELECT it.topic_id, i.id, i.title, i.url, i.summary, \
+                         i.published_at, i.created_at, it.arrival \
+                         FROM item_topics it JOIN items i ON i.id = it.item_id \
+                         WHERE it.topic_id = ",
+                    )
+                    .push_bind(*topic_id)
+                    .push(" AND i.hidden_at IS NULL ORDER BY it.arrival DESC LIMIT ")
+                    .push_bind(i64::from(limit))
+                    .push(format!(") AS front{n}"));
+                }
+                q.build_query_as().fetch_all(pool).await
+            })?;
+            for row in rows {
+                fronts.entry(row.topic_id).or_default().push(row.entry);
+            }
+        }
+        // UNION ALL keeps no order across its parts: each topic's, newest first.
+        for entries in fronts.values_mut() {
+            entries.sort_by_key(|e| std::cmp::Reverse(e.arrival));
+        }
+        Ok(fronts)
     }
 
     /// The visible items whose first arrival in `topic_ids` lies in

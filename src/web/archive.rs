@@ -59,8 +59,11 @@ async fn topic_by_slug(state: &AppState, slug: &str) -> Result<Topic, PageError>
 async fn index(State(state): State<AppState>, lang: PageLang) -> Result<Response, PageError> {
     let locale = lang.locale;
     let mut topics = Vec::new();
-    for topic in state.store.list_topics(false).await? {
-        let items = state.store.archive_page(topic.id, None, FRONT).await?;
+    let offered = state.store.list_topics(false).await?;
+    let ids: Vec<i64> = offered.iter().map(|t| t.id).collect();
+    let mut fronts = state.store.archive_fronts(&ids, FRONT).await?;
+    for topic in offered {
+        let items = fronts.remove(&topic.id).unwrap_or_default();
         topics.push(json!({
             "name": topic.name,
             "description": topic.description,

@@ -49,6 +49,11 @@ async fn the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items(backe
             .map(|(i, m)| page[i + m.len()..i + m.len() + 2].parse().unwrap())
             .collect()
     };
+    assert_eq!(
+        listed(&front),
+        vec![25, 23, 22],
+        "the front page: each topic's newest visible items, newest first"
+    );
     let page_one = listed(&first);
     assert_eq!(page_one.len(), 20, "{page_one:?}");
     assert_eq!(page_one[0], 25, "newest first");
