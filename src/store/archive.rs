@@ -35,8 +35,8 @@ const TOPIC_PAGE: &str = "SELECT i.id, i.title, i.url, i.summary, i.published_at
     WHERE it.topic_id = $1 AND it.arrival < $2 AND i.hidden_at IS NULL \
     ORDER BY it.arrival DESC LIMIT $3";
 
-/// Topics per statement of [`Store::archive_fronts`]: two values each, far below
-/// SQLite's 32,766.
+/// Topics per statement of [`Store::archive_fronts`]: one `SELECT` of a compound
+/// each (SQLite allows 500) and two values each (SQLite allows 32,766).
 const FRONTS_PER_STATEMENT: usize = 200;
 
 /// A row of [`Store::archive_fronts`]: the topic and one of its entries.
@@ -107,7 +107,11 @@ impl Store {
     ) -> StoreResult<std::collections::HashMap<i64, Vec<ArchiveEntry>>> {
         let mut fronts: std::collections::HashMap<i64, Vec<ArchiveEntry>> =
             std::collections::HashMap::new();
-        for chunk in topic_ids.chunks(FRONTS_PER_STATEMENT) {
+        // A topic named twice would list its items twice.
+        let mut ids = topic_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(FRONTS_PER_STATEMENT) {
             let rows: Vec<FrontRow> = on_pool!(self, pool => {
                 let mut q = sqlx::QueryBuilder::new("");
                 for (n, topic_id) in chunk.iter().enumerate() {

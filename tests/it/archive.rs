@@ -49,11 +49,20 @@ async fn the_archive_pages_a_topic_by_arrival_and_never_shows_hidden_items(backe
             .map(|(i, m)| page[i + m.len()..i + m.len() + 2].parse().unwrap())
             .collect()
     };
-    assert_eq!(
-        listed(&front),
-        vec![25, 23, 22],
-        "the front page: each topic's newest visible items, newest first"
+    // The front page: each topic's newest visible items, newest first, under
+    // that topic.
+    fn section<'p>(page: &'p str, name: &str) -> &'p str {
+        page.split("<section>")
+            .find(|s| s.contains(&format!(">{name}</a></h2>")))
+            .unwrap_or_else(|| panic!("no section {name}: {page}"))
+    }
+    assert_eq!(listed(section(&front, "Wirtschaft")), vec![25, 23, 22]);
+    let kultur = section(&front, "Kultur");
+    assert!(
+        kultur.contains("Theaterpremiere") && !kultur.contains("Meldung Nummer"),
+        "{kultur}"
     );
+    assert!(!section(&front, "Wirtschaft").contains("Theaterpremiere"));
     let page_one = listed(&first);
     assert_eq!(page_one.len(), 20, "{page_one:?}");
     assert_eq!(page_one[0], 25, "newest first");
