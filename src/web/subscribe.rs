@@ -240,7 +240,9 @@ async fn subscribe(
     limit_client(&state, ip).map_err(refuse)?;
     let (submitted, mut errors) = read_submission(body, format).await?;
     let locale = Locale::parse(&submitted.locale).unwrap_or(lang.locale);
-    let topics = state.offered_topics.get(&state.store, &submitted.topics);
+    let topics = state
+        .offered_topics
+        .get(&state.store, state.clock.now(), &submitted.topics);
     let topics = topics.await.in_locale(locale).map_err(refuse)?;
     let valid = validate(&state, locale, &submitted, &topics, &mut errors);
     let Some(valid) = valid.filter(|_| errors.is_empty()) else {

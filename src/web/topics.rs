@@ -4,13 +4,17 @@
 //!
 //! A change made through this process (admin API, console) drops the copy
 //! ([`OfferedTopics::changing`]); one made by another process (another instance,
-//! the command line) is seen within [`FRESH_FOR`]. A slug the copy does not know
+//! the command line) is seen within [`FRESH_FOR`] on the app's clock (so that a
+//! test's clock, which stands still, keeps a copy until the test moves it: a
+//! missing drop then fails the test whatever the machine's speed). A slug the copy does not know
 //! makes it read again, so a topic created elsewhere is never refused. What the
 //! copy can do for that moment is let a form name a topic retired elsewhere; the
 //! store gives no one a retired topic, so the reader gets the others.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::domain::TopicSlug;
 use crate::store::{Store, StoreResult, Topic};
@@ -29,7 +33,7 @@ pub struct OfferedTopics {
 /// began before a drop is not kept (it may predate the change).
 #[derive(Debug, Default)]
 struct Snapshot {
-    list: Option<(Instant, Arc<Vec<Topic>>)>,
+    list: Option<(DateTime<Utc>, Arc<Vec<Topic>>)>,
     dropped: u64,
 }
 
@@ -49,12 +53,19 @@ impl OfferedTopics {
         }
     }
 
-    /// The offered topics: the copy while it is fresh and knows every well-formed
-    /// slug in `wanted`, else read again.
+    /// The offered topics at `now`: the copy while it is fresh (read at most
+    /// [`OfferedTopics::fresh_for`] before `now`, and not after it: a clock set
+    /// back makes it stale) and knows every well-formed slug in `wanted`, else
+    /// read again.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn get(&self, store: &Store, wanted: &[String]) -> StoreResult<Arc<Vec<Topic>>> {
+    pub async fn get(
+        &self,
+        store: &Store,
+        now: DateTime<Utc>,
+        wanted: &[String],
+    ) -> StoreResult<Arc<Vec<Topic>>> {
         let dropped = {
             let snapshot = self.lock();
             if let Some((read_at, topics)) = &snapshot.list {
@@ -63,13 +74,15 @@ impl OfferedTopics {
                 let knows = |slug: &String| {
                     TopicSlug::parse(slug).is_err() || topics.iter().any(|t| &t.slug == slug)
                 };
-                if read_at.elapsed() < self.fresh_for && wanted.iter().all(knows) {
+                let age = (now - *read_at).to_std();
+                let fresh = age.is_ok_and(|age| age < self.fresh_for);
+                if fresh && wanted.iter().all(knows) {
                     return Ok(topics.clone());
                 }
             }
             snapshot.dropped
         };
-        let read_at = Instant::now();
+        let read_at = now;
         let topics = Arc::new(store.list_topics(false).await?);
         let mut snapshot = self.lock();
         if snapshot.dropped == dropped {
@@ -139,18 +152,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
         let offered = OfferedTopics::fresh_for(Duration::from_secs(3600));
-        let first = offered.get(&store, &[]).await.unwrap();
+        let first = offered.get(&store, Utc::now(), &[]).await.unwrap();
         assert_eq!(slugs(&first), ["kultur", "sport"]);
 
         // Changed behind its back: the copy is what the next sign-ups see.
         let sport = TopicSlug::parse("sport").unwrap();
         store.retire_topic(&sport, Utc::now()).await.unwrap();
-        let cached = offered.get(&store, &["sport".into()]).await.unwrap();
+        let cached = offered
+            .get(&store, Utc::now(), &["sport".into()])
+            .await
+            .unwrap();
         assert!(Arc::ptr_eq(&first, &cached), "no read while fresh");
 
         // A malformed slug can name no topic: no read for it.
         let junk = offered
-            .get(&store, &["x' OR 1=1".into(), "Sport".into(), String::new()])
+            .get(
+                &store,
+                Utc::now(),
+                &["x' OR 1=1".into(), "Sport".into(), String::new()],
+            )
             .await
             .unwrap();
         assert!(Arc::ptr_eq(&first, &junk), "no read for a malformed slug");
@@ -161,7 +181,10 @@ mod tests {
             .create_topic(&wetter, "wetter", None, Utc::now())
             .await
             .unwrap();
-        let read = offered.get(&store, &["wetter".into()]).await.unwrap();
+        let read = offered
+            .get(&store, Utc::now(), &["wetter".into()])
+            .await
+            .unwrap();
         assert_eq!(slugs(&read), ["kultur", "wetter"]);
 
         // A change through this process drops it, however its handler ends.
@@ -170,18 +193,41 @@ mod tests {
             let _changing = offered.changing();
             store.retire_topic(&kultur, Utc::now()).await.unwrap();
         }
-        assert_eq!(slugs(&offered.get(&store, &[]).await.unwrap()), ["wetter"]);
+        assert_eq!(
+            slugs(&offered.get(&store, Utc::now(), &[]).await.unwrap()),
+            ["wetter"]
+        );
     }
 
     #[tokio::test]
-    async fn a_copy_is_read_again_once_it_is_older_than_its_freshness() {
+    async fn a_copy_is_read_again_once_it_is_older_than_its_freshness_on_the_given_clock() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let offered = OfferedTopics::fresh_for(Duration::ZERO);
-        offered.get(&store, &[]).await.unwrap();
+        let offered = OfferedTopics::fresh_for(Duration::from_secs(1));
+        let t0 = Utc::now();
+        let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        offered.get(&store, t0, &[]).await.unwrap();
         let sport = TopicSlug::parse("sport").unwrap();
         store.retire_topic(&sport, Utc::now()).await.unwrap();
-        assert_eq!(slugs(&offered.get(&store, &[]).await.unwrap()), ["kultur"]);
+        // However long the machine took: the clock given says how old it is.
+        assert_eq!(
+            slugs(&offered.get(&store, at(999), &[]).await.unwrap()),
+            ["kultur", "sport"],
+            "fresh for a second"
+        );
+        assert_eq!(
+            slugs(&offered.get(&store, at(1000), &[]).await.unwrap()),
+            ["kultur"],
+            "read again after it"
+        );
+        // A clock set back makes the copy stale, rather than fresh for as long
+        // as the clock went back.
+        let kultur = TopicSlug::parse("kultur").unwrap();
+        store.retire_topic(&kultur, Utc::now()).await.unwrap();
+        assert!(
+            offered.get(&store, at(0), &[]).await.unwrap().is_empty(),
+            "read again at an earlier time"
+        );
     }
 
     #[tokio::test]
@@ -195,7 +241,7 @@ mod tests {
             Store::Sqlite(pool) => pool.acquire().await.unwrap(),
             Store::Postgres(_) => unreachable!(),
         };
-        let reading = offered.get(&store, &[]);
+        let reading = offered.get(&store, Utc::now(), &[]);
         tokio::pin!(reading);
         assert!(
             futures_util::FutureExt::now_or_never(reading.as_mut()).is_none(),
@@ -208,7 +254,7 @@ mod tests {
         let sport = TopicSlug::parse("sport").unwrap();
         store.retire_topic(&sport, Utc::now()).await.unwrap();
         assert_eq!(
-            slugs(&offered.get(&store, &[]).await.unwrap()),
+            slugs(&offered.get(&store, Utc::now(), &[]).await.unwrap()),
             ["kultur"],
             "the read from before the drop was not kept"
         );
