@@ -380,7 +380,68 @@ async fn an_item_is_dated_by_the_sites_time_zone(backend: Backend) {
     }
 }
 
+/// `Store::archive_fronts`, the front page's one statement: each topic's newest
+/// visible items up to the limit, newest first, an item in two topics under both,
+/// a topic named twice listed once, a topic without items absent, no topics no
+/// query.
+async fn the_front_page_reads_each_topics_newest_items_in_one_statement(backend: Backend) {
+    let (app, _sink, _db, _clock) = app_at(backend, "2027-05-01T08:00:00Z", |_| {}).await;
+    let both = app.post_item(&["wirtschaft", "kultur"], "Beides").await;
+    let mut wirtschaft = vec![both];
+    for n in 1..=4 {
+        wirtschaft.push(app.post_item(&["wirtschaft"], &format!("W{n}")).await);
+    }
+    let hidden = app.post_item(&["kultur"], "Versteckt").await;
+    assert!(
+        app.store
+            .hide_item(hidden, utc("2027-05-01T08:00:00Z"))
+            .await
+            .unwrap()
+    );
+    let ids = |slugs: &[&str]| {
+        let store = app.store.clone();
+        let slugs: Vec<String> = slugs.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            let wanted: Vec<&str> = slugs.iter().map(String::as_str).collect();
+            let topics = store.topics_by_slugs(&wanted).await.unwrap();
+            wanted
+                .iter()
+                .map(|w| topics.iter().find(|t| t.slug == *w).unwrap().id)
+                .collect::<Vec<i64>>()
+        }
+    };
+    let [w, k, empty]: [i64; 3] = ids(&["wirtschaft", "kultur", "sport"])
+        .await
+        .try_into()
+        .unwrap();
+    let fronts = app
+        .store
+        .archive_fronts(&[w, k, empty, w], 3)
+        .await
+        .unwrap();
+    let titles =
+        |topic: i64| -> Vec<String> { fronts[&topic].iter().map(|e| e.title.clone()).collect() };
+    assert_eq!(
+        titles(w),
+        ["W4", "W3", "W2"],
+        "the newest three, newest first"
+    );
+    assert_eq!(
+        titles(k),
+        ["Beides"],
+        "in both topics; the hidden one left out"
+    );
+    assert!(!fronts.contains_key(&empty), "{:?}", fronts.keys());
+    assert_eq!(fronts.len(), 2);
+    assert!(app.store.archive_fronts(&[], 3).await.unwrap().is_empty());
+    let all = app.store.archive_fronts(&[w], 10).await.unwrap();
+    let newest_first: Vec<i64> = all[&w].iter().map(|e| e.id).collect();
+    wirtschaft.reverse();
+    assert_eq!(newest_first, wirtschaft, "every item, once each");
+}
+
 on_both_backends!(
+    the_front_page_reads_each_topics_newest_items_in_one_statement,
     an_item_is_dated_by_the_sites_time_zone,
     a_digest_view_window_from_the_url_reads_a_bounded_number_of_items,
     a_held_submission_is_in_no_archive_until_it_is_approved,
