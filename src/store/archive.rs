@@ -28,12 +28,22 @@ pub struct ArchiveEntry {
     pub arrival: i64,
 }
 
+/// The visible items of one topic as [`ArchiveEntry`] rows with the topic's id,
+/// read through the topic's links (`it`); ends where the topic's id goes.
+macro_rules! topic_entries {
+    () => {
+        "SELECT it.topic_id, i.id, i.title, i.url, i.summary, i.published_at, i.created_at, it.arrival \
+         FROM item_topics it JOIN items i ON i.id = it.item_id \
+         WHERE i.hidden_at IS NULL AND it.topic_id = "
+    };
+}
+
 /// A topic's visible items below an arrival cursor, newest first: bind topic id,
 /// cursor (arrivals below it; `i64::MAX` for the newest), how many.
-const TOPIC_PAGE: &str = "SELECT i.id, i.title, i.url, i.summary, i.published_at, i.created_at, it.arrival \
-    FROM item_topics it JOIN items i ON i.id = it.item_id \
-    WHERE it.topic_id = $1 AND it.arrival < $2 AND i.hidden_at IS NULL \
-    ORDER BY it.arrival DESC LIMIT $3";
+const TOPIC_PAGE: &str = concat!(
+    topic_entries!(),
+    "$1 AND it.arrival < $2 ORDER BY it.arrival DESC LIMIT $3"
+);
 
 /// Topics per statement of [`Store::archive_fronts`]: one `SELECT` of a compound
 /// each (SQLite allows 500) and two values each (SQLite allows 32,766).
@@ -118,14 +128,9 @@ impl Store {
                     if n > 0 {
                         q.push(" UNION ALL ");
                     }
-                    q.push(
-                        "SELECT * FROM (SELECT it.topic_id, i.id, i.title, i.url, i.summary, \
-                         i.published_at, i.created_at, it.arrival \
-                         FROM item_topics it JOIN items i ON i.id = it.item_id \
-                         WHERE it.topic_id = ",
-                    )
+                    q.push(concat!("SELECT * FROM (", topic_entries!()))
                     .push_bind(*topic_id)
-                    .push(" AND i.hidden_at IS NULL ORDER BY it.arrival DESC LIMIT ")
+                    .push(" ORDER BY it.arrival DESC LIMIT ")
                     .push_bind(i64::from(limit))
                     .push(format!(") AS front{n}"));
                 }

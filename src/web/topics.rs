@@ -82,11 +82,10 @@ impl OfferedTopics {
             }
             snapshot.dropped
         };
-        let read_at = now;
         let topics = Arc::new(store.list_topics(false).await?);
         let mut snapshot = self.lock();
         if snapshot.dropped == dropped {
-            snapshot.list = Some((read_at, topics.clone()));
+            snapshot.list = Some((now, topics.clone()));
         }
         Ok(topics)
     }

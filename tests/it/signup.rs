@@ -8,13 +8,21 @@ use crate::harness::{
 };
 use chrono::{Duration, Utc};
 use mail_parser::MimeHeaders;
-use postbote::clock::ManualClock;
+use postbote::clock::{Clock, ManualClock, SystemClock};
 use postbote::store::EventEffect;
 
 async fn app_with_topics(backend: Backend) -> (TestApp, SmtpSink, TestDb) {
+    app_with_topics_on(backend, Arc::new(SystemClock)).await
+}
+
+/// [`app_with_topics`] on `clock`.
+async fn app_with_topics_on(
+    backend: Backend,
+    clock: Arc<dyn Clock>,
+) -> (TestApp, SmtpSink, TestDb) {
     let db = TestDb::new(backend).await;
     let sink = SmtpSink::start_with(&[]);
-    let app = TestApp::spawn(test_config(&db, &sink.url())).await;
+    let app = TestApp::spawn_with_clock(test_config(&db, &sink.url()), clock).await;
     app.create_topic("wirtschaft", "Wirtschaft").await;
     app.create_topic("it-telekommunikation", "IT & Telekommunikation")
         .await;
@@ -490,15 +498,10 @@ async fn the_admin_api_manages_topics_behind_the_token(backend: Backend) {
 /// (the command line, another instance) is never refused for being missing from
 /// the copy.
 async fn sign_ups_see_topic_changes_at_once(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let sink = SmtpSink::start_with(&[]);
     // The app's clock stands still, so the copy never ages: only the drops can
     // make the changes seen, however slowly the machine runs the steps.
-    let clock = ManualClock::new(Utc::now());
-    let app = TestApp::spawn_with_clock(test_config(&db, &sink.url()), Arc::new(clock)).await;
-    app.create_topic("wirtschaft", "Wirtschaft").await;
-    app.create_topic("it-telekommunikation", "IT & Telekommunikation")
-        .await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let (app, _sink, _db) = app_with_topics_on(backend, clock).await;
     let sign_up = |email: &str, topic: &str| {
         app.sign_up_json(serde_json::json!({"email": email, "topics": [topic], "consent": true}))
     };
