@@ -16,6 +16,8 @@ use crate::domain::{EmailAddress, LinkKey, Locale, Token, hex};
 use crate::links::Links;
 use crate::store::NewMail;
 
+mod confirm;
+
 /// Why a mail could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
@@ -51,6 +53,8 @@ pub struct Composer {
     message_id_domain: String,
     /// The digest footer of each language, cut once; made again with the site.
     footer_cuts: FooterCuts,
+    /// The confirmation mail of each language, cut once; made again with the site.
+    confirm_cuts: confirm::ConfirmCuts,
 }
 
 /// Address templates with an `{id}` placeholder for the reader (see
@@ -92,6 +96,7 @@ impl Composer {
             addresses,
             site: SiteSettings::default(),
             footer_cuts: FooterCuts::default(),
+            confirm_cuts: confirm::ConfirmCuts::default(),
         }
     }
 
@@ -99,6 +104,7 @@ impl Composer {
     pub fn with_site(mut self, site: SiteSettings) -> Self {
         self.site = site;
         self.footer_cuts = FooterCuts::default();
+        self.confirm_cuts = confirm::ConfirmCuts::default();
         self
     }
 
@@ -207,12 +213,23 @@ impl Composer {
         subscriber_id: i64,
         now: DateTime<Utc>,
     ) -> Result<NewMail, ComposeError> {
-        let data = json!({
-            "email": to.as_str(),
-            "confirm_url": self.links.confirm(token),
-            "lifetime_days": self.lifetime_days,
-            "site": self.site_data(locale),
-        });
+        if let Some(mail) = self.cut_confirmation(to, locale, token, subscriber_id, now) {
+            return mail;
+        }
+        self.rendered_confirmation(to, locale, token, subscriber_id, now)
+    }
+
+    /// The confirmation mail rendered from its templates and built by lettre:
+    /// for a language whose templates cannot be cut (see `confirm`).
+    fn rendered_confirmation(
+        &self,
+        to: &EmailAddress,
+        locale: Locale,
+        token: &Token,
+        subscriber_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<NewMail, ComposeError> {
+        let data = self.confirm_data(locale, to.as_str(), &self.links.confirm(token));
         let rendered = self.templates.mail(locale, "confirm", data)?;
         self.build(
             "confirm",
@@ -596,6 +613,50 @@ fn plain_in_address(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&byte)
 }
 
+/// Appends the `To:` header line for `to`, as lettre writes it: written here when
+/// lettre would write the address as it is, else by lettre.
+fn to_line(out: &mut Vec<u8>, to: &EmailAddress) -> Result<(), ComposeError> {
+    let to = crate::domain::ascii_address(to.as_str());
+    if to.bytes().all(plain_in_address) {
+        for piece in ["To: ", &to, "\r\n"] {
+            out.extend_from_slice(piece.as_bytes());
+        }
+    } else {
+        let mut line = Headers::new();
+        line.set(header::To::from(Mailboxes::from(Mailbox::new(
+            None,
+            to.parse()?,
+        ))));
+        out.extend_from_slice(line.to_string().as_bytes());
+    }
+    Ok(())
+}
+
+/// Appends the head of one part of a `multipart/alternative` message: the
+/// boundary and the part's header lines, as lettre lays them out for a
+/// quoted-printable part of `content_type` (`text/plain`, `text/html`).
+fn part_head(out: &mut Vec<u8>, boundary: &str, content_type: &str) {
+    for piece in [
+        b"--".as_slice(),
+        boundary.as_bytes(),
+        b"\r\nContent-Type: ",
+        content_type.as_bytes(),
+        b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
+    ] {
+        out.extend_from_slice(piece);
+    }
+}
+
+/// A new boundary for a `multipart/alternative` message: 40 random letters and
+/// digits, as long as lettre's.
+fn boundary() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect()
+}
+
 /// Appends the `Date:` header line for `now`: RFC 5322's date in UTC, as lettre
 /// writes it (`Fri, 04 Dec 2026 07:00:03 +0000`), without a format string to
 /// parse for every digest.
@@ -635,16 +696,23 @@ struct ReaderValues<'a> {
     preferences_url: &'a str,
 }
 
-/// One of a reader's values in the digest footer.
+/// One of a reader's values in a cut template: the digest footer's, or the
+/// confirmation mail's (`confirm::ConfirmCut`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Email,
     Unsubscribe,
     Preferences,
+    Confirm,
 }
 
 impl Slot {
-    const ALL: [Self; 3] = [Self::Email, Self::Unsubscribe, Self::Preferences];
+    const ALL: [Self; 4] = [
+        Self::Email,
+        Self::Unsubscribe,
+        Self::Preferences,
+        Self::Confirm,
+    ];
 
     /// What stands for the value while a footer is rendered to be cut: a name
     /// between private-use characters, which no escaping changes, with an `&`, which
@@ -655,14 +723,25 @@ impl Slot {
             Self::Email => "\u{E000}email&\u{E001}",
             Self::Unsubscribe => "\u{E000}unsubscribe_url&\u{E001}",
             Self::Preferences => "\u{E000}preferences_url&\u{E001}",
+            Self::Confirm => "\u{E000}confirm_url&\u{E001}",
         }
     }
+}
 
-    fn of<'a>(self, reader: &ReaderValues<'a>) -> &'a str {
-        match self {
-            Self::Email => reader.email,
-            Self::Unsubscribe => reader.unsubscribe_url,
-            Self::Preferences => reader.preferences_url,
+/// The values a cut template is filled with.
+trait SlotValues {
+    /// The value of `slot`; empty for a slot the mail has no value for (its
+    /// template data has none either, so its cut never holds that slot).
+    fn value(&self, slot: Slot) -> &str;
+}
+
+impl SlotValues for ReaderValues<'_> {
+    fn value(&self, slot: Slot) -> &str {
+        match slot {
+            Slot::Email => self.email,
+            Slot::Unsubscribe => self.unsubscribe_url,
+            Slot::Preferences => self.preferences_url,
+            Slot::Confirm => "",
         }
     }
 }
@@ -714,6 +793,17 @@ impl FooterCut {
 /// The languages' [`FooterCut`]s, in the order of [`Locale::ALL`], each made at
 /// its first digest; shared by a composer's clones.
 type FooterCuts = Arc<[std::sync::OnceLock<Option<FooterCut>>; Locale::ALL.len()]>;
+
+/// `locale`'s entry of `cuts` (one per language, in the order of
+/// [`Locale::ALL`]), made by `make` at its first use.
+fn made_once<T>(
+    cuts: &[std::sync::OnceLock<Option<T>>; Locale::ALL.len()],
+    locale: Locale,
+    make: impl FnOnce() -> Option<T>,
+) -> Option<&T> {
+    let at = Locale::ALL.iter().position(|l| *l == locale)?;
+    cuts[at].get_or_init(make).as_ref()
+}
 
 /// A reader's encoded footer parts: rendered whole (a footer that cannot be
 /// cut), or encoded from the body's cut footer as they are written.
@@ -793,7 +883,7 @@ impl EncodedTail {
     }
 
     /// The encoded tail for `reader`.
-    fn encode(&self, reader: &ReaderValues<'_>) -> Vec<u8> {
+    fn encode(&self, reader: &impl SlotValues) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size_hint());
         self.encode_into(reader, &mut out);
         out
@@ -806,7 +896,7 @@ impl EncodedTail {
     }
 
     /// Appends the encoded tail for `reader` to `out`.
-    fn encode_into(&self, reader: &ReaderValues<'_>, out: &mut Vec<u8>) {
+    fn encode_into(&self, reader: &impl SlotValues, out: &mut Vec<u8>) {
         // Each filled line goes through one buffer before it is encoded.
         let mut line = String::new();
         for tail in &self.lines {
@@ -857,7 +947,7 @@ impl Pieces {
     }
 
     /// Appends the template's output for `reader` to `out`.
-    fn fill_into(&self, reader: &ReaderValues<'_>, out: &mut String) {
+    fn fill_into(&self, reader: &impl SlotValues, out: &mut String) {
         out.reserve(self.literals.iter().map(String::len).sum::<usize>() + 160 * self.slots.len());
         for (literal, slot) in self
             .literals
@@ -866,8 +956,8 @@ impl Pieces {
         {
             out.push_str(literal);
             match slot {
-                Some((slot, true)) => html_escape_into(out, slot.of(reader)),
-                Some((slot, false)) => out.push_str(slot.of(reader)),
+                Some((slot, true)) => html_escape_into(out, reader.value(*slot)),
+                Some((slot, false)) => out.push_str(reader.value(*slot)),
                 None => {}
             }
         }
@@ -979,19 +1069,7 @@ impl Composer {
     fn digest_headers(&self, out: &mut Vec<u8>, h: &DigestHeaders<'_>) -> Result<(), ComposeError> {
         let (from, list_id) = &self.digest_lines;
         out.extend_from_slice(from.as_bytes());
-        let to = crate::domain::ascii_address(h.to.as_str());
-        if to.bytes().all(plain_in_address) {
-            for piece in ["To: ", &to, "\r\n"] {
-                out.extend_from_slice(piece.as_bytes());
-            }
-        } else {
-            let mut line = Headers::new();
-            line.set(header::To::from(Mailboxes::from(Mailbox::new(
-                None,
-                to.parse()?,
-            ))));
-            out.extend_from_slice(line.to_string().as_bytes());
-        }
+        to_line(out, h.to)?;
         out.extend_from_slice(h.subject_line.as_bytes());
         date_line(out, h.now);
         for piece in ["Message-ID: ", h.message_id, "\r\n", list_id] {
@@ -1099,10 +1177,7 @@ impl Composer {
     /// `locale`'s footer rendered with stand-ins, made once per composer, or
     /// `None` when cutting it does not give what rendering gives.
     fn footer_cut(&self, locale: Locale) -> Option<&FooterCut> {
-        let at = Locale::ALL.iter().position(|l| *l == locale)?;
-        self.footer_cuts[at]
-            .get_or_init(|| self.cut_footer(locale))
-            .as_ref()
+        made_once(&self.footer_cuts, locale, || self.cut_footer(locale))
     }
 
     /// `locale`'s footer rendered once with stand-ins for the topics and the
@@ -1192,11 +1267,7 @@ impl Composer {
             }
         };
         let wire = &body.wire;
-        let boundary: String = rand::rng()
-            .sample_iter(rand::distr::Alphanumeric)
-            .take(40)
-            .map(char::from)
-            .collect();
+        let boundary = boundary();
         let list_unsubscribe = self.list_unsubscribe(&unsubscribe, subscriber_id);
         // As lettre's `MultiPart` lays it out, without copying the parts into
         // it first: the shared lines are copied once, into the message.
@@ -1224,15 +1295,7 @@ impl Composer {
         message.extend_from_slice(b"\r\n");
         let mut html_size = 0;
         for (kind, lines, html) in parts {
-            for piece in [
-                b"--".as_slice(),
-                boundary.as_bytes(),
-                b"\r\nContent-Type: ",
-                kind.as_bytes(),
-                b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
-            ] {
-                message.extend_from_slice(piece);
-            }
+            part_head(&mut message, &boundary, kind);
             let start = message.len();
             message.extend_from_slice(lines);
             tails.write(html, &reader, &mut message);
@@ -1258,12 +1321,12 @@ impl Composer {
 mod tests {
     use super::*;
 
-    fn composer() -> Composer {
+    pub(super) fn composer() -> Composer {
         composer_with(Templates::load(None).expect("built-in templates"))
     }
 
     /// A composer with the operator's templates in `dir`.
-    fn composer_from(dir: &std::path::Path) -> Composer {
+    pub(super) fn composer_from(dir: &std::path::Path) -> Composer {
         composer_with(Templates::load(Some(dir)).expect("the operator's templates"))
     }
 

@@ -150,17 +150,24 @@ pub struct Shared {
     pub offered_topics: Arc<topics::OfferedTopics>,
 }
 
-/// Runs `work` on a task of its own and waits for it. A client that hangs up drops
-/// the handler, not the work: a commit and the hand-over of its mail to the workers
-/// (`mail::handoff`) stay together.
-pub(crate) async fn detached<T: Send + 'static>(
+/// Starts `work` on a task of its own and returns what waits for it. A client that
+/// hangs up drops the handler, not the work: a commit and the hand-over of its mail
+/// to the workers (`mail::handoff`) stay together.
+///
+/// The work is boxed and spawned at once: a transaction's future is large, and
+/// kept in the handler's future it was copied with it, and again into the task
+/// (the copies were 2 % of `serve`'s CPU for a sign-up).
+pub(crate) fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
-) -> Result<T, crate::store::StoreError> {
-    tokio::spawn(work).await.unwrap_or_else(|e| {
-        Err(crate::store::StoreError::Callback(
-            format!("the task stopped: {e}").into(),
-        ))
-    })
+) -> impl Future<Output = Result<T, crate::store::StoreError>> {
+    let task = tokio::spawn(Box::pin(work));
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(crate::store::StoreError::Callback(
+                format!("the task stopped: {e}").into(),
+            ))
+        })
+    }
 }
 
 /// The whole HTTP surface.
