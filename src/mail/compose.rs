@@ -714,10 +714,10 @@ impl Slot {
         Self::Confirm,
     ];
 
-    /// What stands for the value while a footer is rendered to be cut: a name
+    /// What stands for the value while a template is rendered to be cut: a name
     /// between private-use characters, which no escaping changes, with an `&`, which
-    /// the HTML registry escapes wherever it escapes the value, so the cut footer
-    /// knows which values to escape.
+    /// the HTML registry escapes wherever it escapes the value, so the cut knows
+    /// which values to escape.
     fn stand_in(self) -> &'static str {
         match self {
             Self::Email => "\u{E000}email&\u{E001}",
@@ -1185,6 +1185,13 @@ impl Composer {
     /// escaping and differ in length, filling it in gives their footers as
     /// rendered, to the byte (a template that transforms a value cannot be cut).
     fn cut_footer(&self, locale: Locale) -> Option<FooterCut> {
+        let values = ["email", "unsubscribe_url", "preferences_url", "topics"];
+        if !self
+            .templates
+            .shows_values_plainly(locale, "digest-footer", &values)
+        {
+            return None;
+        }
         let stand_ins = ReaderValues {
             email: Slot::Email.stand_in(),
             unsubscribe_url: Slot::Unsubscribe.stand_in(),
@@ -2015,5 +2022,29 @@ mod tests {
         assert_footers_as_rendered(&c, &body, &READERS);
         let split = body.footer.get().unwrap().as_ref().expect("cut");
         assert_eq!(slots(&split.html)[0], (Slot::Email, false), "raw in HTML");
+    }
+
+    /// A footer that compares a reader's value or the topics with a string of its
+    /// own is rendered for every reader: the samples alone would not notice (the
+    /// stand-in and both samples take the same branch), the parsed template does.
+    #[test]
+    fn an_operators_footer_that_compares_a_value_is_rendered_for_every_reader() {
+        for compared in ["email", "topics", "unsubscribe_url"] {
+            let links = "{{unsubscribe_url}} {{preferences_url}} {{email}} {{topics}}";
+            let text = format!("{{{{#if (eq {compared} \"x\")}}}}X{{{{/if}}}} {links}");
+            let dir = tempfile::tempdir().unwrap();
+            for (file, content) in [
+                ("body.html.hbs", format!("<p>{links}</p></body></html>")),
+                ("body.txt.hbs", text),
+            ] {
+                let footer = dir.path().join("mail/en/digest-footer");
+                std::fs::create_dir_all(&footer).unwrap();
+                std::fs::write(footer.join(file), content).unwrap();
+            }
+            let c = composer_from(dir.path());
+            let body = prepared_body(&c, Locale::En);
+            assert_footers_as_rendered(&c, &body, &READERS);
+            assert!(matches!(body.footer.get(), Some(None)), "cut: {compared}");
+        }
     }
 }

@@ -460,6 +460,24 @@ impl Templates {
         self.body_with(locale, name, &handlebars::Context::from(data))
     }
 
+    /// Whether mail `name` in `locale` (both parts, and its subject if it has one)
+    /// shows each of `values` only as it is, `{{value}}` or `{{{value}}}`: never
+    /// hands one to a helper (`{{len email}}`, `{{#if (eq email "…")}}`), opens a
+    /// block with it, or reaches it otherwise (a partial, `this`, `.`, `@root`,
+    /// `../`, `lookup`).
+    /// Only such a template can be rendered once with stand-ins for the values and
+    /// filled in for each reader (`compose::confirm`, the digest footer's cut).
+    pub fn shows_values_plainly(&self, locale: Locale, name: &str, values: &[&str]) -> bool {
+        let part = |registry: &Handlebars<'static>, part: &str, needed: bool| {
+            registry
+                .get_template(&format!("mail/{locale}/{name}/{part}"))
+                .map_or(!needed, |t| plain::template(t, values))
+        };
+        part(&self.text, "subject", false)
+            && part(&self.text, "body.txt", true)
+            && part(&self.html, "body.html", true)
+    }
+
     /// The body parts rendered from `context`: handlebars would copy data given
     /// as such into a context of its own for every part, and a digest's items are
     /// most of what a body costs to render.
@@ -487,6 +505,76 @@ impl Templates {
         registry
             .render_with_context(&n, context)
             .map_err(|e| TemplateError::Render(n, e.to_string()))
+    }
+}
+
+/// Where a parsed template's values go (see [`Templates::shows_values_plainly`]).
+mod plain {
+    use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
+
+    /// Whether `template` shows `values` only as plain expressions.
+    pub(super) fn template(template: &Template, values: &[&str]) -> bool {
+        template.elements.iter().all(|e| element(e, values))
+    }
+
+    fn element(element: &TemplateElement, values: &[&str]) -> bool {
+        match element {
+            TemplateElement::RawString(_) | TemplateElement::Comment(_) => true,
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)
+                if h.params.is_empty() && h.hash.is_empty() && !h.block =>
+            {
+                // `{{value}}`, or a helper without arguments.
+                true
+            }
+            TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) => helper(h, values),
+            // A partial or decorator sees the whole context.
+            TemplateElement::DecoratorExpression(_)
+            | TemplateElement::DecoratorBlock(_)
+            | TemplateElement::PartialExpression(_)
+            | TemplateElement::PartialBlock(_) => false,
+            // What a later handlebars adds: unknown, so not cut.
+            _ => false,
+        }
+    }
+
+    /// A helper or block: none of its arguments may reach a value, and its
+    /// blocks must show them plainly.
+    fn helper(h: &HelperTemplate, values: &[&str]) -> bool {
+        !reaches(&h.name, values)
+            && !h.params.iter().any(|p| reaches(p, values))
+            && !h.hash.values().any(|p| reaches(p, values))
+            && [&h.template, &h.inverse]
+                .into_iter()
+                .flatten()
+                .all(|t| template(t, values))
+    }
+
+    /// Whether a helper's name or argument may reach one of `values`: a path
+    /// that starts with one, or with the whole context, or a subexpression with
+    /// such an argument.
+    fn reaches(parameter: &Parameter, values: &[&str]) -> bool {
+        match parameter {
+            Parameter::Name(name) => values.contains(&name.as_str()),
+            Parameter::Path(path) => {
+                let raw = match path {
+                    handlebars::Path::Relative((_, raw)) => raw.as_str(),
+                    handlebars::Path::Local((_, _, raw)) => raw.as_str(),
+                };
+                let first = raw.split(['.', '/', '[']).next().unwrap_or_default();
+                first.is_empty()
+                    || ["this", "@root", ".."].contains(&first)
+                    || raw.starts_with("../")
+                    || values.contains(&first)
+            }
+            Parameter::Literal(_) => false,
+            Parameter::Subexpression(sub) => match sub.as_element() {
+                TemplateElement::Expression(h) => !helper(h, values),
+                _ => true,
+            },
+            _ => true,
+        }
     }
 }
 

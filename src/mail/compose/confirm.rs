@@ -6,10 +6,11 @@
 //!
 //! Rendering the templates and building the message with lettre's builder was a
 //! sixth of `serve`'s CPU for a sign-up (measured with `perf` under the bench's
-//! sign-up load). An operator's template that transforms a value (e.g. a helper
-//! that lower-cases the address) cannot be cut: the cut is tried against two
-//! rendered samples once, and when filling it in does not give what rendering
-//! gives, to the byte, every mail of that language is rendered as before.
+//! sign-up load). Only templates that show the address and the link as they are
+//! are cut: one that hands them to a helper (`{{len email}}`, `{{#if (eq email
+//! "…")}}`), a block or a partial is rendered for every confirmation, as is one
+//! whose cut, filled in for two samples, does not give what rendering gives, to
+//! the byte.
 
 use super::{
     ComposeError, Composer, EncodedTail, Locale, NewMail, STAND_IN_START, Slot, SlotValues, Token,
@@ -96,10 +97,22 @@ impl Composer {
         })
     }
 
-    /// `locale`'s `confirm` templates rendered with stand-ins and cut, kept only
-    /// if filling the cut in gives, for sample readers whose values need escaping
-    /// and differ in length, the subject and both parts as rendered, to the byte.
+    /// `locale`'s `confirm` templates rendered with stand-ins and cut: only
+    /// templates that show the address and the link as they are (no helper, block
+    /// or partial gets them, [`crate::mail::templates::Templates::shows_values_plainly`]), and only if
+    /// filling the cut in gives, for sample readers whose values need escaping and
+    /// differ in length, the subject and both parts as rendered, to the byte.
     fn cut_confirm_templates(&self, locale: Locale) -> Option<ConfirmCut> {
+        if !self
+            .templates
+            .shows_values_plainly(locale, "confirm", &["email", "confirm_url"])
+        {
+            tracing::info!(
+                %locale,
+                "the confirm templates do more with the address or link than show them: each confirmation is rendered"
+            );
+            return None;
+        }
         let (email, confirm_url) = (Slot::Email.stand_in(), Slot::Confirm.stand_in());
         let data = self.confirm_data(locale, email, confirm_url);
         let rendered = self.templates.mail(locale, "confirm", data).ok()?;
@@ -291,10 +304,18 @@ mod tests {
                 assert!(text.contains(address), "{text}");
             }
         }
-        // Each mail its own id and boundary.
+        // Each mail its own boundary and id.
         let to = EmailAddress::parse(ADDRESSES[0]).unwrap();
         let mail = || c.confirmation(&to, Locale::De, &token, 42, now()).unwrap();
-        assert_ne!(mail().message, mail().message);
+        // The text after `marker` up to the next quote or line end.
+        let after = |m: &NewMail, marker: &str| {
+            let text = String::from_utf8(m.message.clone()).unwrap();
+            let at = text.find(marker).unwrap() + marker.len();
+            text[at..].split(['"', '\r']).next().unwrap().to_owned()
+        };
+        let (a, b) = (mail(), mail());
+        assert_ne!(after(&a, "boundary=\""), after(&b, "boundary=\""));
+        assert_ne!(after(&a, "Message-ID: "), after(&b, "Message-ID: "));
     }
 
     /// What the reader typed stays text: an `=`, a boundary-like address, and a
@@ -336,36 +357,70 @@ mod tests {
         assert!(dot_at_line_start, "a soft break fell before a dot");
     }
 
-    /// An operator's template that decides on the address is rendered for every
-    /// confirmation: the cut would show every reader the stand-in's branch.
+    /// An operator's template that does more with the address or the link than
+    /// show them is rendered for every confirmation: a cut would show every reader
+    /// the stand-in's branch or length.
     #[test]
     fn templates_that_look_at_a_value_are_rendered_for_each_confirmation() {
-        let (_dir, c) = with_english_confirm(
-            "Please confirm",
-            "{{#if (eq email \"leser@example.org\")}}Hello reader{{else}}Hello{{/if}} {{confirm_url}}\n",
-        );
         let token = Token::generate();
-        let to = EmailAddress::parse("leser@example.org").unwrap();
-        assert!(
-            c.cut_confirmation(&to, Locale::En, &token, 7, now())
-                .is_none()
-        );
+        let to = EmailAddress::parse("anna@example.org").unwrap();
+        let looking = [
+            (
+                "Please confirm",
+                "{{#if (eq email \"anna@example.org\")}}Hello Anna{{else}}Hello{{/if}} {{confirm_url}}\n",
+                "Hello Anna ",
+            ),
+            (
+                "Please confirm",
+                "{{#if (gt (len email) 10)}}Long{{else}}Short{{/if}} {{confirm_url}}\n",
+                "Long ",
+            ),
+            (
+                "Please confirm",
+                "{{lookup this \"email\"}} {{confirm_url}}\n",
+                "anna@example.org ",
+            ),
+            (
+                "Please confirm",
+                "{{#with this}}{{email}}{{/with}} {{confirm_url}}\n",
+                "anna@example.org ",
+            ),
+            (
+                "Please confirm",
+                "{{#if confirm_url}}Link: {{/if}}{{confirm_url}}\n",
+                "Link: ",
+            ),
+            ("Confirm {{email}}", "{{confirm_url}}\n", "https://"),
+        ];
+        for (subject, text, shown) in looking {
+            let (_dir, c) = with_english_confirm(subject, text);
+            assert!(
+                c.cut_confirmation(&to, Locale::En, &token, 7, now())
+                    .is_none(),
+                "cut: {text}"
+            );
+            let mail = c.confirmation(&to, Locale::En, &token, 7, now()).unwrap();
+            let seen = seen(&mail.message);
+            assert!(seen[5].starts_with(shown), "{text}: {}", seen[5]);
+            // The other language's built-in templates are still cut.
+            assert!(
+                c.cut_confirmation(&to, Locale::De, &token, 7, now())
+                    .is_some()
+            );
+        }
+        let (_dir, c) = with_english_confirm("Confirm", "{{confirm_url}}\n");
         let mail = c.confirmation(&to, Locale::En, &token, 7, now()).unwrap();
-        assert!(seen(&mail.message)[5].starts_with("Hello reader "));
-        // The address in the subject: nothing to cut either.
+        assert_eq!(seen(&mail.message)[0], "Some(\"Confirm\")");
         let (_dir, c) = with_english_confirm("Confirm {{email}}", "{{confirm_url}}\n");
+        let mail = c.confirmation(&to, Locale::En, &token, 7, now()).unwrap();
+        assert_eq!(seen(&mail.message)[0], "Some(\"Confirm anna@example.org\")");
+        // Shown as they are, in blocks that look at other values: cut.
+        let (_dir, c) = with_english_confirm(
+            "Confirm",
+            "{{#if (eq lifetime_days 7)}}{{email}}{{/if}} {{{confirm_url}}}\n",
+        );
         assert!(
             c.cut_confirmation(&to, Locale::En, &token, 7, now())
-                .is_none()
-        );
-        let mail = c.confirmation(&to, Locale::En, &token, 7, now()).unwrap();
-        assert_eq!(
-            seen(&mail.message)[0],
-            "Some(\"Confirm leser@example.org\")"
-        );
-        // The other language's built-in templates are still cut.
-        assert!(
-            c.cut_confirmation(&to, Locale::De, &token, 7, now())
                 .is_some()
         );
     }
