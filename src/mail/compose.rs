@@ -2029,9 +2029,17 @@ mod tests {
     /// stand-in and both samples take the same branch), the parsed template does.
     #[test]
     fn an_operators_footer_that_compares_a_value_is_rendered_for_every_reader() {
-        for compared in ["email", "topics", "unsubscribe_url"] {
+        let compared = ["email", "topics", "unsubscribe_url"]
+            .into_iter()
+            .flat_map(|value| {
+                [
+                    format!("{{{{#if (eq {value} \"x\")}}}}X{{{{/if}}}}"),
+                    format!("{{{{(eq {value} \"x\")}}}}"),
+                ]
+            });
+        for compared in compared {
             let links = "{{unsubscribe_url}} {{preferences_url}} {{email}} {{topics}}";
-            let text = format!("{{{{#if (eq {compared} \"x\")}}}}X{{{{/if}}}} {links}");
+            let text = format!("{compared} {links}");
             let dir = tempfile::tempdir().unwrap();
             for (file, content) in [
                 ("body.html.hbs", format!("<p>{links}</p></body></html>")),

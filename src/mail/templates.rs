@@ -464,7 +464,7 @@ impl Templates {
     /// shows each of `values` only as it is, `{{value}}` or `{{{value}}}`: never
     /// hands one to a helper (`{{len email}}`, `{{#if (eq email "…")}}`), opens a
     /// block with it, or reaches it otherwise (a partial, `this`, `.`, `@root`,
-    /// `../`, `lookup`).
+    /// `../`).
     /// Only such a template can be rendered once with stand-ins for the values and
     /// filled in for each reader (`compose::confirm`, the digest footer's cut).
     pub fn shows_values_plainly(&self, locale: Locale, name: &str, values: &[&str]) -> bool {
@@ -521,9 +521,13 @@ mod plain {
         match element {
             TemplateElement::RawString(_) | TemplateElement::Comment(_) => true,
             TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)
-                if h.params.is_empty() && h.hash.is_empty() && !h.block =>
+                if matches!(h.name, Parameter::Path(_))
+                    && h.params.is_empty()
+                    && h.hash.is_empty()
+                    && !h.block =>
             {
-                // `{{value}}`, or a helper without arguments.
+                // `{{value}}`, or a helper without arguments; not `{{(eq email
+                // "…")}}`, a subexpression shown as it comes out.
                 true
             }
             TemplateElement::Expression(h)

@@ -391,6 +391,16 @@ mod tests {
                 "Link: ",
             ),
             ("Confirm {{email}}", "{{confirm_url}}\n", "https://"),
+            (
+                "Please confirm",
+                "{{(eq email \"anna@example.org\")}} {{confirm_url}}\n",
+                "true ",
+            ),
+            (
+                "Please confirm",
+                "{{#if false}}{{else if (eq email \"anna@example.org\")}}Anna{{/if}} {{confirm_url}}\n",
+                "Anna ",
+            ),
         ];
         for (subject, text, shown) in looking {
             let (_dir, c) = with_english_confirm(subject, text);
@@ -417,11 +427,17 @@ mod tests {
         // Shown as they are, in blocks that look at other values: cut.
         let (_dir, c) = with_english_confirm(
             "Confirm",
-            "{{#if (eq lifetime_days 7)}}{{email}}{{/if}} {{{confirm_url}}}\n",
+            "{{#if (eq lifetime_days 7)}}{{email}}{{/if}} {{{confirm_url}}} {{#with site}}{{@root.email}}{{/with}}\n",
         );
         assert!(
             c.cut_confirmation(&to, Locale::En, &token, 7, now())
                 .is_some()
+        );
+        let mail = c.confirmation(&to, Locale::En, &token, 7, now()).unwrap();
+        let confirm_url = c.links.confirm(&token);
+        assert_eq!(
+            seen(&mail.message)[5],
+            format!("anna@example.org {confirm_url} anna@example.org\r\n")
         );
     }
 }
