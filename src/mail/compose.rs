@@ -405,11 +405,7 @@ impl DigestBody {
     pub fn prepare(&self) -> PreparedBody {
         PreparedBody {
             locale: self.locale,
-            subject_line: {
-                let mut line = Headers::new();
-                line.set(header::Subject::from(self.subject.clone()));
-                line.to_string()
-            },
+            subject_line: subject_line(&self.subject),
             topics: self.topics.clone(),
             wire: WireBody {
                 text: EncodedPrefix::new(&self.text),
@@ -644,6 +640,33 @@ fn part_head(out: &mut Vec<u8>, boundary: &str, content_type: &str) {
         b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
     ] {
         out.extend_from_slice(piece);
+    }
+}
+
+/// The `Subject:` header line for `subject`, encoded and folded by lettre.
+fn subject_line(subject: &str) -> String {
+    let mut line = Headers::new();
+    line.set(header::Subject::from(subject.to_owned()));
+    line.to_string()
+}
+
+/// Appends the `MIME-Version` and `Content-Type` header lines of a
+/// `multipart/alternative` message with `boundary` (40 characters), folded as
+/// lettre folds them.
+fn multipart_lines(out: &mut Vec<u8>, boundary: &str) {
+    for piece in [
+        "MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary=\"",
+        boundary,
+        "\"\r\n",
+    ] {
+        out.extend_from_slice(piece.as_bytes());
+    }
+}
+
+/// Appends the closing boundary of a multipart message.
+fn close_multipart(out: &mut Vec<u8>, boundary: &str) {
+    for piece in ["--", boundary, "--\r\n"] {
+        out.extend_from_slice(piece.as_bytes());
     }
 }
 
@@ -1094,16 +1117,8 @@ impl Composer {
             ));
             out.extend_from_slice(line.to_string().as_bytes());
         }
-        for piece in [
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-            "MIME-Version: 1.0\r\n",
-            // Folded as lettre folds it for a boundary of 40 characters.
-            "Content-Type: multipart/alternative;\r\n boundary=\"",
-            h.boundary,
-            "\"\r\n",
-        ] {
-            out.extend_from_slice(piece.as_bytes());
-        }
+        out.extend_from_slice(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+        multipart_lines(out, h.boundary);
         Ok(())
     }
 
@@ -1311,9 +1326,7 @@ impl Composer {
             }
             message.extend_from_slice(b"\r\n");
         }
-        for piece in [b"--".as_slice(), boundary.as_bytes(), b"--\r\n"] {
-            message.extend_from_slice(piece);
-        }
+        close_multipart(&mut message, &boundary);
         let mail = NewMail {
             kind: "digest",
             recipient: address.as_str().to_owned(),

@@ -566,11 +566,9 @@ mod plain {
                     handlebars::Path::Relative((_, raw)) => raw.as_str(),
                     handlebars::Path::Local((_, _, raw)) => raw.as_str(),
                 };
+                // `.`, `./x`, `../x` and `[x]` begin with an empty segment.
                 let first = raw.split(['.', '/', '[']).next().unwrap_or_default();
-                first.is_empty()
-                    || ["this", "@root", ".."].contains(&first)
-                    || raw.starts_with("../")
-                    || values.contains(&first)
+                first.is_empty() || ["this", "@root"].contains(&first) || values.contains(&first)
             }
             Parameter::Literal(_) => false,
             Parameter::Subexpression(sub) => match sub.as_element() {

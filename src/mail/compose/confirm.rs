@@ -14,11 +14,11 @@
 
 use super::{
     ComposeError, Composer, EncodedTail, Locale, NewMail, STAND_IN_START, Slot, SlotValues, Token,
-    boundary, date_line, made_once, part_head, quoted_printable, to_line,
+    boundary, close_multipart, date_line, made_once, multipart_lines, part_head, quoted_printable,
+    subject_line, to_line,
 };
 use crate::domain::EmailAddress;
 use chrono::{DateTime, Utc};
-use lettre::message::header::{self, Headers};
 use serde_json::json;
 
 /// One language's confirmation mail, cut at the reader's values.
@@ -120,11 +120,7 @@ impl Composer {
             return None;
         }
         let cut = ConfirmCut {
-            subject_line: {
-                let mut line = Headers::new();
-                line.set(header::Subject::from(rendered.subject.clone()));
-                line.to_string()
-            },
+            subject_line: subject_line(&rendered.subject),
             text: EncodedTail::new("", &rendered.text)?,
             html: EncodedTail::new("", &rendered.html)?,
         };
@@ -175,25 +171,18 @@ impl Composer {
         to_line(&mut message, to)?;
         message.extend_from_slice(cut.subject_line.as_bytes());
         date_line(&mut message, now);
-        for piece in [
-            "Message-ID: ",
-            &self.message_id(),
-            "\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n",
-            // Folded as lettre folds it for a boundary of 40 characters.
-            "Content-Type: multipart/alternative;\r\n boundary=\"",
-            &boundary,
-            "\"\r\n\r\n",
-        ] {
+        for piece in ["Message-ID: ", &self.message_id(), "\r\n"] {
             message.extend_from_slice(piece.as_bytes());
         }
+        message.extend_from_slice(b"Auto-Submitted: auto-generated\r\n");
+        multipart_lines(&mut message, &boundary);
+        message.extend_from_slice(b"\r\n");
         for (content_type, part) in [("text/plain", &cut.text), ("text/html", &cut.html)] {
             part_head(&mut message, &boundary, content_type);
             part.encode_into(values, &mut message);
             message.extend_from_slice(b"\r\n");
         }
-        for piece in [b"--".as_slice(), boundary.as_bytes(), b"--\r\n"] {
-            message.extend_from_slice(piece);
-        }
+        close_multipart(&mut message, &boundary);
         Ok(NewMail {
             kind: "confirm",
             recipient: to.as_str().to_owned(),
